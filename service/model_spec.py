@@ -1,0 +1,126 @@
+"""The model repository's metadata format (`model.json`), shared by the exporter and the service.
+
+The exporter writes it, the service validates it on load and trusts nothing else: preprocessing is
+driven by these fields, never by a model's name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"
+SPEC_FILE = "model.json"
+LABELS_FILE = "labels.txt"
+
+# Model names double as URL parameters and directory names; keep them boring.
+MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+TensorDType = Literal["uint8", "float32", "float16"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorSpec(_Frozen):
+    """One graph input or output. A dimension of -1 is dynamic (the batch axis)."""
+
+    name: str
+    dtype: TensorDType
+    shape: tuple[int, ...]
+
+
+class WeightsProvenance(_Frozen):
+    """Where the weights came from, recorded at export time and never guessed later.
+
+    - ``imagenet``: published ImageNet-trained weights; ``source`` names them, ``sha256`` is the
+      checkpoint file's digest.
+    - ``custom``: a user's local checkpoint (``source`` is its file name); ``sha256`` its digest.
+    - ``random``: random initialisation with ``seed``; fit for shape, speed and protocol tests only.
+    """
+
+    kind: Literal["imagenet", "custom", "random"]
+    source: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> WeightsProvenance:
+        if self.kind == "random" and self.seed is None:
+            raise ValueError("random weights must record their seed")
+        if self.kind != "random" and (self.source is None or self.sha256 is None):
+            raise ValueError(f"{self.kind} weights must record source and sha256")
+        return self
+
+
+class Normalization(_Frozen):
+    """What the graph does to pixels scaled to [0, 1]: (x - mean) / std per channel (RGB).
+
+    Informational: the graph applies it itself, so clients and the service send raw uint8.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class ModelSpec(_Frozen):
+    """Contents of `model.json`, schema version 1."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=MODEL_NAME_PATTERN.pattern)
+    version: int = Field(ge=1)
+    variant: str
+    architecture: str
+    crop_size: int = Field(gt=0, le=4096)
+    resize_size: int = Field(gt=0, le=4096)
+    interpolation: Interpolation
+    normalization: Normalization
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    num_classes: int = Field(gt=0)
+    weights: WeightsProvenance
+    parameters: int = Field(gt=0)
+    gmacs: float = Field(gt=0, description="multiply-accumulates at crop size, batch 1, in 1e9")
+    opset: int = Field(gt=0)
+    exporter: dict[str, str] = Field(description="package versions used to export")
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.resize_size < self.crop_size:
+            raise ValueError("resize_size must be at least crop_size")
+        if len(self.inputs) != 1:
+            raise ValueError("exactly one graph input is supported")
+        pixels = self.inputs[0]
+        expected = (-1, 3, self.crop_size, self.crop_size)
+        if pixels.dtype != "uint8" or pixels.shape != expected:
+            raise ValueError(f"input must be uint8 {expected}, got {pixels.dtype} {pixels.shape}")
+        names = {o.name for o in self.outputs}
+        if not {"logits", "probabilities"} <= names:
+            raise ValueError("outputs must include 'logits' and 'probabilities'")
+        return self
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelSpec:
+        return cls.model_validate_json(path.read_bytes())
+
+
+def read_labels(path: Path, num_classes: int) -> list[str]:
+    """One label per line, exactly `num_classes` of them."""
+    labels = path.read_text(encoding="utf-8").splitlines()
+    if len(labels) != num_classes:
+        raise ValueError(f"{path} has {len(labels)} labels, model has {num_classes} classes")
+    return labels
