@@ -1,0 +1,420 @@
+"""Dynamic batcher: a bounded per-model queue of images, batch formation, and fan-out of results.
+
+Semantics (Triton's, see DESIGN.md): no added latency when idle (`max_queue_delay_s` only holds a batch
+that is not full, counted from its oldest item's arrival); a full queue rejects at once; an item whose
+deadline passes while queued, or whose caller was cancelled, is dropped and never run; a failing batch
+fails only its own callers. Inference runs in one worker thread the batcher owns, never on the loop.
+
+Bookkeeping is single-threaded (event loop only): each item has a `state`, and whoever moves it out of
+QUEUED (the batch loop, the caller's cancellation, its deadline timer, shutdown) adjusts `_depth`.
+Dropped items stay in the deque as tombstones and are skipped when the loop reaches them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+_QUEUED, _TAKEN, _DROPPED, _EXPIRED, _FAILED = range(5)
+_EWMA_ALPHA = 0.2
+_MIN_RETRY_AFTER_S = 0.1
+_UNKNOWN_RETRY_AFTER_S = 1.0
+
+
+class Runner(Protocol):
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Blocking; called in the batcher's worker thread. Every output's first axis is the batch.
+
+        Callers keep views into the returned arrays, so a runner must not reuse them for later batches.
+        """
+        ...
+
+
+class BatchObserver(Protocol):
+    def batch_completed(self, model: str, size: int, inference_s: float) -> None: ...
+    def item_dequeued(self, model: str, queue_s: float) -> None: ...
+    def queue_depth(self, model: str, depth: int) -> None: ...
+    def items_expired(self, model: str, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 4
+    max_queue_delay_s: float = 0.0
+    max_queue_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_queue_delay_s < 0:
+            raise ValueError("max_queue_delay_s must not be negative")
+        if self.max_queue_size < 1:
+            raise ValueError("max_queue_size must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    outputs: dict[str, np.ndarray]  # this item's rows (views into the batch's outputs)
+    queue_s: float  # from submit to its batch starting
+    inference_s: float  # its batch's run time
+    batch_size: int
+
+
+class _Item:
+    __slots__ = ("array", "future", "enqueued_at", "deadline", "state")
+
+    def __init__(
+        self,
+        array: np.ndarray,
+        future: asyncio.Future[ItemResult],
+        enqueued_at: float,
+        deadline: float | None,
+    ) -> None:
+        self.array = array
+        self.future = future
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.state = _QUEUED
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Batcher:
+    """One model's queue and batch loop. Create anywhere, `start()` inside the running event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: Runner,
+        config: BatcherConfig,
+        observer: BatchObserver | None = None,
+        *,
+        item_shape: tuple[int, ...] | None = None,
+        item_dtype: str = "uint8",
+    ) -> None:
+        """With `item_shape`, submit rejects items of another shape or dtype (InvalidArgument), so one
+        caller's malformed input cannot fail the batch it would share with others."""
+        self.name = name
+        self._item_shape = item_shape
+        self._item_dtype = np.dtype(item_dtype)
+        self.runner = runner  # public: tests and reloads may swap it
+        self.config = config
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._depth = 0  # items in state QUEUED
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_threshold = 1
+        self._item_s: float | None = None  # moving average of inference seconds per item
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self.batches_run = 0
+        self.batches_failed = 0
+        self.items_run = 0
+        self.items_expired = 0
+        self.items_cancelled = 0
+        self.items_rejected = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return self._depth
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"batcher {self.name!r} already started")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_loop(), name=f"batcher-{self.name}")
+        self._task.add_done_callback(self._loop_finished)
+
+    def retry_after(self, extra_items: int = 1) -> float:
+        """Seconds until the queue has drained enough for `extra_items` more, from recent batches."""
+        if self._item_s is None:
+            return _UNKNOWN_RETRY_AFTER_S
+        return max(_MIN_RETRY_AFTER_S, (self._depth + extra_items) * self._item_s)
+
+    async def submit(self, items: Sequence[np.ndarray], deadline: float | None = None) -> list[ItemResult]:
+        """Queue `items` atomically and return their results in order.
+
+        Raises Overloaded (queue full; nothing queued), DeadlineExceeded (`deadline`, a time.monotonic()
+        value, passed before all items ran), InferenceFailed (a batch holding one of them failed),
+        NotReady (not started or shutting down). On any failure the request's still-queued items
+        are dropped.
+        """
+        loop = self._loop
+        if self._closing:
+            raise NotReady("shutting down")
+        if loop is None:
+            raise NotReady(f"model {self.name!r} is not ready (batcher not started)")
+        n = len(items)
+        if n == 0:
+            return []
+        cfg = self.config
+        if n > cfg.max_queue_size:
+            raise InvalidArgument(f"request has {n} images; at most {cfg.max_queue_size} fit in the queue")
+        if self._item_shape is not None:
+            self._check_items(items)
+        if self._depth + n > cfg.max_queue_size:
+            self.items_rejected += n
+            raise Overloaded(
+                f"model {self.name!r} is overloaded: {self._depth} of {cfg.max_queue_size} queue slots taken",
+                retry_after=self.retry_after(n),
+            )
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self._count_expired(n)
+            raise DeadlineExceeded("deadline passed before the request was queued")
+
+        queued = [_Item(array, loop.create_future(), now, deadline) for array in items]
+        self._queue.extend(queued)
+        self._depth += n
+        if len(self._queue) > 2 * cfg.max_queue_size + 64:
+            self._compact()
+        if self._observer is not None:
+            self._observer.queue_depth(self.name, self._depth)
+        waiter = self._waiter
+        if waiter is not None and self._depth >= self._wake_threshold and not waiter.done():
+            waiter.set_result(None)
+
+        timer = loop.call_later(deadline - now, self._expire, queued) if deadline is not None else None
+        try:
+            if n == 1:
+                return [await queued[0].future]
+            return list(await asyncio.gather(*(item.future for item in queued)))
+        except BaseException:
+            self._drop(queued)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _check_items(self, items: Sequence[np.ndarray]) -> None:
+        shape, dtype = self._item_shape, self._item_dtype
+        for index, array in enumerate(items):
+            if array.shape != shape or array.dtype != dtype:
+                raise InvalidArgument(
+                    f"input {index} is {array.dtype} {array.shape}; model {self.name!r} takes {dtype} {shape}"
+                )
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop accepting; run what is queued (or, with drain=False, fail it with NotReady); stop."""
+        self._closing = True
+        if not drain or self._task is None:
+            self._fail_queued(lambda: NotReady("shutting down"))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._task is not None:
+            # wait() neither raises the loop's own error (logged by _loop_finished) nor cancels it.
+            await asyncio.wait([self._task])
+        self._executor.shutdown(wait=False)
+
+    # --- event-loop side bookkeeping ---
+
+    def _drop(self, items: list[_Item]) -> None:
+        """The caller gave up (cancelled, or another of its items failed): free its queued slots."""
+        dropped = 0
+        for item in items:
+            if item.state == _QUEUED:
+                item.state = _DROPPED
+                item.future.cancel()
+                dropped += 1
+        if dropped:
+            self._depth -= dropped
+            self.items_cancelled += dropped
+            if self._observer is not None:
+                self._observer.queue_depth(self.name, self._depth)
+
+    def _expire(self, items: list[_Item]) -> None:
+        """Deadline timer of one request: answer its still-queued items now, not when the runner frees."""
+        expired = 0
+        cancelled = 0
+        for item in items:
+            if item.state != _QUEUED:
+                continue
+            if item.future.done():  # caller cancelled; its handler has not run yet
+                item.state = _DROPPED
+                cancelled += 1
+            else:
+                item.state = _EXPIRED
+                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                expired += 1
+        self.items_cancelled += cancelled
+        if expired or cancelled:
+            self._depth -= expired + cancelled
+            if expired:
+                self._count_expired(expired)
+            if self._observer is not None:
+                self._observer.queue_depth(self.name, self._depth)
+
+    def _count_expired(self, count: int) -> None:
+        self.items_expired += count
+        if self._observer is not None:
+            self._observer.items_expired(self.name, count)
+
+    def _fail_queued(self, make_error: Callable[[], Exception]) -> None:
+        for item in self._queue:
+            if item.state == _QUEUED:
+                item.state = _FAILED
+                if not item.future.done():
+                    item.future.set_exception(make_error())
+        self._queue.clear()
+        self._depth = 0
+        if self._observer is not None:
+            self._observer.queue_depth(self.name, 0)
+
+    def _compact(self) -> None:
+        self._queue = deque(item for item in self._queue if item.state == _QUEUED)
+
+    def _oldest(self) -> _Item | None:
+        queue = self._queue
+        while queue and queue[0].state != _QUEUED:
+            queue.popleft()
+        return queue[0] if queue else None
+
+    def _take(self) -> list[_Item]:
+        """Pop up to max_batch_size live items; expire or skip the dead ones met on the way."""
+        limit = self.config.max_batch_size
+        queue = self._queue
+        batch: list[_Item] = []
+        now = time.monotonic()
+        expired = 0
+        cancelled = 0
+        while queue and len(batch) < limit:
+            item = queue.popleft()
+            if item.state != _QUEUED:
+                continue
+            future = item.future
+            if future.done():  # caller cancelled; its task has not run its handler yet
+                item.state = _DROPPED
+                cancelled += 1
+            elif item.deadline is not None and item.deadline <= now:
+                item.state = _EXPIRED
+                future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                expired += 1
+            else:
+                item.state = _TAKEN
+                batch.append(item)
+        self._depth -= len(batch) + expired + cancelled
+        self.items_cancelled += cancelled
+        if expired:
+            self._count_expired(expired)
+        observer = self._observer
+        if observer is not None:
+            observer.queue_depth(self.name, self._depth)
+            for item in batch:
+                observer.item_dequeued(self.name, now - item.enqueued_at)
+        return batch
+
+    async def _wait(self, threshold: int, max_wait_s: float | None) -> None:
+        """Sleep until the queue holds `threshold` live items, close() is called, or `max_wait_s` passes."""
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        self._wake_threshold = threshold
+        handle = self._loop.call_later(max_wait_s, _wake, waiter) if max_wait_s is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    # --- the batch loop ---
+
+    async def _run_loop(self) -> None:
+        cfg = self.config
+        while True:
+            if self._depth == 0:
+                if self._closing:
+                    return
+                await self._wait(1, None)
+                continue
+            if cfg.max_queue_delay_s > 0 and self._depth < cfg.max_batch_size and not self._closing:
+                oldest = self._oldest()
+                if oldest is not None:
+                    remaining = oldest.enqueued_at + cfg.max_queue_delay_s - time.monotonic()
+                    if remaining > 0:
+                        await self._wait(cfg.max_batch_size, remaining)
+                        continue
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        assert self._loop is not None
+        n = len(batch)
+        started = time.monotonic()
+        self.batches_run += 1
+        self.items_run += n
+        try:
+            outputs, inference_s = await self._loop.run_in_executor(
+                self._executor, self._run_batch, [item.array for item in batch]
+            )
+        except asyncio.CancelledError:
+            self._fail(batch, lambda: NotReady("shutting down"))
+            raise
+        except Exception as exc:
+            self.batches_failed += 1
+            error_id = secrets.token_hex(4)
+            log.error("batch failed model=%s batch_size=%d error_id=%s", self.name, n, error_id, exc_info=exc)
+            message = f"inference failed on model {self.name!r} (error id {error_id})"
+            self._fail(batch, lambda: InferenceFailed(message))
+            return
+        per_item = inference_s / n
+        self._item_s = (
+            per_item if self._item_s is None else self._item_s + _EWMA_ALPHA * (per_item - self._item_s)
+        )
+        if self._observer is not None:
+            self._observer.batch_completed(self.name, n, inference_s)
+        for i, item in enumerate(batch):
+            future = item.future
+            if not future.done():
+                rows = {key: value[i] for key, value in outputs.items()}
+                future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n))
+
+    def _run_batch(self, arrays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """Worker thread: stack, run, check that every output has one row per item."""
+        batch = np.stack(arrays)
+        t0 = time.perf_counter()
+        outputs = self.runner.run(batch)
+        inference_s = time.perf_counter() - t0
+        for key, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != len(arrays):
+                raise ValueError(f"output {key!r} has shape {value.shape}, expected {len(arrays)} rows")
+        return outputs, inference_s
+
+    @staticmethod
+    def _fail(batch: list[_Item], make_error: Callable[[], Exception]) -> None:
+        # One exception object per caller: a shared one would collect every raiser's traceback.
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(make_error())
+
+    def _loop_finished(self, task: asyncio.Task[None]) -> None:
+        """If the loop dies (a bug), fail what is queued rather than let callers hang."""
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("batch loop crashed model=%s", self.name, exc_info=task.exception())
+            self._closing = True
+            self._fail_queued(lambda: NotReady(f"model {self.name!r} batcher stopped"))
