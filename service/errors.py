@@ -117,7 +117,7 @@ ERROR_TABLE: dict[type[ServiceError], StatusMapping] = {
 
 def status_for(error: ServiceError) -> StatusMapping:
     for cls in type(error).__mro__:
-        mapping = ERROR_TABLE.get(cls)  # type: ignore[arg-type]
+        mapping = ERROR_TABLE.get(cls)
         if mapping is not None:
             return mapping
     return ERROR_TABLE[ServiceError]

@@ -72,7 +72,7 @@ class Normalization(_Frozen):
 class ModelSpec(_Frozen):
     """Contents of `model.json`, schema version 1."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(pattern=MODEL_NAME_PATTERN.pattern)
     version: int = Field(ge=1)
     variant: str

@@ -1,0 +1,160 @@
+"""Command line: `python -m service serve ...` runs HTTP and gRPC in one event loop;
+`python -m service classify IMAGE...` is a small client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.engine import Engine
+from service.http import create_app
+from service.logs import setup_logging
+from service.metrics import Metrics
+from service.registry import ModelLoadError
+from service.runtime import RuntimeUnavailable
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the model repository over HTTP and gRPC")
+    p.add_argument("--repository", type=Path, help="model repository directory [EFFNET_REPOSITORY]")
+    p.add_argument("--models", help="comma-separated model names to load (default: all) [EFFNET_MODELS]")
+    p.add_argument("--host", help="bind address (default 0.0.0.0) [EFFNET_HOST]")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8000) [EFFNET_HTTP_PORT]")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001) [EFFNET_GRPC_PORT]")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="execution provider [EFFNET_DEVICE]")
+    p.add_argument("--default-model", help="model for requests that name none [EFFNET_DEFAULT_MODEL]")
+    p.add_argument(
+        "--strict", action="store_true", default=None, help="fail start-up if a model cannot load [EFFNET_STRICT]"
+    )
+    p.add_argument("--max-batch-size", type=int, help="per model; 0: 4 on CPU, 32 on CUDA")
+    p.add_argument("--max-queue-delay-ms", type=float, help="hold a non-full batch this long (default 0)")
+    p.add_argument("--max-queue-size", type=int, help="queued images per model before 503")
+    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session; 0: all cores")
+    p.add_argument("--preprocess-workers", type=int, help="decode threads; 0: all cores")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... [EFFNET_LOG_LEVEL]")
+    p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines [EFFNET_LOG_JSON]")
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line win over EFFNET_* variables, which win over defaults."""
+    overrides: dict[str, Any] = {
+        key: value for key, value in vars(args).items() if key != "command" and value is not None
+    }
+    return Settings(**overrides)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service stops HTTP and gRPC together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings) -> int:
+    from service.grpc import create_grpc_server
+
+    metrics = Metrics()
+    engine = Engine(settings, metrics)
+    await engine.start()
+    app = create_app(engine, settings, metrics)
+    http_server = _Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.http_port,
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            limit_concurrency=None,
+            backlog=2048,
+        )
+    )
+    try:
+        grpc_server = create_grpc_server(engine, settings, metrics)
+    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+        log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
+        await engine.stop()
+        return 1
+    await grpc_server.start()
+    http_task = asyncio.create_task(http_server.serve(), name="http")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "event=listening http=%s:%d grpc=%s:%d repository=%s",
+        settings.host, settings.http_port, settings.host, settings.grpc_port, settings.repository,
+    )  # fmt: skip
+
+    exit_code = 0
+    load_task = asyncio.create_task(engine.wait_loaded(), name="wait-loaded")
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    if load_task.done() and load_task.exception() is not None:
+        exc = load_task.exception()
+        log.error("event=startup_failed reason=%r", str(exc))
+        exit_code = 1
+    elif http_task.done():
+        log.error("event=http_server_exited")  # e.g. the port is taken
+        exit_code = 1
+    elif load_task.done():
+        log.info("event=ready models=%s", ",".join(engine.readiness()))
+        await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        if http_task.done() and not stop_task.done():
+            exit_code = 1
+
+    log.info("event=stopping drain_timeout_s=%s", settings.drain_timeout_s)
+    engine.begin_drain()
+    http_server.should_exit = True
+    await asyncio.gather(grpc_server.stop(settings.drain_timeout_s), http_task, return_exceptions=True)
+    await engine.stop()
+    for task in (load_task, stop_task):
+        task.cancel()
+    log.info("event=stopped exit_code=%d", exit_code)
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["classify"]:
+        from service.client import main as client_main
+
+        return client_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    sub.add_parser("classify", help="classify images with a running server (see classify --help)")
+    args = parser.parse_args(argv)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_json)
+    try:
+        return asyncio.run(serve(settings))
+    except (ModelLoadError, RuntimeUnavailable) as exc:
+        log.error("event=startup_failed reason=%r", str(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

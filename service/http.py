@@ -1,0 +1,271 @@
+"""FastAPI app factory: our own HTTP API (/classify, /v1/models, health, metrics) over the engine."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.engine import Engine
+from service.errors import (
+    BadRequest,
+    EmptyBody,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthenticated,
+    UnknownModel,
+    UnsupportedMediaType,
+    retry_after,
+    status_for,
+)
+from service.metrics import CONTENT_TYPE, Metrics
+from service.schemas import (
+    ClassifyResponse,
+    ErrorResponse,
+    ImageResult,
+    ModelInfo,
+    ModelList,
+    Readiness,
+)
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Bodies we read as one encoded image. curl --data-binary sends form-urlencoded unless told otherwise.
+_RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse}
+    for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
+}
+
+
+def error_response(error: ServiceError, request_id: str | None = None) -> JSONResponse:
+    headers = {}
+    wait = retry_after(error)
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}},
+        status_code=status_for(error).http,
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
+
+
+async def images_from_request(request: Request, settings: Settings) -> list[bytes]:
+    """Raw body (image/*, application/octet-stream) -> one image; multipart/form-data -> its files."""
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data" and not (
+        media_type.startswith("image/") or media_type in _RAW_TYPES
+    ):
+        raise UnsupportedMediaType(
+            f"content type '{media_type[:100]}' is not accepted; send an image/* or "
+            "application/octet-stream body, or multipart/form-data with image files"
+        )
+    body = await read_body(request, settings.max_body_bytes)
+    if not body:
+        raise EmptyBody("the request body is empty; send the image bytes as the body")
+    if media_type != "multipart/form-data":
+        return [body]
+    parser = MultiPartParser(
+        request.headers,
+        _replay(body),
+        max_files=settings.max_images_per_request,
+        max_fields=settings.max_images_per_request,
+        max_part_size=settings.max_body_bytes,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise BadRequest("the multipart body holds no file part; attach images as files")
+        images = [await upload.read() for upload in files]
+    finally:
+        await form.close()
+    for index, data in enumerate(images):
+        if not data:
+            raise EmptyBody(f"file part {index} is empty")
+    return images
+
+
+def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
+    app = FastAPI(
+        title="effnet-serve",
+        version="0.1.0",
+        description="EfficientNet B0-B7 image classification over ONNX Runtime with dynamic batching.",
+    )
+    api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
+        request.state.request_id = request_id
+        if api_key is not None and request.url.path not in _OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            token = given[7:].encode() if given.lower().startswith("bearer ") else b""
+            if not hmac.compare_digest(token, api_key):
+                response = error_response(Unauthenticated("missing or wrong API key"), request_id)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "request_id", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse(
+            {"error": {"code": "invalid_argument", "message": f"{where}: {first['msg']}"}}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.post(
+        "/classify",
+        response_model=ClassifyResponse,
+        responses=_ERROR_RESPONSES,
+        summary="Classify one or more images",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "One encoded image as the raw body, or multipart/form-data with image files.",
+                "content": {
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def classify(
+        request: Request,
+        variant: Annotated[
+            str | None, Query(max_length=64, description="model name (b0..b7, lite0); default model if omitted")
+        ] = None,
+        top_k: Annotated[int, Query(description="predictions per image (1 to min(classes, max_top_k))")] = 5,
+        timeout_ms: Annotated[
+            int | None, Query(ge=1, le=600_000, description="deadline for this request in milliseconds")
+        ] = None,
+    ) -> ClassifyResponse:
+        start = time.monotonic()
+        model_label = "unknown"
+        code = 500
+        try:
+            entry = engine.resolve(variant)
+            model_label = entry.name
+            engine.check_top_k(entry, top_k)
+            images = await images_from_request(request, settings)
+            deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+            outcome = await engine.classify(entry.name, images, top_k, deadline)
+            code = 200
+        except ServiceError as exc:
+            code = status_for(exc).http
+            if isinstance(exc, UnknownModel):
+                model_label = "unknown"
+            log.info(
+                "event=request_failed request_id=%s model=%s code=%d error=%s message=%r",
+                request.state.request_id, model_label, code, exc.code, exc.message,
+            )  # fmt: skip
+            raise
+        finally:
+            metrics.observe_request("http", model_label, code, time.monotonic() - start)
+        assert outcome.model.spec is not None
+        return ClassifyResponse(
+            model=outcome.model.name,
+            version=outcome.model.version or 0,
+            weights=outcome.model.spec.weights.kind,
+            results=[ImageResult(predictions=p) for p in outcome.predictions],
+            timings=outcome.timings,
+        )
+
+    @app.get("/v1/models", response_model=ModelList, summary="Every configured model with its metadata")
+    async def list_models() -> ModelList:
+        return ModelList(default_model=engine.default_model, models=engine.describe_all())
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_ERROR_RESPONSES)
+    async def get_model(name: str) -> ModelInfo:
+        entry = engine.entries.get(name)
+        if entry is None:
+            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {', '.join(sorted(engine.entries))}")
+        return engine.describe(entry)
+
+    @app.get("/healthz", summary="Liveness: 200 while the process serves")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz() -> JSONResponse:
+        body = Readiness(ready=engine.ready, models=engine.readiness())
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    _include_v2(app, engine, metrics)
+    return app
+
+
+def _include_v2(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
+    """Mount the Open Inference Protocol (V2) routes when that module is present."""
+    try:
+        from service.v2_http import create_v2_router
+    except ImportError:  # the V2 layer is optional while it is being built
+        return
+    app.include_router(create_v2_router(engine, metrics))

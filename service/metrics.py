@@ -1,0 +1,115 @@
+"""Prometheus collectors, registered on an injected CollectorRegistry (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Latency buckets from 1 ms to 30 s: CPU b0 runs in a few ms, b7 batches take seconds.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
+    0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The service's metric set (names as in DESIGN.md). Label values are bounded: model names come
+    from the repository, protocol from a fixed set, code from the status table."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self.requests = Counter(
+            "effnet_requests_total",
+            "Requests answered, by protocol, model and status code",
+            ["protocol", "model", "code"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "effnet_request_duration_seconds",
+            "Time from request received to response ready",
+            ["protocol", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.preprocess_duration = Histogram(
+            "effnet_preprocess_duration_seconds",
+            "Decode and resize time per image",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_duration = Histogram(
+            "effnet_queue_duration_seconds",
+            "Time an image waited in the batcher queue",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_duration = Histogram(
+            "effnet_inference_duration_seconds",
+            "ONNX Runtime time per batch",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "effnet_batch_size",
+            "Images per executed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth_gauge = Gauge(
+            "effnet_queue_depth", "Images waiting in the batcher queue", ["model"], registry=self.registry
+        )
+        self.model_ready = Gauge(
+            "effnet_model_ready", "1 when the model is loaded and warmed up", ["model"], registry=self.registry
+        )
+        self.expired = Counter(
+            "effnet_expired_total",
+            "Images dropped unrun because their deadline passed in the queue",
+            ["model"],
+            registry=self.registry,
+        )
+
+    # --- BatchObserver protocol (service.batcher) ---
+    def batch_completed(self, model: str, size: int, inference_s: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.inference_duration.labels(model).observe(inference_s)
+
+    def item_dequeued(self, model: str, queue_s: float) -> None:
+        self.queue_duration.labels(model).observe(queue_s)
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth_gauge.labels(model).set(depth)
+
+    def items_expired(self, model: str, count: int) -> None:
+        self.expired.labels(model).inc(count)
+
+    # --- used by the engine and the protocol layers ---
+    def observe_request(self, protocol: str, model: str, code: str | int, seconds: float) -> None:
+        self.requests.labels(protocol, model, str(code)).inc()
+        self.request_duration.labels(protocol, model).observe(seconds)
+
+    def observe_preprocess(self, model: str, seconds: float) -> None:
+        self.preprocess_duration.labels(model).observe(seconds)
+
+    def set_ready(self, model: str, ready: bool) -> None:
+        self.model_ready.labels(model).set(1 if ready else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

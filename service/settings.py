@@ -1,0 +1,96 @@
+"""Service configuration: read once at start (CLI flags over `EFFNET_*` env vars over defaults)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cpu", "cuda"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+def cpu_count() -> int:
+    """Cores this process may use (cgroup/affinity aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EFFNET_", extra="forbid")
+
+    # --- what to serve ---
+    repository: Path = Field(Path("models/repository"), description="model repository directory")
+    models: str = Field("", description="comma-separated model names to load; empty: every model found")
+    default_model: str | None = Field(
+        None, description="model used when a request names none; default: the first real-weight model"
+    )
+    strict: bool = Field(False, description="fail start-up when any configured model cannot be loaded")
+
+    # --- network ---
+    host: str = Field("0.0.0.0", description="bind address for HTTP and gRPC")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    drain_timeout_s: float = Field(30.0, gt=0, description="graceful stop: time allowed to finish queued work")
+
+    # --- runtime (ONNX Runtime session options) ---
+    device: Device = Field("auto", description="auto: CUDA when a session really gets it, else CPU")
+    cuda_device_id: int = Field(0, ge=0)
+    intra_op_threads: int = Field(0, ge=0, description="threads per session; 0: the number of cores")
+    inter_op_threads: int = Field(1, ge=1)
+    allow_spinning: bool = Field(
+        False, description="ORT worker threads spin between runs (lower latency, burns CPU preprocessing needs)"
+    )
+    graph_optimization: GraphOptimization = "all"
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    warmup_runs: int = Field(2, ge=0, description="warm-up runs per batch size before a model is ready")
+
+    # --- batching ---
+    max_batch_size: int = Field(0, ge=0, description="0: 4 on CPU (no gain beyond), 32 on CUDA")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
+    max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")
+
+    # --- preprocessing and limits ---
+    preprocess_workers: int = Field(0, ge=0, description="decode/resize threads; 0: the number of cores")
+    max_pending_preprocess: int = Field(
+        256, ge=1, description="images being decoded or waiting to be, across models, before 503"
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded width*height accepted")
+    max_images_per_request: int = Field(64, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline for a request that brings none")
+
+    # --- security ---
+    api_key: SecretStr | None = Field(None, description="when set, requests need 'Authorization: Bearer KEY'")
+
+    # --- logging ---
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return ",".join(name.strip() for name in value.split(",") if name.strip())
+
+    @property
+    def model_names(self) -> list[str]:
+        return [name for name in self.models.split(",") if name]
+
+    @property
+    def effective_intra_op_threads(self) -> int:
+        return self.intra_op_threads or cpu_count()
+
+    @property
+    def effective_preprocess_workers(self) -> int:
+        return self.preprocess_workers or cpu_count()
+
+    def batch_size_for(self, provider: str) -> int:
+        if self.max_batch_size:
+            return self.max_batch_size
+        return 32 if provider == "CUDAExecutionProvider" else 4
