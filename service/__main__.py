@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.engine import Engine
+from service.grpc import create_grpc_server, set_serving
 from service.http import create_app
 from service.logs import setup_logging
 from service.metrics import Metrics
@@ -37,7 +38,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="execution provider [EFFNET_DEVICE]")
     p.add_argument("--default-model", help="model for requests that name none [EFFNET_DEFAULT_MODEL]")
     p.add_argument(
-        "--strict", action="store_true", default=None, help="fail start-up if a model cannot load [EFFNET_STRICT]"
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail start-up if a model cannot load [EFFNET_STRICT]",
     )
     p.add_argument("--max-batch-size", type=int, help="per model; 0: 4 on CPU, 32 on CUDA")
     p.add_argument("--max-queue-delay-ms", type=float, help="hold a non-full batch this long (default 0)")
@@ -65,7 +69,6 @@ class _Server(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> int:
-    from service.grpc import create_grpc_server
 
     metrics = Metrics()
     engine = Engine(settings, metrics)
@@ -108,8 +111,7 @@ async def serve(settings: Settings) -> int:
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({load_task, stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
     if load_task.done() and load_task.exception() is not None:
-        exc = load_task.exception()
-        log.error("event=startup_failed reason=%r", str(exc))
+        log.error("event=startup_failed reason=%r", str(load_task.exception()))
         exit_code = 1
     elif http_task.done():
         log.error("event=http_server_exited")  # e.g. the port is taken
@@ -122,6 +124,7 @@ async def serve(settings: Settings) -> int:
 
     log.info("event=stopping drain_timeout_s=%s", settings.drain_timeout_s)
     engine.begin_drain()
+    set_serving(grpc_server, False)
     http_server.should_exit = True
     await asyncio.gather(grpc_server.stop(settings.drain_timeout_s), http_task, return_exceptions=True)
     await engine.stop()

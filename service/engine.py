@@ -173,6 +173,10 @@ class Engine:
         return self._accepting
 
     @property
+    def draining(self) -> bool:
+        return self._draining or not self._accepting
+
+    @property
     def ready(self) -> bool:
         return (
             self._accepting

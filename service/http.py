@@ -39,16 +39,18 @@ from service.schemas import (
     Readiness,
 )
 from service.settings import Settings
+from service.v2_http import create_v2_router
 
 log = logging.getLogger(__name__)
 
 # Bodies we read as one encoded image. curl --data-binary sends form-urlencoded unless told otherwise.
 _RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+_OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+)
 
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse}
-    for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
 }
 
 
@@ -196,7 +198,8 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def classify(
         request: Request,
         variant: Annotated[
-            str | None, Query(max_length=64, description="model name (b0..b7, lite0); default model if omitted")
+            str | None,
+            Query(max_length=64, description="model name (b0..b7, lite0); default model if omitted"),
         ] = None,
         top_k: Annotated[int, Query(description="predictions per image (1 to min(classes, max_top_k))")] = 5,
         timeout_ms: Annotated[
@@ -242,7 +245,9 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def get_model(name: str) -> ModelInfo:
         entry = engine.entries.get(name)
         if entry is None:
-            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {', '.join(sorted(engine.entries))}")
+            raise UnknownModel(
+                f"unknown model '{name[:64]}'; valid models: {', '.join(sorted(engine.entries))}"
+            )
         return engine.describe(entry)
 
     @app.get("/healthz", summary="Liveness: 200 while the process serves")
@@ -258,14 +263,5 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    _include_v2(app, engine, metrics)
-    return app
-
-
-def _include_v2(app: FastAPI, engine: Engine, metrics: Metrics) -> None:
-    """Mount the Open Inference Protocol (V2) routes when that module is present."""
-    try:
-        from service.v2_http import create_v2_router
-    except ImportError:  # the V2 layer is optional while it is being built
-        return
     app.include_router(create_v2_router(engine, metrics))
+    return app

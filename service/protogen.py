@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import shutil
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "service" / "_generated"
+PACKAGE = "service._generated"  # the import path of OUT_DIR
 
 
 def proto_files() -> list[Path]:
@@ -40,18 +42,51 @@ def generate(out_dir: Path) -> None:
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-    # Generated modules import each other by their proto package path (e.g. `effnet.v1`), so the
-    # output root must be importable as a top-level path; service/_generated/__init__.py arranges it.
+        for module in out_dir.rglob("*_pb2.py"):
+            _use_private_pool(module)
+        _rewrite_imports(out_dir)
     for folder in [out_dir, *(p for p in out_dir.rglob("*") if p.is_dir())]:
         (folder / "__init__.py").touch()
     (out_dir / "__init__.py").write_text(
-        '"""Generated from proto/ by service.protogen; do not edit."""\n'
-        "import sys as _sys\n"
-        "from pathlib import Path as _Path\n\n"
-        "_root = str(_Path(__file__).resolve().parent)\n"
-        "if _root not in _sys.path:\n"
-        "    _sys.path.insert(0, _root)\n"
+        '"""Generated from proto/ by service.protogen; do not edit.\n\n'
+        'Import as `from service._generated.effnet.v1 import classifier_pb2`."""\n\n'
+        "from google.protobuf import descriptor_pool as _descriptor_pool\n\n"
+        "# Our descriptors live in this pool, not the process-wide default one: see protogen.py.\n"
+        "POOL = _descriptor_pool.DescriptorPool()\n"
     )
+
+
+def _rewrite_imports(out_dir: Path) -> None:
+    """protoc writes imports by proto package (`from effnet.v1 import classifier_pb2`); make them
+    absolute inside this package, so that nothing has to be put on sys.path."""
+    packages = "|".join(sorted(re.escape(p.name) for p in out_dir.iterdir() if p.is_dir()))
+    if not packages:
+        return
+    pattern = re.compile(rf"^(\s*)from ((?:{packages})(?:\.\w+)*) import (\w+_pb2\b)", re.M)
+    for module in [*out_dir.rglob("*.py"), *out_dir.rglob("*.pyi")]:
+        text = module.read_text()
+        rewritten = pattern.sub(rf"\1from {PACKAGE}.\2 import \3", text)
+        if rewritten != text:
+            module.write_text(rewritten)
+
+
+_DEFAULT_POOL = "_descriptor_pool.Default()"
+_POOL_IMPORT = "from google.protobuf import descriptor_pool as _descriptor_pool\n"
+
+
+def _use_private_pool(module: Path) -> None:
+    """Register the module's descriptors in `service._generated.POOL` instead of the default pool.
+
+    The Open Inference Protocol fixes the proto package `inference`, and Triton's own client
+    (tritonclient.grpc) registers the same message names in the default pool: both in one process
+    (a test, or an application embedding both) would fail with "duplicate symbol". The wire format
+    only depends on field numbers and the service path, so a private pool changes nothing for peers.
+    """
+    text = module.read_text()
+    if _DEFAULT_POOL not in text or _POOL_IMPORT not in text:
+        raise SystemExit(f"{module}: unexpected protoc output, cannot switch descriptor pool")
+    text = text.replace(_POOL_IMPORT, _POOL_IMPORT + f"from {PACKAGE} import POOL as _POOL\n", 1)
+    module.write_text(text.replace(_DEFAULT_POOL, "_POOL"))
 
 
 def _same_tree(a: Path, b: Path) -> bool:

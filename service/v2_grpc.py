@@ -1,0 +1,168 @@
+"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, translated to `service.v2`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service import v2
+from service._generated.inference import grpc_service_pb2 as pb
+from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
+from service.engine import Engine
+from service.errors import InvalidArgument, ServiceError
+from service.grpc_common import abort, deadline_of, model_label, observed
+from service.metrics import Metrics
+
+PROTOCOL = "v2-grpc"
+
+# Which InferTensorContents field carries each datatype (the specification's table).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_of(message_map: Any) -> dict[str, Any]:
+    """map<string, InferParameter> -> plain values."""
+    values: dict[str, Any] = {}
+    for key, parameter in message_map.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
+def set_parameter(message_map: Any, key: str, value: bool | int | float | str) -> None:
+    target = message_map[key]
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = value
+
+
+def request_from_message(message: pb.ModelInferRequest) -> v2.InferRequest:
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
+            "when used, it must hold one per input"
+        )
+    inputs = []
+    for index, tensor in enumerate(message.inputs):
+        shape = tuple(tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(f"input '{tensor.name}': contents and raw_input_contents are both set")
+            data = v2.tensor_from_raw(tensor.name, tensor.datatype, shape, raw[index])
+        else:
+            field = _CONTENTS_FIELD.get(tensor.datatype)
+            if field is None:
+                raise InvalidArgument(
+                    f"input '{tensor.name[:64]}': datatype '{tensor.datatype[:32]}' has no typed contents"
+                )
+            data = v2.tensor_from_values(
+                tensor.name, tensor.datatype, shape, list(getattr(tensor.contents, field))
+            )
+        inputs.append(v2.InputTensor(tensor.name, tensor.datatype, shape, data))
+    outputs = [
+        v2.RequestedOutput.from_parameters(output.name, parameters_of(output.parameters))
+        for output in message.outputs
+    ]
+    return v2.InferRequest(
+        model=message.model_name,
+        inputs=inputs,
+        outputs=outputs,
+        version=message.model_version,
+        id=message.id,
+        parameters=parameters_of(message.parameters),
+    )
+
+
+def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
+    """Outputs always travel as raw_output_contents (what Triton does; clients read both forms)."""
+    message = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    for output in response.outputs:
+        message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        if isinstance(output.data, np.ndarray):
+            little = np.ascontiguousarray(output.data, dtype=output.data.dtype.newbyteorder("<"))
+            message.raw_output_contents.append(little.tobytes())
+        else:
+            message.raw_output_contents.append(v2.encode_bytes_elements(output.data))
+    return message
+
+
+class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self._engine.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            ready = v2.model_ready(self._engine, request.name, request.version)
+        except ServiceError as exc:
+            await abort(context, exc)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return pb.ServerMetadataResponse(
+            name=v2.SERVER_NAME, version=v2.server_version(), extensions=list(v2.EXTENSIONS)
+        )
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        label = model_label(self._engine, request.name)
+
+        async def work() -> pb.ModelMetadataResponse:
+            meta = v2.model_metadata(v2.resolve(self._engine, request.name, request.version))
+            return pb.ModelMetadataResponse(
+                name=meta.name,
+                versions=list(meta.versions),
+                platform=meta.platform,
+                inputs=[_tensor_metadata(t) for t in meta.inputs],
+                outputs=[_tensor_metadata(t) for t in meta.outputs],
+            )
+
+        return await observed(self._metrics, PROTOCOL, label, context, work)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        label = model_label(self._engine, request.model_name)
+        deadline = deadline_of(context)
+
+        async def work() -> pb.ModelInferResponse:
+            infer_request = request_from_message(request)
+            return response_message(await v2.infer(self._engine, infer_request, deadline))
+
+        return await observed(self._metrics, PROTOCOL, label, context, work)
+
+
+def _tensor_metadata(tensor: v2.TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
+    )
+
+
+def add_v2_servicer(servicer: V2Servicer, server: grpc.aio.Server) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

@@ -1,0 +1,267 @@
+"""The Open Inference Protocol (KServe V2) over HTTP: a FastAPI router for everything under `/v2`.
+
+Requests carry JSON tensors, or use the binary tensor data extension: the body is a JSON header of
+`Inference-Header-Content-Length` bytes followed by the raw data of each input whose parameters hold
+`binary_data_size`. Outputs are binary when the request asks (`binary_data_output` for all, an output's
+`binary_data` for one). Errors answer `{"error": "<message>"}` with the status from the one table.
+Health and readiness answer 200 for true and 400 (not ready) or 404 (unknown model) for false.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service import v2
+from service.engine import Engine
+from service.errors import (
+    BadRequest,
+    EmptyBody,
+    InvalidArgument,
+    PayloadTooLarge,
+    ServiceError,
+    UnknownModel,
+    UnsupportedMediaType,
+    retry_after,
+    status_for,
+)
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "v2-http"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    headers = {}
+    wait = retry_after(error)
+    if wait is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return JSONResponse({"error": error.message}, status_code=status_for(error).http, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ------------------------------------------------------------------------------------ request parsing
+def parse_infer_request(model: str, version: str, body: bytes, header_length: str | None) -> v2.InferRequest:
+    if not body:
+        raise EmptyBody("the request body is empty; send an inference request JSON object")
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise BadRequest(f"{HEADER_LENGTH} is '{header_length[:32]}', the body holds {len(body)} bytes")
+        split = int(header_length)
+        header, binary = body[:split], memoryview(body)[split:]
+    else:
+        header, binary = body, memoryview(b"")
+    try:
+        document = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the inference request is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("the inference request must be a JSON object")
+    raw_inputs = _list_of_objects(document.get("inputs"), "inputs")
+    offset = 0
+    inputs = []
+    for item in raw_inputs:
+        name, datatype = _string(item, "name"), _string(item, "datatype")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise InvalidArgument(f"input '{name[:64]}': 'shape' must be a list of integers")
+        parameters = _parameters(item, f"input '{name[:64]}'")
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidArgument(f"input '{name[:64]}': binary_data_size {size} does not fit the body")
+            data = v2.tensor_from_raw(name, datatype, shape, bytes(binary[offset : offset + size]))
+            offset += size
+        elif "data" in item:
+            data = v2.tensor_from_values(name, datatype, shape, item["data"])
+        else:
+            raise InvalidArgument(f"input '{name[:64]}' has neither 'data' nor binary_data_size")
+        inputs.append(v2.InputTensor(name, datatype, tuple(shape), data))
+    if offset != len(binary):
+        raise InvalidArgument(f"{len(binary) - offset} bytes of binary data follow the header unused")
+    outputs = []
+    for item in _list_of_objects(document.get("outputs", []), "outputs"):
+        name = _string(item, "name")
+        outputs.append(v2.RequestedOutput.from_parameters(name, _parameters(item, f"output '{name[:64]}'")))
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    return v2.InferRequest(
+        model=model,
+        inputs=inputs,
+        outputs=outputs,
+        version=version,
+        id=request_id,
+        parameters=_parameters(document, "the request"),
+    )
+
+
+def _list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InvalidArgument(f"'{what}' must be a list of objects")
+    return value
+
+
+def _string(item: dict[str, Any], key: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidArgument(f"a tensor's '{key}' must be a string")
+    return value
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = item.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidArgument(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
+# --------------------------------------------------------------------------------- response encoding
+def encode_infer_response(response: v2.InferResponse, parameters: dict[str, Any]) -> Response:
+    binary_default = parameters.get("binary_data_output") is True
+    header_outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for output in response.outputs:
+        wanted = output.requested.parameters.get("binary_data") if output.requested else None
+        binary = wanted if isinstance(wanted, bool) else binary_default
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.shape),
+        }
+        if binary:
+            chunk = _raw(output.data)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = _json_values(output.data)
+        header_outputs.append(entry)
+    document: dict[str, Any] = {
+        "model_name": response.model,
+        "model_version": response.version,
+        "outputs": header_outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def _raw(data: v2.TensorData) -> bytes:
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
+    return v2.encode_bytes_elements(data)
+
+
+def _json_values(data: v2.TensorData) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return data.ravel().tolist()
+    return [item.decode("utf-8", errors="replace") for item in data]
+
+
+def _metadata_json(meta: v2.ModelMetadata) -> dict[str, Any]:
+    def tensors(items: tuple[v2.TensorMetadata, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": tensors(meta.inputs),
+        "outputs": tensors(meta.outputs),
+    }
+
+
+# -------------------------------------------------------------------------------------------- routes
+def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
+    router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+
+    def label_of(name: str) -> str:
+        return name if name in engine.readiness() else "unknown"
+
+    async def answered(label: str, work: Callable[[], Awaitable[Response]]) -> Response:
+        start = time.monotonic()
+        try:
+            response = await work()
+        except ServiceError as exc:
+            response = error_response(exc)
+        except Exception:
+            log.exception("event=request_crashed protocol=%s model=%s", PROTOCOL, label)
+            response = JSONResponse({"error": "internal error"}, status_code=500)
+        metrics.observe_request(PROTOCOL, label, response.status_code, time.monotonic() - start)
+        return response
+
+    @router.get("", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": v2.SERVER_NAME, "version": v2.server_version(), "extensions": list(v2.EXTENSIONS)}
+
+    @router.get("/health/live", summary="Liveness: 200 while the process serves")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/health/ready", summary="Readiness: 200 when every model is ready, else 400")
+    async def ready() -> JSONResponse:
+        is_ready = engine.ready
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
+
+    async def model_metadata(name: str, version: str = "") -> Response:
+        async def work() -> Response:
+            return JSONResponse(_metadata_json(v2.model_metadata(v2.resolve(engine, name, version))))
+
+        return await answered(label_of(name), work)
+
+    async def model_ready(name: str, version: str = "") -> Response:
+        try:
+            is_ready = v2.model_ready(engine, name, version)
+        except UnknownModel as exc:
+            return error_response(exc)
+        return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 400)
+
+    async def model_infer(request: Request, name: str, version: str = "") -> Response:
+        async def work() -> Response:
+            encoding = request.headers.get("content-encoding", "identity").lower()
+            if encoding != "identity":
+                raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
+            body = await _read_body(request, engine.settings.max_body_bytes)
+            infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
+            response = await v2.infer(engine, infer_request, None)
+            return encode_infer_response(response, infer_request.parameters)
+
+        return await answered(label_of(name), work)
+
+    for base in ("/models/{name}", "/models/{name}/versions/{version}"):
+        router.add_api_route(base, model_metadata, methods=["GET"], summary="Model metadata")
+        router.add_api_route(f"{base}/ready", model_ready, methods=["GET"], summary="Model readiness")
+        router.add_api_route(f"{base}/infer", model_infer, methods=["POST"], summary="Inference")
+    return router

@@ -1,0 +1,365 @@
+"""The Open Inference Protocol codecs and request logic (service.v2, v2_http, v2_grpc), with a fake
+engine: no model, no server."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service import v2
+from service.engine import InferOutcome
+from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
+from service.model_spec import ModelSpec
+from service.registry import ModelEntry, ModelState
+from service.schemas import Timings
+from service.v2_grpc import pb, request_from_message, response_message, set_parameter
+from service.v2_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 8
+LABELS = ["red", "green", "blue", "grey: with colon"]
+
+
+def make_entry(name: str = "tiny") -> ModelEntry:
+    spec = ModelSpec.model_validate(
+        {
+            "name": name, "version": 1, "variant": "b0", "architecture": "test",
+            "crop_size": SIZE, "resize_size": SIZE, "interpolation": "bicubic",
+            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+            "inputs": [{"name": "pixels", "dtype": "uint8", "shape": [-1, 3, SIZE, SIZE]}],
+            "outputs": [
+                {"name": "logits", "dtype": "float32", "shape": [-1, len(LABELS)]},
+                {"name": "probabilities", "dtype": "float32", "shape": [-1, len(LABELS)]},
+            ],
+            "num_classes": len(LABELS), "weights": {"kind": "random", "seed": 0},
+            "parameters": 1, "gmacs": 0.1, "opset": 18, "exporter": {}, "onnx_sha256": "0" * 64,
+        }
+    )  # fmt: skip
+    return ModelEntry(name, 1, None, state=ModelState.READY, spec=spec, labels=list(LABELS))
+
+
+class FakeEngine:
+    """The slice of Engine that service.v2 uses; outputs are derived from the input so tests can check."""
+
+    def __init__(self) -> None:
+        self.entry = make_entry()
+        self.calls: list[tuple[str, Any]] = []
+
+    def resolve(self, name: str | None) -> ModelEntry:
+        if name not in (None, "", "tiny"):
+            raise UnknownModel(f"unknown model '{name}'")
+        return self.entry
+
+    def readiness(self) -> dict[str, str]:
+        return {"tiny": "ready", "broken": "failed: bad file"}
+
+    def check_top_k(self, entry: ModelEntry, k: int) -> int:
+        if not 1 <= k <= len(LABELS):
+            raise InvalidArgument(f"top_k must be between 1 and {len(LABELS)}, got {k}")
+        return k
+
+    def _outcome(self, n: int) -> InferOutcome:
+        probabilities = np.tile(np.array([0.1, 0.6, 0.2, 0.1], dtype=np.float32), (n, 1))
+        outputs = {"logits": np.log(probabilities), "probabilities": probabilities}
+        return InferOutcome(
+            self.entry, outputs, Timings(preprocess_ms=0, queue_ms=0, inference_ms=1, total_ms=1)
+        )
+
+    async def infer_pixels(self, model: str, pixels: np.ndarray, deadline: float | None) -> InferOutcome:
+        self.calls.append(("pixels", pixels))
+        return self._outcome(pixels.shape[0])
+
+    async def infer_images(self, model: str, images: list[bytes], deadline: float | None) -> InferOutcome:
+        self.calls.append(("images", images))
+        return self._outcome(len(images))
+
+
+# ----------------------------------------------------------------------------------- BYTES encoding
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_bytes_elements_round_trip(items: list[bytes]) -> None:
+    encoded = v2.encode_bytes_elements(items)
+    assert len(encoded) == sum(4 + len(i) for i in items)
+    assert v2.decode_bytes_elements(encoded, len(items)) == items
+
+
+def test_bytes_elements_are_little_endian_length_prefixed() -> None:
+    assert v2.encode_bytes_elements([b"ab", b""]) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"\x05\x00", "inside the length"),
+        (struct.pack("<I", 10) + b"abc", "declares 10 bytes"),
+    ],
+)
+def test_truncated_bytes_tensor_is_rejected(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        v2.decode_bytes_elements(raw)
+
+
+def test_bytes_element_count_must_match_shape() -> None:
+    with pytest.raises(InvalidArgument, match="holds 1 elements, its shape needs 2"):
+        v2.tensor_from_raw("image", "BYTES", [2], v2.encode_bytes_elements([b"x"]))
+
+
+# ---------------------------------------------------------------------------------- numeric tensors
+def test_raw_tensor_decodes_little_endian_row_major() -> None:
+    values = np.arange(6, dtype="<f4").reshape(2, 3)
+    decoded = v2.tensor_from_raw("x", "FP32", [2, 3], values.tobytes())
+    assert isinstance(decoded, np.ndarray)
+    np.testing.assert_array_equal(decoded, values)
+
+
+def test_raw_tensor_size_must_match_shape() -> None:
+    with pytest.raises(InvalidArgument, match="5 bytes of data"):
+        v2.tensor_from_raw("x", "UINT8", [2, 3], b"\x00" * 5)
+
+
+def test_values_may_be_nested_or_flat() -> None:
+    flat = v2.tensor_from_values("x", "INT32", [2, 2], [1, 2, 3, 4])
+    nested = v2.tensor_from_values("x", "INT32", [2, 2], [[1, 2], [3, 4]])
+    assert isinstance(flat, np.ndarray) and isinstance(nested, np.ndarray)
+    np.testing.assert_array_equal(flat, nested)
+    assert flat.dtype == np.int32
+
+
+@pytest.mark.parametrize(
+    "datatype, shape, values, message",
+    [
+        ("UINT8", [2], [1, 2, 3], "has 3 elements"),
+        ("UINT8", [1], [300], "not a valid UINT8"),
+        ("FP32", [2], [[1.0], [2.0, 3.0]], "ragged|not a valid"),
+        ("COMPLEX", [1], [1], "unknown datatype"),
+        ("UINT8", [-1], [], "negative dimension"),
+    ],
+)
+def test_bad_values_are_rejected(datatype: str, shape: list[int], values: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        v2.tensor_from_values("x", datatype, shape, values)
+
+
+def test_json_bytes_elements_are_utf8_strings_or_base64_objects() -> None:
+    items = v2.tensor_from_values("image", "BYTES", [2], ["héllo", {"b64": "AAEC"}])
+    assert items == ["héllo".encode(), b"\x00\x01\x02"]
+    with pytest.raises(InvalidArgument, match="base64"):
+        v2.tensor_from_values("image", "BYTES", [1], [{"b64": "%%%"}])
+
+
+def test_classification_parameter_must_be_a_count() -> None:
+    assert v2.RequestedOutput.from_parameters("logits", {"classification": 3}).classification == 3
+    for bad in (-1, True, "3", 1.5):
+        with pytest.raises(InvalidArgument, match="classification"):
+            v2.RequestedOutput.from_parameters("logits", {"classification": bad})
+
+
+# ------------------------------------------------------------------------------------- v2.infer
+def pixels_request(n: int = 2, **kw: Any) -> v2.InferRequest:
+    pixels = np.zeros((n, 3, SIZE, SIZE), dtype=np.uint8)
+    return v2.InferRequest("tiny", [v2.InputTensor("pixels", "UINT8", pixels.shape, pixels)], **kw)
+
+
+async def test_infer_returns_every_output_by_default() -> None:
+    engine = FakeEngine()
+    response = await v2.infer(engine, pixels_request(id="r1"))  # type: ignore[arg-type]
+    assert [o.name for o in response.outputs] == ["logits", "probabilities"]
+    assert response.outputs[1].datatype == "FP32" and response.outputs[1].shape == (2, len(LABELS))
+    assert (response.model, response.version, response.id) == ("tiny", "1", "r1")
+
+
+async def test_classification_extension_gives_score_index_label() -> None:
+    request = pixels_request(1, outputs=[v2.RequestedOutput("probabilities", classification=2)])
+    response = await v2.infer(FakeEngine(), request)  # type: ignore[arg-type]
+    output = response.outputs[0]
+    assert output.datatype == "BYTES" and output.shape == (1, 2)
+    assert output.data == [b"0.600000:1:green", b"0.200000:2:blue"]
+    assert v2.parse_classification(b"0.100000:3:grey: with colon") == (0.1, 3, "grey: with colon")
+
+
+async def test_image_input_goes_to_preprocessing() -> None:
+    engine = FakeEngine()
+    request = v2.InferRequest("tiny", [v2.InputTensor("image", "BYTES", (2, 1), [b"a", b"b"])])
+    response = await v2.infer(engine, request)  # type: ignore[arg-type]
+    assert engine.calls == [("images", [b"a", b"b"])]
+    assert response.outputs[0].shape == (2, len(LABELS))
+
+
+@pytest.mark.parametrize(
+    "request_factory, message",
+    [
+        (lambda: pixels_request(outputs=[v2.RequestedOutput("scores")]), "unknown output 'scores'"),
+        (lambda: pixels_request(outputs=[v2.RequestedOutput("logits", 9)]), "top_k must be between"),
+        (
+            lambda: pixels_request(outputs=[v2.RequestedOutput("logits"), v2.RequestedOutput("logits")]),
+            "requested twice",
+        ),
+        (lambda: v2.InferRequest("tiny", []), "exactly one input"),
+        (
+            lambda: v2.InferRequest(
+                "tiny", [v2.InputTensor("pixels", "UINT8", (1, 3, 4, 4), np.zeros((1, 3, 4, 4), np.uint8))]
+            ),
+            r"shape \[N, 3, 8, 8\]",
+        ),
+        (
+            lambda: v2.InferRequest(
+                "tiny", [v2.InputTensor("pixels", "FP32", (1,), np.zeros(1, np.float32))]
+            ),
+            "must be UINT8",
+        ),
+        (
+            lambda: v2.InferRequest("tiny", [v2.InputTensor("image", "BYTES", (1, 2), [b"a", b"b"])]),
+            r"\[N, 1\]",
+        ),
+        (lambda: v2.InferRequest("tiny", [v2.InputTensor("text", "BYTES", (1,), [b"a"])]), "unknown input"),
+    ],
+)
+async def test_invalid_requests_are_rejected(request_factory: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await v2.infer(FakeEngine(), request_factory())  # type: ignore[arg-type]
+
+
+async def test_unknown_version_is_not_found() -> None:
+    with pytest.raises(UnknownModel, match="no version '7'"):
+        await v2.infer(FakeEngine(), pixels_request(version="7"))  # type: ignore[arg-type]
+
+
+def test_model_ready_knows_states_and_names() -> None:
+    engine = FakeEngine()
+    assert v2.model_ready(engine, "tiny") is True  # type: ignore[arg-type]
+    assert v2.model_ready(engine, "tiny", "2") is False  # type: ignore[arg-type]
+    engine.resolve = lambda name: (_ for _ in ()).throw(NotReady("loading"))  # type: ignore[method-assign]
+    assert v2.model_ready(engine, "broken") is False  # type: ignore[arg-type]
+    with pytest.raises(UnknownModel):
+        v2.model_ready(engine, "nope")  # type: ignore[arg-type]
+
+
+def test_metadata_lists_both_inputs() -> None:
+    meta = v2.model_metadata(make_entry())
+    assert [(t.name, t.datatype, t.shape) for t in meta.inputs] == [
+        ("pixels", "UINT8", (-1, 3, SIZE, SIZE)),
+        ("image", "BYTES", (-1,)),
+    ]
+    assert [t.name for t in meta.outputs] == ["logits", "probabilities"]
+
+
+def test_triton_timeout_parameter_tightens_the_deadline() -> None:
+    assert v2.deadline_from({}, 5.0) == 5.0
+    tightened = v2.deadline_from({"timeout": 1000}, 1e12)
+    assert tightened is not None and tightened < 1e12
+
+
+# ------------------------------------------------------------------------------------ HTTP framing
+def test_http_binary_request_and_response() -> None:
+    pixels = np.arange(2 * 3 * SIZE * SIZE, dtype=np.uint8).reshape(2, 3, SIZE, SIZE)
+    header = json.dumps(
+        {
+            "id": "abc",
+            "inputs": [
+                {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape),
+                 "parameters": {"binary_data_size": pixels.nbytes}}
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True, "classification": 1}}],
+        }
+    ).encode()  # fmt: skip
+    request = parse_infer_request("tiny", "", header + pixels.tobytes(), str(len(header)))
+    data = request.inputs[0].data
+    assert isinstance(data, np.ndarray)
+    np.testing.assert_array_equal(data, pixels)
+    assert request.id == "abc" and request.outputs[0].classification == 1
+
+    output = v2.OutputTensor("probabilities", "BYTES", (1, 1), [b"0.6:1:green"], request.outputs[0])
+    response = encode_infer_response(v2.InferResponse("tiny", "1", "abc", [output], _timings()), {})
+    length = int(response.headers[HEADER_LENGTH])
+    body = bytes(response.body)
+    document = json.loads(body[:length])
+    assert document["outputs"][0]["parameters"]["binary_data_size"] == len(body) - length
+    assert v2.decode_bytes_elements(body[length:]) == [b"0.6:1:green"]
+
+
+def test_http_json_response_when_no_binary_is_asked() -> None:
+    output = v2.OutputTensor("logits", "FP32", (1, 2), np.array([[0.5, 1.5]], dtype=np.float32))
+    response = encode_infer_response(v2.InferResponse("tiny", "1", "", [output], _timings()), {})
+    assert response.media_type == "application/json"
+    assert json.loads(bytes(response.body))["outputs"][0]["data"] == [0.5, 1.5]
+
+
+@pytest.mark.parametrize(
+    "body, header_length, message",
+    [
+        (b"", None, "empty"),
+        (b"{not json", None, "not valid JSON"),
+        (b"[]", None, "JSON object"),
+        (b'{"inputs": [{"name": "x", "datatype": "UINT8", "shape": [1]}]}', None, "neither 'data'"),
+        (b'{"inputs": []}xx', "14", "2 bytes of binary data"),
+        (b'{"inputs": []}', "99", "Inference-Header-Content-Length"),
+    ],
+)
+def test_http_malformed_requests(body: bytes, header_length: str | None, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request("tiny", "", body, header_length)
+
+
+# ------------------------------------------------------------------------------------ gRPC framing
+def test_grpc_raw_and_typed_contents_decode_alike() -> None:
+    pixels = np.arange(3 * SIZE * SIZE, dtype=np.uint8).reshape(1, 3, SIZE, SIZE) % 251
+    raw = pb.ModelInferRequest(model_name="tiny", id="7", raw_input_contents=[pixels.tobytes()])
+    raw.inputs.add(name="pixels", datatype="UINT8", shape=pixels.shape)
+    typed = pb.ModelInferRequest(model_name="tiny")
+    typed.inputs.add(name="pixels", datatype="UINT8", shape=pixels.shape).contents.uint_contents.extend(
+        pixels.ravel().tolist()
+    )
+    output = raw.outputs.add(name="logits")
+    set_parameter(output.parameters, "classification", 2)
+    a, b = request_from_message(raw), request_from_message(typed)
+    assert isinstance(a.inputs[0].data, np.ndarray) and isinstance(b.inputs[0].data, np.ndarray)
+    np.testing.assert_array_equal(a.inputs[0].data, b.inputs[0].data)
+    assert a.outputs[0].classification == 2 and a.id == "7"
+
+
+def test_grpc_raw_contents_need_one_entry_per_input() -> None:
+    message = pb.ModelInferRequest(model_name="tiny", raw_input_contents=[b"a", b"b"])
+    message.inputs.add(name="image", datatype="BYTES", shape=[1])
+    with pytest.raises(InvalidArgument, match="one per input"):
+        request_from_message(message)
+
+
+def test_grpc_response_uses_raw_output_contents() -> None:
+    logits = np.array([[1.0, 2.0]], dtype=np.float32)
+    outputs = [
+        v2.OutputTensor("logits", "FP32", (1, 2), logits),
+        v2.OutputTensor("probabilities", "BYTES", (1, 1), [b"0.5:1:green"]),
+    ]
+    message = response_message(v2.InferResponse("tiny", "1", "x", outputs, _timings()))
+    assert [o.name for o in message.outputs] == ["logits", "probabilities"]
+    np.testing.assert_array_equal(np.frombuffer(message.raw_output_contents[0], "<f4"), logits.ravel())
+    assert v2.decode_bytes_elements(message.raw_output_contents[1]) == [b"0.5:1:green"]
+
+
+def _timings() -> Timings:
+    return Timings(preprocess_ms=0, queue_ms=0, inference_ms=0, total_ms=0)
+
+
+# -------------------------------------------------------------------------------- generated code
+def test_generated_code_is_not_stale() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.protogen", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_v2_messages_do_not_clash_with_tritonclient() -> None:
+    # Both define proto package `inference`; ours live in a private descriptor pool.
+    from tritonclient.grpc import service_pb2
+
+    ours = pb.ModelInferRequest(model_name="tiny", raw_input_contents=[b"\x01"])
+    theirs = service_pb2.ModelInferRequest.FromString(ours.SerializeToString())
+    assert theirs.model_name == "tiny" and list(theirs.raw_input_contents) == [b"\x01"]
