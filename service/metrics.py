@@ -77,7 +77,10 @@ class Metrics:
             "effnet_queue_depth", "Images waiting in the batcher queue", ["model"], registry=self.registry
         )
         self.model_ready = Gauge(
-            "effnet_model_ready", "1 when the model is loaded and warmed up", ["model"], registry=self.registry
+            "effnet_model_ready",
+            "1 when the model is loaded and warmed up",
+            ["model"],
+            registry=self.registry,
         )
         self.expired = Counter(
             "effnet_expired_total",

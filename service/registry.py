@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -26,7 +26,7 @@ from service.model_spec import (
 log = logging.getLogger(__name__)
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="bind address for HTTP and gRPC")
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8001, ge=1, le=65535)
-    drain_timeout_s: float = Field(30.0, gt=0, description="graceful stop: time allowed to finish queued work")
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="graceful stop: time allowed to finish queued work"
+    )
 
     # --- runtime (ONNX Runtime session options) ---
     device: Device = Field("auto", description="auto: CUDA when a session really gets it, else CPU")
@@ -44,7 +46,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="threads per session; 0: the number of cores")
     inter_op_threads: int = Field(1, ge=1)
     allow_spinning: bool = Field(
-        False, description="ORT worker threads spin between runs (lower latency, burns CPU preprocessing needs)"
+        False,
+        description="ORT worker threads spin between runs (lower latency, burns CPU preprocessing needs)",
     )
     graph_optimization: GraphOptimization = "all"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
