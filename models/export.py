@@ -1,0 +1,150 @@
+"""Export EfficientNet variants into the model repository: `python -m models.export --help`.
+
+Writes `DIR/<name>/<version>/{model.onnx, model.json, labels.txt}` atomically. `model.json` is a
+`service.model_spec.ModelSpec`; everything the service needs to preprocess comes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.errors import ExportError
+from models.graph import OPSET
+from models.pipeline import ExportResult, export
+from models.variants import ALL, UnknownVariant, expand
+from models.weights import DEFAULT_SEED, WeightsResolver
+
+__all__ = ["ExportError", "ExportResult", "export", "export_variant", "main"]
+
+DEFAULT_REPOSITORY = Path("models/repository")
+
+
+def export_variant(
+    variant: str,
+    repository: Path,
+    weights: str = "default",
+    version: int = 1,
+    *,
+    name: str | None = None,
+    num_classes: int | None = None,
+    labels: Path | None = None,
+    seed: int = DEFAULT_SEED,
+) -> Path:
+    """Export one variant into `repository` and return its version directory.
+
+    `weights`: "default" (ImageNet, else random with a warning), "imagenet", "random" (seeded) or the
+    path of a state_dict file. Raises `ExportError` for anything the user can fix.
+    """
+    result = export(
+        variant, repository, weights, version, name=name, num_classes=num_classes, labels=labels, seed=seed
+    )
+    return result.path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.export",
+        description="Export EfficientNet variants to ONNX (uint8 pixels in, logits and probabilities out) "
+        "with the model.json the service reads.",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="VARIANT",
+        help=f"one of {', '.join(ALL)} or 'all'; repeat or comma-separate for several",
+    )
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=DEFAULT_REPOSITORY,
+        help=f"model repository directory (default {DEFAULT_REPOSITORY})",
+    )
+    parser.add_argument(
+        "--weights",
+        default="default",
+        help="default (ImageNet, else random with a warning), imagenet, random, "
+        "or the path of a state_dict checkpoint",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of a custom checkpoint (default: from --labels or the checkpoint)",
+    )
+    parser.add_argument("--labels", type=Path, default=None, help="class names, one per line")
+    parser.add_argument("--version", type=int, default=1, help="model version directory (default 1)")
+    parser.add_argument("--name", default=None, help="model name (default: the variant key)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=OPSET,
+        help=f"ONNX opset; only {OPSET} is supported (the service is tested on it)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    args = _parser().parse_args(argv)
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        if args.opset != OPSET:
+            raise ExportError(f"--opset {args.opset}: only opset {OPSET} is supported")
+        variants = expand([key.strip() for keys in args.variant for key in keys.split(",") if key.strip()])
+        if args.name and len(variants) > 1:
+            raise ExportError("--name applies to a single variant")
+        resolver = WeightsResolver(
+            seed=args.seed, warn=lambda msg: err.print(f"[bold red]WARNING:[/] [yellow]{msg}[/]")
+        )
+        results: list[ExportResult] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+            task = progress.add_task("exporting", total=len(variants))
+            for v in variants:
+
+                def step(msg: str, key: str = v.key) -> None:
+                    progress.update(task, description=f"{key}: {msg}")
+
+                result = export(
+                    v.key,
+                    args.repository,
+                    args.weights,
+                    args.version,
+                    name=args.name,
+                    num_classes=args.num_classes,
+                    labels=args.labels,
+                    seed=args.seed,
+                    resolver=resolver,
+                    step=step,
+                )
+                results.append(result)
+                progress.console.print(_summary(result))
+                progress.advance(task)
+    except (ExportError, UnknownVariant) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]; nothing half-written was left in the repository")
+        return 130
+    return 0
+
+
+def _summary(result: ExportResult) -> str:
+    spec = result.spec
+    weights = spec.weights.kind + (f" (seed {spec.weights.seed})" if spec.weights.kind == "random" else "")
+    return (
+        f"{spec.name}: {spec.parameters / 1e6:.2f} M params, {spec.gmacs:.2f} GMACs at {spec.crop_size}px, "
+        f"{result.onnx_bytes / 1e6:.1f} MB, weights {weights}, onnx-vs-torch {result.verify_error:.1e}, "
+        f"{result.seconds:.1f} s -> {result.path}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The exportable variants and their static facts (no torch import here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Family = Literal["torchvision", "lite"]
+
+# EfficientNet-Lite was trained on (x - 127) / 128 in pixel units; expressed here in [0, 1] units.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    family: Family
+    builder: str  # torchvision.models function name, or the efficientnet_lite_pytorch model name
+    paper_params_m: float  # EfficientNet paper, Table 2 (lite0: the Lite release notes)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.key: v
+    for v in (
+        Variant("b0", "torchvision", "efficientnet_b0", 5.3),
+        Variant("b1", "torchvision", "efficientnet_b1", 7.8),
+        Variant("b2", "torchvision", "efficientnet_b2", 9.2),
+        Variant("b3", "torchvision", "efficientnet_b3", 12.0),
+        Variant("b4", "torchvision", "efficientnet_b4", 19.0),
+        Variant("b5", "torchvision", "efficientnet_b5", 30.0),
+        Variant("b6", "torchvision", "efficientnet_b6", 43.0),
+        Variant("b7", "torchvision", "efficientnet_b7", 66.0),
+        Variant("lite0", "lite", "efficientnet-lite0", 4.7),
+    )
+}
+ALL = tuple(VARIANTS)
+
+
+class UnknownVariant(ValueError):
+    pass
+
+
+def get_variant(key: str) -> Variant:
+    try:
+        return VARIANTS[key]
+    except KeyError:
+        raise UnknownVariant(f"unknown variant {key!r}; choose from {', '.join(ALL)} or 'all'") from None
+
+
+def expand(keys: list[str] | tuple[str, ...]) -> list[Variant]:
+    """Resolve CLI variant keys ('all' included) into variants, in table order, without duplicates."""
+    wanted: set[str] = set()
+    for key in keys:
+        wanted.update(ALL if key == "all" else (get_variant(key).key,))
+    return [v for k, v in VARIANTS.items() if k in wanted]

@@ -1,0 +1,56 @@
+"""Fixtures shared by every test directory. Keep each one cheap and session-scoped where it costs.
+
+Heavy imports (torch, skimage) happen inside the fixtures so tests that do not use them stay fast.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+JPEG_QUALITY = 95
+RANDOM_SEED = 0
+
+
+def _jpeg(array: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(array).convert("RGB")
+    if size is not None:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository exported once per session: `b0` (random weights, seed 0; fit for shapes,
+    speed and protocols, never labels) and `lite0` (real ImageNet weights), both at version 1."""
+    pytest.importorskip("torch", reason="exporting models needs the 'export' extra")
+    from models.export import export_variant
+
+    repository = tmp_path_factory.mktemp("repository")
+    export_variant("b0", repository, weights="random", seed=RANDOM_SEED)
+    export_variant("lite0", repository, weights="imagenet")
+    return repository
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> dict[str, bytes]:
+    """JPEG bytes of scikit-image's `chelsea` (a tabby cat, ImageNet 281-285) and `coffee`
+    (espresso 967 / cup 968), Pillow quality 95."""
+    from skimage import data
+
+    return {"chelsea": _jpeg(data.chelsea()), "coffee": _jpeg(data.coffee())}
+
+
+@pytest.fixture(scope="session")
+def photo_1080p() -> bytes:
+    """A real photo (scikit-image's `astronaut`) resized to 1920x1080, as JPEG bytes (quality 95)."""
+    from skimage import data
+
+    return _jpeg(data.astronaut(), size=(1920, 1080))

@@ -1,0 +1,54 @@
+"""Static facts of the variants: architecture sizes against the paper, torchvision's V1 transforms."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.architectures import build_classifier, imagenet_categories, parameter_count, preprocessing
+from models.variants import ALL, LITE_MEAN, LITE_STD, UnknownVariant, expand, get_variant
+
+# EfficientNet paper, Table 2 (millions of parameters).
+PAPER_PARAMS_M = {"b0": 5.3, "b1": 7.8, "b2": 9.2, "b3": 12, "b4": 19, "b5": 30, "b6": 43, "b7": 66}
+# torchvision IMAGENET1K_V1 eval transforms: (resize, crop).
+RESOLUTIONS = {
+    "b0": (256, 224), "b1": (256, 240), "b2": (288, 288), "b3": (320, 300),
+    "b4": (384, 380), "b5": (456, 456), "b6": (528, 528), "b7": (600, 600), "lite0": (256, 224),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("key", list(PAPER_PARAMS_M))
+def test_parameter_count_is_within_2_percent_of_the_paper(key: str) -> None:
+    params = parameter_count(build_classifier(get_variant(key)))
+    paper = PAPER_PARAMS_M[key] * 1e6
+    assert abs(params - paper) / paper < 0.02, f"{key}: {params} vs paper {paper:.0f}"
+
+
+def test_lite0_has_its_published_size() -> None:
+    assert parameter_count(build_classifier(get_variant("lite0"))) == 4_652_008
+
+
+@pytest.mark.parametrize("key", ALL)
+def test_preprocessing_follows_torchvision_v1(key: str) -> None:
+    pre = preprocessing(get_variant(key))
+    assert (pre.resize_size, pre.crop_size) == RESOLUTIONS[key]
+    assert pre.interpolation == "bicubic"
+    if key == "lite0":
+        assert (pre.mean, pre.std) == (LITE_MEAN, LITE_STD)
+    else:
+        assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+
+
+def test_imagenet_categories_come_without_download() -> None:
+    categories = imagenet_categories(get_variant("b0"))
+    assert len(categories) == 1000
+    assert categories[281] == "tabby" and categories[967] == "espresso"
+
+
+def test_all_expands_to_the_nine_variants_in_order() -> None:
+    assert [v.key for v in expand(["all"])] == ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0"]
+    assert [v.key for v in expand(["lite0", "b0", "b0"])] == ["b0", "lite0"]
+
+
+def test_unknown_variant_names_the_choices() -> None:
+    with pytest.raises(UnknownVariant, match="unknown variant 'b9'.*lite0"):
+        expand(["b9"])
