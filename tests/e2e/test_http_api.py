@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import struct
 import time
+import zlib
 
 import httpx
 import pytest
@@ -130,12 +132,21 @@ def test_truncated_jpeg_is_a_400(live_server, real_photos) -> None:
     assert response.status_code == 400
 
 
-def test_decompression_bomb_is_refused_without_decoding(live_server) -> None:
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
     buffer = io.BytesIO()
-    Image.new("L", (30_000, 30_000)).save(buffer, format="PNG")  # ~900 MP, ~1 MB compressed
-    response = classify(live_server, buffer.getvalue(), variant="lite0")
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR payload starts at byte 16
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR type + payload CRC
+    return bytes(data)
+
+
+def test_decompression_bomb_is_refused_without_decoding(live_server) -> None:
+    response = classify(live_server, png_claiming(30_000, 30_000), variant="lite0")
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
+    assert "30000" in response.json()["error"]["message"]
 
 
 def test_body_above_the_limit_is_413(server_factory, model_repository) -> None:
