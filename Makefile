@@ -36,8 +36,9 @@ models: $(REPOSITORY)/.complete
 serve: proto models
 	$(PY) -m service serve --repository $(REPOSITORY)
 
+# tests/deploy needs nginx, promtool and docker-compose: `make check-deploy` installs them and runs it.
 test: proto
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 test-unit: proto
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -53,3 +54,43 @@ check: lint test
 
 clean:
 	rm -rf $(VENV) service/_generated .pytest_cache .ruff_cache .mypy_cache
+
+# Deployment files, proven without a Docker engine: hadolint, docker-compose config, promtool,
+# yamllint, then tests/deploy (nginx -t, kubernetes-validate, the Grafana dashboard against the real
+# metric set, and two replicas + nginx as processes with one replica killed under load).
+# Installs what it lacks: Debian packages (root, as in CI) and the `deploy` extra.
+DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose
+
+check-deploy: proto
+	@missing=""; \
+	for pair in $(DEPLOY_APT_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "check-deploy: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) -m pip install --quiet -e '.[deploy]'
+	$(VENV)/bin/hadolint Dockerfile
+	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml --profile gpu config -q
+	promtool check config docker/prometheus/prometheus.yml
+	$(VENV)/bin/yamllint --strict -c docker/yamllint.yaml docker-compose.yml docker/
+	EFFNET_CHECK_DEPLOY=1 $(PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+# Benchmarks (bench/README.md): references, our service and a naive server, measured in one run.
+# Writes bench/results/<profile>.json and PNG plots. Models missing from $(REPOSITORY) are exported
+# with random weights (fine for speed). bench-quick: b0 only, a few minutes; bench: < 25 minutes.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench-quick: proto $(BENCH_STAMP)
+	$(PY) -m bench.run --profile quick --repository $(REPOSITORY)
+
+bench: proto $(BENCH_STAMP)
+	$(PY) -m bench.run --profile full --repository $(REPOSITORY)

@@ -1,0 +1,104 @@
+# syntax=docker/dockerfile:1
+# effnet-serve images. Two runtime targets share one build stage:
+#   docker build --target cpu -t effnet-serve:cpu .    (default target: the last stage)
+#   docker build --target gpu -t effnet-serve:gpu .    (CUDA 13 + cuDNN 9, onnxruntime-gpu)
+# Build arguments: VARIANTS (comma list of b0..b7, lite0, or "all"), WEIGHTS (passed to the exporter).
+
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------------
+# build: export the model repository (torch lives only here), generate the gRPC code, build the wheel.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# CPU-only torch wheels first, in their own layer: the CUDA build is ~5 GB and export needs no GPU.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
+        torch==2.14.1 torchvision==0.29.1
+COPY . .
+# The export extra's torch pins match the CPU wheels above (a local "+cpu" label satisfies "==").
+RUN pip install --no-cache-dir "/src[export]" grpcio-tools==1.81.1 \
+    && python -m service.protogen \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /out/wheels . \
+    && python docker/requirements.py --target cpu > /out/requirements-cpu.txt \
+    && python docker/requirements.py --target gpu > /out/requirements-gpu.txt
+ARG VARIANTS=b0,lite0
+ARG WEIGHTS=default
+RUN IFS=','; for variant in ${VARIANTS}; do \
+        python -m models.export --variant "${variant}" --repository /out/models --weights "${WEIGHTS}" \
+        || exit 1; \
+    done \
+    && chmod -R a+rX,go-w /out/models
+
+# ---------------------------------------------------------------------------------------------------
+# gpu: NVIDIA CUDA 13 + cuDNN 9 runtime with onnxruntime-gpu (Python from the distribution, in a venv).
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+# DL3008: apt versions are not pinned on purpose; the base image tag pins the distribution release,
+# and exact Ubuntu package versions vanish from the archive within weeks, breaking rebuilds.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv \
+    && groupadd --system --gid 10001 effnet \
+    && useradd --system --uid 10001 --gid effnet --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin effnet
+COPY --from=build /out/requirements-gpu.txt /out/wheels/ /tmp/install/
+RUN pip install --no-cache-dir -r /tmp/install/requirements-gpu.txt \
+    && pip install --no-cache-dir --no-deps /tmp/install/*.whl \
+    && rm -rf /tmp/install
+# Owned by root and not writable by the service user: the model directory is read-only at run time.
+COPY --from=build /out/models /models
+COPY docker/healthcheck.py /usr/local/lib/effnet/healthcheck.py
+ENV EFFNET_REPOSITORY=/models \
+    EFFNET_DEVICE=cuda \
+    EFFNET_HOST=0.0.0.0 \
+    EFFNET_HTTP_PORT=8000 \
+    EFFNET_GRPC_PORT=8001
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000 8001
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/usr/local/lib/effnet/healthcheck.py"]
+# Exec form: the server is PID 1 and receives SIGTERM itself (graceful drain, exit 0).
+ENTRYPOINT ["python", "-m", "service"]
+CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------------
+# cpu (default): slim Python with the plain onnxruntime wheel; no CUDA libraries.
+FROM ${PYTHON_IMAGE} AS cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 effnet \
+    && useradd --system --uid 10001 --gid effnet --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin effnet
+COPY --from=build /out/requirements-cpu.txt /out/wheels/ /tmp/install/
+RUN pip install --no-cache-dir -r /tmp/install/requirements-cpu.txt \
+    && pip install --no-cache-dir --no-deps /tmp/install/*.whl \
+    && rm -rf /tmp/install
+COPY --from=build /out/models /models
+COPY docker/healthcheck.py /usr/local/lib/effnet/healthcheck.py
+ENV EFFNET_REPOSITORY=/models \
+    EFFNET_DEVICE=cpu \
+    EFFNET_HOST=0.0.0.0 \
+    EFFNET_HTTP_PORT=8000 \
+    EFFNET_GRPC_PORT=8001
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000 8001
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/usr/local/lib/effnet/healthcheck.py"]
+ENTRYPOINT ["python", "-m", "service"]
+CMD ["serve"]

@@ -1,0 +1,189 @@
+"""The Dockerfile, .dockerignore and the two helpers the image build runs."""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import json
+import re
+import subprocess
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .tooling import ROOT, load_docker_helper, require_tool
+
+healthcheck = load_docker_helper("healthcheck")
+requirements = load_docker_helper("requirements")
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def stages() -> dict[str, list[str]]:
+    """Stage name -> its instructions (continuation lines joined, comments dropped)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
+        if match:
+            current = result.setdefault(match[1], [])
+        if current is not None:
+            current.append(line)
+    return result
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins: dict[str, str] = {}
+    for dep in [*project["optional-dependencies"]["export"], *project["optional-dependencies"]["dev"]]:
+        name, _, version = dep.partition("==")
+        pins[name.split("[")[0]] = version
+    return pins
+
+
+def test_hadolint_finds_nothing() -> None:
+    hadolint = require_tool("hadolint")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stages_and_default_target() -> None:
+    found = stages()
+    assert list(found) == ["build", "gpu", "cpu"], "the last stage is `docker build`'s default: keep it cpu"
+    assert any("nvidia/cuda:13." in line and "cudnn" in line for line in DOCKERFILE.read_text().splitlines())
+
+
+@pytest.mark.parametrize("stage", ["cpu", "gpu"])
+def test_runtime_stage_is_locked_down(stage: str) -> None:
+    lines = stages()[stage]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), f"{stage}: numeric non-root USER"
+    entrypoint = next(line for line in lines if line.startswith("ENTRYPOINT "))
+    # Exec form (a JSON list): the server is PID 1 and gets SIGTERM itself, no shell in between.
+    assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["python", "-m", "service"]
+    health = next(line for line in lines if line.startswith("HEALTHCHECK "))
+    assert "healthcheck.py" in health and "CMD [" in health
+    joined = "\n".join(lines)
+    assert "COPY --from=build /out/models /models" in joined
+    assert "torch" not in joined, "torch belongs to the build stage only"
+    assert f"requirements-{stage}.txt" in joined
+    assert "EFFNET_REPOSITORY=/models" in joined
+
+
+def test_build_stage_pins_match_pyproject() -> None:
+    pins = pyproject_pins()
+    build = "\n".join(stages()["build"])
+    for name in ("torch", "torchvision", "grpcio-tools"):
+        assert f"{name}=={pins[name]}" in build, f"Dockerfile's {name} pin differs from pyproject.toml"
+    assert "download.pytorch.org/whl/cpu" in build
+    assert "python -m service.protogen" in build
+    assert "ARG VARIANTS=" in build and "models.export --variant" in build
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last matching pattern wins; `!` re-includes."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        bare = pattern.replace("**/", "")
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, bare) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_what_the_build_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for needed in ("pyproject.toml", "README.md", "service/engine.py", "models/export.py", "proto/x.proto",
+                   "docker/healthcheck.py", "docker/requirements.py"):  # fmt: skip
+        assert not _ignored(needed, patterns), f"{needed} must reach the build context"
+    unwanted_paths = (
+        ".venv/bin/python", ".git/HEAD", "models/repository/b0/1/model.onnx",
+        "service/_generated/x.py", "tests/unit/test_x.py", "docker/k8s/base/deployment.yaml",
+    )  # fmt: skip
+    for unwanted in unwanted_paths:
+        assert _ignored(unwanted, patterns), f"{unwanted} must stay out of the build context"
+
+
+def test_cpu_requirements_swap_only_the_runtime() -> None:
+    pyproject = ROOT / "pyproject.toml"
+    gpu = requirements.serving_requirements(pyproject, "gpu")
+    cpu = requirements.serving_requirements(pyproject, "cpu")
+    assert gpu == tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    assert requirements.CPU_ONNXRUNTIME in cpu and not any(d.startswith("onnxruntime-gpu") for d in cpu)
+    assert len(cpu) == len(gpu) and set(gpu) - set(cpu) == {d for d in gpu if d.startswith("onnxruntime-gpu")}
+    assert not any(d.startswith(("torch", "torchvision")) for d in cpu + gpu)
+
+
+def test_cpu_requirements_refuse_a_pyproject_without_the_gpu_runtime(tmp_path: Path) -> None:
+    fake = tmp_path / "pyproject.toml"
+    fake.write_text('[project]\nname = "x"\ndependencies = ["numpy"]\n')
+    with pytest.raises(SystemExit):
+        requirements.serving_requirements(fake, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, "http://127.0.0.1:8000/readyz"),
+        ({"EFFNET_HOST": "0.0.0.0", "EFFNET_HTTP_PORT": "9000"}, "http://127.0.0.1:9000/readyz"),
+        ({"EFFNET_HOST": "10.1.2.3"}, "http://10.1.2.3:8000/readyz"),
+        ({"EFFNET_HOST": "::1"}, "http://[::1]:8000/readyz"),
+    ],
+)
+def test_healthcheck_url(env: dict[str, str], url: str) -> None:
+    assert healthcheck.readyz_url(env) == url
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def readyz_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Readyz)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
+def test_healthcheck_follows_readyz(
+    readyz_server: http.server.HTTPServer, monkeypatch: pytest.MonkeyPatch, status: int, exit_code: int
+) -> None:
+    monkeypatch.setattr(_Readyz, "status", status)
+    monkeypatch.setenv("EFFNET_HOST", "127.0.0.1")
+    monkeypatch.setenv("EFFNET_HTTP_PORT", str(readyz_server.server_address[1]))
+    assert healthcheck.main() == exit_code
+
+
+def test_healthcheck_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("EFFNET_HTTP_PORT", str(port))
+    assert healthcheck.main() == 1

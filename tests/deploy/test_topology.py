@@ -1,0 +1,400 @@
+"""The compose topology as plain processes: two replicas behind nginx running the repo's own config.
+
+Load goes through nginx over HTTP (/classify with a real photo) and gRPC (grpc.health.v1 Check); it
+must spread over both replicas; one replica is SIGKILLed mid-load and every request must still get a
+correct answer or a clean error: none hangs (client timeouts), none is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from . import nginx_setup
+from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
+from .tooling import ROOT, unavailable
+
+pytestmark = pytest.mark.slow
+
+MODEL = "lite0"
+DRAIN_S = 5.0
+HTTP_TIMEOUT_S = 20.0
+GRPC_TIMEOUT_S = 10.0
+CLEAN_HTTP_ERRORS = {502, 503, 504}
+CLEAN_GRPC_ERRORS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout}s:\n{log()[-4000:]}")
+
+
+@dataclass
+class Process:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@dataclass
+class Replica(Process):
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def http_requests(self) -> float:
+        """Successful HTTP requests for MODEL this replica has counted (its own /metrics)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "effnet_requests_total" and labels.get("protocol") == "http":
+                    if labels.get("model") == MODEL and labels.get("code") == "200":
+                        total += sample.value
+        return total
+
+
+@dataclass
+class Topology:
+    replicas: list[Replica]
+    nginx: Process
+    http_port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def upstreams(self, path_prefix: str) -> Counter[str]:
+        """Upstream address per access-log line whose request starts with `path_prefix`."""
+        found: Counter[str] = Counter()
+        for line in self.nginx.log().splitlines():
+            match = re.search(r'"\S+ (\S+) [^"]*" \d+ .* upstream=(\S+)', line)
+            if match and match[1].startswith(path_prefix):
+                found.update(addr for addr in match[2].split(", ") if addr.startswith("127."))
+        return found
+
+
+def start_replica(repository: Path, log_dir: Path, index: int) -> Replica:
+    http_port, grpc_port = free_port(), free_port()
+    log_path = log_dir / f"replica-{index}.log"
+    command = [
+        sys.executable, "-m", "service", "serve",
+        "--repository", str(repository), "--models", MODEL,
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        # Two replicas share this machine's cores: one inference thread and one decoder each.
+        "--intra-op-threads", "1", "--preprocess-workers", "1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "EFFNET_HOST": "127.0.0.1",
+        "EFFNET_DRAIN_TIMEOUT_S": str(DRAIN_S),
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    return Replica(process, log_path, http_port, grpc_port)
+
+
+def start_nginx(nginx: str, prefix: Path, replicas: list[Replica]) -> tuple[Process, int, int]:
+    http_port, grpc_port = free_port(), free_port()
+    conf = nginx_setup.write_prefix(
+        prefix, http_port, grpc_port, [r.http_port for r in replicas], [r.grpc_port for r in replicas]
+    )
+    checked = nginx_setup.check_config(nginx, prefix, conf)
+    assert checked.returncode == 0, checked.stderr
+    log_path = prefix / "logs" / "access.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(conf), "-g", nginx_setup.globals_for(prefix)],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return Process(process, log_path), http_port, grpc_port
+
+
+@pytest.fixture(scope="module")
+def topology(deploy_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    nginx = nginx_setup.nginx_binary()
+    if nginx is None:
+        unavailable("nginx is not installed")
+    assert nginx is not None
+    if not (ROOT / "service" / "__main__.py").exists():
+        unavailable("the service has no entry point (service/__main__.py) yet")
+    log_dir = tmp_path_factory.mktemp("topology")
+    # nginx workers run unprivileged when started as root: the prefix must be traversable by them.
+    prefix = Path(tempfile.mkdtemp(prefix="effnet-nginx-"))
+    os.chmod(prefix, 0o755)
+    replicas = [start_replica(deploy_model_repository, log_dir, i) for i in range(2)]
+    started: list[Process] = list(replicas)
+    try:
+        for replica in replicas:
+            wait_until(replica.ready, 180, "replica ready", replica.log)
+        lb, http_port, grpc_port = start_nginx(nginx, prefix, replicas)
+        started.append(lb)
+        topology = Topology(replicas, lb, http_port, grpc_port)
+
+        def lb_up() -> bool:
+            try:
+                return httpx.get(f"{topology.url}/lb/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(
+            lb_up, 15, "nginx listening", lambda: lb.log() + (prefix / "logs" / "error.log").read_text()
+        )
+        yield topology
+    finally:
+        for process in reversed(started):
+            process.stop(timeout=DRAIN_S + 15)
+        subprocess.run(["rm", "-rf", str(prefix)], check=False)
+
+
+@pytest.fixture(scope="module")
+def photo(real_photos: dict[str, bytes]) -> bytes:
+    return real_photos["chelsea"]
+
+
+def classify(client: httpx.Client, base_url: str, image: bytes) -> httpx.Response:
+    return client.post(
+        f"{base_url}/classify",
+        params={"variant": MODEL, "top_k": 5},
+        content=image,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=HTTP_TIMEOUT_S,
+    )
+
+
+def top_k(response: httpx.Response) -> list[tuple[int, float]]:
+    body: dict[str, Any] = response.json()
+    assert body["model"] == MODEL
+    (result,) = body["results"]
+    return [(p["class_id"], p["score"]) for p in result["predictions"]]
+
+
+def same_answer(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+    return [c for c, _ in got] == [c for c, _ in want] and all(
+        abs(a - b) < 1e-4 for (_, a), (_, b) in zip(got, want, strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(topology: Topology, photo: bytes) -> list[tuple[int, float]]:
+    """The answer each replica gives when asked directly; every answer through nginx must equal it."""
+    with httpx.Client() as client:
+        answers = []
+        for replica in topology.replicas:
+            response = classify(client, replica.url, photo)
+            assert response.status_code == 200, response.text
+            answers.append(top_k(response))
+    assert same_answer(answers[0], answers[1]), answers
+    assert 281 <= answers[0][0][0] <= 285, f"lite0 (ImageNet weights) should see a cat: {answers[0]}"
+    return answers[0]
+
+
+def test_http_load_spreads_over_both_replicas(
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]]
+) -> None:
+    before = [r.http_requests() for r in topology.replicas]
+    n = 40
+    with httpx.Client() as client:
+        for _ in range(n):
+            response = classify(client, topology.url, photo)
+            assert response.status_code == 200, response.text
+            assert same_answer(top_k(response), reference)
+    served = [r.http_requests() - b for r, b in zip(topology.replicas, before, strict=True)]
+    assert sum(served) == n, served
+    assert min(served) >= n // 4, f"round robin should spread the load: {served}"
+    by_addr = topology.upstreams("/classify")
+    assert {f"127.0.0.1:{r.http_port}" for r in topology.replicas} <= set(by_addr), by_addr
+
+
+def health_check(stub: health_pb2_grpc.HealthStub) -> grpc.StatusCode | str:
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=GRPC_TIMEOUT_S)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[no-any-return]
+    return "ok" if reply.status == health_pb2.HealthCheckResponse.SERVING else f"wrong: {reply.status}"
+
+
+def test_grpc_load_spreads_over_both_replicas(topology: Topology) -> None:
+    with grpc.insecure_channel(topology.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        outcomes = Counter(health_check(stub) for _ in range(40))
+    assert outcomes == Counter({"ok": 40}), outcomes
+    by_addr = topology.upstreams("/grpc.health.v1.Health/Check")
+    per_replica = [by_addr[f"127.0.0.1:{r.grpc_port}"] for r in topology.replicas]
+    assert sum(per_replica) == 40 and min(per_replica) >= 10, by_addr
+
+
+SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+
+
+def exported_series(metrics_text: str) -> set[str]:
+    """Series names a /metrics page can carry, from its families (even those with no sample yet)."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(metrics_text):
+        names.update(f"{family.name}{suffix}" for suffix in SUFFIXES.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def test_dashboard_metrics_exist_on_a_live_replica(topology: Topology) -> None:
+    exported = exported_series(httpx.get(f"{topology.replicas[0].url}/metrics", timeout=5).text)
+    assert SERVICE_SERIES <= exported, f"missing from /metrics: {sorted(SERVICE_SERIES - exported)}"
+    used = set().union(*(metric_names(q) for q in queries(dashboard())))
+    assert used - PROMETHEUS_SERIES <= exported, f"missing from /metrics: {sorted(used - exported)}"
+
+
+@dataclass
+class LoadResult:
+    outcomes: list[str]
+    finished_at: list[float]
+
+
+def run_load(
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]], kill: Callable[[], None]
+) -> tuple[LoadResult, float]:
+    """HTTP and gRPC workers through nginx; `kill` runs once a quarter of the requests are answered."""
+    http_workers, http_each, grpc_workers, grpc_each = 4, 30, 2, 60
+    total = http_workers * http_each + grpc_workers * grpc_each
+    result = LoadResult([], [])
+    lock = threading.Lock()
+
+    def record(outcome: str) -> None:
+        with lock:
+            result.outcomes.append(outcome)
+            result.finished_at.append(time.monotonic())
+
+    def http_worker() -> None:
+        with httpx.Client() as client:
+            for _ in range(http_each):
+                try:
+                    response = classify(client, topology.url, photo)
+                except httpx.TimeoutException:
+                    record("hung: http")
+                    continue
+                except httpx.HTTPError as error:
+                    record(f"unclean: http {type(error).__name__}")
+                    continue
+                if response.status_code == 200:
+                    record("ok" if same_answer(top_k(response), reference) else f"wrong: {response.text}")
+                elif response.status_code in CLEAN_HTTP_ERRORS:
+                    record(f"clean error: http {response.status_code}")
+                else:
+                    record(f"unclean: http {response.status_code} {response.text[:200]}")
+
+    def grpc_worker() -> None:
+        with grpc.insecure_channel(topology.grpc_target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(grpc_each):
+                outcome = health_check(stub)
+                if outcome == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    record("hung: grpc")
+                elif isinstance(outcome, grpc.StatusCode):
+                    record(
+                        f"clean error: grpc {outcome.name}"
+                        if outcome in CLEAN_GRPC_ERRORS
+                        else f"unclean: {outcome}"
+                    )
+                else:
+                    record(outcome)
+
+    threads = [threading.Thread(target=http_worker) for _ in range(http_workers)]
+    threads += [threading.Thread(target=grpc_worker) for _ in range(grpc_workers)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    while len(result.outcomes) < total // 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed_at = time.monotonic()
+    kill()
+    for thread in threads:
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "load workers still running: a request hangs"
+    assert len(result.outcomes) == total
+    return result, killed_at
+
+
+def test_killing_a_replica_mid_load_loses_no_answer(
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]]
+) -> None:
+    victim, survivor = topology.replicas
+    survivor_before = survivor.http_requests()
+    result, killed_at = run_load(
+        topology, photo, reference, lambda: victim.process.send_signal(signal.SIGKILL)
+    )
+    assert victim.process.wait(10) == -signal.SIGKILL
+
+    kinds = Counter(outcome.split(":")[0] for outcome in result.outcomes)
+    assert not [o for o in result.outcomes if o.startswith(("hung", "wrong", "unclean"))], Counter(
+        result.outcomes
+    )
+    after_kill = sum(1 for t in result.finished_at if t > killed_at)
+    assert after_kill >= len(result.outcomes) // 2, "the kill should land mid-load"
+    # nginx retries a refused or reset connection on the other replica, so (nearly) all succeed.
+    assert kinds["ok"] >= 0.95 * len(result.outcomes), Counter(result.outcomes)
+    assert survivor.http_requests() > survivor_before
+    assert survivor.ready()
+
+
+def test_surviving_replica_stops_gracefully(topology: Topology) -> None:
+    survivor = topology.replicas[1]
+    started = time.monotonic()
+    assert survivor.stop(signal.SIGTERM, timeout=DRAIN_S + 15) == 0, survivor.log()[-4000:]
+    assert time.monotonic() - started < DRAIN_S + 15
