@@ -19,6 +19,7 @@ import numpy as np
 from service.batcher import Batcher, BatcherConfig, ItemResult
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
 from service.metrics import Metrics
+from service.model_spec import MODEL_FILE
 from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
 from service.registry import ModelEntry, ModelLoadError, ModelState, discover, validate_files
 from service.runtime import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
@@ -88,10 +89,11 @@ class Engine:
                 raise ModelLoadError(f"strict mode: models not ready: {failed or 'none configured'}")
 
     async def _load_all(self) -> None:
-        # One at a time: loading is CPU-bound and the machine's cores also serve the models already up.
-        for entry in self.entries.values():
-            if entry.state is ModelState.LOADING:
-                await self._load(entry)
+        # One at a time, smallest graph first: loading is CPU-bound, the cores also serve the models
+        # already up, and the small models (the default among them, usually) are ready soonest.
+        loading = [e for e in self.entries.values() if e.state is ModelState.LOADING]
+        for entry in sorted(loading, key=_graph_size):
+            await self._load(entry)
 
     async def _load(self, entry: ModelEntry) -> None:
         start = time.monotonic()
@@ -134,7 +136,7 @@ class Engine:
         entry.spec, entry.labels = spec, labels
         assert entry.path is not None
         runner = OrtRunner(
-            entry.path / "model.onnx",
+            entry.path / MODEL_FILE,
             RuntimeOptions.from_settings(self.settings),
             output_names=["logits", "probabilities"],
         )
@@ -359,6 +361,13 @@ class Engine:
             self.metrics.observe_preprocess(entry.name, seconds)
             arrays.append(array)
         return arrays
+
+
+def _graph_size(entry: ModelEntry) -> int:
+    try:
+        return (entry.path / MODEL_FILE).stat().st_size if entry.path else 0
+    except OSError:
+        return 0
 
 
 def _timed_preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> tuple[np.ndarray, float]:
