@@ -94,3 +94,13 @@ bench-quick: proto $(BENCH_STAMP)
 
 bench: proto $(BENCH_STAMP)
 	$(PY) -m bench.run --profile full --repository $(REPOSITORY)
+
+# Soak (a few minutes, CI runs it too): mixed variants, protocols and bad input against one server with
+# RSS, open fds and queue depth checked, then the fuzzers (hypothesis, schemathesis) with a larger budget.
+SOAK_SECONDS ?= 150
+SOAK_FUZZ_EXAMPLES ?= 600
+
+soak: proto
+	EFFNET_SOAK_SECONDS=$(SOAK_SECONDS) EFFNET_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) $(PY) -m pytest -s \
+		tests/robustness/test_soak.py tests/robustness/test_fuzz.py tests/robustness/test_openapi_fuzz.py \
+		$(PYTEST_ARGS)

@@ -90,7 +90,7 @@ async def serve(settings: Settings) -> int:
     )
     try:
         grpc_server = create_grpc_server(engine, settings, metrics)
-    except RuntimeError as exc:  # grpc reports a port it cannot bind this way
+    except (RuntimeError, OSError) as exc:  # a port grpc cannot bind; unreadable TLS files
         log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
         await engine.stop()
         return 1

@@ -242,10 +242,15 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 
 class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """With an API key configured, every RPC but health and reflection needs the metadata
+    """With an API key configured, every RPC but health (ours and V2's) and reflection needs the metadata
     `authorization: Bearer KEY` (as HTTP's header)."""
 
-    _open = (f"/{HEALTH_SERVICE}/", f"/{reflection.SERVICE_NAME}/")
+    _open = (
+        f"/{HEALTH_SERVICE}/",
+        f"/{reflection.SERVICE_NAME}/",
+        f"/{V2_SERVICE}/ServerLive",
+        f"/{V2_SERVICE}/ServerReady",
+    )
 
     def __init__(self, api_key: str) -> None:
         self._key = api_key.encode()
@@ -302,6 +307,20 @@ def _reflection_pool() -> Any:
 _health_of: weakref.WeakKeyDictionary[grpc.aio.Server, HealthServicer] = weakref.WeakKeyDictionary()
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files (None: plaintext). With a client CA, clients
+    must present a certificate it signed (mutual TLS). Unreadable files fail start-up (OSError)."""
+    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+        return None
+    pair = (settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())
+    client_ca = settings.grpc_tls_client_ca
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=client_ca.read_bytes() if client_ca is not None else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> grpc.aio.Server:
     """All services added and the port bound, not started: `await server.start()`, and on shutdown
     `set_serving(server, False)` then `await server.stop(grace)`."""
@@ -327,7 +346,12 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
         pool=_reflection_pool(),
     )
     address = f"{settings.host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    credentials = server_credentials(settings)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
     _health_of[server] = health
     return server

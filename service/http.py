@@ -12,15 +12,17 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
 from service.engine import Engine
 from service.errors import (
     BadRequest,
     EmptyBody,
+    NotReady,
     PayloadTooLarge,
     ServiceError,
     Unauthenticated,
@@ -46,7 +48,16 @@ log = logging.getLogger(__name__)
 # Bodies we read as one encoded image. curl --data-binary sends form-urlencoded unless told otherwise.
 _RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
 _OPEN_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/docs/oauth2-redirect",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
 )
 
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -139,6 +150,9 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def request_context(request: Request, call_next):
         request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
         request.state.request_id = request_id
+        if engine.draining and request.url.path not in _OPEN_PATHS:
+            # Shutting down: requests already inside a handler finish, new ones are refused.
+            return error_response(NotReady("server is shutting down"), request_id)
         if api_key is not None and request.url.path not in _OPEN_PATHS:
             given = request.headers.get("authorization", "")
             token = given[7:].encode() if given.lower().startswith("bearer ") else b""
@@ -205,7 +219,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         timeout_ms: Annotated[
             int | None, Query(ge=1, le=600_000, description="deadline for this request in milliseconds")
         ] = None,
-    ) -> ClassifyResponse:
+    ) -> ClassifyResponse | Response:
         start = time.monotonic()
         model_label = "unknown"
         code = 500
@@ -215,8 +229,14 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             engine.check_top_k(entry, top_k)
             images = await images_from_request(request, settings)
             deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-            outcome = await engine.classify(entry.name, images, top_k, deadline)
+            outcome = await unless_disconnected(request, engine.classify(entry.name, images, top_k, deadline))
             code = 200
+        except ClientDisconnected:
+            code = CLIENT_CLOSED_REQUEST
+            log.info(
+                "event=client_disconnected request_id=%s model=%s", request.state.request_id, model_label
+            )
+            return Response(status_code=code)
         except ServiceError as exc:
             code = status_for(exc).http
             if isinstance(exc, UnknownModel):
@@ -259,7 +279,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         body = Readiness(ready=engine.ready, models=engine.readiness())
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -71,6 +71,13 @@ class Settings(BaseSettings):
 
     # --- security ---
     api_key: SecretStr | None = Field(None, description="when set, requests need 'Authorization: Bearer KEY'")
+    grpc_tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve gRPC over TLS (needs grpc_tls_key)"
+    )
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert")
+    grpc_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: with TLS on, require client certificates it signed (mTLS)"
+    )
 
     # --- logging ---
     log_level: str = "INFO"
@@ -80,6 +87,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str) -> str:
         return ",".join(name.strip() for name in value.split(",") if name.strip())
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("grpc_tls_cert and grpc_tls_key must be set together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError("grpc_tls_client_ca needs grpc_tls_cert and grpc_tls_key")
+        return self
 
     @property
     def model_names(self) -> list[str]:

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import v2
+from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
 from service.engine import Engine
 from service.errors import (
     BadRequest,
@@ -204,6 +205,13 @@ def _metadata_json(meta: v2.ModelMetadata) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- routes
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": "error", "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
+}
+
+
 def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
@@ -255,13 +263,22 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
             body = await _read_body(request, engine.settings.max_body_bytes)
             infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
-            response = await v2.infer(engine, infer_request, None)
+            try:
+                response = await unless_disconnected(request, v2.infer(engine, infer_request, None))
+            except ClientDisconnected:
+                return Response(status_code=CLIENT_CLOSED_REQUEST)
             return encode_infer_response(response, infer_request.parameters)
 
         return await answered(label_of(name), work)
 
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
-        router.add_api_route(base, model_metadata, methods=["GET"], summary="Model metadata")
-        router.add_api_route(f"{base}/ready", model_ready, methods=["GET"], summary="Model readiness")
-        router.add_api_route(f"{base}/infer", model_infer, methods=["POST"], summary="Inference")
+        router.add_api_route(
+            base, model_metadata, methods=["GET"], summary="Model metadata", responses=_ERRORS
+        )
+        router.add_api_route(
+            f"{base}/ready", model_ready, methods=["GET"], summary="Model readiness", responses=_ERRORS
+        )
+        router.add_api_route(
+            f"{base}/infer", model_infer, methods=["POST"], summary="Inference", responses=_ERRORS
+        )
     return router
