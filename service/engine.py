@@ -289,7 +289,7 @@ class Engine:
         self._check_count(len(images))
         batcher = self._batchers[entry.name]
         # Reject overload before spending CPU on decoding.
-        self._check_queue_room(batcher, len(images))
+        self.check_queue_room(entry, len(images))
         arrays = await self._preprocess_all(entry, images)
         preprocess_s = time.monotonic() - start
         results = await batcher.submit(arrays, deadline=deadline or self._default_deadline(start))
@@ -326,7 +326,10 @@ class Engine:
                 f"{count} images in one request; at most {self.settings.max_images_per_request} are accepted"
             )
 
-    def _check_queue_room(self, batcher: Batcher, count: int) -> None:
+    def check_queue_room(self, entry: ModelEntry, count: int = 1) -> None:
+        """Raise Overloaded when `count` more images would not fit in the model's queue now. Cheap:
+        protocol layers call it before reading a request body, the engine again before decoding."""
+        batcher = self._batchers[entry.name]
         if batcher.queue_depth + count > batcher.config.max_queue_size:
             raise Overloaded(
                 f"model '{batcher.name}' queue is full ({batcher.queue_depth} images waiting)",

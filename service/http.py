@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -23,14 +22,13 @@ from service.errors import (
     BadRequest,
     EmptyBody,
     NotReady,
-    PayloadTooLarge,
     ServiceError,
     Unauthenticated,
     UnknownModel,
     UnsupportedMediaType,
-    retry_after,
     status_for,
 )
+from service.http_common import read_body, retry_headers
 from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import (
     ClassifyResponse,
@@ -66,10 +64,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 def error_response(error: ServiceError, request_id: str | None = None) -> JSONResponse:
-    headers = {}
-    wait = retry_after(error)
-    if wait is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    headers = retry_headers(error)
     if request_id:
         headers["X-Request-ID"] = request_id
     return JSONResponse(
@@ -77,21 +72,6 @@ def error_response(error: ServiceError, request_id: str | None = None) -> JSONRe
         status_code=status_for(error).http,
         headers=headers,
     )
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
@@ -227,6 +207,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             entry = engine.resolve(variant)
             model_label = entry.name
             engine.check_top_k(entry, top_k)
+            engine.check_queue_room(entry)
             images = await images_from_request(request, settings)
             deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
             outcome = await unless_disconnected(request, engine.classify(entry.name, images, top_k, deadline))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,13 +26,12 @@ from service.errors import (
     BadRequest,
     EmptyBody,
     InvalidArgument,
-    PayloadTooLarge,
     ServiceError,
     UnknownModel,
     UnsupportedMediaType,
-    retry_after,
     status_for,
 )
+from service.http_common import read_body, retry_headers
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,25 +41,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    headers = {}
-    wait = retry_after(error)
-    if wait is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(wait)))
-    return JSONResponse({"error": error.message}, status_code=status_for(error).http, headers=headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return JSONResponse(
+        {"error": error.message}, status_code=status_for(error).http, headers=retry_headers(error)
+    )
 
 
 # ------------------------------------------------------------------------------------ request parsing
@@ -261,7 +243,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             encoding = request.headers.get("content-encoding", "identity").lower()
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
-            body = await _read_body(request, engine.settings.max_body_bytes)
+            body = await read_body(request, engine.settings.max_body_bytes)
             infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
             try:
                 response = await unless_disconnected(request, v2.infer(engine, infer_request, None))
