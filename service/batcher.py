@@ -55,8 +55,11 @@ class BatcherConfig:
     max_batch_size: int = 4
     max_queue_delay_s: float = 0.0
     max_queue_size: int = 64
+    instances: int = 1  # batches that may run at once, each on its own worker thread
 
     def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError("instances must be at least 1")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_queue_delay_s < 0:
@@ -124,7 +127,9 @@ class Batcher:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_threshold = 1
         self._item_s: float | None = None  # moving average of inference seconds per item
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.instances, thread_name_prefix=f"batcher-{name}"
+        )
         self.batches_run = 0
         self.batches_failed = 0
         self.items_run = 0
@@ -344,22 +349,37 @@ class Batcher:
 
     async def _run_loop(self) -> None:
         cfg = self.config
-        while True:
-            if self._depth == 0:
-                if self._closing:
-                    return
-                await self._wait(1, None)
-                continue
-            if cfg.max_queue_delay_s > 0 and self._depth < cfg.max_batch_size and not self._closing:
-                oldest = self._oldest()
-                if oldest is not None:
-                    remaining = oldest.enqueued_at + cfg.max_queue_delay_s - time.monotonic()
-                    if remaining > 0:
-                        await self._wait(cfg.max_batch_size, remaining)
-                        continue
-            batch = self._take()
-            if batch:
-                await self._execute(batch)
+        assert self._loop is not None
+        # A batch is taken only when a runner is free, so items that arrive while all are busy
+        # gather into the next batch.
+        free_runners = asyncio.Semaphore(cfg.instances)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if self._depth == 0:
+                    if self._closing:
+                        return
+                    await self._wait(1, None)
+                    continue
+                if cfg.max_queue_delay_s > 0 and self._depth < cfg.max_batch_size and not self._closing:
+                    oldest = self._oldest()
+                    if oldest is not None:
+                        remaining = oldest.enqueued_at + cfg.max_queue_delay_s - time.monotonic()
+                        if remaining > 0:
+                            await self._wait(cfg.max_batch_size, remaining)
+                            continue
+                await free_runners.acquire()
+                batch = self._take()
+                if not batch:
+                    free_runners.release()
+                    continue
+                task = self._loop.create_task(self._execute(batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: free_runners.release())
+        finally:
+            if running:
+                await asyncio.wait(running)
 
     async def _execute(self, batch: list[_Item]) -> None:
         assert self._loop is not None

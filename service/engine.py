@@ -111,7 +111,8 @@ class Engine:
             return
         assert entry.spec is not None
         config = BatcherConfig(
-            max_batch_size=self.settings.batch_size_for(runner.provider),
+            max_batch_size=self.settings.batch_size_for(runner.provider, entry.spec.gmacs),
+            instances=self.settings.instances_for(runner.provider),
             max_queue_delay_s=self.settings.max_queue_delay_ms / 1000,
             max_queue_size=self.settings.max_queue_size,
         )
@@ -140,7 +141,7 @@ class Engine:
             RuntimeOptions.from_settings(self.settings),
             output_names=["logits", "probabilities"],
         )
-        sizes = warmup_batch_sizes(self.settings.batch_size_for(runner.provider))
+        sizes = warmup_batch_sizes(self.settings.batch_size_for(runner.provider, spec.gmacs))
         shape = (3, spec.crop_size, spec.crop_size)
         runner.warm_up(shape, sizes, self.settings.warmup_runs)
         return runner

@@ -549,3 +549,34 @@ async def test_stress_every_submit_gets_exactly_one_outcome() -> None:
             assert ids[0] not in seen
     kinds = {type(o).__name__ for o in outcomes.values()}
     assert "list" in kinds  # the run was not all failures
+
+
+async def test_instances_run_batches_side_by_side() -> None:
+    runner = FakeRunner(gated=True)
+    async with running(runner, max_batch_size=2, instances=2) as batcher:
+        first = [asyncio.create_task(batcher.submit([item(1)]))]
+        await until(lambda: runner.sizes == [1])
+        # the first runner is busy (gated); the second takes the next item at once
+        first.append(asyncio.create_task(batcher.submit([item(2)])))
+        await until(lambda: runner.sizes == [1, 1])
+        third = [asyncio.create_task(batcher.submit([item(i)])) for i in (3, 4)]
+        await settle()
+        assert len(runner.batches) == 2, "a third batch started while both runners were busy"
+        runner.release()
+        results = await asyncio.gather(*first, *third)
+        assert [row_ident(r[0]) for r in results] == [1, 2, 3, 4]
+        assert runner.batches == [[1], [2], [3, 4]]
+
+
+async def test_close_waits_for_batches_still_running_on_other_instances() -> None:
+    runner = FakeRunner(gated=True)
+    batcher = Batcher(MODEL, runner, BatcherConfig(max_batch_size=1, instances=2))
+    batcher.start()
+    calls = [asyncio.create_task(batcher.submit([item(i)])) for i in (1, 2)]
+    await until(lambda: len(runner.batches) == 2)
+    closing = asyncio.create_task(batcher.close())
+    await settle()
+    assert not closing.done()
+    runner.release()
+    await asyncio.wait_for(closing, 5)
+    assert [row_ident(r[0]) for r in await asyncio.gather(*calls)] == [1, 2]

@@ -23,8 +23,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = build_settings(parse([]))
     assert (settings.http_port, settings.grpc_port, settings.device) == (8000, 8001, "auto")
     assert settings.model_names == [] and settings.max_queue_delay_ms == 0
-    assert settings.batch_size_for("CPUExecutionProvider") == 4
-    assert settings.batch_size_for("CUDAExecutionProvider") == 32
+    assert settings.batch_size_for("CPUExecutionProvider", gmacs=0.39) == 4  # b0
+    assert settings.batch_size_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7
+    assert settings.batch_size_for("CUDAExecutionProvider", gmacs=37.75) == 32
+    assert Settings(max_batch_size=8).batch_size_for("CPUExecutionProvider", gmacs=37.75) == 8
 
 
 def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
