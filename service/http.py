@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
@@ -21,7 +19,6 @@ from service.engine import Engine
 from service.errors import (
     BadRequest,
     EmptyBody,
-    NotReady,
     ServiceError,
     Unauthenticated,
     UnknownModel,
@@ -29,6 +26,7 @@ from service.errors import (
     status_for,
 )
 from service.http_common import read_body, retry_headers
+from service.http_gate import RequestGate
 from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import (
     ClassifyResponse,
@@ -126,23 +124,19 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     )
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
-        request.state.request_id = request_id
-        if engine.draining and request.url.path not in _OPEN_PATHS:
-            # Shutting down: requests already inside a handler finish, new ones are refused.
-            return error_response(NotReady("server is shutting down"), request_id)
-        if api_key is not None and request.url.path not in _OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            token = given[7:].encode() if given.lower().startswith("bearer ") else b""
-            if not hmac.compare_digest(token, api_key):
-                response = error_response(Unauthenticated("missing or wrong API key"), request_id)
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
+    def gate_error(error: ServiceError, request_id: str) -> JSONResponse:
+        response = error_response(error, request_id)
+        if isinstance(error, Unauthenticated):
+            response.headers["WWW-Authenticate"] = "Bearer"
         return response
+
+    app.add_middleware(
+        RequestGate,
+        draining=lambda: engine.draining,
+        api_key=api_key,
+        open_paths=_OPEN_PATHS,
+        error_response=gate_error,
+    )
 
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -1,0 +1,63 @@
+"""The front door of the HTTP app, as plain ASGI middleware (Starlette's BaseHTTPMiddleware costs
+a task and stream wrapping per request): request ids, refusal while draining, the API key."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import NotReady, ServiceError, Unauthenticated
+
+ErrorResponder = Callable[[ServiceError, str], ASGIApp]
+
+
+class RequestGate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        draining: Callable[[], bool],
+        api_key: bytes | None,
+        open_paths: frozenset[str],
+        error_response: ErrorResponder,
+    ) -> None:
+        self.app = app
+        self.draining = draining
+        self.api_key = api_key
+        self.open_paths = open_paths
+        self.error_response = error_response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id", b"")[:64].decode("latin-1") or uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        guarded = scope["path"] not in self.open_paths
+        refusal: ServiceError | None = None
+        if guarded and self.draining():
+            # Shutting down: requests already inside a handler finish, new ones are refused.
+            refusal = NotReady("server is shutting down")
+        elif guarded and self.api_key is not None and not self._authorised(headers):
+            refusal = Unauthenticated("missing or wrong API key")
+        if refusal is not None:
+            await self.error_response(refusal, request_id)(scope, receive, send)
+            return
+        request_id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), request_id_header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        assert self.api_key is not None
+        given = headers.get(b"authorization", b"")
+        token = given[7:] if given[:7].lower() == b"bearer " else b""
+        return hmac.compare_digest(token, self.api_key)
