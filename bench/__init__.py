@@ -1,0 +1,1 @@
+"""effnet-serve benchmark suite: load generator, references, naive server, plots (`make bench`)."""

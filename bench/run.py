@@ -1,0 +1,394 @@
+"""Run a benchmark profile end to end and write bench/results/<profile>.json (+ plots).
+
+    python -m bench.run --profile quick|full [--repository DIR] [--out bench/results]
+
+Order: references first (nothing else of ours running), then our service, then the naive server,
+each on its own free ports. Every figure in the JSON comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import references, servers
+from bench.cpu import wait_for_quiet
+from bench.images import FULL_HD, make_jpegs
+from bench.loadgen import LoadSpec, run_load
+from bench.profiles import ALL_VARIANTS, PROFILES, Profile
+from bench.targets import GrpcClassify, HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
+from service.model_spec import ModelSpec
+from service.preprocess import PreprocessSpec, preprocess
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("onnxruntime-gpu", "numpy", "pillow", "fastapi", "uvicorn", "grpcio", "aiohttp", "psutil")
+# A single-threaded client near one full core is what limits the result, not the server.
+CLIENT_BOUND_CORES = 0.85
+
+
+def _loop_runner() -> Callable[[Any], Any]:
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+
+
+class Bench:
+    def __init__(self, profile: Profile, repository: Path, out: Path) -> None:
+        self.profile = profile
+        self.repository = repository
+        self.out = out
+        self.logs = Path(tempfile.gettempdir()) / "effnet-bench-logs"  # server logs stay out of results/
+        self.runs: list[dict[str, Any]] = []
+        self.refs: dict[str, Any] = {}
+        self.cores = psutil.cpu_count() or 1
+        self.full_hd = make_jpegs(FULL_HD)
+        self._native: dict[str, list[bytes]] = {}
+        self._run_loop = _loop_runner()
+
+    # ------------------------------------------------------------------ helpers
+    def spec(self, model: str) -> ModelSpec:
+        return ModelSpec.from_file(self.model_dir(model) / "model.json")
+
+    def model_dir(self, model: str) -> Path:
+        versions = sorted(
+            (self.repository / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1
+        )
+        return versions[-1]
+
+    def native(self, model: str) -> list[bytes]:
+        if model not in self._native:
+            crop = self.spec(model).crop_size
+            self._native[model] = make_jpegs((crop, crop))
+        return self._native[model]
+
+    def bodies(self, model: str, size: str) -> list[bytes]:
+        return self.full_hd if size == "1080p" else self.native(model)
+
+    def measure(
+        self,
+        target: Target,
+        load: LoadSpec,
+        record: dict[str, Any],
+        server: servers.ServerProcess,
+        model: str,
+    ) -> dict[str, Any]:
+        waited, other_before = wait_for_quiet(server.pid, self.profile.quiet_wait_s)
+        before = server.batch_histogram(model) if record["server"] == "service" else {}
+        result = self._run_loop(run_load(target, load, server.pid))
+        entry = {
+            **record,
+            "model": model,
+            "protocol": target.name,
+            "mode": load.mode,
+            "concurrency": load.concurrency if load.mode == "closed" else None,
+            "rate": load.rate if load.mode == "open" else None,
+            "duration_s": load.duration_s,
+            **result.summary,
+            "cpu": result.cpu.as_dict(),
+            "client_bound": result.cpu.client >= CLIENT_BOUND_CORES,
+            "waited_for_quiet_s": round(waited, 1),
+            "other_cores_before": round(other_before, 2),
+        }
+        if record["server"] == "service":
+            entry["batch_sizes"] = servers.histogram_delta(before, server.batch_histogram(model))
+        self.runs.append(entry)
+        p50 = entry["p50_ms"]
+        log.info(
+            "%-7s %-4s %-9s %-5s %-6s %s c=%-3s rate=%-6s -> %6.1f img/s p50=%s ms p99=%s ms client=%.2f "
+            "server=%s other=%s %s",
+            record["server"], model, target.name, record["input"], load.mode, record["settings"] or "",
+            entry["concurrency"],
+            entry["rate"] and f"{load.rate:.0f}", entry["throughput"], p50 and f"{p50:.1f}",
+            entry["p99_ms"] and f"{entry['p99_ms']:.1f}", result.cpu.client, result.cpu.server and
+            f"{result.cpu.server:.2f}", result.cpu.other and f"{result.cpu.other:.2f}",
+            {k: v for k, v in entry["statuses"].items() if k != "ok"} or "",
+        )  # fmt: skip
+        return entry
+
+    def closed(self, c: int, duration: float | None = None) -> LoadSpec:
+        p = self.profile
+        return LoadSpec("closed", duration or p.duration_s, p.warmup_s, concurrency=c)
+
+    # ------------------------------------------------------------------ references
+    def references(self, model: str, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+        spec = self.spec(model)
+        path = self.model_dir(model) / "model.onnx"
+        budget = self.profile.ref_budget_s
+        log.info("references for %s (batch sizes %s)", model, batch_sizes)
+        wait_for_quiet(None, self.profile.quiet_wait_s)
+        pre = PreprocessSpec.from_model_spec(spec)
+        ref: dict[str, Any] = {
+            "crop_size": spec.crop_size,
+            "gmacs": spec.gmacs,
+            "parameters": spec.parameters,
+            "preprocess_1080p": references.preprocess_cost(self.full_hd, pre, budget),
+            "preprocess_native": references.preprocess_cost(self.native(model), pre, budget),
+            "bare_ort": references.bare_ort(path, spec.crop_size, batch_sizes, self.cores, False, budget),
+            "bare_ort_1thread": references.bare_ort(path, spec.crop_size, batch_sizes, 1, False, budget),
+        }
+        one_thread = ref["bare_ort_1thread"]["batches"].values()
+        core_ms = min(b["ms_per_image"] for b in one_thread)
+        ref["inference_core_ms"] = core_ms
+        ref["inference_cpu_ms"] = min(b["cpu_ms_per_image"] for b in one_thread)
+        for size in ("1080p", "native"):
+            pre = ref[f"preprocess_{size}"]
+            ref[f"pipeline_limit_{size}"] = references.pipeline_limit(self.cores, pre["ms"], core_ms)
+            # The same from CPU time: what the cores allow when nobody else uses them.
+            ref[f"pipeline_limit_{size}_cpu"] = references.pipeline_limit(
+                self.cores, pre["cpu_ms"], ref["inference_cpu_ms"]
+            )
+        log.info(
+            "%s: preprocess 1080p %.2f ms, native %.2f ms; inference core %.2f ms/img; "
+            "bare ORT best %.1f img/s (bs %d); pipeline limit 1080p %.1f img/s, native %.1f img/s; "
+            "from CPU time: preprocess %.2f ms, inference %.2f ms, limit 1080p %.1f img/s",
+            model, ref["preprocess_1080p"]["ms"], ref["preprocess_native"]["ms"], core_ms,
+            ref["bare_ort"]["best_images_per_s"], ref["bare_ort"]["best_batch"],
+            ref["pipeline_limit_1080p"], ref["pipeline_limit_native"], ref["preprocess_1080p"]["cpu_ms"],
+            ref["inference_cpu_ms"], ref["pipeline_limit_1080p_cpu"],
+        )  # fmt: skip
+        self.refs[model] = ref
+        return ref
+
+    # ------------------------------------------------------------------ service, b0
+    def service_b0(self) -> None:
+        p = self.profile
+        model = "b0"
+        server, grpc_port = servers.service(self.repository, [model], {}, self.logs / "service-b0.log")
+        grpc_addr = f"127.0.0.1:{grpc_port}"
+        record = {"server": "service", "settings": {}, "input": "1080p"}
+        with server:
+            url = server.base_url
+            peak = 0.0
+            for c in p.concurrency:
+                entry = self.measure(
+                    HttpClassify(url, model, self.full_hd), self.closed(c), record, server, model
+                )
+                peak = max(peak, float(entry["throughput"]))
+            for c in p.grpc_concurrency:
+                self.measure(
+                    GrpcClassify(grpc_addr, model, self.full_hd), self.closed(c), record, server, model
+                )
+                self.measure(
+                    HttpClassify(url, model, self.native(model)), self.closed(c),
+                    {**record, "input": "native"}, server, model,
+                )  # fmt: skip
+                pixels = [
+                    preprocess(b, PreprocessSpec.from_model_spec(self.spec(model))) for b in self.full_hd
+                ]
+                self.measure(
+                    V2Infer(grpc_addr, [v2_pixels_request(model, x) for x in pixels], "v2-pixels"),
+                    self.closed(c), {**record, "input": "pixels"}, server, model,
+                )  # fmt: skip
+                self.measure(
+                    V2Infer(grpc_addr, [v2_image_request(model, b) for b in self.full_hd], "v2-image"),
+                    self.closed(c), record, server, model,
+                )  # fmt: skip
+            for fraction in p.open_loop_fractions:
+                load = LoadSpec("open", p.duration_s, p.warmup_s, rate=max(fraction * peak, 1.0))
+                entry = self.measure(HttpClassify(url, model, self.full_hd), load, record, server, model)
+                entry["offered_fraction"] = fraction
+
+    def naive(self, model: str, concurrencies: tuple[int, ...], duration: float | None = None) -> None:
+        server = servers.naive(self.model_dir(model), self.logs / f"naive-{model}.log")
+        record = {"server": "naive", "settings": {}, "input": "1080p"}
+        with server:
+            for c in concurrencies:
+                self.measure(HttpClassify(server.base_url, model, self.full_hd), self.closed(c, duration),
+                             record, server, model)  # fmt: skip
+
+    # ------------------------------------------------------------------ tuning
+    def tuning(self) -> None:
+        p = self.profile
+        model, c = "b0", p.saturation_concurrency
+        results: list[tuple[dict[str, str], float]] = []
+
+        def trial(settings: dict[str, str], tag: str) -> float:
+            server, _ = servers.service(self.repository, [model], settings, self.logs / "service-tuning.log")
+            with server:
+                record = {"server": "service", "settings": settings, "input": "1080p", "tuning": tag}
+                target = HttpClassify(server.base_url, model, self.full_hd)
+                entry = self.measure(target, self.closed(c), record, server, model)
+            return float(entry["throughput"])
+
+        base = trial({}, "baseline")
+        for settings in p.tuning:
+            results.append((settings, trial(settings, "change")))
+        if p.combine_best:
+            best: dict[str, tuple[str, float]] = {}
+            for settings, throughput in results:
+                ((key, value),) = settings.items()
+                if throughput > base * 1.03 and throughput > best.get(key, ("", 0.0))[1]:
+                    best[key] = (value, throughput)
+            if best:
+                trial({k: v for k, (v, _) in best.items()}, "combined")
+        trial({}, "baseline-again")  # drift of the machine over the tuning runs
+
+    # ------------------------------------------------------------------ other variants
+    def variants(self) -> None:
+        p = self.profile
+        names = [v for v, *_ in p.variants]
+        chart = [v for v in ALL_VARIANTS if (self.repository / v).is_dir()] if p.paper_chart else []
+        models = sorted(set(names) | set(chart), key=ALL_VARIANTS.index)
+        if not models:
+            return
+        server, _ = servers.service(self.repository, models, {}, self.logs / "service-variants.log")
+        record = {"server": "service", "settings": {}, "input": "1080p"}
+        with server:
+            for model, concurrencies, _naive_c, duration in p.variants:
+                for c in concurrencies:
+                    self.measure(HttpClassify(server.base_url, model, self.full_hd), self.closed(c, duration),
+                                 record, server, model)  # fmt: skip
+            for model in chart:
+                # Past b3 batching gains nothing: 4 clients keep preprocessing and inference busy.
+                small = ALL_VARIANTS.index(model) <= ALL_VARIANTS.index("b3")
+                load = self.closed(8 if small else 4, 6.0 if small else 10.0)
+                target = HttpClassify(server.base_url, model, self.full_hd)
+                self.measure(target, load, {**record, "chart": True}, server, model)
+        for model, _c, naive_c, duration in p.variants:
+            if naive_c:
+                self.naive(model, (naive_c,), duration)
+
+    def chart_references(self) -> None:
+        """Bare ORT batch 1 (default threads) for every variant the chart shows."""
+        for model in ALL_VARIANTS:
+            if model in self.refs or not (self.repository / model).is_dir():
+                continue
+            spec = self.spec(model)
+            bare = references.bare_ort(
+                self.model_dir(model) / "model.onnx",
+                spec.crop_size,
+                (1,),
+                self.cores,
+                False,
+                self.profile.ref_budget_s,
+            )
+            self.refs[model] = {"crop_size": spec.crop_size, "gmacs": spec.gmacs, "bare_ort": bare}
+            log.info("%s: bare ORT bs1 %.1f ms", model, bare["batches"]["1"]["ms_per_batch"])
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {
+        "cpu": model,
+        "cores": psutil.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit.stdout.strip(),
+        "load_average_at_start": list(psutil.getloadavg()),
+        # Cores busy over one second before the run (others' jobs on a shared machine).
+        "busy_cores_at_start": round(psutil.cpu_percent(interval=1.0) / 100 * (psutil.cpu_count() or 1), 2),
+    }
+
+
+def ensure_models(repository: Path, models: list[str]) -> None:
+    missing = [m for m in models if not (repository / m).is_dir()]
+    if missing:
+        log.warning(
+            "exporting missing models %s into %s with RANDOM weights (speed only)", missing, repository
+        )
+        subprocess.run(
+            [sys.executable, "-m", "models.export", "--variant", ",".join(missing), "--repository",
+             str(repository), "--weights", "random"],
+            cwd=ROOT, check=True,
+        )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--repository", type=Path, default=ROOT / "models" / "repository")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the `with` blocks stop the servers this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    profile = PROFILES[args.profile]
+    needed = ["b0", *(v for v, *_ in profile.variants)]
+    if profile.paper_chart:
+        needed = list(ALL_VARIANTS)
+    ensure_models(args.repository, needed)
+    started = time.time()
+    bench = Bench(profile, args.repository.resolve(), args.out)
+    meta: dict[str, Any] = {
+        "profile": profile.name,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(),
+        "versions": _versions(),
+        "repository": str(args.repository),
+    }
+    bench.references("b0", profile.batch_sizes)
+    for model, *_ in profile.variants:
+        bench.references(model, tuple(b for b in profile.batch_sizes if b <= (2 if model >= "b5" else 4)))
+    if profile.paper_chart:
+        bench.chart_references()
+    bench.service_b0()
+    bench.naive("b0", profile.naive_concurrency)
+    bench.tuning()
+    bench.variants()
+    meta["duration_s"] = round(time.time() - started, 1)
+    meta["images"] = {
+        "1080p": {
+            "count": len(bench.full_hd),
+            "mean_bytes": sum(map(len, bench.full_hd)) // len(bench.full_hd),
+        }
+    }
+    from bench.figures import figures
+
+    result = {"meta": meta, "references": bench.refs, "runs": bench.runs}
+    result["figures"] = figures(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{profile.name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    log.info("wrote %s (%.0f s)", path, meta["duration_s"])
+    log.info("figures: %s", json.dumps(result["figures"], indent=1))
+    if not args.no_plots:
+        from bench.plots import plot_all
+
+        for png in plot_all(result, args.out, profile.name):
+            log.info("wrote %s", png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
