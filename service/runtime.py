@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -97,8 +98,10 @@ class OrtRunner:
             raise RuntimeUnavailable("--device cuda, but no NVIDIA GPU is visible (/dev/nvidia*)")
         providers = _providers(options)
         if providers[0] != CPU and hasattr(ort, "preload_dlls"):
-            # CUDA/cuDNN from pip's nvidia-* wheels are not on the loader path; this finds them.
-            ort.preload_dlls()
+            # CUDA/cuDNN from pip's nvidia-* wheels are not on the loader path; this finds them. Where
+            # they are system libraries (the CUDA base image) it finds nothing, which is fine.
+            with contextlib.suppress(Exception):
+                ort.preload_dlls()
         self.session = ort.InferenceSession(
             str(model_path), sess_options=_session_options(options), providers=providers
         )
