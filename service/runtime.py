@@ -108,6 +108,8 @@ class OrtRunner:
         # The provider list says what the session really got: onnxruntime-gpu silently falls back to
         # CPU when CUDA or cuDNN libraries are missing.
         self.provider = self.session.get_providers()[0]
+        if providers[0] != CPU and self.provider != CUDA:
+            log.warning("event=cuda_fallback model_path=%s reason='session fell back to CPU'", model_path)
         if options.device == "cuda" and self.provider != CUDA:
             raise RuntimeUnavailable(
                 "--device cuda, but the session fell back to CPU (CUDA 13 / cuDNN 9 libraries missing?)"
