@@ -1,0 +1,56 @@
+"""Requests that arrive over different protocols meet in one queue and share one batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
+
+from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from tests.robustness.conftest import TINY, InProcess, png, wait_until
+
+RED, GREEN, BLUE, GREY = (250, 5, 5), (5, 250, 5), (5, 5, 250), (120, 120, 120)
+
+
+async def test_http_our_grpc_and_v2_grpc_requests_share_one_batch(inprocess: InProcess) -> None:
+    runner = inprocess.runner
+    runner.gate.clear()  # hold the first batch, so the next requests queue up behind it
+    async with (
+        httpx.AsyncClient(base_url=inprocess.http_url, timeout=30) as http,
+        grpc.aio.insecure_channel(inprocess.grpc_address) as channel,
+    ):
+        triton = triton_grpc.InferenceServerClient(inprocess.grpc_address)
+
+        def classify_http(colour: tuple[int, int, int]):  # noqa: ANN202
+            return http.post(
+                f"/classify?variant={TINY}&top_k=1",
+                content=png(colour),
+                headers={"content-type": "image/png"},
+            )
+
+        first = asyncio.create_task(classify_http(GREY))
+        await wait_until(runner.entered.is_set, what="the first batch to start")
+
+        image = triton_grpc.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([png(BLUE)], dtype=object))
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        queued = [
+            asyncio.create_task(classify_http(RED)),
+            asyncio.ensure_future(
+                stub.Classify(classifier_pb2.ClassifyRequest(model=TINY, top_k=1, images=[png(GREEN)]))
+            ),
+            asyncio.create_task(triton.infer(TINY, [image])),
+        ]
+        await wait_until(lambda: inprocess.batcher.queue_depth == 3, what="three queued images")
+        runner.gate.set()
+        grey, red, green, blue = await asyncio.gather(first, *queued)
+        await triton.close()
+
+    assert runner.batch_sizes == [1, 3], "the three protocols' images did not run as one batch"
+    assert grey.json()["results"][0]["predictions"][0]["label"] == "grey"
+    assert red.json()["results"][0]["predictions"][0]["label"] == "red"
+    assert green.results[0].predictions[0].label == "green"
+    assert int(np.argmax(blue.as_numpy("probabilities")[0])) == 2  # blue
