@@ -1,4 +1,5 @@
-"""Requests that arrive over different protocols meet in one queue and share one batch."""
+"""Requests that arrive over different protocols meet in one queue and share one batch; health and
+readiness over both protocols follow the engine into draining."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from tests.robustness.conftest import TINY, InProcess, png, wait_until
@@ -54,3 +56,18 @@ async def test_http_our_grpc_and_v2_grpc_requests_share_one_batch(inprocess: InP
     assert red.json()["results"][0]["predictions"][0]["label"] == "red"
     assert green.results[0].predictions[0].label == "green"
     assert int(np.argmax(blue.as_numpy("probabilities")[0])) == 2  # blue
+
+
+async def test_health_turns_not_serving_once_draining_begins(inprocess: InProcess) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    async with grpc.aio.insecure_channel(inprocess.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", TINY):
+            assert (await health.Check(health_pb2.HealthCheckRequest(service=service))).status == serving
+        inprocess.engine.begin_drain()
+        for service in ("", TINY):
+            status = (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING, service
+    async with httpx.AsyncClient(base_url=inprocess.http_url, timeout=10) as http:
+        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.get("/healthz")).status_code == 200
