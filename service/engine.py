@@ -28,6 +28,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# After the drain timeout: how long a batch already running may still take before stop gives up on it.
+_ABORT_GRACE_S = 2.0
+
 
 @dataclass
 class InferOutcome:
@@ -162,7 +165,13 @@ class Engine:
             await asyncio.wait_for(asyncio.gather(*closing), timeout=self.settings.drain_timeout_s)
         except TimeoutError:
             log.error("event=drain_timeout seconds=%s", self.settings.drain_timeout_s)
-            await asyncio.gather(*(b.close(drain=False) for b in self._batchers.values()))
+            # Fail what is still queued; a batch already inside the runtime cannot be interrupted,
+            # so wait for it only briefly rather than let a stuck run hold the stop forever.
+            aborting = asyncio.gather(*(b.close(drain=False) for b in self._batchers.values()))
+            try:
+                await asyncio.wait_for(aborting, timeout=_ABORT_GRACE_S)
+            except TimeoutError:
+                log.error("event=abandoned_running_batches seconds=%s", _ABORT_GRACE_S)
         for entry in self.entries.values():
             if entry.state is ModelState.READY:
                 entry.state = ModelState.STOPPED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,25 @@ def test_top_k_orders_by_score_then_class_id() -> None:
     top = top_k_predictions(probabilities, labels, 3)
     assert [(p.class_id, p.label) for p in top] == [(1, "b"), (3, "d"), (0, "a")]
     assert top_k_predictions(probabilities, labels, 1)[0].score == pytest.approx(0.4)
+
+
+async def test_stop_gives_up_on_a_stuck_batch_after_the_drain_timeout(repository: Path) -> None:
+    engine = await started(settings_for(repository, drain_timeout_s=0.2, max_batch_size=1))
+    batcher = engine._batchers["tiny"]
+    inner, release = batcher.runner, threading.Event()
+
+    class StuckRunner:
+        def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            release.wait(30)
+            return inner.run(batch)
+
+    batcher.runner = StuckRunner()
+    running = asyncio.create_task(engine.classify("tiny", [png((250, 0, 0))], top_k=1))
+    await asyncio.sleep(0.1)
+    queued = asyncio.create_task(engine.classify("tiny", [png((0, 250, 0))], top_k=1))
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(engine.stop(), timeout=15)  # bounded: drain timeout + abort grace
+    with pytest.raises(NotReady):
+        await queued
+    release.set()
+    assert (await running).predictions[0][0].label == "red"
