@@ -28,7 +28,7 @@ from service.http import create_app
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.e2e.conftest import LiveServer, ServerFactory, free_port, server_factory  # noqa: F401
-from tests.unit.test_engine import write_model
+from tests.tiny_model import write_model
 
 TINY = "tiny"
 

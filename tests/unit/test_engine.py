@@ -3,87 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import threading
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
 from service.engine import Engine, top_k_predictions
 from service.errors import InvalidArgument, NotReady, Overloaded, UnknownModel
 from service.metrics import Metrics
-from service.model_spec import ModelSpec
 from service.settings import Settings
-
-SIZE = 16
-CLASSES = 4
-
-
-def tiny_graph() -> onnx.ModelProto:
-    """uint8 (N,3,S,S) -> mean colour per channel -> a fixed 3x4 linear layer -> logits, softmax."""
-    weights = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
-    nodes = [
-        helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["as_float", "axes"], ["pooled"], keepdims=0),
-        helper.make_node("MatMul", ["pooled", "weights"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 3, SIZE, SIZE])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", CLASSES]),
-        ],
-        initializer=[
-            helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
-            helper.make_tensor("weights", TensorProto.FLOAT, [3, CLASSES], weights.flatten().tolist()),
-        ],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
-
-
-def write_model(repository: Path, name: str, weights_kind: str = "imagenet") -> Path:
-    folder = repository / name / "1"
-    folder.mkdir(parents=True)
-    data = tiny_graph().SerializeToString()
-    (folder / "model.onnx").write_bytes(data)
-    (folder / "labels.txt").write_text("red\ngreen\nblue\ngrey\n")
-    weights = (
-        {"kind": "random", "seed": 0}
-        if weights_kind == "random"
-        else {"kind": weights_kind, "source": "test", "sha256": "0" * 64}
-    )
-    spec = ModelSpec(
-        name=name,
-        version=1,
-        variant=name,
-        architecture="tiny",
-        crop_size=SIZE,
-        resize_size=SIZE + 4,
-        interpolation="bilinear",
-        normalization={"mean": (0, 0, 0), "std": (1, 1, 1)},
-        inputs=[{"name": "pixels", "dtype": "uint8", "shape": (-1, 3, SIZE, SIZE)}],
-        outputs=[
-            {"name": "logits", "dtype": "float32", "shape": (-1, CLASSES)},
-            {"name": "probabilities", "dtype": "float32", "shape": (-1, CLASSES)},
-        ],
-        num_classes=CLASSES,
-        weights=weights,
-        parameters=12,
-        gmacs=0.001,
-        opset=18,
-        exporter={"onnx": onnx.__version__},
-        onnx_sha256=hashlib.sha256(data).hexdigest(),
-    )
-    (folder / "model.json").write_text(spec.to_json())
-    return folder
+from tests.tiny_model import CLASSES, SIZE, write_model
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:

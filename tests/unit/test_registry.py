@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_engine import write_model
 
 from service.errors import ERROR_TABLE, BadImage, NotReady, Overloaded, ServiceError, retry_after, status_for
 from service.registry import ModelLoadError, ModelState, discover, validate_files
+from tests.tiny_model import write_model
 
 
 def test_discover_takes_the_newest_version_and_ignores_junk(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_engine import SIZE, write_model
 
 from service.runtime import (
     CPU,
@@ -17,6 +16,7 @@ from service.runtime import (
     nvidia_gpu_present,
     warmup_batch_sizes,
 )
+from tests.tiny_model import SIZE, write_model
 
 
 def options(device: str) -> RuntimeOptions:
