@@ -17,7 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.engine import Engine
-from service.grpc import create_grpc_server, set_serving
+from service.grpc import create_grpc_server
 from service.http import create_app
 from service.logs import setup_logging
 from service.metrics import Metrics
@@ -124,7 +124,6 @@ async def serve(settings: Settings) -> int:
 
     log.info("event=stopping drain_timeout_s=%s", settings.drain_timeout_s)
     engine.begin_drain()
-    set_serving(grpc_server, False)
     http_server.should_exit = True
     await asyncio.gather(grpc_server.stop(settings.drain_timeout_s), http_task, return_exceptions=True)
     await engine.stop()

@@ -213,6 +213,14 @@ class Engine:
         chosen = real or ready
         return chosen[0].name if chosen else None
 
+    def lookup(self, name: str) -> ModelEntry:
+        """The configured model called `name`, in whatever state. Raises UnknownModel."""
+        entry = self.entries.get(name)
+        if entry is None:
+            valid = ", ".join(sorted(self.entries)) or "none"
+            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {valid}")
+        return entry
+
     def resolve(self, name: str | None) -> ModelEntry:
         """The ready model called `name` (None: the default). Raises UnknownModel / NotReady."""
         if not self._accepting:
@@ -221,10 +229,7 @@ class Engine:
             name = self.default_model
             if name is None:
                 raise NotReady("no model is ready yet")
-        entry = self.entries.get(name)
-        if entry is None:
-            valid = ", ".join(sorted(self.entries)) or "none"
-            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {valid}")
+        entry = self.lookup(name)
         if entry.state is not ModelState.READY:
             detail = f": {entry.reason}" if entry.reason else ""
             raise NotReady(f"model '{name}' is {entry.state.value}{detail}")
@@ -285,7 +290,7 @@ class Engine:
     ) -> ClassifyOutcome:
         entry = self.resolve(model)
         self.check_top_k(entry, top_k)
-        outcome = await self.infer_images(entry.name, images, deadline)
+        outcome = await self._infer_images(entry, images, deadline)
         probabilities = outcome.outputs["probabilities"]
         predictions = [top_k_predictions(row, entry.labels, top_k) for row in probabilities]
         return ClassifyOutcome(entry, predictions, outcome.timings)
@@ -294,8 +299,12 @@ class Engine:
         self, model: str | None, images: Sequence[bytes], deadline: float | None = None
     ) -> InferOutcome:
         """Encoded images -> preprocess (thread pool) -> batcher."""
+        return await self._infer_images(self.resolve(model), images, deadline)
+
+    async def _infer_images(
+        self, entry: ModelEntry, images: Sequence[bytes], deadline: float | None
+    ) -> InferOutcome:
         start = time.monotonic()
-        entry = self.resolve(model)
         self._check_count(len(images))
         batcher = self._batchers[entry.name]
         # Reject overload before spending CPU on decoding.

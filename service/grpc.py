@@ -4,15 +4,12 @@ the same event loop as HTTP. The servicers only translate messages; the engine d
 
 Health: `Check`/`Watch` compute the status when asked (no background task, nothing to refresh):
 - "" and the service names: SERVING while the engine is ready (every model loaded, not draining);
-- a model's name: SERVING while that model is ready;
-- any of them NOT_SERVING after `set_serving(server, False)` (call it when shutdown begins).
+- a model's name: SERVING while that model is ready and the engine is not draining.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,10 +21,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from service._generated import POOL
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service._generated.inference import grpc_service_pb2
+from service.auth import bearer_matches
 from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.grpc_common import deadline_of, model_label, observed
 from service.metrics import Metrics
+from service.registry import ModelState
 from service.schemas import ModelInfo
 from service.settings import Settings
 from service.v2_grpc import V2Servicer, add_v2_servicer
@@ -207,18 +206,17 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.serving = True
 
     def status(self, service: str) -> int | None:
         """The status of `service`, None when the name is neither a service nor a model."""
         if service in ("", CLASSIFIER_SERVICE, V2_SERVICE):
             up = self._engine.ready
         else:
-            state = self._engine.readiness().get(service)
-            if state is None:
+            entry = self._engine.entries.get(service)
+            if entry is None:
                 return None
-            up = state == "ready" and not self._engine.draining
-        return _Status.SERVING if up and self.serving else _Status.NOT_SERVING
+            up = entry.state is ModelState.READY and not self._engine.draining
+        return _Status.SERVING if up else _Status.NOT_SERVING
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
@@ -264,8 +262,7 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(self._open):
             return handler
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        token = given[7:].encode() if isinstance(given, str) and given.lower().startswith("bearer ") else b""
-        if hmac.compare_digest(token, self._key):
+        if bearer_matches(given, self._key):
             return handler
         return _deny(handler)
 
@@ -304,9 +301,6 @@ def _reflection_pool() -> Any:
     return pool
 
 
-_health_of: weakref.WeakKeyDictionary[grpc.aio.Server, HealthServicer] = weakref.WeakKeyDictionary()
-
-
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from the configured PEM files (None: plaintext). With a client CA, clients
     must present a certificate it signed (mutual TLS). Unreadable files fail start-up (OSError)."""
@@ -323,7 +317,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> grpc.aio.Server:
     """All services added and the port bound, not started: `await server.start()`, and on shutdown
-    `set_serving(server, False)` then `await server.stop(grace)`."""
+    `await server.stop(grace)`. Health turns NOT_SERVING by itself once the engine drains."""
     interceptors = []
     if settings.api_key is not None:
         interceptors.append(_ApiKeyInterceptor(settings.api_key.get_secret_value()))
@@ -338,8 +332,7 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
     )
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(engine, metrics), server)
     add_v2_servicer(V2Servicer(engine, metrics), server)
-    health = HealthServicer(engine)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(engine), server)
     reflection.enable_server_reflection(
         (CLASSIFIER_SERVICE, V2_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
         server,
@@ -353,10 +346,4 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot bind the gRPC port {address}")
-    _health_of[server] = health
     return server
-
-
-def set_serving(server: grpc.aio.Server, serving: bool) -> None:
-    """Make the health service report NOT_SERVING for everything (False), or follow the engine (True)."""
-    _health_of[server].serving = serving

@@ -21,7 +21,6 @@ from service.errors import (
     EmptyBody,
     ServiceError,
     Unauthenticated,
-    UnknownModel,
     UnsupportedMediaType,
     status_for,
 )
@@ -214,8 +213,6 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             return Response(status_code=code)
         except ServiceError as exc:
             code = status_for(exc).http
-            if isinstance(exc, UnknownModel):
-                model_label = "unknown"
             log.info(
                 "event=request_failed request_id=%s model=%s code=%d error=%s message=%r",
                 request.state.request_id, model_label, code, exc.code, exc.message,
@@ -238,12 +235,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
 
     @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_ERROR_RESPONSES)
     async def get_model(name: str) -> ModelInfo:
-        entry = engine.entries.get(name)
-        if entry is None:
-            raise UnknownModel(
-                f"unknown model '{name[:64]}'; valid models: {', '.join(sorted(engine.entries))}"
-            )
-        return engine.describe(entry)
+        return engine.describe(engine.lookup(name))
 
     @app.get("/healthz", summary="Liveness: 200 while the process serves")
     async def healthz() -> dict[str, str]:

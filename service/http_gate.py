@@ -3,12 +3,12 @@ a task and stream wrapping per request): request ids, refusal while draining, th
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import bearer_matches
 from service.errors import NotReady, ServiceError, Unauthenticated
 
 ErrorResponder = Callable[[ServiceError, str], ASGIApp]
@@ -42,7 +42,11 @@ class RequestGate:
         if guarded and self.draining():
             # Shutting down: requests already inside a handler finish, new ones are refused.
             refusal = NotReady("server is shutting down")
-        elif guarded and self.api_key is not None and not self._authorised(headers):
+        elif (
+            guarded
+            and self.api_key is not None
+            and not bearer_matches(headers.get(b"authorization", b""), self.api_key)
+        ):
             refusal = Unauthenticated("missing or wrong API key")
         if refusal is not None:
             await self.error_response(refusal, request_id)(scope, receive, send)
@@ -55,9 +59,3 @@ class RequestGate:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        assert self.api_key is not None
-        given = headers.get(b"authorization", b"")
-        token = given[7:] if given[:7].lower() == b"bearer " else b""
-        return hmac.compare_digest(token, self.api_key)
