@@ -43,6 +43,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="fail start-up if a model cannot load [EFFNET_STRICT]",
     )
+    p.add_argument(
+        "--model-control",
+        choices=["none", "poll", "explicit"],
+        help="none: load the repository at start; poll: rescan it; explicit: load through the API "
+        "[EFFNET_MODEL_CONTROL]",
+    )
+    p.add_argument("--poll-interval-s", type=float, help="poll mode: seconds between scans (default 5)")
+    p.add_argument(
+        "--memory-budget-mb", type=int, help="memory all models may take; load lazily, evict LRU (0: none)"
+    )
     p.add_argument("--max-batch-size", type=int, help="per model; 0: 4 on CPU, 32 on CUDA")
     p.add_argument("--max-queue-delay-ms", type=float, help="hold a non-full batch this long (default 0)")
     p.add_argument("--max-queue-size", type=int, help="queued images per model before 503")

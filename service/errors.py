@@ -91,6 +91,12 @@ class InferenceFailed(ServiceError):
     code = "inference_failed"
 
 
+class LoadFailed(ServiceError):
+    """A model load through the repository API failed; the message says why."""
+
+    code = "load_failed"
+
+
 @dataclass(frozen=True)
 class StatusMapping:
     http: int
@@ -111,6 +117,7 @@ ERROR_TABLE: dict[type[ServiceError], StatusMapping] = {
     DeadlineExceeded: StatusMapping(504, grpc.StatusCode.DEADLINE_EXCEEDED),
     Unauthenticated: StatusMapping(401, grpc.StatusCode.UNAUTHENTICATED),
     InferenceFailed: StatusMapping(500, grpc.StatusCode.INTERNAL),
+    LoadFailed: StatusMapping(400, grpc.StatusCode.INVALID_ARGUMENT),
     ServiceError: StatusMapping(500, grpc.StatusCode.INTERNAL),
 }
 

@@ -26,7 +26,6 @@ from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.grpc_common import deadline_of, model_label, observed
 from service.metrics import Metrics
-from service.registry import ModelState
 from service.schemas import ModelInfo
 from service.settings import Settings
 from service.v2_grpc import V2Servicer, add_v2_servicer
@@ -60,7 +59,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self, request: classifier_pb2.ClassifyRequest, deadline: float | None
     ) -> classifier_pb2.ClassifyResponse:
         top_k = request.top_k or DEFAULT_TOP_K
-        outcome = await self._engine.classify(request.model or None, list(request.images), top_k, deadline)
+        outcome = await self._engine.classify(
+            request.model or None, list(request.images), top_k, deadline, request.version or None
+        )
         model = outcome.model
         assert model.spec is not None
         t = outcome.timings
@@ -188,6 +189,20 @@ def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
         message.weights.CopyFrom(
             classifier_pb2.Weights(kind=w.kind, source=w.source, sha256=w.sha256, seed=w.seed)
         )
+    for v in info.versions:
+        message.versions.append(
+            classifier_pb2.VersionInfo(
+                version=v.version,
+                state=v.state,
+                ready=v.ready,
+                reason=v.reason,
+                memory_bytes=v.memory_bytes,
+                load_seconds=v.load_seconds,
+                loaded_at=v.loaded_at,
+                last_used=v.last_used,
+                in_flight=v.in_flight,
+            )
+        )
     if info.batcher is not None:
         b = info.batcher
         message.batcher.CopyFrom(
@@ -212,10 +227,10 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         if service in ("", CLASSIFIER_SERVICE, V2_SERVICE):
             up = self._engine.ready
         else:
-            entry = self._engine.entries.get(service)
-            if entry is None:
+            record = self._engine.lifecycle.records.get(service)
+            if record is None:
                 return None
-            up = entry.state is ModelState.READY and not self._engine.draining
+            up = record.serving() is not None and not self._engine.draining
         return _Status.SERVING if up else _Status.NOT_SERVING
 
     async def Check(
@@ -241,7 +256,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """With an API key configured, every RPC but health (ours and V2's) and reflection needs the metadata
-    `authorization: Bearer KEY` (as HTTP's header)."""
+    `authorization: Bearer KEY` (as HTTP's header). With an admin key, model load and unload need that
+    key instead."""
 
     _open = (
         f"/{HEALTH_SERVICE}/",
@@ -250,8 +266,11 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         f"/{V2_SERVICE}/ServerReady",
     )
 
-    def __init__(self, api_key: str) -> None:
-        self._key = api_key.encode()
+    _control = (f"/{V2_SERVICE}/RepositoryModelLoad", f"/{V2_SERVICE}/RepositoryModelUnload")
+
+    def __init__(self, api_key: str | None, admin_api_key: str | None) -> None:
+        self._key = api_key.encode() if api_key is not None else None
+        self._admin_key = admin_api_key.encode() if admin_api_key is not None else None
 
     async def intercept_service(
         self,
@@ -261,8 +280,13 @@ class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(self._open):
             return handler
+        key = self._key
+        if self._admin_key is not None and details.method in self._control:
+            key = self._admin_key
+        if key is None:
+            return handler
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if bearer_matches(given, self._key):
+        if bearer_matches(given, key):
             return handler
         return _deny(handler)
 
@@ -319,8 +343,13 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
     """All services added and the port bound, not started: `await server.start()`, and on shutdown
     `await server.stop(grace)`. Health turns NOT_SERVING by itself once the engine drains."""
     interceptors = []
-    if settings.api_key is not None:
-        interceptors.append(_ApiKeyInterceptor(settings.api_key.get_secret_value()))
+    if settings.api_key is not None or settings.admin_api_key is not None:
+        interceptors.append(
+            _ApiKeyInterceptor(
+                settings.api_key.get_secret_value() if settings.api_key else None,
+                settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
+            )
+        )
     limit = settings.max_body_bytes + 64 * 1024  # room for the message around the images
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -122,6 +122,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         description="EfficientNet B0-B7 image classification over ONNX Runtime with dynamic batching.",
     )
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+    admin_key = settings.admin_api_key.get_secret_value().encode() if settings.admin_api_key else None
 
     def gate_error(error: ServiceError, request_id: str) -> JSONResponse:
         response = error_response(error, request_id)
@@ -133,6 +134,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         RequestGate,
         draining=lambda: engine.draining,
         api_key=api_key,
+        admin_api_key=admin_key,
         open_paths=_OPEN_PATHS,
         error_response=gate_error,
     )
@@ -192,18 +194,22 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         timeout_ms: Annotated[
             int | None, Query(ge=1, le=600_000, description="deadline for this request in milliseconds")
         ] = None,
+        version: Annotated[
+            int | None, Query(ge=1, description="model version; default: the newest ready version")
+        ] = None,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         model_label = "unknown"
         code = 500
         try:
-            entry = engine.resolve(variant)
+            entry = engine.peek(variant, version)
             model_label = entry.name
             engine.check_top_k(entry, top_k)
             engine.check_queue_room(entry)
             images = await images_from_request(request, settings)
             deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-            outcome = await unless_disconnected(request, engine.classify(entry.name, images, top_k, deadline))
+            work = engine.classify(entry.name, images, top_k, deadline, version)
+            outcome = await unless_disconnected(request, work)
             code = 200
         except ClientDisconnected:
             code = CLIENT_CLOSED_REQUEST

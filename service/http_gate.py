@@ -14,6 +14,11 @@ from service.errors import NotReady, ServiceError, Unauthenticated
 ErrorResponder = Callable[[ServiceError, str], ASGIApp]
 
 
+def is_model_control(path: str) -> bool:
+    """Load and unload: with an admin key configured, they need it instead of the ordinary key."""
+    return path.startswith("/v2/repository/models/") and path.endswith(("/load", "/unload"))
+
+
 class RequestGate:
     def __init__(
         self,
@@ -22,11 +27,13 @@ class RequestGate:
         draining: Callable[[], bool],
         api_key: bytes | None,
         open_paths: frozenset[str],
+        admin_api_key: bytes | None = None,
         error_response: ErrorResponder,
     ) -> None:
         self.app = app
         self.draining = draining
         self.api_key = api_key
+        self.admin_api_key = admin_api_key
         self.open_paths = open_paths
         self.error_response = error_response
 
@@ -42,12 +49,13 @@ class RequestGate:
         if guarded and self.draining():
             # Shutting down: requests already inside a handler finish, new ones are refused.
             refusal = NotReady("server is shutting down")
-        elif (
-            guarded
-            and self.api_key is not None
-            and not bearer_matches(headers.get(b"authorization", b""), self.api_key)
-        ):
-            refusal = Unauthenticated("missing or wrong API key")
+        elif guarded:
+            key = self.api_key
+            if self.admin_api_key is not None and is_model_control(scope["path"]):
+                key = self.admin_api_key
+            if key is not None and not bearer_matches(headers.get(b"authorization", b""), key):
+                admin = key is self.admin_api_key
+                refusal = Unauthenticated("missing or wrong " + ("admin API key" if admin else "API key"))
         if refusal is not None:
             await self.error_response(refusal, request_id)(scope, receive, send)
             return

@@ -89,6 +89,32 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.model_loads = Counter(
+            "effnet_model_loads_total",
+            "Model version loads, by outcome (success, failed)",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self.model_unloads = Counter(
+            "effnet_model_unloads_total",
+            "Model version unloads, by reason (api, poll, evicted, reload, start, lazy)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.model_load_seconds = Histogram(
+            "effnet_model_load_seconds",
+            "Time to validate, create and warm up a model version",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+            registry=self.registry,
+        )
+        self.model_memory = Gauge(
+            "effnet_model_memory_bytes",
+            "Resident memory a loaded model version took (RSS growth at load)",
+            ["model", "version"],
+            registry=self.registry,
+        )
+
     # --- BatchObserver protocol (service.batcher) ---
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
         self.batch_size.labels(model).observe(size)
@@ -113,6 +139,18 @@ class Metrics:
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)
+
+    def model_loaded(self, model: str, version: str, outcome: str, seconds: float | None) -> None:
+        self.model_loads.labels(model, version, outcome).inc()
+        if seconds is not None:
+            self.model_load_seconds.labels(model).observe(seconds)
+
+    def set_model_memory(self, model: str, version: str, size: int) -> None:
+        self.model_memory.labels(model, version).set(size)
+
+    def model_unloaded(self, model: str, version: str, reason: str) -> None:
+        self.model_unloads.labels(model, reason).inc()
+        self.model_memory.labels(model, version).set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,18 +1,23 @@
-"""The model repository: discover `<name>/<version>/` folders, validate their files, track state.
+"""The model repository on disk: `<name>/[config.json]` and `<name>/<version>/{model.onnx, model.json,
+labels.txt}`. Reading and checking files only; which versions are loaded is `service.lifecycle`'s job.
 
-Only names found on disk become models; a name from a request is looked up in this table and never
-joined into a path.
+Only names found on disk become models; a name from a request is looked up in the lifecycle's table and
+never joined into a path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.model_spec import (
     LABELS_FILE,
@@ -25,68 +30,170 @@ from service.model_spec import (
 
 log = logging.getLogger(__name__)
 
+CONFIG_FILE = "config.json"
+
 
 class ModelState(StrEnum):
+    """One version's state. The V2 repository index shows these as Triton's READY / LOADING /
+    UNLOADING / UNAVAILABLE (failed, unloaded, stopped and available are all UNAVAILABLE there)."""
+
+    AVAILABLE = "available"  # on disk, never loaded (lazy, or not yet asked for)
     LOADING = "loading"
     READY = "ready"
+    UNLOADING = "unloading"
+    UNLOADED = "unloaded"
     FAILED = "failed"
     STOPPED = "stopped"
+
+    @property
+    def triton(self) -> str:
+        return {
+            ModelState.READY: "READY",
+            ModelState.LOADING: "LOADING",
+            ModelState.UNLOADING: "UNLOADING",
+        }.get(self, "UNAVAILABLE")
 
 
 class ModelLoadError(Exception):
     """A model's files are missing, invalid or inconsistent; the message says which and why."""
 
 
+# ------------------------------------------------------------------------------------------ config.json
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VersionPolicy(_Strict):
+    """Which versions on disk are served (Triton's version_policy): exactly one of the three."""
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool | None = None
+    specific: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of 'latest', 'all' or 'specific'")
+        if self.all is False:
+            raise ValueError("'all' must be true")
+        if self.specific is not None and (not self.specific or min(self.specific) < 1):
+            raise ValueError("'specific' must list version numbers >= 1")
+        return self
+
+    def select(self, versions: list[int]) -> list[int]:
+        """The versions to serve, ascending."""
+        ordered = sorted(versions)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific]
+        assert self.latest is not None
+        return ordered[-self.latest :]
+
+
+LATEST_ONE = VersionPolicy(latest=1)
+
+
+class ModelConfig(_Strict):
+    """`<name>/config.json`: per-model overrides of the global settings."""
+
+    version_policy: VersionPolicy = LATEST_ONE
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    instances: int | None = Field(default=None, ge=1, le=64)
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=60_000)
+
+
+DEFAULT_CONFIG = ModelConfig()
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return DEFAULT_CONFIG
+    try:
+        return ModelConfig.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path} is invalid: {_first_error(exc)}") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(file)"
+    return f"{where}: {first['msg']}"
+
+
+# ------------------------------------------------------------------------------------------- scanning
+@dataclass(frozen=True)
+class VersionOnDisk:
+    version: int
+    path: Path
+    signature: tuple[int, ...]  # sizes and mtimes of its files: a changed folder is worth retrying
+
+
 @dataclass
-class ModelEntry:
-    """One model as the service sees it. `spec`/`labels` are set once its files validated."""
-
+class ModelOnDisk:
     name: str
-    version: int | None
-    path: Path | None
-    state: ModelState = ModelState.LOADING
-    reason: str | None = None
-    spec: ModelSpec | None = None
-    labels: list[str] = field(default_factory=list)
-    provider: str | None = None
-    load_seconds: float | None = None
-
-    def fail(self, reason: str) -> None:
-        self.state = ModelState.FAILED
-        self.reason = reason
+    path: Path
+    versions: dict[int, VersionOnDisk] = field(default_factory=dict)
+    config: ModelConfig = DEFAULT_CONFIG
+    config_error: str | None = None
 
 
-def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+def _signature(folder: Path) -> tuple[int, ...]:
+    values: list[int] = []
+    for name in (MODEL_FILE, SPEC_FILE, LABELS_FILE):
+        try:
+            stat = (folder / name).stat()
+            values += [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            values += [-1, -1]
+    return tuple(values)
 
 
-def discover(repository: Path, wanted: list[str]) -> dict[str, ModelEntry]:
-    """Entries for every model in `repository` (or just `wanted`, in that order), newest version.
-
-    Wanted names that are absent appear as FAILED entries, so that readiness reports them.
-    """
-    found: dict[str, ModelEntry] = {}
-    if repository.is_dir():
-        for model_dir in sorted(repository.iterdir()):
-            if not model_dir.is_dir() or not MODEL_NAME_PATTERN.match(model_dir.name):
-                continue
-            versions = _versions(model_dir)
-            if versions:
-                found[model_dir.name] = ModelEntry(
-                    model_dir.name, versions[-1], model_dir / str(versions[-1])
-                )
-    if not wanted:
+def scan(repository: Path) -> dict[str, ModelOnDisk]:
+    """Every model folder with at least one numbered version folder, by name (sorted)."""
+    found: dict[str, ModelOnDisk] = {}
+    if not repository.is_dir():
         return found
-    entries: dict[str, ModelEntry] = {}
-    for name in wanted:
-        if name in found:
-            entries[name] = found[name]
-        else:
-            entry = ModelEntry(name, None, None)
-            where = "no such folder" if not (repository / name).is_dir() else "no numbered version folder"
-            entry.fail(f"model '{name}' not found in repository {repository} ({where})")
-            entries[name] = entry
-    return entries
+    for model_dir in sorted(repository.iterdir()):
+        if not model_dir.is_dir() or not MODEL_NAME_PATTERN.match(model_dir.name):
+            continue
+        versions = {
+            int(p.name): VersionOnDisk(int(p.name), p, _signature(p))
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and int(p.name) >= 1
+        }
+        if not versions:
+            continue
+        model = ModelOnDisk(model_dir.name, model_dir, versions)
+        try:
+            model.config = read_config(model_dir)
+        except ModelLoadError as exc:
+            model.config_error = str(exc)
+        found[model.name] = model
+    return found
+
+
+# ------------------------------------------------------------------------------------- file checking
+def read_spec(folder: Path, name: str, version: int) -> ModelSpec:
+    """model.json, validated and consistent with where it lives. Cheap (no hashing)."""
+    spec_path = folder / SPEC_FILE
+    try:
+        spec = ModelSpec.from_file(spec_path)
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{spec_path} is missing") from exc
+    except ValidationError as exc:
+        raise ModelLoadError(f"{spec_path} is invalid: {_first_error(exc)}") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{spec_path} cannot be read: {exc}") from exc
+    if spec.name != name or spec.version != version:
+        raise ModelLoadError(
+            f"{spec_path} describes {spec.name}/{spec.version}, but lives in {name}/{version}"
+        )
+    return spec
 
 
 def file_sha256(path: Path) -> str:
@@ -97,29 +204,60 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate_files(entry: ModelEntry) -> tuple[ModelSpec, list[str]]:
-    """Read and check model.json, labels.txt and model.onnx's digest. Blocking (hashes the graph)."""
-    assert entry.path is not None
-    spec_path, model_path = entry.path / SPEC_FILE, entry.path / MODEL_FILE
-    try:
-        spec = ModelSpec.from_file(spec_path)
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{spec_path} is missing") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(file)"
-        raise ModelLoadError(f"{spec_path} is invalid: {where}: {first['msg']}") from exc
-    if spec.name != entry.name or spec.version != entry.version:
-        raise ModelLoadError(
-            f"{spec_path} describes {spec.name}/{spec.version}, but lives in {entry.name}/{entry.version}"
-        )
+class HashCache:
+    """sha256 of files keyed by (path, size, mtime_ns), kept in a JSON file when one is writable, so a
+    restart does not hash every graph again (b7's 266 MB costs seconds). A changed file misses."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, list[Any]] = {}
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_text())
+                if isinstance(loaded, dict):
+                    self._entries = {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 3}
+            except (OSError, ValueError):
+                pass
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key = str(path.resolve())
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            return str(cached[2])
+        digest = file_sha256(path)
+        with self._lock:
+            self._entries[key] = [stat.st_size, stat.st_mtime_ns, digest]
+            self._save()
+        return digest
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._path.with_suffix(f".tmp{os.getpid()}")
+            temporary.write_text(json.dumps(self._entries))
+            os.replace(temporary, self._path)
+        except OSError:
+            self._path = None  # not writable here: hash every start, as before
+
+
+def validate_files(
+    folder: Path, name: str, version: int, hashes: HashCache | None = None
+) -> tuple[ModelSpec, list[str]]:
+    """Read and check model.json, labels.txt and model.onnx's digest. Blocking (may hash the graph)."""
+    spec = read_spec(folder, name, version)
+    model_path = folder / MODEL_FILE
     if not model_path.is_file():
         raise ModelLoadError(f"{model_path} is missing")
-    digest = file_sha256(model_path)
+    digest = (hashes or HashCache(None)).sha256(model_path)
     if digest != spec.onnx_sha256:
         raise ModelLoadError(f"{model_path} does not match model.json's sha256 (truncated or replaced?)")
     try:
-        labels = read_labels(entry.path / LABELS_FILE, spec.num_classes)
+        labels = read_labels(folder / LABELS_FILE, spec.num_classes)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(str(exc)) from exc
     return spec, labels

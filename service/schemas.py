@@ -39,10 +39,22 @@ class BatcherInfo(BaseModel):
     queue_depth: int
 
 
+class VersionInfo(BaseModel):
+    version: int
+    state: str = Field(description="available, loading, ready, unloading, unloaded, failed or stopped")
+    ready: bool
+    reason: str | None = None
+    memory_bytes: int | None = Field(default=None, description="resident memory taken at load")
+    load_seconds: float | None = None
+    loaded_at: float | None = Field(default=None, description="when it became ready (Unix time)")
+    last_used: float | None = Field(default=None, description="last request it served (Unix time)")
+    in_flight: int = Field(0, description="requests holding this version now")
+
+
 class ModelInfo(BaseModel):
     name: str
-    version: int | None
-    state: str = Field(description="loading, ready, failed or stopped")
+    version: int | None = Field(description="the version a request without one gets (newest ready)")
+    state: str = Field(description="available, loading, ready, unloading, unloaded, failed or stopped")
     ready: bool
     reason: str | None = Field(default=None, description="why the model is not ready")
     default: bool = False
@@ -61,6 +73,7 @@ class ModelInfo(BaseModel):
     opset: int | None = None
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
+    versions: list[VersionInfo] = Field(default_factory=list, description="every known version")
 
 
 class ModelList(BaseModel):

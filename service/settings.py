@@ -34,6 +34,25 @@ class Settings(BaseSettings):
     )
     strict: bool = Field(False, description="fail start-up when any configured model cannot be loaded")
 
+    # --- model lifecycle ---
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load the repository at start; poll: also rescan it every poll_interval_s; "
+        "explicit: load only `models` at start, the rest through the repository API",
+    )
+    poll_interval_s: float = Field(5.0, gt=0, description="poll mode: seconds between repository scans")
+    memory_budget_mb: int = Field(
+        0,
+        ge=0,
+        description="resident memory all loaded models may take together; models then load on first "
+        "request and the least recently used idle one is unloaded to make room. 0: no budget",
+    )
+    hash_cache: Path | None = Field(
+        Path.home() / ".cache" / "effnet-serve" / "onnx-sha256.json",
+        description="file caching model.onnx digests by size and mtime, so restarts skip rehashing; "
+        "unset or unwritable: hash at every load",
+    )
+
     # --- network ---
     host: str = Field("0.0.0.0", description="bind address for HTTP and gRPC")
     http_port: int = Field(8000, ge=1, le=65535)
@@ -78,6 +97,10 @@ class Settings(BaseSettings):
 
     # --- security ---
     api_key: SecretStr | None = Field(None, description="when set, requests need 'Authorization: Bearer KEY'")
+    admin_api_key: SecretStr | None = Field(
+        None,
+        description="when set, model load/unload (the repository API) needs this key instead of api_key",
+    )
     grpc_tls_cert: Path | None = Field(
         None, description="PEM certificate chain: serve gRPC over TLS (needs grpc_tls_key)"
     )

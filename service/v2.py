@@ -27,7 +27,7 @@ import numpy as np
 
 from service.engine import Engine, InferOutcome, top_k_predictions
 from service.errors import InvalidArgument, NotReady, UnknownModel
-from service.registry import ModelEntry
+from service.lifecycle import ModelEntry
 from service.schemas import Timings
 
 PIXELS = "pixels"
@@ -245,28 +245,42 @@ class ModelMetadata:
 
 
 # --------------------------------------------------------------------------------------------- models
+def parse_version(name: str, version: str) -> int | None:
+    """A V2 version string ("" for the newest ready one) as a number."""
+    if not version:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise UnknownModel(f"model '{name[:64]}' has no version '{version[:32]}'; versions are numbers >= 1")
+    return int(version)
+
+
 def resolve(engine: Engine, name: str, version: str = "") -> ModelEntry:
-    """The ready model `name`, at `version` when one is given (only the loaded version is served)."""
-    entry = engine.resolve(name)
-    if version and version != str(entry.version):
-        raise UnknownModel(f"model '{entry.name}' has no version '{version[:32]}'; served: {entry.version}")
-    return entry
+    """The ready model `name`, at `version` when one is given, else its newest ready version."""
+    return engine.resolve(name, parse_version(name, version))
 
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
     """Whether `name` (at `version`) is ready; raises UnknownModel for a name the server does not know."""
-    if name not in engine.readiness():
+    if not engine.knows(name):
         known = ", ".join(sorted(engine.readiness())) or "none"
         raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {known}")
     try:
         resolve(engine, name, version)
-    except (NotReady, UnknownModel):  # loading, failed, shutting down, or another version
+    except (NotReady, UnknownModel):  # loading, failed, unloaded, shutting down, or another version
         return False
     return True
 
 
-def model_metadata(entry: ModelEntry) -> ModelMetadata:
+def metadata_of(engine: Engine, name: str, version: str = "") -> ModelMetadata:
+    entry = resolve(engine, name, version)
+    ready = [str(e.version) for e in engine.lookup(entry.name).ready_versions()]
+    return model_metadata(entry, ready)
+
+
+def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMetadata:
+    """V2 metadata of `entry`; `versions`: every ready version of the model (default: entry's own)."""
     assert entry.spec is not None
+    versions = versions or (str(entry.version),)
     spec = entry.spec
     pixels = TensorMetadata(PIXELS, "UINT8", (-1, 3, spec.crop_size, spec.crop_size))
     image = TensorMetadata(IMAGE, BYTES, (-1,))
@@ -275,7 +289,7 @@ def model_metadata(entry: ModelEntry) -> ModelMetadata:
         for o in spec.outputs
         if o.name in OUTPUT_NAMES
     )
-    return ModelMetadata(entry.name, (str(entry.version),), PLATFORM, (pixels, image), outputs)
+    return ModelMetadata(entry.name, tuple(versions), PLATFORM, (pixels, image), outputs)
 
 
 def _spec_datatype(dtype: str) -> str:
@@ -293,7 +307,8 @@ def deadline_from(parameters: Mapping[str, Any], deadline: float | None) -> floa
 
 
 async def infer(engine: Engine, request: InferRequest, deadline: float | None = None) -> InferResponse:
-    entry = resolve(engine, request.model, request.version)
+    version = parse_version(request.model, request.version)
+    entry = engine.peek(request.model, version)
     requested = _check_outputs(engine, entry, request.outputs)
     if len(request.inputs) != 1:
         raise InvalidArgument(
@@ -302,10 +317,10 @@ async def infer(engine: Engine, request: InferRequest, deadline: float | None = 
         )
     tensor = request.inputs[0]
     deadline = deadline_from(request.parameters, deadline)
-    outcome = await _run(engine, entry, tensor, deadline)
-    outputs = [_build_output(outcome, entry, r) for r in requested]
-    version = str(entry.version)
-    return InferResponse(entry.name, version, request.id, outputs, outcome.timings)
+    outcome = await _run(engine, entry, tensor, deadline, version)
+    ran = outcome.model  # a new version may have taken over since `peek`: answer with the one that ran
+    outputs = [_build_output(outcome, ran, r) for r in requested]
+    return InferResponse(ran.name, str(ran.version), request.id, outputs, outcome.timings)
 
 
 def _check_outputs(
@@ -328,7 +343,7 @@ def _check_outputs(
 
 
 async def _run(
-    engine: Engine, entry: ModelEntry, tensor: InputTensor, deadline: float | None
+    engine: Engine, entry: ModelEntry, tensor: InputTensor, deadline: float | None, version: int | None
 ) -> InferOutcome:
     assert entry.spec is not None
     size = entry.spec.crop_size
@@ -340,13 +355,13 @@ async def _run(
                 f"input '{PIXELS}' of model '{entry.name}' must have shape [N, 3, {size}, {size}], "
                 f"got {list(tensor.shape)}"
             )
-        return await engine.infer_pixels(entry.name, tensor.data, deadline)
+        return await engine.infer_pixels(entry.name, tensor.data, deadline, version)
     if tensor.name == IMAGE:
         if tensor.datatype != BYTES or not isinstance(tensor.data, list):
             raise InvalidArgument(f"input '{IMAGE}' must be BYTES, got {tensor.datatype[:32]}")
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise InvalidArgument(f"input '{IMAGE}' must have shape [N] or [N, 1], got {list(tensor.shape)}")
-        return await engine.infer_images(entry.name, tensor.data, deadline)
+        return await engine.infer_images(entry.name, tensor.data, deadline, version)
     raise InvalidArgument(
         f"unknown input '{tensor.name[:64]}'; model '{entry.name}' takes '{PIXELS}' or '{IMAGE}'"
     )

@@ -12,7 +12,7 @@ from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from service.engine import Engine
 from service.errors import InvalidArgument, ServiceError
-from service.grpc_common import abort, deadline_of, model_label, observed
+from service.grpc_common import deadline_of, model_label, observed
 from service.metrics import Metrics
 
 PROTOCOL = "v2-grpc"
@@ -42,6 +42,11 @@ def parameters_of(message_map: Any) -> dict[str, Any]:
         if choice is not None:
             values[key] = getattr(parameter, choice)
     return values
+
+
+def repository_parameters(message_map: Any) -> dict[str, Any]:
+    """map<string, ModelRepositoryParameter> -> plain values (the same oneof shape as InferParameter)."""
+    return parameters_of(message_map)
 
 
 def set_parameter(message_map: Any, key: str, value: bool | int | float | str) -> None:
@@ -119,11 +124,60 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self._engine.ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        # tritonclient's is_model_ready raises on any status but OK, so an unknown or unloaded model is
+        # answered OK with ready=false (as Triton does).
         try:
             ready = v2.model_ready(self._engine, request.name, request.version)
-        except ServiceError as exc:
-            await abort(context, exc)
+        except ServiceError:
+            ready = False
         return pb.ModelReadyResponse(ready=ready)
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def work() -> pb.RepositoryIndexResponse:
+            rows = self._engine.repository_index(request.ready)
+            return pb.RepositoryIndexResponse(
+                models=[
+                    pb.RepositoryIndexResponse.ModelIndex(
+                        name=row.name, version=row.version, state=row.state, reason=row.reason
+                    )
+                    for row in rows
+                ]
+            )
+
+        return await observed(self._metrics, PROTOCOL, "repository", context, work)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        label = model_label(self._engine, request.model_name)
+
+        async def work() -> pb.RepositoryModelLoadResponse:
+            parameters = repository_parameters(request.parameters)
+            if parameters:
+                unsupported = ", ".join(sorted(parameters))[:200]
+                raise InvalidArgument(
+                    f"load parameters are not supported ({unsupported}): models load from the repository"
+                )
+            await self._engine.load_model(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await observed(self._metrics, PROTOCOL, label, context, work)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        label = model_label(self._engine, request.model_name)
+
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            dependents = repository_parameters(request.parameters).get("unload_dependents", False)
+            if not isinstance(dependents, bool):
+                raise InvalidArgument("parameter 'unload_dependents' must be a bool")
+            await self._engine.unload_model(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await observed(self._metrics, PROTOCOL, label, context, work)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -136,7 +190,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         label = model_label(self._engine, request.name)
 
         async def work() -> pb.ModelMetadataResponse:
-            meta = v2.model_metadata(v2.resolve(self._engine, request.name, request.version))
+            meta = v2.metadata_of(self._engine, request.name, request.version)
             return pb.ModelMetadataResponse(
                 name=meta.name,
                 versions=list(meta.versions),

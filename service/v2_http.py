@@ -104,6 +104,26 @@ def parse_infer_request(model: str, version: str, body: bytes, header_length: st
     )
 
 
+_CONTROL_BODY_LIMIT = 64 * 1024
+
+
+def _optional_object(body: bytes) -> dict[str, Any]:
+    """A repository request's JSON object body; tritonclient sends an empty body for the index."""
+    if not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document
+
+
+async def _control_parameters(request: Request, what: str) -> dict[str, Any]:
+    return _parameters(_optional_object(await read_body(request, _CONTROL_BODY_LIMIT)), f"the {what} request")
+
+
 def _list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise InvalidArgument(f"'{what}' must be a list of objects")
@@ -198,7 +218,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
     def label_of(name: str) -> str:
-        return name if name in engine.readiness() else "unknown"
+        return name if engine.knows(name) else "unknown"
 
     async def answered(label: str, work: Callable[[], Awaitable[Response]]) -> Response:
         start = time.monotonic()
@@ -227,7 +247,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
     async def model_metadata(name: str, version: str = "") -> Response:
         async def work() -> Response:
-            return JSONResponse(_metadata_json(v2.model_metadata(v2.resolve(engine, name, version))))
+            return JSONResponse(_metadata_json(v2.metadata_of(engine, name, version)))
 
         return await answered(label_of(name), work)
 
@@ -250,6 +270,47 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             except ClientDisconnected:
                 return Response(status_code=CLIENT_CLOSED_REQUEST)
             return encode_infer_response(response, infer_request.parameters)
+
+        return await answered(label_of(name), work)
+
+    @router.post("/repository/index", summary="Model repository index (Triton's repository extension)")
+    async def repository_index(request: Request) -> Response:
+        async def work() -> Response:
+            document = _optional_object(await read_body(request, _CONTROL_BODY_LIMIT))
+            ready = document.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be true or false")
+            rows = [
+                {k: v for k, v in vars(row).items() if v or k == "name"}
+                for row in engine.repository_index(ready)
+            ]
+            return JSONResponse(rows)
+
+        return await answered("repository", work)
+
+    @router.post("/repository/models/{name}/load", summary="Load or reload a model (explicit mode)")
+    async def repository_load(request: Request, name: str) -> Response:
+        async def work() -> Response:
+            parameters = await _control_parameters(request, "load")
+            if parameters:
+                unsupported = ", ".join(sorted(parameters))[:200]
+                raise InvalidArgument(
+                    f"load parameters are not supported ({unsupported}): models load from the repository"
+                )
+            await engine.load_model(name)
+            return Response(status_code=200)
+
+        return await answered(label_of(name), work)
+
+    @router.post("/repository/models/{name}/unload", summary="Unload a model (explicit mode)")
+    async def repository_unload(request: Request, name: str) -> Response:
+        async def work() -> Response:
+            parameters = await _control_parameters(request, "unload")
+            dependents = parameters.get("unload_dependents", False)
+            if not isinstance(dependents, bool):
+                raise InvalidArgument("parameter 'unload_dependents' must be true or false")
+            await engine.unload_model(name)
+            return Response(status_code=200)
 
         return await answered(label_of(name), work)
 

@@ -42,8 +42,8 @@ def tiny_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
-def write_model(repository: Path, name: str, weights_kind: str = "imagenet") -> Path:
-    folder = repository / name / "1"
+def write_model(repository: Path, name: str, weights_kind: str = "imagenet", version: int = 1) -> Path:
+    folder = repository / name / str(version)
     folder.mkdir(parents=True)
     data = tiny_graph().SerializeToString()
     (folder / "model.onnx").write_bytes(data)
@@ -55,7 +55,7 @@ def write_model(repository: Path, name: str, weights_kind: str = "imagenet") -> 
     )
     spec = ModelSpec(
         name=name,
-        version=1,
+        version=version,
         variant=name,
         architecture="tiny",
         crop_size=SIZE,

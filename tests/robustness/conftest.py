@@ -79,7 +79,9 @@ class InProcess:
 
     @property
     def batcher(self) -> Batcher:
-        return self.engine._batchers[TINY]
+        batcher = self.engine.resolve(TINY).batcher
+        assert batcher is not None
+        return batcher
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value from the Prometheus text (0 when absent)."""
@@ -122,7 +124,8 @@ async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
     engine = Engine(settings, metrics)
     await engine.start()
     await engine.wait_loaded()
-    batcher = engine._batchers[TINY]
+    batcher = engine.resolve(TINY).batcher
+    assert batcher is not None
     runner = GatedRunner(batcher.runner)
     batcher.runner = runner
     config = uvicorn.Config(

@@ -162,7 +162,7 @@ def test_top_k_orders_by_score_then_class_id() -> None:
 
 async def test_stop_gives_up_on_a_stuck_batch_after_the_drain_timeout(repository: Path) -> None:
     engine = await started(settings_for(repository, drain_timeout_s=0.2, max_batch_size=1))
-    batcher = engine._batchers["tiny"]
+    batcher = engine.resolve("tiny").batcher
     inner, release = batcher.runner, threading.Event()
 
     class StuckRunner:

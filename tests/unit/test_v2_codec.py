@@ -19,7 +19,8 @@ from service import v2
 from service.engine import InferOutcome
 from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
 from service.model_spec import ModelSpec
-from service.registry import ModelEntry, ModelState
+from service.lifecycle import ModelEntry
+from service.registry import ModelState
 from service.schemas import Timings
 from service.v2_grpc import pb, request_from_message, response_message, set_parameter
 from service.v2_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
@@ -54,13 +55,20 @@ class FakeEngine:
         self.entry = make_entry()
         self.calls: list[tuple[str, Any]] = []
 
-    def resolve(self, name: str | None) -> ModelEntry:
+    def resolve(self, name: str | None, version: int | None = None) -> ModelEntry:
         if name not in (None, "", "tiny"):
             raise UnknownModel(f"unknown model '{name}'")
+        if version not in (None, 1):
+            raise UnknownModel(f"model 'tiny' has no ready version {version}; ready versions: 1")
         return self.entry
+
+    peek = resolve
 
     def readiness(self) -> dict[str, str]:
         return {"tiny": "ready", "broken": "failed: bad file"}
+
+    def knows(self, name: str) -> bool:
+        return name in self.readiness()
 
     def check_top_k(self, entry: ModelEntry, k: int) -> int:
         if not 1 <= k <= len(LABELS):
@@ -74,11 +82,15 @@ class FakeEngine:
             self.entry, outputs, Timings(preprocess_ms=0, queue_ms=0, inference_ms=1, total_ms=1)
         )
 
-    async def infer_pixels(self, model: str, pixels: np.ndarray, deadline: float | None) -> InferOutcome:
+    async def infer_pixels(
+        self, model: str, pixels: np.ndarray, deadline: float | None, version: int | None = None
+    ) -> InferOutcome:
         self.calls.append(("pixels", pixels))
         return self._outcome(pixels.shape[0])
 
-    async def infer_images(self, model: str, images: list[bytes], deadline: float | None) -> InferOutcome:
+    async def infer_images(
+        self, model: str, images: list[bytes], deadline: float | None, version: int | None = None
+    ) -> InferOutcome:
         self.calls.append(("images", images))
         return self._outcome(len(images))
 
@@ -228,15 +240,17 @@ async def test_invalid_requests_are_rejected(request_factory: Any, message: str)
 
 
 async def test_unknown_version_is_not_found() -> None:
-    with pytest.raises(UnknownModel, match="no version '7'"):
+    with pytest.raises(UnknownModel, match="no ready version 7; ready versions: 1"):
         await v2.infer(FakeEngine(), pixels_request(version="7"))  # type: ignore[arg-type]
+    with pytest.raises(UnknownModel, match="versions are numbers"):
+        await v2.infer(FakeEngine(), pixels_request(version="latest"))  # type: ignore[arg-type]
 
 
 def test_model_ready_knows_states_and_names() -> None:
     engine = FakeEngine()
     assert v2.model_ready(engine, "tiny") is True  # type: ignore[arg-type]
     assert v2.model_ready(engine, "tiny", "2") is False  # type: ignore[arg-type]
-    engine.resolve = lambda name: (_ for _ in ()).throw(NotReady("loading"))  # type: ignore[method-assign]
+    engine.resolve = lambda name, version=None: (_ for _ in ()).throw(NotReady("loading"))  # type: ignore
     assert v2.model_ready(engine, "broken") is False  # type: ignore[arg-type]
     with pytest.raises(UnknownModel):
         v2.model_ready(engine, "nope")  # type: ignore[arg-type]
