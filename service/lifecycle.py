@@ -49,10 +49,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ["logits", "probabilities"]
-# Before a model's first load its resident size is estimated from its graph file (weights, plus ORT's
-# arenas and warm-up buffers); measured: b0 ~2x its 20 MB file, lite0 ~2.3x (see the closing note).
-_ESTIMATE_FACTOR = 2.5
-_ESTIMATE_BASE = 16 << 20
+# Before a model's first load its resident size is estimated from its graph file: the weights plus ORT's
+# arenas and warm-up buffers. After a load the measured figure replaces the estimate.
+_ESTIMATE_FACTOR = 1.5
+_ESTIMATE_BASE = 8 << 20
 # After the drain timeout: how long a batch already running may still take before stop gives up on it.
 _ABORT_GRACE_S = 2.0
 

@@ -17,8 +17,9 @@ SIZE = 16
 CLASSES = 4
 
 
-def tiny_graph() -> onnx.ModelProto:
-    """uint8 (N,3,S,S) -> mean colour per channel -> a fixed 3x4 linear layer -> logits, softmax."""
+def tiny_graph(padding_bytes: int = 0) -> onnx.ModelProto:
+    """uint8 (N,3,S,S) -> mean colour per channel -> a fixed 3x4 linear layer -> logits, softmax.
+    `padding_bytes` adds an unused initializer, making the file (and what a load holds) that much bigger."""
     weights = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
     nodes = [
         helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
@@ -37,15 +38,26 @@ def tiny_graph() -> onnx.ModelProto:
         initializer=[
             helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
             helper.make_tensor("weights", TensorProto.FLOAT, [3, CLASSES], weights.flatten().tolist()),
+            *(
+                [
+                    helper.make_tensor(
+                        "padding", TensorProto.UINT8, [padding_bytes], b"\x01" * padding_bytes, raw=True
+                    )
+                ]
+                if padding_bytes
+                else []
+            ),
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
-def write_model(repository: Path, name: str, weights_kind: str = "imagenet", version: int = 1) -> Path:
+def write_model(
+    repository: Path, name: str, weights_kind: str = "imagenet", version: int = 1, padding_bytes: int = 0
+) -> Path:
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
-    data = tiny_graph().SerializeToString()
+    data = tiny_graph(padding_bytes).SerializeToString()
     (folder / "model.onnx").write_bytes(data)
     (folder / "labels.txt").write_text("red\ngreen\nblue\ngrey\n")
     weights = (
