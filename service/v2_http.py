@@ -273,7 +273,11 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered(label_of(name), work)
 
-    @router.post("/repository/index", summary="Model repository index (Triton's repository extension)")
+    @router.post(
+        "/repository/index",
+        summary="Model repository index (Triton's repository extension)",
+        responses=_ERRORS,
+    )
     async def repository_index(request: Request) -> Response:
         async def work() -> Response:
             document = _optional_object(await read_body(request, _CONTROL_BODY_LIMIT))
@@ -288,7 +292,9 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered("repository", work)
 
-    @router.post("/repository/models/{name}/load", summary="Load or reload a model (explicit mode)")
+    @router.post(
+        "/repository/models/{name}/load", summary="Load or reload a model (explicit mode)", responses=_ERRORS
+    )
     async def repository_load(request: Request, name: str) -> Response:
         async def work() -> Response:
             parameters = await _control_parameters(request, "load")
@@ -302,7 +308,9 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered(label_of(name), work)
 
-    @router.post("/repository/models/{name}/unload", summary="Unload a model (explicit mode)")
+    @router.post(
+        "/repository/models/{name}/unload", summary="Unload a model (explicit mode)", responses=_ERRORS
+    )
     async def repository_unload(request: Request, name: str) -> Response:
         async def work() -> Response:
             parameters = await _control_parameters(request, "unload")

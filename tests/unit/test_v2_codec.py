@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from service import v2
 from service.engine import InferOutcome
 from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
-from service.model_spec import ModelSpec
 from service.lifecycle import ModelEntry
+from service.model_spec import ModelSpec
 from service.registry import ModelState
 from service.schemas import Timings
 from service.v2_grpc import pb, request_from_message, response_message, set_parameter
