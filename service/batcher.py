@@ -127,6 +127,7 @@ class Batcher:
         self._waiter: asyncio.Future[None] | None = None
         self._wake_threshold = 1
         self._item_s: float | None = None  # moving average of inference seconds per item
+        self._batch_s: float | None = None  # moving average of inference seconds per batch
         self._executor = ThreadPoolExecutor(
             max_workers=config.instances, thread_name_prefix=f"batcher-{name}"
         )
@@ -140,6 +141,16 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         return self._depth
+
+    @property
+    def recent_batch_s(self) -> float | None:
+        """Moving average of one batch's inference time (None before the first batch)."""
+        return self._batch_s
+
+    @property
+    def recent_item_s(self) -> float | None:
+        """Moving average of inference time per image (None before the first batch)."""
+        return self._item_s
 
     @property
     def closing(self) -> bool:
@@ -404,6 +415,11 @@ class Batcher:
         per_item = inference_s / n
         self._item_s = (
             per_item if self._item_s is None else self._item_s + _EWMA_ALPHA * (per_item - self._item_s)
+        )
+        self._batch_s = (
+            inference_s
+            if self._batch_s is None
+            else self._batch_s + _EWMA_ALPHA * (inference_s - self._batch_s)
         )
         if self._observer is not None:
             self._observer.batch_completed(self.name, n, inference_s)

@@ -30,10 +30,12 @@ from service.batcher import Batcher, BatcherConfig
 from service.errors import DeadlineExceeded, LoadFailed, NotReady, Overloaded, UnknownModel
 from service.memory import release_freed_memory, rss_bytes
 from service.metrics import Metrics
-from service.model_spec import MODEL_FILE, ModelSpec
+from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
 from service.preprocess import PreprocessSpec
 from service.registry import (
+    CASCADE_FILE,
     DEFAULT_CONFIG,
+    CascadeSpec,
     HashCache,
     ModelConfig,
     ModelLoadError,
@@ -79,6 +81,7 @@ class ModelEntry:
     batcher: Batcher | None = None
     preprocess: PreprocessSpec | None = None
     in_flight: int = 0
+    kind: str = "model"  # or "cascade": no session; `spec` and `labels` are its last stage's
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -110,6 +113,7 @@ class ModelRecord:
     reason: str | None = None  # why the model as a whole is unavailable (missing, bad config.json)
     last_used: float = 0.0  # monotonic, for least-recently-used eviction
     measured_bytes: int | None = None
+    cascade: CascadeSpec | None = None  # a cascade of other models: no session of its own
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     load_task: asyncio.Task[None] | None = None
 
@@ -128,6 +132,12 @@ class ModelRecord:
         """Versions holding a session (ready, or draining before release)."""
         held = [e for e in self.versions.values() if e.runner is not None]
         return held + [e for e in self.retiring if e.runner is not None]
+
+    @property
+    def kind(self) -> str:
+        return "cascade" if self.cascade is not None or self.is_cascade_folder else "model"
+
+    is_cascade_folder: bool = False
 
     def busy(self) -> bool:
         return any(e.in_flight for e in self.loaded())
@@ -211,7 +221,7 @@ class Lifecycle:
     async def _load_at_start(self, records: list[ModelRecord]) -> None:
         # Smallest graph first: the cores also serve the models already up, and small models (the
         # default among them, usually) are ready soonest.
-        for record in sorted(records, key=_graph_size):
+        for record in sorted(records, key=lambda r: (r.is_cascade_folder, _graph_size(r))):
             try:
                 await self.load(record.name, reason="start")
             except LoadFailed:
@@ -221,6 +231,8 @@ class Lifecycle:
 
     def _add(self, model: ModelOnDisk, wanted: bool) -> ModelRecord:
         record = ModelRecord(model.name, model.path, model.config, model.config_error, wanted=wanted)
+        record.cascade = model.cascade
+        record.is_cascade_folder = (model.path / CASCADE_FILE).is_file()
         self._sync_versions(record, model)
         self.records[model.name] = record
         return record
@@ -229,6 +241,11 @@ class Lifecycle:
         """Entries for versions that appeared on disk (spec read, not loaded); gone ones are marked."""
         record.path, record.config, record.config_error = model.path, model.config, model.config_error
         record.on_disk = True
+        if record.is_cascade_folder:
+            record.cascade = model.cascade
+            if 1 not in record.versions:
+                record.versions[1] = ModelEntry(model.name, 1, model.path, kind="cascade")
+            return
         for number, version in model.versions.items():
             entry = record.versions.get(number)
             if entry is None or (entry.state is ModelState.FAILED and entry.signature != version.signature):
@@ -404,7 +421,12 @@ class Lifecycle:
         record.touched, record.wanted, record.reason = True, True, None
         if record.config_error is not None:
             record.reason = record.config_error
+            if record.is_cascade_folder:
+                record.versions[1].fail(record.config_error)
             raise LoadFailed(f"failed to load '{name}': {record.config_error}")
+        if record.is_cascade_folder:
+            self._load_cascade(record)
+            return
         targets = record.config.version_policy.select(list(on_disk.versions))
         if not targets:
             raise LoadFailed(f"failed to load '{name}': its version_policy selects no version on disk")
@@ -501,6 +523,57 @@ class Lifecycle:
             entry.memory_bytes / 2**20, reason,
         )  # fmt: skip
 
+    def _load_cascade(self, record: ModelRecord) -> None:
+        """A cascade loads nothing itself: check that its stages are models of the repository that share
+        one label set, and take the last stage's metadata (its output is what a cascade answers)."""
+        assert record.cascade is not None
+        entry = record.versions[1]
+        labels: list[str] | None = None
+        spec: ModelSpec | None = None
+        problems: list[str] = []
+        first = record.cascade.stages[0].model
+        for stage in record.cascade.stages:
+            stage_record = self.records.get(stage.model)
+            if stage_record is None or not stage_record.on_disk:
+                problems.append(f"stage '{stage.model}' is not a model of the repository")
+                continue
+            if stage_record.is_cascade_folder:
+                problems.append(f"stage '{stage.model}' is itself a cascade")
+                continue
+            target = stage_record.serving() or self._target_newest(stage_record)
+            if target is None or target.spec is None or target.path is None:
+                problems.append(f"stage '{stage.model}' has no usable version")
+                continue
+            try:
+                stage_labels = target.labels or read_labels(
+                    target.path / LABELS_FILE, target.spec.num_classes
+                )
+            except (OSError, ValueError) as exc:
+                problems.append(f"stage '{stage.model}': {exc}")
+                continue
+            if labels is not None and stage_labels != labels:
+                problems.append(f"stage '{stage.model}' has another label set than '{first}'")
+            labels, spec = labels or stage_labels, target.spec
+        if problems or spec is None or labels is None:
+            entry.fail("; ".join(problems) or "no stages")
+            self.metrics.model_loaded(record.name, "1", "failed", None)
+            self._publish_ready(record)
+            raise LoadFailed(f"failed to load '{record.name}': {entry.reason}")
+        entry.spec, entry.labels, entry.reason = spec, labels, None
+        entry.state, entry.loaded_at = ModelState.READY, time.time()
+        entry.load_seconds, entry.memory_bytes = 0.0, 0
+        self.metrics.model_loaded(record.name, "1", "success", 0.0)
+        self._publish_ready(record)
+        stages = [s.model for s in record.cascade.stages]
+        log.info("event=cascade_ready model=%s stages=%s", record.name, ",".join(stages))
+
+    def dependents(self, name: str) -> list[str]:
+        """Cascades that use model `name` as a stage."""
+        return [
+            r.name for r in self.records.values()
+            if r.cascade is not None and any(stage.model == name for stage in r.cascade.stages)
+        ]  # fmt: skip
+
     def _load_blocking(
         self, record: ModelRecord, entry: ModelEntry
     ) -> tuple[OrtRunner, ModelSpec, list[str]]:
@@ -522,6 +595,13 @@ class Lifecycle:
     async def _unload_locked(self, record: ModelRecord, reason: str, wanted: bool) -> None:
         record.wanted = wanted
         record.touched = True
+        if record.is_cascade_folder:
+            cascade = record.versions[1]
+            if cascade.ready:
+                cascade.state, cascade.reason = ModelState.UNLOADED, "unloaded"
+                self.metrics.model_unloaded(record.name, "1", reason)
+            self._publish_ready(record)
+            return
         retiring = [e for e in record.versions.values() if e.runner is not None]
         for entry in retiring:
             entry.state = ModelState.UNLOADING

@@ -184,8 +184,23 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded, oriented image (RGB or L), its full-resolution size, and the JPEG draft factor."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    draft_factor: float
+
+
 def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
     """Encoded image -> uint8 (3, crop, crop), C-contiguous. Thread-safe; raises service.errors types."""
+    return resize_crop(decode(data, spec.resize_size, limits), spec)
+
+
+def decode(data: bytes, resize_size: int, limits: DecodeLimits = _DEFAULT_LIMITS) -> DecodedImage:
+    """Check and decode an encoded image once, keeping at least `resize_size` pixels on its shorter side
+    (JPEGs may decode at a reduced scale): `resize_crop` can then serve any model up to that size."""
     if not data:
         raise EmptyBody("the request body is empty; send an encoded image")
     fmt = sniff_format(data)
@@ -198,12 +213,17 @@ def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = _DEFAUL
         size = _webp_header_size(data)
         if size is not None:
             _check_size(size, limits)
-    image, size, draft_factor = _decode(data, fmt, spec, limits)
-    return _resize_crop(image, size, draft_factor, spec)
+    image, size, draft_factor = _decode(data, fmt, resize_size, limits)
+    return DecodedImage(image, size, draft_factor)
+
+
+def resize_crop(decoded: DecodedImage, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded image -> uint8 (3, crop, crop) for one model."""
+    return _resize_crop(decoded.image, decoded.full_size, decoded.draft_factor, spec)
 
 
 def _decode(
-    data: bytes, fmt: str, spec: PreprocessSpec, limits: DecodeLimits
+    data: bytes, fmt: str, resize_size: int, limits: DecodeLimits
 ) -> tuple[Image.Image, tuple[int, int], float]:
     """Decoded, oriented image in mode RGB or L; its full-resolution (oriented) size; draft factor.
 
@@ -217,7 +237,7 @@ def _decode(
         _check_size(full_size, limits)
         draft_factor = 1.0
         if isinstance(im, JpegImagePlugin.JpegImageFile):
-            drafted = im.draft("RGB", (spec.resize_size, spec.resize_size))
+            drafted = im.draft("RGB", (resize_size, resize_size))
             if drafted is not None:
                 draft_factor = drafted[1][2] / full_size[0]
         im.load()

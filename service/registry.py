@@ -31,6 +31,7 @@ from service.model_spec import (
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+CASCADE_FILE = "cascade.json"
 
 
 class ModelState(StrEnum):
@@ -107,6 +108,42 @@ class ModelConfig(_Strict):
 DEFAULT_CONFIG = ModelConfig()
 
 
+class CascadeStage(_Strict):
+    model: str = Field(pattern=MODEL_NAME_PATTERN.pattern)
+    # Answer here when the top probability reaches this; the last stage always answers.
+    exit_confidence: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class CascadeSpec(_Strict):
+    """`<name>/cascade.json`: run the stages in order; an image leaves at the first stage whose top
+    probability reaches its `exit_confidence` (the maximum-softmax exit rule)."""
+
+    stages: tuple[CascadeStage, ...] = Field(min_length=2, max_length=8)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CascadeSpec:
+        *early, last = self.stages
+        if any(stage.exit_confidence is None for stage in early):
+            raise ValueError("every stage but the last needs an exit_confidence")
+        if last.exit_confidence is not None:
+            raise ValueError("the last stage always answers: give it no exit_confidence")
+        names = [stage.model for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError("a model may appear only once in a cascade")
+        return self
+
+
+def read_cascade(model_dir: Path) -> CascadeSpec:
+    path = model_dir / CASCADE_FILE
+    try:
+        return CascadeSpec.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path} is invalid: {_first_error(exc)}") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+
+
 def read_config(model_dir: Path) -> ModelConfig:
     path = model_dir / CONFIG_FILE
     if not path.exists():
@@ -140,6 +177,7 @@ class ModelOnDisk:
     versions: dict[int, VersionOnDisk] = field(default_factory=dict)
     config: ModelConfig = DEFAULT_CONFIG
     config_error: str | None = None
+    cascade: CascadeSpec | None = None  # a cascade folder: cascade.json instead of versions
 
 
 def _signature(folder: Path) -> tuple[int, ...]:
@@ -160,6 +198,14 @@ def scan(repository: Path) -> dict[str, ModelOnDisk]:
         return found
     for model_dir in sorted(repository.iterdir()):
         if not model_dir.is_dir() or not MODEL_NAME_PATTERN.match(model_dir.name):
+            continue
+        if (model_dir / CASCADE_FILE).is_file():
+            cascade = ModelOnDisk(model_dir.name, model_dir)
+            try:
+                cascade.cascade = read_cascade(model_dir)
+            except ModelLoadError as exc:
+                cascade.config_error = str(exc)
+            found[cascade.name] = cascade
             continue
         versions = {
             int(p.name): VersionOnDisk(int(p.name), p, _signature(p))
