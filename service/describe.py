@@ -23,6 +23,7 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
     if entry is None:
         return ModelInfo(
             name=record.name,
+            kind=record.kind,
             version=None,
             state=ModelState.FAILED.value,
             ready=False,
@@ -32,6 +33,8 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
     reason = record.reason or entry.reason
     info = ModelInfo(
         name=record.name,
+        kind=record.kind,
+        stages=list(record.cascade.stages) if record.cascade is not None else [],
         version=entry.version,
         state=entry.state.value,
         ready=entry.ready,
@@ -57,6 +60,9 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
                 inputs=list(spec.inputs),
                 outputs=list(spec.outputs),
                 opset=spec.opset,
+                precision=spec.precision,
+                accuracy=spec.accuracy,
+                agreement=spec.agreement,
             )
         )
     batcher = entry.batcher

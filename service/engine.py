@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,12 +21,15 @@ from service.describe import describe_model
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError
 from service.lifecycle import IndexEntry, Lifecycle, ModelEntry, ModelRecord
 from service.metrics import Metrics
-from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
+from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, preprocess, resize_crop
 from service.registry import ModelLoadError
-from service.schemas import ModelInfo, Prediction, Timings
+from service.routing import AUTO, Router
+from service.schemas import ModelInfo, ModelList, Prediction, Route, Timings
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,6 +39,7 @@ class InferOutcome:
     model: ModelEntry
     outputs: dict[str, np.ndarray]
     timings: Timings
+    route: Route | None = None  # set by `auto` and cascades
 
 
 @dataclass
@@ -42,6 +47,7 @@ class ClassifyOutcome:
     model: ModelEntry
     predictions: list[list[Prediction]]
     timings: Timings
+    route: Route | None = None
 
 
 class Engine:
@@ -50,6 +56,7 @@ class Engine:
         self.metrics = metrics
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
         self.lifecycle = Lifecycle(settings, metrics)
+        self.router = Router(self, settings, metrics)
         self._pool: ThreadPoolExecutor | None = None
         self._pending_preprocess = 0
         self._accepting = False
@@ -115,7 +122,7 @@ class Engine:
         return self.lifecycle.readiness()
 
     def knows(self, name: str) -> bool:
-        return name in self.lifecycle.records
+        return name == AUTO or name in self.lifecycle.records
 
     @property
     def default_model(self) -> str | None:
@@ -160,10 +167,18 @@ class Engine:
     def peek(self, name: str | None, version: int | None = None) -> ModelEntry:
         """What a request for `name` would run, loaded or not (a memory budget loads it on first use):
         for the checks a protocol layer makes before reading a body. Raises UnknownModel / NotReady."""
-        return self.lifecycle.hint(self._name(name), version)
+        name = self._name(name)
+        if self.router.handles(name):
+            if version is not None:
+                raise InvalidArgument(f"'{name}' has no versions; leave the version out")
+            return self.router.hint(name)
+        return self.lifecycle.hint(name, version)
 
     def describe(self, record: ModelRecord) -> ModelInfo:
         return describe_model(record, default=record.name == self.default_model)
+
+    def model_list(self) -> ModelList:
+        return ModelList(default_model=self.default_model, models=self.describe_all(), policies=[AUTO])
 
     def describe_all(self) -> list[ModelInfo]:
         default = self.default_model
@@ -174,9 +189,13 @@ class Engine:
         self._check_control("load")
         await self.lifecycle.load(name, reason="api")
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        """Unload `name`; with `unload_dependents`, also the cascades that use it as a stage."""
         self._check_control("unload")
         self.lifecycle.record(name)
+        if unload_dependents:
+            for cascade in self.lifecycle.dependents(name):
+                await self.lifecycle.unload(cascade, reason="api")
         await self.lifecycle.unload(name, reason="api")
 
     def _check_control(self, action: str) -> None:
@@ -208,13 +227,14 @@ class Engine:
         top_k: int,
         deadline: float | None = None,
         version: int | None = None,
+        budget_ms: float | None = None,
     ) -> ClassifyOutcome:
         name = self._name(model)
-        self.check_top_k(self.lifecycle.hint(name, version), top_k)
-        outcome = await self.infer_images(name, images, deadline, version)
+        self.check_top_k(self.peek(name, version), top_k)
+        outcome = await self.infer_images(name, images, deadline, version, budget_ms)
         probabilities = outcome.outputs["probabilities"]
         predictions = [top_k_predictions(row, outcome.model.labels, top_k) for row in probabilities]
-        return ClassifyOutcome(outcome.model, predictions, outcome.timings)
+        return ClassifyOutcome(outcome.model, predictions, outcome.timings, outcome.route)
 
     async def infer_images(
         self,
@@ -222,18 +242,50 @@ class Engine:
         images: Sequence[bytes],
         deadline: float | None = None,
         version: int | None = None,
+        budget_ms: float | None = None,
     ) -> InferOutcome:
-        """Encoded images -> preprocess (thread pool) -> batcher."""
+        """Encoded images -> preprocess (thread pool) -> batcher; `auto` and cascades via the router."""
         start = time.monotonic()
         self._check_count(len(images))
         deadline = deadline or self._default_deadline(start)
-        entry = await self.lifecycle.acquire(self._name(model), version, deadline)
+        name = self._name(model)
+        if self.router.handles(name):
+            if version is not None:
+                raise InvalidArgument(f"'{name}' has no versions; leave the version out")
+            return await self.router.infer_images(name, images, deadline, budget_ms)
+        if budget_ms is not None:
+            raise InvalidArgument(f"budget_ms applies to '{AUTO}', not to the model '{name}'")
+        entry = await self.lifecycle.acquire(name, version, deadline)
         try:
             # Reject overload before spending CPU on decoding.
             self.check_queue_room(entry, len(images))
             arrays = await self._preprocess_all(entry, images)
             preprocess_s = time.monotonic() - start
+            self.router.observe_preprocess(entry.name, preprocess_s / len(images))
             assert entry.batcher is not None
+            results = await entry.batcher.submit(arrays, deadline=deadline)
+        finally:
+            self.lifecycle.release(entry)
+        return InferOutcome(entry, _stack_outputs(results), _timings(results, preprocess_s, start))
+
+    async def decode_images(self, images: Sequence[bytes], resize_size: int) -> list[DecodedImage]:
+        """Decode each image once, for several models up to `resize_size` (cascades)."""
+        self._check_count(len(images))
+        done = await self._in_pool(decode, [(data, resize_size, self.limits) for data in images])
+        return [item for item, _ in done]
+
+    async def infer_decoded(
+        self, model: str, decoded: Sequence[DecodedImage], deadline: float
+    ) -> InferOutcome:
+        """Already decoded images -> this model's resize and crop -> its batcher (a cascade stage)."""
+        start = time.monotonic()
+        entry = await self.lifecycle.acquire(model, None, deadline)
+        try:
+            self.check_queue_room(entry, len(decoded))
+            spec = entry.preprocess
+            assert spec is not None and entry.batcher is not None
+            arrays = [array for array, _ in await self._in_pool(resize_crop, [(d, spec) for d in decoded])]
+            preprocess_s = time.monotonic() - start
             results = await entry.batcher.submit(arrays, deadline=deadline)
         finally:
             self.lifecycle.release(entry)
@@ -293,40 +345,46 @@ class Engine:
             )
 
     async def _preprocess_all(self, entry: ModelEntry, images: Sequence[bytes]) -> list[np.ndarray]:
-        limit = self.settings.max_pending_preprocess
-        if self._pending_preprocess + len(images) > limit:
-            raise Overloaded(f"{self._pending_preprocess} images are waiting to be decoded", retry_after=1.0)
         spec = entry.preprocess
         assert spec is not None
+        done = await self._in_pool(preprocess, [(data, spec, self.limits) for data in images])
+        for _, seconds in done:
+            self.metrics.observe_preprocess(entry.name, seconds)
+        return [array for array, _ in done]
+
+    async def _in_pool(
+        self, function: Callable[..., T], jobs: list[tuple[Any, ...]]
+    ) -> list[tuple[T, float]]:
+        """Run `function(*job)` for each job on the preprocessing pool (bounded across requests: 503
+        beyond max_pending_preprocess). Results in order, each with its seconds; the first error
+        (by image order) is raised, naming the image when there are several."""
+        limit = self.settings.max_pending_preprocess
+        if self._pending_preprocess + len(jobs) > limit:
+            raise Overloaded(f"{self._pending_preprocess} images are waiting to be decoded", retry_after=1.0)
         loop = asyncio.get_running_loop()
-        self._pending_preprocess += len(images)
+        self._pending_preprocess += len(jobs)
         try:
-            jobs = [
-                loop.run_in_executor(self._pool, _timed_preprocess, data, spec, self.limits)
-                for data in images
-            ]
-            done = await asyncio.gather(*jobs, return_exceptions=True)
+            futures = [loop.run_in_executor(self._pool, _timed, function, job) for job in jobs]
+            done = await asyncio.gather(*futures, return_exceptions=True)
         finally:
-            self._pending_preprocess -= len(images)
-        arrays = []
+            self._pending_preprocess -= len(jobs)
+        results: list[tuple[T, float]] = []
         for index, item in enumerate(done):
             if isinstance(item, ServiceError):
-                if len(images) > 1:
+                if len(jobs) > 1:
                     item.message = f"image {index}: {item.message}"
                     item.args = (item.message,)
                 raise item
             if isinstance(item, BaseException):
                 raise item
-            array, seconds = item
-            self.metrics.observe_preprocess(entry.name, seconds)
-            arrays.append(array)
-        return arrays
+            results.append(item)
+        return results
 
 
-def _timed_preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> tuple[np.ndarray, float]:
+def _timed(function: Callable[..., T], job: tuple[Any, ...]) -> tuple[T, float]:
     start = time.monotonic()
-    array = preprocess(data, spec, limits)
-    return array, time.monotonic() - start
+    result = function(*job)
+    return result, time.monotonic() - start
 
 
 def _stack_outputs(results: list[ItemResult]) -> dict[str, np.ndarray]:

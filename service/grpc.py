@@ -26,7 +26,7 @@ from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.grpc_common import deadline_of, model_label, observed
 from service.metrics import Metrics
-from service.schemas import ModelInfo
+from service.schemas import ModelInfo, Route
 from service.settings import Settings
 from service.v2_grpc import V2Servicer, add_v2_servicer
 
@@ -60,7 +60,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> classifier_pb2.ClassifyResponse:
         top_k = request.top_k or DEFAULT_TOP_K
         outcome = await self._engine.classify(
-            request.model or None, list(request.images), top_k, deadline, request.version or None
+            request.model or None,
+            list(request.images),
+            top_k,
+            deadline,
+            request.version or None,
+            request.budget_ms or None,
         )
         model = outcome.model
         assert model.spec is not None
@@ -85,6 +90,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 inference_ms=t.inference_ms,
                 total_ms=t.total_ms,
             ),
+            route=route_message(outcome.route) if outcome.route is not None else None,
         )
 
     async def ClassifyStream(
@@ -154,10 +160,34 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     async def ListModels(
         self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ListModelsResponse:
+        listing = self._engine.model_list()
         return classifier_pb2.ListModelsResponse(
-            default_model=self._engine.default_model,
-            models=[model_info_message(info) for info in self._engine.describe_all()],
+            default_model=listing.default_model,
+            models=[model_info_message(info) for info in listing.models],
+            policies=listing.policies,
         )
+
+
+def route_message(route: Route) -> classifier_pb2.Route:
+    return classifier_pb2.Route(
+        policy=route.policy,
+        budget_ms=route.budget_ms or 0.0,
+        predicted_ms=route.predicted_ms or 0.0,
+        model=route.model or "",
+        fits=bool(route.fits),
+        images=[
+            classifier_pb2.CascadeImage(
+                answered_by=image.answered_by,
+                stages=[
+                    classifier_pb2.StageConfidence(
+                        model=s.model, confidence=s.confidence, escalated=s.escalated
+                    )
+                    for s in image.stages
+                ],
+            )
+            for image in route.images or []
+        ],
+    )
 
 
 def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
@@ -178,6 +208,11 @@ def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
         gmacs=info.gmacs,
         opset=info.opset,
         provider=info.provider,
+        kind=info.kind,
+        precision=info.precision,
+        accuracy_top1=info.accuracy.imagenet_top1 if info.accuracy else None,
+        accuracy_source=info.accuracy.source if info.accuracy else None,
+        stages=[stage.model for stage in info.stages],
         inputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.inputs],
         outputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.outputs],
     )

@@ -188,7 +188,10 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         request: Request,
         variant: Annotated[
             str | None,
-            Query(max_length=64, description="model name (b0..b7, lite0); default model if omitted"),
+            Query(
+                max_length=64,
+                description="model name (b0..b7, lite0, ...), a cascade, or 'auto'; default model if omitted",
+            ),
         ] = None,
         top_k: Annotated[int, Query(description="predictions per image (1 to min(classes, max_top_k))")] = 5,
         timeout_ms: Annotated[
@@ -197,18 +200,22 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         version: Annotated[
             int | None, Query(ge=1, description="model version; default: the newest ready version")
         ] = None,
+        budget_ms: Annotated[
+            float | None,
+            Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds"),
+        ] = None,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         model_label = "unknown"
         code = 500
         try:
             entry = engine.peek(variant, version)
-            model_label = entry.name
+            model_label = variant if variant and engine.router.handles(variant) else entry.name
             engine.check_top_k(entry, top_k)
             engine.check_queue_room(entry)
             images = await images_from_request(request, settings)
             deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-            work = engine.classify(entry.name, images, top_k, deadline, version)
+            work = engine.classify(variant or entry.name, images, top_k, deadline, version, budget_ms)
             outcome = await unless_disconnected(request, work)
             code = 200
         except ClientDisconnected:
@@ -233,11 +240,12 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             weights=outcome.model.spec.weights.kind,
             results=[ImageResult(predictions=p) for p in outcome.predictions],
             timings=outcome.timings,
+            route=outcome.route,
         )
 
     @app.get("/v1/models", response_model=ModelList, summary="Every configured model with its metadata")
     async def list_models() -> ModelList:
-        return ModelList(default_model=engine.default_model, models=engine.describe_all())
+        return engine.model_list()
 
     @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_ERROR_RESPONSES)
     async def get_model(name: str) -> ModelInfo:

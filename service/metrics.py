@@ -115,6 +115,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.route_choices = Counter(
+            "effnet_route_choices_total",
+            "Models chosen by a routing policy (auto), and whether the prediction fitted the budget",
+            ["policy", "model", "fits"],
+            registry=self.registry,
+        )
+        self.cascade_images = Counter(
+            "effnet_cascade_stage_images_total",
+            "Images that entered a cascade stage",
+            ["cascade", "stage"],
+            registry=self.registry,
+        )
+        self.cascade_escalations = Counter(
+            "effnet_cascade_escalations_total",
+            "Images a cascade stage was unsure of and passed on (escalation rate: this / stage_images)",
+            ["cascade", "stage"],
+            registry=self.registry,
+        )
+
     # --- BatchObserver protocol (service.batcher) ---
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
         self.batch_size.labels(model).observe(size)
@@ -151,6 +170,13 @@ class Metrics:
     def model_unloaded(self, model: str, version: str, reason: str) -> None:
         self.model_unloads.labels(model, reason).inc()
         self.model_memory.labels(model, version).set(0)
+
+    def route_chosen(self, policy: str, model: str, fits: bool) -> None:
+        self.route_choices.labels(policy, model, "true" if fits else "false").inc()
+
+    def cascade_stage(self, cascade: str, stage: str, entered: int, escalated: int) -> None:
+        self.cascade_images.labels(cascade, stage).inc(entered)
+        self.cascade_escalations.labels(cascade, stage).inc(escalated)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

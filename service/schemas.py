@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from service.model_spec import Interpolation, Normalization, TensorSpec, WeightsProvenance
+from service.model_spec import (
+    Agreement,
+    DeclaredAccuracy,
+    Interpolation,
+    Normalization,
+    TensorSpec,
+    WeightsProvenance,
+)
+from service.registry import CascadeStage
 
 
 class Prediction(BaseModel):
@@ -24,12 +32,35 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class StageConfidence(BaseModel):
+    model: str
+    confidence: float = Field(description="the stage's top probability for this image")
+    escalated: bool = Field(description="below the stage's exit_confidence: passed to the next stage")
+
+
+class CascadeImage(BaseModel):
+    answered_by: str
+    stages: list[StageConfidence]
+
+
+class Route(BaseModel):
+    """How `auto` or a cascade served the request."""
+
+    policy: str = Field(description="auto or cascade")
+    budget_ms: float | None = Field(default=None, description="auto: the latency budget")
+    predicted_ms: float | None = Field(default=None, description="auto: the chosen model's predicted latency")
+    model: str | None = Field(default=None, description="auto: the model chosen")
+    fits: bool | None = Field(default=None, description="auto: false when no model was predicted to fit")
+    images: list[CascadeImage] | None = Field(default=None, description="cascade: per image, in order")
+
+
 class ClassifyResponse(BaseModel):
     model: str
     version: int
     weights: str = Field(description="imagenet, custom or random (random weights give meaningless labels)")
     results: list[ImageResult] = Field(description="one per image, in request order")
     timings: Timings
+    route: Route | None = Field(default=None, description="for auto and cascades: how the request was served")
 
 
 class BatcherInfo(BaseModel):
@@ -53,6 +84,7 @@ class VersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    kind: str = Field("model", description="model, or cascade (stages run in order; see `stages`)")
     version: int | None = Field(description="the version a request without one gets (newest ready)")
     state: str = Field(description="available, loading, ready, unloading, unloaded, failed or stopped")
     ready: bool
@@ -71,6 +103,10 @@ class ModelInfo(BaseModel):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     opset: int | None = None
+    precision: str | None = Field(default=None, description="fp32, fp16 or int8")
+    accuracy: DeclaredAccuracy | None = Field(default=None, description="published ImageNet top-1, if any")
+    agreement: Agreement | None = Field(default=None, description="fp16/int8: agreement with its fp32 source")
+    stages: list[CascadeStage] = Field(default_factory=list, description="cascade: its stages in order")
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
     versions: list[VersionInfo] = Field(default_factory=list, description="every known version")
@@ -79,6 +115,7 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     default_model: str | None
     models: list[ModelInfo]
+    policies: list[str] = Field(default_factory=list, description="routing names besides models: auto")
 
 
 class ErrorBody(BaseModel):

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         "unset or unwritable: hash at every load",
     )
 
+    auto_budget_ms: float = Field(
+        100.0, gt=0, le=600_000, description="variant=auto without budget_ms: the latency budget it meets"
+    )
+
     # --- network ---
     host: str = Field("0.0.0.0", description="bind address for HTTP and gRPC")
     http_port: int = Field(8000, ge=1, le=65535)

@@ -226,6 +226,8 @@ class InferResponse:
     id: str
     outputs: list[OutputTensor]
     timings: Timings
+    # Response parameters: `route` (JSON text) for auto and cascades.
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,14 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
     """V2 metadata of `entry`; `versions`: every ready version of the model (default: entry's own)."""
     assert entry.spec is not None
     versions = versions or (str(entry.version),)
+    if entry.kind == "cascade":  # stages of several resolutions: encoded images only
+        image_only = (TensorMetadata(IMAGE, BYTES, (-1,)),)
+        outputs = tuple(
+            TensorMetadata(o.name, _spec_datatype(o.dtype), tuple(o.shape))
+            for o in entry.spec.outputs
+            if o.name in OUTPUT_NAMES
+        )
+        return ModelMetadata(entry.name, tuple(versions), "ensemble", image_only, outputs)
     spec = entry.spec
     pixels = TensorMetadata(PIXELS, "UINT8", (-1, 3, spec.crop_size, spec.crop_size))
     image = TensorMetadata(IMAGE, BYTES, (-1,))
@@ -317,10 +327,22 @@ async def infer(engine: Engine, request: InferRequest, deadline: float | None = 
         )
     tensor = request.inputs[0]
     deadline = deadline_from(request.parameters, deadline)
-    outcome = await _run(engine, entry, tensor, deadline, version)
+    budget = request.parameters.get("budget_ms")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
+        raise InvalidArgument("parameter 'budget_ms' must be a number of milliseconds")
+    routed = engine.router.handles(request.model)
+    if routed and tensor.name == PIXELS:
+        raise InvalidArgument(
+            f"'{request.model}' runs models of several resolutions: send encoded images as '{IMAGE}'"
+        )
+    if tensor.name == PIXELS:
+        outcome = await _run_pixels(engine, entry, tensor, deadline, version)
+    else:
+        outcome = await _run_images(engine, request.model, entry, tensor, deadline, version, budget)
     ran = outcome.model  # a new version may have taken over since `peek`: answer with the one that ran
     outputs = [_build_output(outcome, ran, r) for r in requested]
-    return InferResponse(ran.name, str(ran.version), request.id, outputs, outcome.timings)
+    parameters = {"route": outcome.route.model_dump_json(exclude_none=True)} if outcome.route else {}
+    return InferResponse(ran.name, str(ran.version), request.id, outputs, outcome.timings, parameters)
 
 
 def _check_outputs(
@@ -342,29 +364,40 @@ def _check_outputs(
     return outputs
 
 
-async def _run(
+async def _run_pixels(
     engine: Engine, entry: ModelEntry, tensor: InputTensor, deadline: float | None, version: int | None
 ) -> InferOutcome:
     assert entry.spec is not None
     size = entry.spec.crop_size
-    if tensor.name == PIXELS:
-        if tensor.datatype != "UINT8" or not isinstance(tensor.data, np.ndarray):
-            raise InvalidArgument(f"input '{PIXELS}' must be UINT8, got {tensor.datatype[:32]}")
-        if len(tensor.shape) != 4 or tensor.shape[1:] != (3, size, size):
-            raise InvalidArgument(
-                f"input '{PIXELS}' of model '{entry.name}' must have shape [N, 3, {size}, {size}], "
-                f"got {list(tensor.shape)}"
-            )
-        return await engine.infer_pixels(entry.name, tensor.data, deadline, version)
-    if tensor.name == IMAGE:
-        if tensor.datatype != BYTES or not isinstance(tensor.data, list):
-            raise InvalidArgument(f"input '{IMAGE}' must be BYTES, got {tensor.datatype[:32]}")
-        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-            raise InvalidArgument(f"input '{IMAGE}' must have shape [N] or [N, 1], got {list(tensor.shape)}")
-        return await engine.infer_images(entry.name, tensor.data, deadline, version)
-    raise InvalidArgument(
-        f"unknown input '{tensor.name[:64]}'; model '{entry.name}' takes '{PIXELS}' or '{IMAGE}'"
-    )
+    if tensor.datatype != "UINT8" or not isinstance(tensor.data, np.ndarray):
+        raise InvalidArgument(f"input '{PIXELS}' must be UINT8, got {tensor.datatype[:32]}")
+    if len(tensor.shape) != 4 or tensor.shape[1:] != (3, size, size):
+        raise InvalidArgument(
+            f"input '{PIXELS}' of model '{entry.name}' must have shape [N, 3, {size}, {size}], "
+            f"got {list(tensor.shape)}"
+        )
+    return await engine.infer_pixels(entry.name, tensor.data, deadline, version)
+
+
+async def _run_images(
+    engine: Engine,
+    name: str,
+    entry: ModelEntry,
+    tensor: InputTensor,
+    deadline: float | None,
+    version: int | None,
+    budget_ms: float | None,
+) -> InferOutcome:
+    if tensor.name != IMAGE:
+        raise InvalidArgument(
+            f"unknown input '{tensor.name[:64]}'; model '{entry.name}' takes '{PIXELS}' or '{IMAGE}'"
+        )
+    if tensor.datatype != BYTES or not isinstance(tensor.data, list):
+        raise InvalidArgument(f"input '{IMAGE}' must be BYTES, got {tensor.datatype[:32]}")
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise InvalidArgument(f"input '{IMAGE}' must have shape [N] or [N, 1], got {list(tensor.shape)}")
+    target = name if engine.router.handles(name) else entry.name
+    return await engine.infer_images(target, tensor.data, deadline, version, budget_ms)
 
 
 def _build_output(outcome: InferOutcome, entry: ModelEntry, requested: RequestedOutput) -> OutputTensor:

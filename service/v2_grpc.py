@@ -102,6 +102,8 @@ def request_from_message(message: pb.ModelInferRequest) -> v2.InferRequest:
 def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
     """Outputs always travel as raw_output_contents (what Triton does; clients read both forms)."""
     message = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    for key, value in response.parameters.items():
+        set_parameter(message.parameters, key, value)
     for output in response.outputs:
         message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         if isinstance(output.data, np.ndarray):
@@ -174,7 +176,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
             dependents = repository_parameters(request.parameters).get("unload_dependents", False)
             if not isinstance(dependents, bool):
                 raise InvalidArgument("parameter 'unload_dependents' must be a bool")
-            await self._engine.unload_model(request.model_name)
+            await self._engine.unload_model(request.model_name, dependents)
             return pb.RepositoryModelUnloadResponse()
 
         return await observed(self._metrics, PROTOCOL, label, context, work)

@@ -171,6 +171,8 @@ def encode_infer_response(response: v2.InferResponse, parameters: dict[str, Any]
     }
     if response.id:
         document["id"] = response.id
+    if response.parameters:
+        document["parameters"] = dict(response.parameters)
     header = json.dumps(document, separators=(",", ":")).encode()
     if not chunks:
         return Response(header, media_type="application/json")
@@ -317,7 +319,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             dependents = parameters.get("unload_dependents", False)
             if not isinstance(dependents, bool):
                 raise InvalidArgument("parameter 'unload_dependents' must be true or false")
-            await engine.unload_model(name)
+            await engine.unload_model(name, dependents)
             return Response(status_code=200)
 
         return await answered(label_of(name), work)

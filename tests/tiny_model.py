@@ -53,13 +53,23 @@ def tiny_graph(padding_bytes: int = 0) -> onnx.ModelProto:
 
 
 def write_model(
-    repository: Path, name: str, weights_kind: str = "imagenet", version: int = 1, padding_bytes: int = 0
+    repository: Path,
+    name: str,
+    weights_kind: str = "imagenet",
+    version: int = 1,
+    padding_bytes: int = 0,
+    *,
+    accuracy: float | None = None,
+    gmacs: float = 0.001,
+    labels: tuple[str, ...] = ("red", "green", "blue", "grey"),
 ) -> Path:
+    """A tiny model version folder; `accuracy` declares an ImageNet top-1 (for `auto`), `gmacs` sets the
+    size `auto` assumes before it has measured the model."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
     data = tiny_graph(padding_bytes).SerializeToString()
     (folder / "model.onnx").write_bytes(data)
-    (folder / "labels.txt").write_text("red\ngreen\nblue\ngrey\n")
+    (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     weights = (
         {"kind": "random", "seed": 0}
         if weights_kind == "random"
@@ -82,10 +92,11 @@ def write_model(
         num_classes=CLASSES,
         weights=weights,
         parameters=12,
-        gmacs=0.001,
+        gmacs=gmacs,
         opset=18,
         exporter={"onnx": onnx.__version__},
         onnx_sha256=hashlib.sha256(data).hexdigest(),
+        accuracy=None if accuracy is None else {"imagenet_top1": accuracy, "source": "test"},
     )
     (folder / "model.json").write_text(spec.to_json())
     return folder

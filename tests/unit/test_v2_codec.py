@@ -51,9 +51,15 @@ def make_entry(name: str = "tiny") -> ModelEntry:
 class FakeEngine:
     """The slice of Engine that service.v2 uses; outputs are derived from the input so tests can check."""
 
+    class _NoRouting:
+        @staticmethod
+        def handles(name: str) -> bool:
+            return False
+
     def __init__(self) -> None:
         self.entry = make_entry()
         self.calls: list[tuple[str, Any]] = []
+        self.router = self._NoRouting()
 
     def resolve(self, name: str | None, version: int | None = None) -> ModelEntry:
         if name not in (None, "", "tiny"):
@@ -89,7 +95,12 @@ class FakeEngine:
         return self._outcome(pixels.shape[0])
 
     async def infer_images(
-        self, model: str, images: list[bytes], deadline: float | None, version: int | None = None
+        self,
+        model: str,
+        images: list[bytes],
+        deadline: float | None,
+        version: int | None = None,
+        budget_ms: float | None = None,
     ) -> InferOutcome:
         self.calls.append(("images", images))
         return self._outcome(len(images))
