@@ -20,7 +20,9 @@ from service.batcher import Batcher, BatcherConfig, ItemResult
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
 from service.metrics import Metrics
 from service.model_spec import MODEL_FILE
-from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
+from service.precision import resolve_precision
+from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow
+from service.preprocess_backends import PreprocessBackend, create_backend
 from service.registry import ModelEntry, ModelLoadError, ModelState, discover, validate_files
 from service.runtime import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
 from service.schemas import BatcherInfo, ModelInfo, Prediction, Timings
@@ -56,7 +58,7 @@ class Engine:
         self.entries: dict[str, ModelEntry] = {}
         self._runners: dict[str, OrtRunner] = {}
         self._batchers: dict[str, Batcher] = {}
-        self._preprocess_specs: dict[str, PreprocessSpec] = {}
+        self._preprocess_specs: dict[str, PreprocessBackend] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pending_preprocess = 0
         self._accepting = False
@@ -124,7 +126,9 @@ class Engine:
         batcher.start()
         self._runners[entry.name] = runner
         self._batchers[entry.name] = batcher
-        self._preprocess_specs[entry.name] = PreprocessSpec.from_model_spec(entry.spec)
+        self._preprocess_specs[entry.name] = create_backend(
+            self.settings, PreprocessSpec.from_model_spec(entry.spec), runner.provider, entry.name
+        )
         entry.provider = runner.provider
         entry.load_seconds = time.monotonic() - start
         entry.state = ModelState.READY
@@ -229,6 +233,7 @@ class Engine:
             name = self.default_model
             if name is None:
                 raise NotReady("no model is ready yet")
+        name = resolve_precision(name, self.settings.precision, self.entries)  # b0 -> b0-fp16 (GPU path)
         entry = self.lookup(name)
         if entry.state is not ModelState.READY:
             detail = f": {entry.reason}" if entry.reason else ""
@@ -392,9 +397,11 @@ def _graph_size(entry: ModelEntry) -> int:
         return 0
 
 
-def _timed_preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits) -> tuple[np.ndarray, float]:
+def _timed_preprocess(
+    data: bytes, backend: PreprocessBackend, limits: DecodeLimits
+) -> tuple[np.ndarray, float]:
     start = time.monotonic()
-    array = preprocess(data, spec, limits)
+    array = backend.prepare(data, limits)
     return array, time.monotonic() - start
 
 
