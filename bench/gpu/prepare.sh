@@ -2,7 +2,8 @@
 # Run HERE (the CPU machine with PyPI access), before the device check. It:
 #  1. downloads the cp312 manylinux wheels the GPU machine's image lacks (bench/gpu/wheels.txt)
 #     into the git-ignored folder .gpuwheels/ (repository root);
-#  2. splits every wheel over 60 MB into 60 MB parts (one device call carries at most 64 MiB);
+#  2. splits every wheel over 56 MiB into parts and packs parts and wheels into calls of at most
+#     56 MiB (one device call carries at most 64 MiB, the working tree included);
 #  3. builds service/_generated (gRPC code; git-ignored, so it must be carried too);
 #  4. prints the exact sequence of device calls: which paths each one carries (`carry`) and where it
 #     stores them on the machine between calls (/root/effnet-wheels, which lives as long as the
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 DEST=.gpuwheels
-PART_MB=60
+PART_MIB=56  # + the working tree (~2 MiB) stays under the 64 MiB a call carries
 STASH=/root/effnet-wheels   # on the device machine, outside the working tree (survives between calls)
 
 download=1
@@ -31,46 +32,57 @@ if (( download )); then
 fi
 "$PY" -m service.protogen >/dev/null
 
-# Batches of at most ~60 MB: whole small wheels packed together, big wheels in 60 MB parts.
+# Pack into calls of at most PART_MIB each (first fit, largest first): a wheel over PART_MIB is split
+# into PART_MIB parts (joined again by run.sh); the rest of each call's 64 MiB is the working tree.
 rm -rf "$DEST"/call-*
-call=1
-used=0
-new_call() { call=$((call + 1)); used=0; }
-mkdir -p "$DEST/call-$call"
-for wheel in "$DEST"/all/*.whl; do
-    size=$(stat -c %s "$wheel")
-    mb=$(( (size + 1048575) / 1048576 ))
-    if (( mb > PART_MB )); then
-        split -b "${PART_MB}M" -d -a 2 "$wheel" "$DEST/tmp-part-"
-        for part in "$DEST"/tmp-part-*; do
-            (( used > 0 )) && new_call && mkdir -p "$DEST/call-$call"
-            mv "$part" "$DEST/call-$call/$(basename "$wheel").part${part##*-}"
-            used=$PART_MB
-        done
-        new_call; mkdir -p "$DEST/call-$call"
-    else
-        if (( used + mb > PART_MB )); then new_call; mkdir -p "$DEST/call-$call"; fi
-        cp "$wheel" "$DEST/call-$call/"
-        used=$(( used + mb ))
-    fi
-done
-rmdir "$DEST/call-$call" 2>/dev/null || true
+"$PY" - "$DEST" "$PART_MIB" <<'PACK'
+import shutil, sys
+from pathlib import Path
+
+dest, part = Path(sys.argv[1]), int(sys.argv[2]) * 2**20
+items = []  # (size, name, source path, offset)
+for wheel in sorted((dest / "all").glob("*.whl")):
+    size = wheel.stat().st_size
+    if size <= part:
+        items.append((size, wheel.name, wheel, 0))
+    else:
+        for index, offset in enumerate(range(0, size, part)):
+            items.append((min(part, size - offset), f"{wheel.name}.part{index:02d}", wheel, offset))
+calls: list[list[tuple]] = []
+for item in sorted(items, key=lambda i: -i[0]):
+    for call in calls:
+        if sum(i[0] for i in call) + item[0] <= part:
+            call.append(item)
+            break
+    else:
+        calls.append([item])
+for number, call in enumerate(calls, 1):
+    folder = dest / f"call-{number}"
+    folder.mkdir()
+    for size, name, source, offset in call:
+        with source.open("rb") as src, (folder / name).open("wb") as out:
+            src.seek(offset)
+            out.write(src.read(size))
+PACK
 calls=$(ls -d "$DEST"/call-* | wc -l)
 
-echo "wheels: $(ls "$DEST"/all/*.whl | wc -l) in $DEST/all ($(du -sh "$DEST/all" | cut -f1)); $calls carrying calls"
+last="$DEST/call-$calls"   # the smallest: it rides along with the check itself
+total=$calls
+echo "wheels: $(ls "$DEST"/all/*.whl | wc -l) in $DEST/all ($(du -sh "$DEST/all" | cut -f1)); $total device calls"
 echo
-echo "Device calls, back to back on one warm machine (device tool: run; kind left out):"
-n=0
-for dir in "$DEST"/call-*; do
-    n=$((n + 1))
+echo "Device calls, back to back on one warm machine (device tool: run, kind left out). The tool sends"
+echo "the checkout its session started in: run this script there (.gpuwheels/ and service/_generated"
+echo "are git-ignored, so each call names them in carry)."
+for n in $(seq 1 $((calls - 1))); do
+    dir="$DEST/call-$n"
     echo
-    echo "call $n of $((calls + 1)): carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1): $(ls "$dir" | tr '\n' ' '))"
+    echo "call $n of $total: carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1): $(ls "$dir" | tr '\n' ' '))"
     echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && ls -la $STASH"
     echo "  timeout_s: 120"
 done
 echo
-echo "call $((calls + 1)) of $((calls + 1)) (the check itself): carry [\"service/_generated\"]"
-echo "  command: PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --wheels $STASH 2>&1 | tee \$OUT/run.log"
-echo "  timeout_s: 420   (run.sh stops itself at 6 minutes; leaves time for one rerun of the budget)"
+echo "call $total of $total (the check): carry [\"$last\", \"service/_generated\"]  ($(du -sh "$last" | cut -f1): $(ls "$last" | tr '\n' ' '))"
+echo "  command: mkdir -p $STASH && cp $last/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --wheels $STASH 2>&1 | tee \$OUT/run.log"
+echo "  timeout_s: 420   (run.sh ends itself within 6 minutes)"
 echo
-echo "Then give_back. Results: gpu.json, run.log and the plots come back from \$OUT."
+echo "Then give_back. gpu.json, run.log and the plots come back from \$OUT; copy them to bench/results/."
