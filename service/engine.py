@@ -21,7 +21,8 @@ from service.describe import describe_model
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError
 from service.lifecycle import IndexEntry, Lifecycle, ModelEntry, ModelRecord
 from service.metrics import Metrics
-from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, preprocess, resize_crop
+from service.precision import resolve_precision
+from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop
 from service.registry import ModelLoadError
 from service.routing import AUTO, Router
 from service.schemas import ModelInfo, ModelList, Prediction, Route, Timings
@@ -148,8 +149,11 @@ class Engine:
             default = self.default_model
             if default is None:
                 raise NotReady("no model is ready yet")
-            return default
-        return name
+            name = default
+        if self.settings.precision == "fp32" or name == AUTO:
+            return name
+        serving = {n: e for n, r in self.lifecycle.records.items() if (e := r.serving()) is not None}
+        return resolve_precision(name, self.settings.precision, serving)  # b0 -> b0-fp16 on CUDA
 
     def lookup(self, name: str) -> ModelRecord:
         """The model called `name`, in whatever state. Raises UnknownModel."""
@@ -345,9 +349,9 @@ class Engine:
             )
 
     async def _preprocess_all(self, entry: ModelEntry, images: Sequence[bytes]) -> list[np.ndarray]:
-        spec = entry.preprocess
-        assert spec is not None
-        done = await self._in_pool(preprocess, [(data, spec, self.limits) for data in images])
+        backend = entry.backend
+        assert backend is not None
+        done = await self._in_pool(backend.prepare, [(data, self.limits) for data in images])
         for _, seconds in done:
             self.metrics.observe_preprocess(entry.name, seconds)
         return [array for array, _ in done]

@@ -32,6 +32,7 @@ from service.memory import release_freed_memory, rss_bytes
 from service.metrics import Metrics
 from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
 from service.preprocess import PreprocessSpec
+from service.preprocess_backends import PreprocessBackend, create_backend
 from service.registry import (
     CASCADE_FILE,
     DEFAULT_CONFIG,
@@ -80,6 +81,7 @@ class ModelEntry:
     runner: OrtRunner | None = None
     batcher: Batcher | None = None
     preprocess: PreprocessSpec | None = None
+    backend: PreprocessBackend | None = None  # how this model's images are decoded and resized
     in_flight: int = 0
     kind: str = "model"  # or "cascade": no session; `spec` and `labels` are its last stage's
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -496,21 +498,26 @@ class Lifecycle:
         entry.memory_bytes = max(grown, file_size)
         record.measured_bytes = entry.memory_bytes
         config = record.config
+        max_batch = config.max_batch_size or self.settings.batch_size_for(runner.provider, spec.gmacs)
+        instances = config.instances or self.settings.instances_for(runner.provider)
         batcher_config = BatcherConfig(
-            max_batch_size=config.max_batch_size or self.settings.batch_size_for(runner.provider, spec.gmacs),
-            instances=config.instances or self.settings.instances_for(runner.provider),
+            max_batch_size=max_batch,
+            instances=instances,
             max_queue_delay_s=(
                 config.max_queue_delay_ms
                 if config.max_queue_delay_ms is not None
                 else self.settings.max_queue_delay_ms
             )
             / 1000,
-            max_queue_size=self.settings.max_queue_size,
+            # A queue shorter than the batches could never fill them (CUDA batches reach 256): it holds
+            # at least one full batch per instance and one more waiting.
+            max_queue_size=max(self.settings.max_queue_size, max_batch * (instances + 1)),
         )
         shape = (3, spec.crop_size, spec.crop_size)
         entry.batcher = Batcher(entry.name, runner, batcher_config, observer=self.metrics, item_shape=shape)
         entry.batcher.start()
         entry.preprocess = PreprocessSpec.from_model_spec(spec)
+        entry.backend = create_backend(self.settings, entry.preprocess, runner.provider, entry.name)
         entry.load_seconds = seconds
         entry.loaded_at = time.time()
         entry.state = ModelState.READY
@@ -630,7 +637,9 @@ class Lifecycle:
                       entry.version, entry.in_flight)  # fmt: skip
         if entry.batcher is not None:
             await entry.batcher.close(drain=True)
-        entry.batcher, entry.runner = None, None
+        if entry.backend is not None:
+            entry.backend.close()
+        entry.batcher, entry.runner, entry.backend = None, None, None
         entry.state, entry.reason = ModelState.UNLOADED, "unloaded"
         if entry in record.retiring:
             record.retiring.remove(entry)

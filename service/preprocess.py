@@ -198,9 +198,23 @@ def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = _DEFAUL
     return resize_crop(decode(data, spec.resize_size, limits), spec)
 
 
-def decode(data: bytes, resize_size: int, limits: DecodeLimits = _DEFAULT_LIMITS) -> DecodedImage:
+def decode(data: bytes, resize_size: int | None, limits: DecodeLimits = _DEFAULT_LIMITS) -> DecodedImage:
     """Check and decode an encoded image once, keeping at least `resize_size` pixels on its shorter side
-    (JPEGs may decode at a reduced scale): `resize_crop` can then serve any model up to that size."""
+    (JPEGs may decode at a reduced scale; None: full resolution): `resize_crop` can then serve any model
+    up to that size."""
+    fmt = check_format(data, limits)
+    image, size, draft_factor = _decode(data, fmt, resize_size, limits)
+    return DecodedImage(image, size, draft_factor)
+
+
+def resize_crop(decoded: DecodedImage, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded image -> uint8 (3, crop, crop) for one model."""
+    return _resize_crop(decoded.image, decoded.full_size, decoded.draft_factor, spec)
+
+
+def check_format(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> str:
+    """The checks every decoder path runs first: non-empty, a supported format; for WebP (whose
+    library allocates the canvas on open) the header's size. Returns the format name."""
     if not data:
         raise EmptyBody("the request body is empty; send an encoded image")
     fmt = sniff_format(data)
@@ -213,21 +227,37 @@ def decode(data: bytes, resize_size: int, limits: DecodeLimits = _DEFAULT_LIMITS
         size = _webp_header_size(data)
         if size is not None:
             _check_size(size, limits)
-    image, size, draft_factor = _decode(data, fmt, resize_size, limits)
-    return DecodedImage(image, size, draft_factor)
+    return fmt
 
 
-def resize_crop(decoded: DecodedImage, spec: PreprocessSpec) -> np.ndarray:
-    """A decoded image -> uint8 (3, crop, crop) for one model."""
-    return _resize_crop(decoded.image, decoded.full_size, decoded.draft_factor, spec)
+def jpeg_header(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> tuple[tuple[int, int], str]:
+    """A JPEG's (width, height) and Pillow mode from its header alone, size limits checked; nothing
+    is decoded. For decoders other than Pillow (GPU), which must not see an image over the limits."""
+    try:
+        im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    except Exception as exc:
+        raise BadImage(f"could not decode the JPEG image: {str(exc) or type(exc).__name__}") from exc
+    _check_size(im.size, limits)
+    return im.size, im.mode
+
+
+def decode_rgb(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
+    """Encoded image -> its full-resolution RGB pixels, uint8 (H, W, 3), EXIF orientation applied,
+    transparency on white: the input of the resize graph (service/resize_graph.py)."""
+    fmt = check_format(data, limits)
+    image, _, _ = _decode(data, fmt, None, limits)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
 
 
 def _decode(
-    data: bytes, fmt: str, resize_size: int, limits: DecodeLimits
+    data: bytes, fmt: str, resize_size: int | None, limits: DecodeLimits
 ) -> tuple[Image.Image, tuple[int, int], float]:
     """Decoded, oriented image in mode RGB or L; its full-resolution (oriented) size; draft factor.
 
     The draft factor maps full-resolution coordinates to the decoded image's (1, 1/2, 1/4, 1/8).
+    Without a resize_size, JPEGs are decoded at full resolution (no draft).
     """
     try:
         # Calling the plugin directly (not Image.open) skips Pillow's global decompression-bomb
@@ -236,7 +266,7 @@ def _decode(
         full_size = im.size
         _check_size(full_size, limits)
         draft_factor = 1.0
-        if isinstance(im, JpegImagePlugin.JpegImageFile):
+        if resize_size is not None and isinstance(im, JpegImagePlugin.JpegImageFile):
             drafted = im.draft("RGB", (resize_size, resize_size))
             if drafted is not None:
                 draft_factor = drafted[1][2] / full_size[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.batch_buffers import BoundBatch, Items, bucket_for, is_device_array
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,13 @@ class RuntimeOptions:
     graph_optimization: str
     cuda_device_id: int
     cudnn_conv_algo_search: str
+    # The CUDA fast path (auto: on for CUDA, off on CPU, whose path stays exactly as it was).
+    batch_buckets: str = "auto"
+    io_binding: str = "auto"
+    gpu_mem_limit_mb: int = 0
+    arena_extend_strategy: str = "kSameAsRequested"
+    cuda_graphs: bool = False
+    buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -50,6 +60,12 @@ class RuntimeOptions:
             graph_optimization=settings.graph_optimization,
             cuda_device_id=settings.cuda_device_id,
             cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
+            batch_buckets=settings.batch_buckets,
+            io_binding=settings.io_binding,
+            gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
+            arena_extend_strategy=settings.arena_extend_strategy,
+            cuda_graphs=settings.cuda_graphs,
+            buffer_sets=settings.instances or 2,
         )
 
 
@@ -78,12 +94,24 @@ def _providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, objec
         return cpu
     if options.device == "auto" and not nvidia_gpu_present():
         return cpu
+    return [(CUDA, cuda_provider_options(options)), *cpu]
+
+
+def cuda_provider_options(options: RuntimeOptions) -> dict[str, object]:
     cuda_options: dict[str, object] = {
         "device_id": options.cuda_device_id,
         "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
-        "arena_extend_strategy": "kSameAsRequested",
+        "arena_extend_strategy": options.arena_extend_strategy,
     }
-    return [(CUDA, cuda_options), *cpu]
+    if options.gpu_mem_limit_mb:
+        cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
+    if options.cuda_graphs:
+        cuda_options["enable_cuda_graph"] = "1"
+    return cuda_options
+
+
+def _switch(value: str, provider: str) -> bool:
+    return value == "on" or (value == "auto" and provider == CUDA)
 
 
 class OrtRunner:
@@ -117,20 +145,106 @@ class OrtRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = output_names
         self._run_options = ort.RunOptions()
+        self.options = options
+        self.use_buckets = _switch(options.batch_buckets, self.provider)
+        self.use_io_binding = _switch(options.io_binding, self.provider) or (
+            options.cuda_graphs and self.provider == CUDA
+        )
+        self.buckets: list[int] = []  # set by warm_up when buckets are on
+        self._device = "cuda" if self.provider == CUDA else "cpu"
+        # Buffer sets: each concurrent run takes one (its own bound buffers), and gives it back.
+        self._sets: queue.SimpleQueue[dict[int, BoundBatch]] = queue.SimpleQueue()
+        self._all_sets: list[dict[int, BoundBatch]] = []
+        self._graph_ids = 0
+        self._sets_lock = threading.Lock()
+        # CUDA graph replay of one session is not safe from two threads at once.
+        self._graph_lock = threading.Lock() if options.cuda_graphs and self.provider == CUDA else None
+        log.info(
+            "event=session_created model_path=%s provider=%s buckets=%s io_binding=%s cuda_graphs=%s "
+            "provider_options=%s",
+            model_path, self.provider, self.use_buckets, self.use_io_binding, self._graph_lock is not None,
+            self.session.get_provider_options().get(self.provider, {}),
+        )  # fmt: skip
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run_items(batch)
+
+    def run_items(self, items: Items) -> dict[str, np.ndarray]:
+        """Run a batch given as its rows (host arrays or CUDA device arrays) or as one stacked array.
+
+        Buckets on: padded up to the next warmed size, outputs sliced back to len(items) rows.
+        """
+        n = len(items)
+        size = bucket_for(n, self.buckets) if self.use_buckets else n
+        if self.use_io_binding or (not isinstance(items, np.ndarray) and any(map(is_device_array, items))):
+            return self._run_bound(items, size)
+        if size == n:
+            batch = items if isinstance(items, np.ndarray) else np.stack(items)
+        else:
+            batch = np.zeros((size, *np.shape(items[0])), dtype=np.uint8)
+            batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
         outputs = self.session.run(self.output_names, {self.input_name: batch}, self._run_options)
-        return dict(zip(self.output_names, outputs, strict=True))
+        return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
+
+    def _run_bound(self, items: Items, size: int) -> dict[str, np.ndarray]:
+        buffers = self._take_set()
+        try:
+            bound = buffers.get(size)
+            if bound is None:  # a size warm-up did not see (buckets off, or above the largest)
+                bound = buffers[size] = self._bind(size, tuple(np.shape(items[0])))
+            bound.load(items)
+            if self._graph_lock is None:
+                return bound.run(self.session, len(items))
+            with self._graph_lock:
+                return bound.run(self.session, len(items))
+        finally:
+            self._sets.put(buffers)
+
+    def _take_set(self) -> dict[int, BoundBatch]:
+        try:
+            return self._sets.get_nowait()
+        except queue.Empty:
+            with self._sets_lock:  # more concurrent runs than expected: one more set
+                buffers: dict[int, BoundBatch] = {}
+                self._all_sets.append(buffers)
+                return buffers
+
+    def _bind(self, size: int, item_shape: tuple[int, ...]) -> BoundBatch:
+        with self._sets_lock:
+            graph_id = self._graph_ids if self._graph_lock is not None else None
+            self._graph_ids += 1
+        return BoundBatch(
+            self.session, size, item_shape, self.output_names, self._device,
+            self.options.cuda_device_id, graph_id,
+        )  # fmt: skip
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: list[int], runs: int) -> float:
         """Run each batch size `runs` times (first runs allocate memory and pick kernels).
+
+        With buckets on, `batch_sizes` become the buckets; with IO binding, each concurrent buffer set
+        is bound and run at every size here, so no request meets a first-time shape or address.
         Returns the seconds it took."""
         start = time.monotonic()
         rng = np.random.default_rng(0)
-        for size in batch_sizes:
-            batch = rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8)
-            for _ in range(runs):
-                self.run(batch)
+        if self.use_buckets:
+            self.buckets = sorted(set(batch_sizes))
+        if not self.use_io_binding:
+            for size in batch_sizes:
+                batch = rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8)
+                for _ in range(runs):
+                    self.run(batch)
+            return time.monotonic() - start
+        # CUDA graphs are captured after a few ordinary runs of each graph id: do them all here.
+        runs = max(runs, 3) if self._graph_lock is not None else max(1, runs)
+        for _ in range(max(1, self.options.buffer_sets)):
+            buffers: dict[int, BoundBatch] = {}
+            self._all_sets.append(buffers)
+            for size in batch_sizes:
+                buffers[size] = bound = self._bind(size, input_shape)
+                bound.load(rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8))
+                for _ in range(runs):
+                    bound.run(self.session, size)
+            self._sets.put(buffers)
         return time.monotonic() - start
 
 

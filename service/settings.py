@@ -80,10 +80,12 @@ class Settings(BaseSettings):
 
     # --- batching ---
     max_batch_size: int = Field(
-        0, ge=0, description="0: on CPU 4 for models up to 3 GMACs (b0-b3), else 1; 32 on CUDA"
+        0,
+        ge=0,
+        description="0: on CPU 4 for models up to 3 GMACs (b0-b3), else 1; on CUDA from GMACs (32-256)",
     )
     instances: int = Field(
-        0, ge=0, description="batches run at once per model (each on its own thread); 0: 1"
+        0, ge=0, description="batches run at once per model (each on its own thread); 0: 1 on CPU, 2 on CUDA"
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")
@@ -117,6 +119,47 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    # --- GPU path (service/runtime.py, service/precision.py, service/preprocess_backends.py) ---
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto",
+        description="which graph a bare variant name means: auto: '<name>-fp16' when that model is loaded "
+        "on CUDA, else '<name>'; fp16: '<name>-fp16' wherever it is loaded; fp32: '<name>'. "
+        "Explicit names (b0-fp16) always work",
+    )
+    decoder: Literal["auto", "pillow", "nvimgcodec"] = Field(
+        "auto",
+        description="JPEG decoding: nvimgcodec decodes on the GPU (nvidia-nvimgcodec-cu13); auto: nvimgcodec "
+        "when the model runs on CUDA and the library loads, else Pillow. What nvImageCodec refuses "
+        "falls back to Pillow per image",
+    )
+    resize: Literal["auto", "pillow", "graph"] = Field(
+        "auto",
+        description="resize and centre crop: graph runs a small ONNX graph built from model.json (on the "
+        "model's device); auto: graph when decoding on the GPU, else Pillow (the CPU path)",
+    )
+    batch_buckets: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="pad each batch up to the next warmed size (1, 2, 4, ..., max): no first-time shapes, "
+        "no memory growth from odd sizes; auto: on for CUDA, off on CPU",
+    )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run through ONNX Runtime IO binding with preallocated per-bucket buffers (pinned host "
+        "input, outputs fetched once per batch); auto: on for CUDA",
+    )
+    gpu_mem_limit_mb: int = Field(0, ge=0, description="CUDA arena limit per session in MiB; 0: no limit")
+    arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
+        "kSameAsRequested", description="how the CUDA memory arena grows"
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="capture one CUDA graph per batch bucket (ORT enable_cuda_graph; needs buckets and IO "
+        "binding, serialises runs of one model); keep only if it measures faster",
+    )
+    nvimgcodec_max_batch: int = Field(
+        64, ge=1, description="JPEGs decoded together in one nvImageCodec call (images waiting at once)"
+    )
+
     @field_validator("models")
     @classmethod
     def _strip(cls, value: str) -> str:
@@ -148,10 +191,22 @@ class Settings(BaseSettings):
         if self.max_batch_size:
             return self.max_batch_size
         if provider == "CUDAExecutionProvider":
-            return 32
+            return cuda_batch_size(gmacs)
         return 4 if gmacs <= CPU_BATCHING_MAX_GMACS else 1
 
     def instances_for(self, provider: str) -> int:
+        """On CUDA two batches run at once, so one's copy-in overlaps the other's compute."""
         if self.instances:
             return self.instances
-        return 1
+        return 2 if provider == "CUDAExecutionProvider" else 1
+
+
+def cuda_batch_size(gmacs: float) -> int:
+    """Default largest CUDA batch per model, from its GMACs: about 300 GMACs of work per batch, a power
+    of two between 32 and 256 (b0-b2 256, b3 128, b4 64, b5-b7 32). An estimate from published
+    A100/H100 figures (b0 peaks at batch 256); to be replaced by the first GPU machine's measurement
+    (bench/gpu: bare ORT CUDA images/s at batch 1..256 per variant)."""
+    size = 256
+    while size > 32 and size * gmacs > 300.0:
+        size //= 2
+    return size

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from service.batch_buffers import bucket_for
 from service.runtime import (
     CPU,
     OrtRunner,
     RuntimeOptions,
     RuntimeUnavailable,
     _providers,
+    cuda_provider_options,
     nvidia_gpu_present,
     warmup_batch_sizes,
 )
+from service.settings import Settings
 from tests.tiny_model import SIZE, write_model
 
 
@@ -60,3 +65,111 @@ def test_warmup_covers_powers_of_two_up_to_the_batch_size() -> None:
     assert warmup_batch_sizes(4) == [1, 2, 4]
     assert warmup_batch_sizes(6) == [1, 2, 4, 6]
     assert warmup_batch_sizes(32) == [1, 2, 4, 8, 16, 32]
+
+
+# --- batch buckets and IO binding (the CUDA fast path, run here on the CPU provider) ---
+
+
+def fast_path(device: str = "cpu", **changes: object) -> RuntimeOptions:
+    base = dict(batch_buckets="on", io_binding="on", buffer_sets=2)
+    base.update(changes)
+    return replace(options(device), **base)  # type: ignore[arg-type]
+
+
+def reference(folder: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+    return OrtRunner(folder / "model.onnx", options("cpu"), ["logits", "probabilities"]).run(batch)
+
+
+def test_bucket_is_the_smallest_warmed_size_that_holds_the_batch() -> None:
+    buckets = [1, 2, 4, 8, 12]
+    assert [bucket_for(n, buckets) for n in (1, 2, 3, 4, 5, 8, 9, 12)] == [1, 2, 4, 4, 8, 8, 12, 12]
+    assert bucket_for(13, buckets) == 13  # above the largest: run as is
+    assert bucket_for(3, []) == 3
+
+
+def test_cpu_defaults_keep_todays_path() -> None:
+    runner_options = options("cpu")
+    assert (runner_options.batch_buckets, runner_options.io_binding) == ("auto", "auto")
+
+
+def test_cpu_default_runner_neither_pads_nor_binds(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", options("cpu"), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    assert not runner.use_buckets and not runner.use_io_binding and runner.buckets == []
+
+
+@pytest.mark.parametrize("io_binding", ["on", "off"])
+def test_padded_batches_answer_exactly_their_own_rows(tmp_path: Path, io_binding: str) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path(io_binding=io_binding), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
+    assert runner.buckets == [1, 2, 4, 8]
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 5, 8, 2, 7):
+        rows = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(n)]
+        got = runner.run_items(rows)
+        want = reference(folder, np.stack(rows))
+        for name in ("logits", "probabilities"):
+            assert got[name].shape[0] == n
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+def test_bound_outputs_are_fresh_arrays_each_batch(tmp_path: Path) -> None:
+    """The batcher hands out views into a batch's outputs: a later batch must not overwrite them."""
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path(), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    first = runner.run_items([np.full((3, SIZE, SIZE), 10, np.uint8)] * 3)
+    kept = first["logits"].copy()
+    runner.run_items([np.full((3, SIZE, SIZE), 200, np.uint8)] * 3)
+    np.testing.assert_array_equal(first["logits"], kept)
+
+
+def test_warm_up_binds_every_bucket_of_every_buffer_set(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path(buffer_sets=2), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    assert len(runner._all_sets) == 2
+    assert all(sorted(buffers) == [1, 2, 4] for buffers in runner._all_sets)
+    # After warm-up no batch size within the largest bucket creates buffers.
+    for n in (1, 2, 3, 4):
+        runner.run_items([np.zeros((3, SIZE, SIZE), np.uint8)] * n)
+    assert len(runner._all_sets) == 2 and all(sorted(b) == [1, 2, 4] for b in runner._all_sets)
+
+
+def test_concurrent_bound_runs_use_separate_buffers(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path(buffer_sets=2), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+
+    def job(value: int) -> bool:
+        rows = [np.full((3, SIZE, SIZE), value, np.uint8)] * 3
+        for _ in range(30):
+            out = runner.run_items(rows)
+            if not np.allclose(out["logits"][:, 0], value, atol=1e-3):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(job, [10, 60, 120, 250]))
+
+
+def test_cuda_provider_options_come_from_settings() -> None:
+    cuda = cuda_provider_options(
+        fast_path("cuda", gpu_mem_limit_mb=512, arena_extend_strategy="kNextPowerOfTwo", cuda_graphs=True)
+    )
+    assert cuda["gpu_mem_limit"] == 512 * 1024 * 1024
+    assert cuda["arena_extend_strategy"] == "kNextPowerOfTwo" and cuda["enable_cuda_graph"] == "1"
+    plain = cuda_provider_options(options("cuda"))
+    assert "gpu_mem_limit" not in plain and "enable_cuda_graph" not in plain
+
+
+def test_settings_reach_the_runtime_options() -> None:
+    settings = Settings(
+        batch_buckets="on", io_binding="off", gpu_mem_limit_mb=64, cuda_graphs=True, instances=3
+    )
+    runtime = RuntimeOptions.from_settings(settings)
+    assert (runtime.batch_buckets, runtime.io_binding, runtime.gpu_mem_limit_mb) == ("on", "off", 64)
+    assert runtime.cuda_graphs and runtime.buffer_sets == 3
+    assert RuntimeOptions.from_settings(Settings()).buffer_sets == 2  # CUDA's default instances

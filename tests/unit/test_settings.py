@@ -25,7 +25,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.model_names == [] and settings.max_queue_delay_ms == 0
     assert settings.batch_size_for("CPUExecutionProvider", gmacs=0.39) == 4  # b0
     assert settings.batch_size_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7
-    assert settings.batch_size_for("CUDAExecutionProvider", gmacs=37.75) == 32
+    assert settings.batch_size_for("CUDAExecutionProvider", gmacs=37.75) == 32  # b7
+    assert settings.batch_size_for("CUDAExecutionProvider", gmacs=0.39) == 256  # b0
+    assert (
+        settings.instances_for("CUDAExecutionProvider") == 2
+        and settings.instances_for("CPUExecutionProvider") == 1
+    )
     assert Settings(max_batch_size=8).batch_size_for("CPUExecutionProvider", gmacs=37.75) == 8
 
 

@@ -1,0 +1,43 @@
+"""`bench/gpu/run.sh --dry-run`: the device check's whole flow on the CPU provider, so the script
+that only ever runs on a lent GPU machine cannot rot. Not marked `gpu`: it runs in `make test`.
+
+Light on purpose: the session's model repository (b0 already exported), the smallest profile, and
+no nested `pytest -m gpu` (the outer run collects those tests itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(
+        ["bash", "bench/gpu/run.sh", "--dry-run", "--skip-tests", "--repository", str(model_repository),
+         "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=230,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["models"] == ["b0"] or report["models"][0] == "b0"
+    assert report["bare"]["b0"]["best_images_per_s"] > 0
+    assert report["memory"]["b0"]["io_binding"] and report["memory"]["b0"]["buckets"] == [1, 2, 4]
+    assert report["memory"]["b0"]["flat"], report["memory"]["b0"]
+    for decoder, protocols in (("pillow", ["http"]), ("nvimgcodec", ["http", "v2_pixels", "v2_image"])):
+        for protocol in protocols:
+            run = report["service"][decoder][f"b0/{protocol}"]
+            assert run["ok"] > 0 and run["images_per_s"] > 0, (decoder, protocol, run)
+    # On the CPU provider the nvImageCodec setting falls back to Pillow, and says so.
+    assert any("fallback=pillow" in line for line in report["service"]["nvimgcodec"]["backends"])
+    assert "b0: service V2 pixels / bare ORT best" in report["figures"]
+    assert report["elapsed_s"] < 180

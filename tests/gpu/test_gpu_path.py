@@ -1,0 +1,158 @@
+"""The GPU path on a real GPU (pytest -m gpu; bench/gpu/run.sh runs these on the device machine).
+
+Skipped wherever ONNX Runtime cannot open a CUDA session: the CPU half of each piece is tested in
+tests/unit. What only a GPU shows is tested here: buckets and IO binding with device buffers, CUDA
+graphs, nvImageCodec decoding into device memory feeding the resize graph and the model's batch,
+flat GPU memory, and the engine end to end with lite0's real weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.runtime import CUDA, OrtRunner, RuntimeOptions, nvidia_gpu_present
+from tests.tiny_model import SIZE, write_model
+
+pytestmark = pytest.mark.gpu
+
+
+def _cuda_works() -> bool:
+    if not nvidia_gpu_present():
+        return False
+    try:
+        import onnxruntime as ort
+
+        from tests.tiny_model import tiny_graph
+
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        session = ort.InferenceSession(
+            tiny_graph().SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
+        return session.get_providers()[0] == CUDA
+    except Exception:
+        return False
+
+
+requires_cuda = pytest.mark.skipif(not _cuda_works(), reason="no CUDA session possible here")
+OUTPUTS = ["logits", "probabilities"]
+
+
+def cuda_options(**changes: object) -> RuntimeOptions:
+    base = RuntimeOptions(
+        device="cuda",
+        intra_op_threads=1,
+        inter_op_threads=1,
+        allow_spinning=False,
+        graph_optimization="all",
+        cuda_device_id=0,
+        cudnn_conv_algo_search="HEURISTIC",
+        buffer_sets=2,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def gpu_memory_mib() -> float:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(out.stdout.split()[0])
+
+
+@requires_cuda
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_buckets_and_io_binding_match_the_cpu(tmp_path: Path, graphs: bool) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", cuda_options(cuda_graphs=graphs), OUTPUTS)
+    assert runner.provider == CUDA and runner.use_buckets and runner.use_io_binding
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4, 8], runs=2)
+    cpu = OrtRunner(folder / "model.onnx", replace(cuda_options(), device="cpu"), OUTPUTS)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 8, 5, 2):
+        rows = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(n)]
+        got, want = runner.run_items(rows), cpu.run(np.stack(rows))
+        np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-4, atol=1e-5)
+
+
+@requires_cuda
+def test_device_rows_are_batched_without_the_host(tmp_path: Path) -> None:
+    cupy = pytest.importorskip("cupy")
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", cuda_options(), OUTPUTS)
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    host = [np.full((3, SIZE, SIZE), v, np.uint8) for v in (10, 90, 200)]
+    mixed = [cupy.asarray(host[0]), host[1], cupy.asarray(host[2])]  # device and host rows together
+    got = runner.run_items(mixed)
+    np.testing.assert_allclose(got["logits"][:, 0], [10, 90, 200], atol=1e-3)
+
+
+@requires_cuda
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="needs nvidia-smi")
+def test_gpu_memory_stays_flat_after_warm_up(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", cuda_options(), OUTPUTS)
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4, 8, 16, 32], runs=2)
+    rng = np.random.default_rng(1)
+    rows = list(rng.integers(0, 256, (32, 3, SIZE, SIZE), dtype=np.uint8))
+    runner.run_items(rows[:7])
+    before = gpu_memory_mib()
+    for n in rng.integers(1, 33, 200):
+        runner.run_items(rows[: int(n)])
+    assert gpu_memory_mib() - before <= 8.0
+
+
+@requires_cuda
+def test_nvimgcodec_and_the_device_resize_graph_match_pillow(real_photos: dict[str, bytes]) -> None:
+    pytest.importorskip("cupy")
+    from service.nvimgcodec_decoder import BatchingJpegDecoder, load_nvimgcodec
+    from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
+    from service.preprocess_backends import GraphBackend
+    from service.resize_graph import ResizeGraphRunner
+
+    codec = load_nvimgcodec()
+    if codec is None:
+        pytest.skip("nvidia-nvimgcodec-cu13 does not load")
+    spec = PreprocessSpec(224, 256, "bicubic")
+    resize = ResizeGraphRunner(spec, "cuda")
+    assert resize.device == "cuda"
+    decoder = BatchingJpegDecoder(codec, 0, 8)
+    try:
+        backend = GraphBackend(spec, resize, decoder)
+        for name, data in real_photos.items():
+            row = backend.prepare(data, DecodeLimits())
+            assert hasattr(row, "__cuda_array_interface__") and row.shape == (3, 224, 224)
+            difference = np.abs(row.get().astype(np.int16) - preprocess(data, spec)).mean()
+            assert difference <= 2.0, (name, difference)
+        assert backend.gpu_decoded == len(real_photos) and backend.pillow_fallbacks == 0
+    finally:
+        decoder.close()
+
+
+@requires_cuda
+async def test_engine_on_cuda_with_gpu_decoding_keeps_lite0_top1(
+    model_repository: Path, real_photos: dict[str, bytes]
+) -> None:
+    from service.engine import Engine
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    answers = {}
+    for decoder in ("pillow", "auto"):
+        settings = Settings(repository=model_repository, models="lite0", device="cuda", decoder=decoder)
+        engine = Engine(settings, Metrics(process_metrics=False))
+        await engine.start()
+        await engine.wait_loaded()
+        try:
+            outcome = await engine.classify("lite0", list(real_photos.values()), top_k=1)
+            answers[decoder] = [p[0].class_id for p in outcome.predictions]
+        finally:
+            await engine.stop()
+    assert answers["pillow"] == answers["auto"]
+    assert 281 <= answers["auto"][0] <= 285 and answers["auto"][1] == 967  # tabby family; espresso
