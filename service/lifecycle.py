@@ -509,9 +509,7 @@ class Lifecycle:
                 else self.settings.max_queue_delay_ms
             )
             / 1000,
-            # A queue shorter than the batches could never fill them (CUDA batches reach 256): it holds
-            # at least one full batch per instance and one more waiting.
-            max_queue_size=max(self.settings.max_queue_size, max_batch * (instances + 1)),
+            max_queue_size=self._queue_size(max_batch, instances),
         )
         shape = (3, spec.crop_size, spec.crop_size)
         entry.batcher = Batcher(entry.name, runner, batcher_config, observer=self.metrics, item_shape=shape)
@@ -529,6 +527,13 @@ class Lifecycle:
             entry.name, entry.version, runner.provider, spec.crop_size, spec.weights.kind, seconds,
             entry.memory_bytes / 2**20, reason,
         )  # fmt: skip
+
+    def _queue_size(self, max_batch: int, instances: int) -> int:
+        """The configured queue size; left at its default, at least one full batch per instance and one
+        more waiting, since a shorter queue could never fill the batches (CUDA batches reach 256)."""
+        if "max_queue_size" in self.settings.model_fields_set:
+            return self.settings.max_queue_size
+        return max(self.settings.max_queue_size, max_batch * (instances + 1))
 
     def _load_cascade(self, record: ModelRecord) -> None:
         """A cascade loads nothing itself: check that its stages are models of the repository that share
