@@ -316,11 +316,12 @@ def tree(root: Path) -> dict[str, bytes]:
 def test_seed_fills_an_empty_repository(tmp_path: Path) -> None:
     source = fake_repository(tmp_path / "image", {"b0": 1000, "lite0": 2000})
     target = tmp_path / "pvc"
-    target.mkdir()
+    (target / "lost+found").mkdir(parents=True)  # a fresh ext4 volume has one: it is no model
     process = run_seed(source, target)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert sorted(p.name for p in target.iterdir()) == ["b0", "lite0"], "no staging folder, no dotfile"
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["b0", "lite0", "lost+found"], "no staging folder, no dotfile"
     assert tree(target) == {k: v for k, v in tree(source).items() if k != ".complete"}
     assert out.split() == ["seeded", "b0", "seeded", "lite0"]
 
