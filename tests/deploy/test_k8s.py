@@ -1,14 +1,23 @@
-"""Kubernetes manifests: schema-valid (kubernetes-validate), and consistent with each other."""
+"""Kubernetes manifests: rendered by `kubectl kustomize` (the same kustomize `kubectl apply -k` runs),
+schema-valid (kubernetes-validate), consistent with each other and with the server's command line."""
 
 from __future__ import annotations
 
-import copy
+import argparse
+import os
+import re
 import subprocess
+import sys
+import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from service.__main__ import _serve_parser, build_settings
+from service.settings import Settings
 
 from .conftest import load_yaml
 from .tooling import ROOT, require_tool
@@ -16,52 +25,95 @@ from .tooling import ROOT, require_tool
 K8S = ROOT / "docker" / "k8s"
 BASE = K8S / "base"
 GPU = K8S / "overlays" / "gpu"
+HOT_RELOAD = K8S / "overlays" / "hot-reload"
+KSERVE = K8S / "kserve"
+UPLOADER = HOT_RELOAD / "model-uploader.yaml"
+# Every kustomization a user applies with `kubectl apply -k`.
+KUSTOMIZATIONS = (BASE, GPU, HOT_RELOAD, KSERVE)
 # The newest schema the validator ships, and an older release that managed clusters still run.
 KUBERNETES_VERSIONS = ("1.37.0", "1.31.0")
+KSERVE_GROUP = "serving.kserve.io"
+SERVER_COMMAND = ["python", "-m", "service"]
 
 
-def base_resources() -> dict[str, dict[str, Any]]:
-    kustomization = load_yaml(BASE / "kustomization.yaml")
-    resources = [load_yaml(BASE / name) for name in kustomization["resources"]]
+# ------------------------------------------------------------------------------------------ rendering
+@cache
+def _render(path: Path) -> str:
+    kubectl = require_tool("kubectl")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {path}: {result.stderr}"
+    return result.stdout
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    """The resources `kubectl apply -k PATH` would send (a fresh copy each call)."""
+    return [doc for doc in yaml.safe_load_all(_render(path)) if doc]
+
+
+def by_kind(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = [r["kind"] for r in resources]
+    assert len(kinds) == len(set(kinds)), f"one resource of each kind expected: {kinds}"
     return {r["kind"]: r for r in resources}
 
 
-def strategic_merge(base: Any, patch: Any) -> Any:
-    """The subset of kustomize's strategic merge these manifests use: maps merge key by key, lists of
-    named maps (containers, env, ports) merge by `name`, other lists are replaced."""
-    if isinstance(base, dict) and isinstance(patch, dict):
-        merged = dict(base)
-        for key, value in patch.items():
-            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    if (
-        isinstance(base, list)
-        and isinstance(patch, list)
-        and all(isinstance(i, dict) and "name" in i for i in patch)
-    ):
-        merged_list = [copy.deepcopy(i) for i in base]
-        by_name = {i.get("name"): n for n, i in enumerate(merged_list) if isinstance(i, dict)}
-        for item in patch:
-            if item["name"] in by_name:
-                index = by_name[item["name"]]
-                merged_list[index] = strategic_merge(merged_list[index], item)
-            else:
-                merged_list.append(copy.deepcopy(item))
-        return merged_list
-    return copy.deepcopy(patch)
+def deployment(path: Path) -> dict[str, Any]:
+    return by_kind(render(path))["Deployment"]
 
 
-def gpu_deployment() -> dict[str, Any]:
-    kustomization = load_yaml(GPU / "kustomization.yaml")
-    assert kustomization["resources"] == ["../../base"]
-    patches = [load_yaml(GPU / p["path"]) for p in kustomization["patches"]]
-    deployment = base_resources()["Deployment"]
-    for patch in patches:
-        assert (patch["kind"], patch["metadata"]["name"]) == ("Deployment", deployment["metadata"]["name"])
-        deployment = strategic_merge(deployment, patch)
-    return deployment
+def only_container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
 
 
+def kserve_resources(kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        r["metadata"]["name"]: r
+        for r in render(KSERVE)
+        if r["apiVersion"].startswith(f"{KSERVE_GROUP}/") and r["kind"] == kind
+    }
+
+
+# ---------------------------------------------------------------------------------- the server's CLI
+def image_env(target: str = "cpu") -> dict[str, str]:
+    """EFFNET_* variables the Dockerfile's `target` stage sets (what a container gets before its env)."""
+    stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    (stage,) = [s for s in stages if re.match(rf"\S+ AS {target}\s", s, flags=re.IGNORECASE)]
+    joined = stage.replace("\\\n", " ")
+    pairs = [p for line in re.findall(r"^ENV (.+)$", joined, flags=re.MULTILINE) for p in line.split()]
+    return dict(p.split("=", 1) for p in pairs if p.startswith("EFFNET_"))
+
+
+def container_settings(
+    container: dict[str, Any], monkeypatch: pytest.MonkeyPatch, extra_args: list[str] | None = None
+) -> Settings:
+    """The Settings the server builds from this container: the image's ENV, then the container's env
+    (every EFFNET_* name must be a setting), then its args parsed by the real `serve` parser."""
+    assert container.get("command") in (None, SERVER_COMMAND), "the image's entrypoint is the server"
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    for name in env:
+        if name.startswith("EFFNET_"):
+            field = name.removeprefix("EFFNET_").lower()
+            assert field in Settings.model_fields, f"{name} is no setting of service/settings.py"
+    for name in [n for n in os.environ if n.startswith("EFFNET_")]:
+        monkeypatch.delenv(name)
+    tag = container.get("image", "").rpartition(":")[2]
+    for name, value in {**image_env(tag if tag in ("cpu", "gpu") else "cpu"), **env}.items():
+        if name.startswith("EFFNET_"):
+            monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser(prog="python -m service")
+    _serve_parser(parser.add_subparsers(dest="command", required=True))
+    args = [*container.get("args", ["serve"]), *(extra_args or [])]
+    try:
+        namespace = parser.parse_args(args)
+    except SystemExit:
+        pytest.fail(f"`python -m service {' '.join(args)}` is not a valid command line")
+    return build_settings(namespace)
+
+
+# ------------------------------------------------------------------------------------------ validation
 def validate(validator: str, paths: list[Path], version: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [validator, "--strict", "--kubernetes-version", version, *map(str, paths)],
@@ -69,30 +121,86 @@ def validate(validator: str, paths: list[Path], version: str) -> subprocess.Comp
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_manifests_validate(tmp_path: Path, version: str) -> None:
+def assert_valid(resources: list[dict[str, Any]], tmp_path: Path, name: str, version: str) -> None:
     validator = require_tool("kubernetes-validate")
-    rendered = tmp_path / "gpu-deployment.yaml"
-    rendered.write_text(yaml.safe_dump(gpu_deployment()))
-    files = [BASE / name for name in load_yaml(BASE / "kustomization.yaml")["resources"]] + [rendered]
-    result = validate(validator, files, version)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump_all(resources))
+    result = validate(validator, [path], version)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == len(files), result.stdout + result.stderr
+    assert result.stdout.count("passed") == len(resources), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("kustomization", [BASE, GPU, HOT_RELOAD], ids=lambda p: p.name)
+def test_rendered_manifests_validate(tmp_path: Path, kustomization: Path, version: str) -> None:
+    resources = render(kustomization)
+    assert {"Deployment", "Service"} <= {r["kind"] for r in resources}
+    assert_valid(resources, tmp_path, kustomization.name, version)
+
+
+def as_pod(name: str, containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": containers}}
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kserve_manifests_validate(tmp_path: Path, version: str) -> None:
+    """KServe's own kinds are not in the validator's schemas: their core parts are (the runtime's
+    containers and the predictor as containers of a Pod); everything else is validated as is."""
+    resources = render(KSERVE)
+    native = [r for r in resources if not r["apiVersion"].startswith(f"{KSERVE_GROUP}/")]
+    assert [r["kind"] for r in native] == ["PersistentVolumeClaim"]
+    pods = [as_pod(name, r["spec"]["containers"]) for name, r in kserve_resources("ServingRuntime").items()]
+    for name, service in kserve_resources("InferenceService").items():
+        model = dict(service["spec"]["predictor"]["model"])
+        for kserve_field in ("modelFormat", "runtime", "protocolVersion", "storageUri"):
+            model.pop(kserve_field)
+        model |= {"name": "kserve-container", "image": "merged-from-the-runtime"}
+        pods.append(as_pod(name, [model]))
+    assert_valid(native + pods, tmp_path, "kserve", version)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_uploader_pod_validates(tmp_path: Path, version: str) -> None:
+    assert_valid([load_yaml(UPLOADER)], tmp_path, "uploader", version)
 
 
 def test_validator_rejects_a_broken_manifest(tmp_path: Path) -> None:
     validator = require_tool("kubernetes-validate")
-    broken = base_resources()["Deployment"]
+    broken = deployment(BASE)
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/readyz"
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(broken))
     assert validate(validator, [path], KUBERNETES_VERSIONS[0]).returncode != 0
 
 
+def test_every_kustomization_is_checked_here() -> None:
+    found = {
+        path.parent
+        for path in K8S.rglob("kustomization.yaml")
+        if load_yaml(path).get("kind", "Kustomization") == "Kustomization"
+    }
+    assert found == set(KUSTOMIZATIONS)
+
+
+def test_kustomize_rejects_a_patch_for_a_missing_resource(tmp_path: Path) -> None:
+    """`kubectl kustomize` is really run: a patch that matches nothing fails the render."""
+    kubectl = require_tool("kubectl")
+    (tmp_path / "base").symlink_to(BASE)
+    (tmp_path / "patch.yaml").write_text(
+        yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "nobody"}})
+    )
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": ["base"], "patches": [{"path": "patch.yaml"}]})
+    )
+    result = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "nobody" in result.stderr
+
+
+# --------------------------------------------------------------------------------------- plain k8s
 def test_probes_and_grace_period() -> None:
-    deployment = base_resources()["Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    workload = deployment(BASE)
+    pod = workload["spec"]["template"]["spec"]
+    container = only_container(workload)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -105,35 +213,238 @@ def test_probes_and_grace_period() -> None:
     assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "writable /tmp for the runtime"
 
 
+@pytest.mark.parametrize("kustomization", [BASE, GPU, HOT_RELOAD], ids=lambda p: p.name)
+def test_the_container_is_a_valid_server_command_line(
+    kustomization: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = only_container(deployment(kustomization))
+    settings = container_settings(container, monkeypatch)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.http_port, "grpc": settings.grpc_port}
+    assert settings.hash_cache is not None
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    assert any(settings.hash_cache.is_relative_to(w) for w in writable), "the digest cache is writable"
+
+
 def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
-    resources = base_resources()
-    deployment = resources["Deployment"]
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    resources = by_kind(render(BASE))
+    workload = resources["Deployment"]
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert workload["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert resources["Service"]["spec"]["selector"].items() <= pod_labels.items()
     assert {p["targetPort"] for p in resources["Service"]["spec"]["ports"]} == {"http", "grpc"}
     assert resources["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     target = resources["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert (target["kind"], target["name"]) == ("Deployment", workload["metadata"]["name"])
     hpa = resources["HorizontalPodAutoscaler"]["spec"]
     assert hpa["minReplicas"] > resources["PodDisruptionBudget"]["spec"]["minAvailable"]
 
 
-def test_gpu_overlay_requests_a_gpu_and_keeps_the_probes() -> None:
-    base = base_resources()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    (container,) = gpu_deployment()["spec"]["template"]["spec"]["containers"]
+def test_gpu_overlay_requests_a_gpu_and_keeps_the_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = only_container(deployment(BASE))
+    container = only_container(deployment(GPU))
     assert container["image"].endswith(":gpu")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["EFFNET_DEVICE"] == "cuda" and env["EFFNET_MODELS"] == "b0,lite0"
     assert container["readinessProbe"] == base["readinessProbe"]
     assert container["livenessProbe"] == base["livenessProbe"]
+    assert container_settings(container, monkeypatch).device == "cuda"
 
 
-def test_strategic_merge_merges_named_lists() -> None:
-    base = {"c": [{"name": "a", "x": 1, "env": [{"name": "K", "value": "1"}]}], "keep": 1}
-    patch = {"c": [{"name": "a", "env": [{"name": "K", "value": "2"}, {"name": "L", "value": "3"}]}]}
-    assert strategic_merge(base, patch) == {
-        "c": [{"name": "a", "x": 1, "env": [{"name": "K", "value": "2"}, {"name": "L", "value": "3"}]}],
-        "keep": 1,
-    }
+def test_hot_reload_overlay_polls_the_shared_volume_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    resources = by_kind(render(HOT_RELOAD))
+    pod = resources["Deployment"]["spec"]["template"]["spec"]
+    container = only_container(resources["Deployment"])
+    settings = container_settings(container, monkeypatch)
+    assert settings.model_control == "poll" and settings.poll_interval_s <= 30
+    claim = resources["PersistentVolumeClaim"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"], "pods on several nodes share it"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(settings.repository)]
+    assert mount["readOnly"] is True, "the server never writes to the repository"
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (seed,) = pod["initContainers"]
+    (seed_mount,) = seed["volumeMounts"]
+    assert seed_mount["name"] == mount["name"] and not seed_mount.get("readOnly")
+    seed_env = {e["name"]: e["value"] for e in seed["env"]}
+    assert seed_env["SEED_FROM"] == image_env()["EFFNET_REPOSITORY"], "copies the image's baked repository"
+    assert seed_env["SEED_TO"] == seed_mount["mountPath"]
+    assert seed["image"] == container["image"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # The uploader pod writes to the same claim.
+    uploader = load_yaml(UPLOADER)["spec"]
+    (upload_volume,) = uploader["volumes"]
+    assert upload_volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert uploader["securityContext"]["runAsUser"] == pod["securityContext"]["runAsUser"]
+
+
+# -------------------------------------------------------------------------- the seeding init container
+def seed_script() -> str:
+    pod = deployment(HOT_RELOAD)["spec"]["template"]["spec"]
+    (seed,) = pod["initContainers"]
+    assert seed["command"] == ["python", "-c"]
+    (script,) = seed["args"]
+    assert isinstance(script, str)
+    return script
+
+
+def fake_repository(root: Path, models: dict[str, int]) -> Path:
+    """`models` name -> bytes of its model.onnx: big ones make a copy slow enough to overlap."""
+    for name, size in models.items():
+        version = root / name / "1"
+        version.mkdir(parents=True)
+        (version / "model.onnx").write_bytes(os.urandom(size))
+        (version / "model.json").write_text(f'{{"name": "{name}"}}')
+        (version / "labels.txt").write_text("cat\ndog\n")
+    (root / ".complete").touch()
+    return root
+
+
+def run_seed(source: Path, target: Path) -> subprocess.Popen[str]:
+    env = {"PATH": os.environ.get("PATH", ""), "SEED_FROM": str(source), "SEED_TO": str(target)}
+    pipe = subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-c", seed_script()], env=env, stdout=pipe, stderr=pipe, text=True
+    )
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_seed_fills_an_empty_repository(tmp_path: Path) -> None:
+    source = fake_repository(tmp_path / "image", {"b0": 1000, "lite0": 2000})
+    target = tmp_path / "pvc"
+    (target / "lost+found").mkdir(parents=True)  # a fresh ext4 volume has one: it is no model
+    process = run_seed(source, target)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["b0", "lite0", "lost+found"], "no staging folder, no dotfile"
+    assert tree(target) == {k: v for k, v in tree(source).items() if k != ".complete"}
+    assert out.split() == ["seeded", "b0", "seeded", "lite0"]
+
+
+def test_seed_leaves_a_repository_with_models_alone(tmp_path: Path) -> None:
+    """Once seeded, the repository is the operator's: a model removed from it is not brought back."""
+    source = fake_repository(tmp_path / "image", {"b0": 100, "lite0": 100})
+    target = fake_repository(tmp_path / "pvc", {"b3": 100})
+    before = tree(target)
+    process = run_seed(source, target)
+    assert process.wait(timeout=60) == 0
+    assert tree(target) == before
+
+
+def test_pods_seeding_at_once_publish_each_model_whole_and_once(tmp_path: Path) -> None:
+    source = fake_repository(tmp_path / "image", {"b0": 8 << 20, "b1": 8 << 20, "lite0": 4 << 20})
+    target = tmp_path / "pvc"
+    target.mkdir()
+    # Different hostnames, as for pods: each stages under its own name.
+    processes = []
+    for n in range(3):
+        env = {"PATH": os.environ.get("PATH", ""), "SEED_FROM": str(source), "SEED_TO": str(target)}
+        script = seed_script().replace("socket.gethostname()", f"'pod-{n}'")
+        processes.append(
+            subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+        )
+    seen_partial = False
+    while any(p.poll() is None for p in processes):
+        for model in target.iterdir():
+            if not model.name.startswith("."):
+                files = {p.name for p in (model / "1").iterdir()}
+                seen_partial |= files != {"model.onnx", "model.json", "labels.txt"}
+        time.sleep(0.001)
+    assert all(p.wait(timeout=60) == 0 for p in processes)
+    assert not seen_partial, "a model became visible before all its files were there"
+    assert sorted(p.name for p in target.iterdir()) == ["b0", "b1", "lite0"]
+    assert tree(target) == {k: v for k, v in tree(source).items() if k != ".complete"}
+    seeded = [line for p in processes for line in (p.stdout.read() if p.stdout else "").splitlines()]
+    assert sorted(seeded) == ["seeded b0", "seeded b1", "seeded lite0"], "each model renamed in once"
+
+
+# ------------------------------------------------------------------------------------------- KServe
+def test_kserve_kustomization_renders_runtimes_and_services() -> None:
+    kinds = sorted((r["apiVersion"], r["kind"]) for r in render(KSERVE))
+    assert kinds == [
+        (f"{KSERVE_GROUP}/v1alpha1", "ServingRuntime"),
+        (f"{KSERVE_GROUP}/v1alpha1", "ServingRuntime"),
+        (f"{KSERVE_GROUP}/v1beta1", "InferenceService"),
+        (f"{KSERVE_GROUP}/v1beta1", "InferenceService"),
+        ("v1", "PersistentVolumeClaim"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["effnet-serve", "effnet-serve-grpc"])
+def test_serving_runtime_structure(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = kserve_resources("ServingRuntime")[name]
+    spec = runtime["spec"]
+    formats = spec["supportedModelFormats"]
+    assert {f["name"] for f in formats} == {"effnet", "onnx"}
+    assert all(isinstance(f["version"], str) for f in formats), "versions are strings in the CRD"
+    assert [f["name"] for f in formats if f.get("autoSelect")] == ["effnet"], "Triton keeps onnx by default"
+    assert spec["protocolVersions"] and set(spec["protocolVersions"]) <= {"v2", "grpc-v2"}
+    assert spec.get("multiModel", False) is False
+    assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+    (container,) = spec["containers"]
+    assert container["name"] == "kserve-container", "the name KServe merges the predictor into"
+    assert container["image"] and container["command"] == SERVER_COMMAND
+    settings = container_settings(container, monkeypatch)
+    assert settings.repository == Path("/mnt/models"), "where KServe puts the storageUri"
+    assert settings.model_control == "none", "a storage-initializer copy never changes"
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(settings.http_port)
+    # Knative allows one port per pod: HTTP (http1) or gRPC (h2c), matching the protocol.
+    (port,) = container["ports"]
+    expected = {"v2": ("http1", settings.http_port), "grpc-v2": ("h2c", settings.grpc_port)}
+    (protocol,) = spec["protocolVersions"]
+    assert (port["name"], port["containerPort"]) == expected[protocol]
+    probe = container["readinessProbe"]
+    if protocol == "v2":
+        assert probe["httpGet"] == {"path": "/readyz", "port": settings.http_port}
+    else:
+        assert probe["grpc"] == {"port": settings.grpc_port}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_runtimes_differ_only_in_protocol() -> None:
+    runtimes = kserve_resources("ServingRuntime")
+    http, grpc = (runtimes[name]["spec"] for name in ("effnet-serve", "effnet-serve-grpc"))
+    for spec in (http, grpc):
+        spec.pop("protocolVersions")
+        for container in spec["containers"]:
+            container.pop("ports")
+            container.pop("readinessProbe")
+    assert http == grpc
+
+
+@pytest.mark.parametrize("name", ["effnet", "effnet-grpc"])
+def test_inference_service_uses_a_runtime_it_can(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = kserve_resources("InferenceService")[name]
+    model = service["spec"]["predictor"]["model"]
+    runtime = kserve_resources("ServingRuntime")[model["runtime"]]["spec"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["protocolVersions"]
+    # KServe merges the predictor into the runtime's container: env by name, args appended.
+    (container,) = runtime["containers"]
+    merged_env = {e["name"]: e for e in [*container.get("env", []), *model.get("env", [])]}
+    merged = {**container, "env": list(merged_env.values())}
+    settings = container_settings(merged, monkeypatch, extra_args=model.get("args", []))
+    assert settings.model_control == "poll", "the PVC is mounted directly: new versions show up in place"
+    assert settings.model_names, "readiness waits for the models the service is for"
+    # pvc://<claim>/<path>: the claim the kustomization creates.
+    claim, _, _ = model["storageUri"].removeprefix("pvc://").partition("/")
+    (pvc,) = [r for r in render(KSERVE) if r["kind"] == "PersistentVolumeClaim"]
+    assert model["storageUri"].startswith("pvc://") and claim == pvc["metadata"]["name"]
+    predictor = service["spec"]["predictor"]
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+
+
+def test_runtime_args_are_checked_against_the_real_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    container = kserve_resources("ServingRuntime")["effnet-serve"]["spec"]["containers"][0]
+    with pytest.raises(pytest.fail.Exception, match="not a valid command line"):
+        container_settings(container, monkeypatch, extra_args=["--model-control", "sometimes"])
+    container["env"].append({"name": "EFFNET_NO_SUCH_SETTING", "value": "1"})
+    with pytest.raises(AssertionError, match="no setting"):
+        container_settings(container, monkeypatch)

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+from service.metrics import Metrics
 
 from .conftest import load_yaml
 from .tooling import ROOT, require_tool
@@ -17,15 +20,35 @@ PROMETHEUS = ROOT / "docker" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "docker" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "effnet-serve.json"
 
-# What the service exports (service/metrics.py, DESIGN.md), as Prometheus series names.
-HISTOGRAMS = (
-    "effnet_request_duration_seconds", "effnet_preprocess_duration_seconds", "effnet_queue_duration_seconds",
-    "effnet_inference_duration_seconds", "effnet_batch_size",
-)  # fmt: skip
-SERVICE_SERIES = frozenset(
-    {"effnet_requests_total", "effnet_queue_depth", "effnet_model_ready"}
-    | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
-)
+# What the service exports (service/metrics.py, DESIGN.md), as Prometheus series names, with their labels.
+HISTOGRAMS = {
+    "effnet_request_duration_seconds": ("protocol", "model"),
+    "effnet_preprocess_duration_seconds": ("model",),
+    "effnet_queue_duration_seconds": ("model",),
+    "effnet_inference_duration_seconds": ("model",),
+    "effnet_batch_size": ("model",),
+    "effnet_model_load_seconds": ("model",),
+}
+COUNTERS = {
+    "effnet_requests_total": ("protocol", "model", "code"),
+    "effnet_expired_total": ("model",),
+    "effnet_model_loads_total": ("model", "version", "outcome"),
+    "effnet_model_unloads_total": ("model", "reason"),
+}
+GAUGES = {
+    "effnet_queue_depth": ("model",),
+    "effnet_model_ready": ("model",),
+    "effnet_model_memory_bytes": ("model", "version"),
+}
+SERVICE_LABELS: dict[str, tuple[str, ...]] = {
+    **COUNTERS,
+    **GAUGES,
+    **{f"{h}{suffix}": labels for h, labels in HISTOGRAMS.items() for suffix in ("_sum", "_count")},
+    **{f"{h}_bucket": (*labels, "le") for h, labels in HISTOGRAMS.items()},
+}
+SERVICE_SERIES = frozenset(SERVICE_LABELS)
+# Labels Prometheus adds to every scraped series.
+TARGET_LABELS = ("instance", "job")
 # prometheus_client's process collector, and `up`, which Prometheus itself writes for every target.
 PROCESS_SERIES = frozenset(
     {
@@ -59,6 +82,21 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"label_values\(([^,()]+),\s*\w+\)", r"\1", expr)  # Grafana's label_values(metric, label)
     names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
     return {n for n in names if n.lower() not in PROMQL_WORDS}
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(series name, label names its matcher uses) for each `name{...}` selector in an expression."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return [
+        (name, set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", matchers)))
+        for name, matchers in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}", expr)
+    ]
+
+
+def grouping_labels(expr: str) -> set[str]:
+    """Labels named in `by (...)`, `without (...)`, `on (...)` and `ignoring (...)` clauses."""
+    clauses = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr)
+    return {label.strip() for clause in clauses for label in clause.split(",") if label.strip()}
 
 
 def dashboard() -> dict[str, Any]:
@@ -112,6 +150,57 @@ def test_dashboard_queries_name_only_exported_metrics() -> None:
     assert {n for n in used if n.startswith("effnet_")}, "the parser found no service metric at all"
 
 
+def test_the_metric_list_matches_service_metrics() -> None:
+    """The list above is what service/metrics.py registers, names, types and labels alike."""
+    metrics = Metrics(process_metrics=False)
+    registered: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            # prometheus_client keeps a collector's label names only in this attribute.
+            registered[value._name] = (value._type, tuple(value._labelnames))
+    suffix = {"counter": "_total", "gauge": "", "histogram": "_count"}
+    ours = {
+        **{n.removesuffix("_total"): ("counter", labels) for n, labels in COUNTERS.items()},
+        **{n: ("gauge", labels) for n, labels in GAUGES.items()},
+        **{n: ("histogram", labels) for n, labels in HISTOGRAMS.items()},
+    }
+    assert registered == ours
+    assert {f"{n}{suffix[t]}" for n, (t, _) in registered.items()} <= SERVICE_SERIES
+
+
+def test_dashboard_queries_use_only_labels_the_metrics_have() -> None:
+    for expr in queries(dashboard()):
+        names = metric_names(expr) & SERVICE_SERIES
+        if not names:
+            continue
+        known = set(TARGET_LABELS).union(*(SERVICE_LABELS[n] for n in names))
+        assert grouping_labels(expr) <= known, f"{expr}: groups by {sorted(grouping_labels(expr) - known)}"
+        for name, labels in selectors(expr):
+            own = set(SERVICE_LABELS.get(name, ())) | set(TARGET_LABELS)
+            assert labels <= own, f"{expr}: {name} has no label {sorted(labels - own)}"
+
+
+def test_dashboard_shows_the_model_lifecycle() -> None:
+    joined = "\n".join(queries(dashboard()))
+    assert "sum by (model, version, outcome) (effnet_model_loads_total" in joined
+    assert 'effnet_model_loads_total{model=~"$model",outcome="failed"}' in joined
+    assert "sum by (model, reason) (effnet_model_unloads_total" in joined
+    assert 'effnet_model_unloads_total{model=~"$model",reason="evicted"}' in joined
+    assert "effnet_model_load_seconds_sum" in joined and "effnet_model_load_seconds_bucket" in joined
+    assert "max by (model, version) (effnet_model_memory_bytes" in joined
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
 def test_dashboard_covers_the_issue_list() -> None:
     exprs = queries(dashboard())
     joined = "\n".join(exprs)
@@ -157,3 +246,9 @@ def test_dashboard_uses_the_provisioned_datasource(compose: dict[str, Any]) -> N
 )
 def test_metric_name_parser(expr: str, names: set[str]) -> None:
     assert metric_names(expr) == names
+
+
+def test_label_parsers() -> None:
+    expr = 'sum by (model, outcome) (x_total{model=~"$model",outcome="a,b=c"}) / on(instance) y{job!="e"}'
+    assert grouping_labels(expr) == {"model", "outcome", "instance"}
+    assert selectors(expr) == [("x_total", {"model", "outcome"}), ("y", {"job"})]
