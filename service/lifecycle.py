@@ -82,6 +82,7 @@ class ModelEntry:
     batcher: Batcher | None = None
     preprocess: PreprocessSpec | None = None
     backend: PreprocessBackend | None = None  # how this model's images are decoded and resized
+    config: ModelConfig | None = None  # the config.json it was loaded with
     in_flight: int = 0
     kind: str = "model"  # or "cascade": no session; `spec` and `labels` are its last stage's
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -435,7 +436,8 @@ class Lifecycle:
         failures: list[str] = []
         for number in reversed(targets):  # newest first: it becomes the default soonest
             current = record.versions[number]
-            if current.ready and current.signature == on_disk.versions[number].signature:
+            unchanged = current.signature == on_disk.versions[number].signature
+            if current.ready and unchanged and current.config == record.config:
                 continue
             fresh = current
             if current.runner is not None:  # same number, new files: load beside it, then swap
@@ -517,6 +519,7 @@ class Lifecycle:
         entry.preprocess = PreprocessSpec.from_model_spec(spec)
         entry.backend = create_backend(self.settings, entry.preprocess, runner.provider, entry.name)
         entry.load_seconds = seconds
+        entry.config = record.config
         entry.loaded_at = time.time()
         entry.state = ModelState.READY
         self.metrics.model_loaded(entry.name, version_label, "success", seconds)
@@ -746,6 +749,8 @@ class Lifecycle:
         for number in targets:
             entry = record.versions.get(number)
             if entry is None or entry.signature != model.versions[number].signature:
+                return True
+            if entry.ready and entry.config != model.config:
                 return True
             if not entry.ready and entry.state is not ModelState.FAILED:
                 return True

@@ -287,7 +287,7 @@ class HashCache:
             temporary = self._path.with_suffix(f".tmp{os.getpid()}")
             temporary.write_text(json.dumps(self._entries))
             os.replace(temporary, self._path)
-        except OSError:
+        except (OSError, ValueError):
             self._path = None  # not writable here: hash every start, as before
 
 

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
         64, ge=1, description="JPEGs decoded together in one nvImageCodec call (images waiting at once)"
     )
 
+    @field_validator("hash_cache", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("models")
     @classmethod
     def _strip(cls, value: str) -> str:

@@ -286,3 +286,21 @@ async def test_random_load_unload_and_infer_never_hang_or_answer_wrongly(reposit
             assert all(e.in_flight == 0 for e in record.versions.values())
     finally:
         await engine.stop()
+
+
+async def test_a_changed_config_reloads_the_version_beside_the_old_one(repository: Path) -> None:
+    engine = await started(settings_for(repository, model_control="explicit", models="alpha"))
+    try:
+        before = engine.resolve("alpha")
+        (repository / "alpha" / "config.json").write_text(json.dumps({"max_batch_size": 2}))
+        await engine.load_model("alpha")
+        after = engine.resolve("alpha")
+        assert after is not before and after.version == 1
+        assert after.batcher is not None and after.batcher.config.max_batch_size == 2
+        assert (await engine.classify("alpha", [png()], 1)).model is after
+    finally:
+        await engine.stop()
+
+
+def test_an_empty_hash_cache_setting_means_none(tmp_path: Path) -> None:
+    assert Settings(repository=tmp_path, hash_cache="").hash_cache is None
