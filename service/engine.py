@@ -20,6 +20,7 @@ from service.batcher import Batcher, BatcherConfig, ItemResult
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
 from service.metrics import Metrics
 from service.model_spec import MODEL_FILE
+from service.names import match_name, unknown_name_message
 from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
 from service.registry import ModelEntry, ModelLoadError, ModelState, discover, validate_files
 from service.runtime import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
@@ -215,11 +216,10 @@ class Engine:
 
     def lookup(self, name: str) -> ModelEntry:
         """The configured model called `name`, in whatever state. Raises UnknownModel."""
-        entry = self.entries.get(name)
-        if entry is None:
-            valid = ", ".join(sorted(self.entries)) or "none"
-            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {valid}")
-        return entry
+        match = match_name(name, self.entries)  # case-insensitive: B5 is b5
+        if match is None:
+            raise UnknownModel(unknown_name_message(name, self.entries))
+        return self.entries[match]
 
     def resolve(self, name: str | None) -> ModelEntry:
         """The ready model called `name` (None: the default). Raises UnknownModel / NotReady."""
