@@ -52,7 +52,8 @@ def test_message_suggests_and_lists() -> None:
 
 async def test_engine_lookup_is_case_insensitive(tmp_path: Path) -> None:
     write_model(tmp_path, "tiny")
-    engine = Engine(Settings(repository=tmp_path, warmup_runs=1, intra_op_threads=1), Metrics(process_metrics=False))
+    settings = Settings(repository=tmp_path, warmup_runs=1, intra_op_threads=1)
+    engine = Engine(settings, Metrics(process_metrics=False))
     await engine.start()
     await engine.wait_loaded()
     try:

@@ -1,0 +1,203 @@
+"""The page at / in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
+selenium, against the real server (lite0 with ImageNet weights, b0 with random weights) behind a
+reverse proxy that serves it under a path prefix, with an API key required.
+
+If Chromium cannot start, the test fails and says why: it never skips. A screenshot is saved to
+test-artifacts/web-page.png (EFFNET_UPDATE_SCREENSHOT=1 also writes docs/screenshot.png).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ROOT, LiveServer, ServerFactory
+from tests.e2e.prefix_proxy import PrefixProxy, prefix_proxy
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "web-page-test-key"
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
+ARTIFACTS = Path(os.environ.get("EFFNET_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+# The machine has no outside network: nothing that would phone home, and a fresh profile each run.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1100",
+)
+WAIT_S = 60
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+        if os.access(f"/usr/bin/{name}", os.X_OK):  # PATH without /usr/bin (a minimal CI shell)
+            return f"/usr/bin/{name}"
+    return None
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        pytest.fail(f"selenium is not installed ({exc}); it is in the 'dev' extra: pip install -e '.[dev]'")
+    chromium = _find("chromium", "chromium-browser", "google-chrome")
+    driver_path = _find("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.fail(
+            "Chromium cannot start: "
+            f"{'no chromium binary' if chromium is None else 'no chromedriver'} on PATH. "
+            "Install Debian's chromium and chromium-driver (make test does it when they are missing)."
+        )
+    profile = tempfile.mkdtemp(prefix="effnet-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see what the CSP blocked
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must not try to download anything
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    except WebDriverException as exc:
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.fail(f"Chromium cannot start ({chromium}, {driver_path}): {exc.msg or exc}")
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def unblocked_external_loads(driver: Any, local_prefix: str) -> list[str]:
+    """Resources the page loaded from outside `local_prefix`, less those its Content-Security-Policy
+    blocked (Chromium lists blocked loads among the resource entries too; its console says which)."""
+    urls = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])"
+    )
+    blocked = " ".join(
+        entry["message"] for entry in driver.get_log("browser") if "has been blocked" in entry["message"]
+    )
+    return [url for url in urls if not url.startswith(local_prefix) and url not in blocked]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(server_factory: ServerFactory, model_repository: Path) -> LiveServer:
+    return server_factory(model_repository, "--models", "b0,lite0", env={"EFFNET_API_KEY": API_KEY})
+
+
+@pytest.fixture
+def proxied(keyed_server: LiveServer) -> Iterator[PrefixProxy]:
+    with prefix_proxy(keyed_server.http_port, "/effnet") as proxy:
+        yield proxy
+
+
+def test_classify_a_cat_in_the_browser(browser, proxied: PrefixProxy, real_photos, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    text_of = lambda css: driver.find_element(By.CSS_SELECTOR, css).text  # noqa: E731
+
+    driver.get(proxied.url)
+    assert driver.title == "effnet-serve"
+
+    # Without the key the model list is refused, and the page says so in the API's words.
+    wait.until(lambda d: "401" in text_of("#model-status"))
+    assert "missing or wrong API key" in text_of("#model-status")
+    key_field = driver.find_element(By.ID, "api-key")
+    key_field.send_keys(API_KEY, Keys.TAB)  # `change` fires on blur
+    assert driver.execute_script("return sessionStorage.getItem('effnet.apiKey')") == API_KEY
+    assert driver.execute_script("return localStorage.length") == 0
+
+    # The picker fills from /v1/models: resolution, parameters, GMACs, provenance, state.
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    picker = Select(driver.find_element(By.ID, "model"))
+    options = {o.get_attribute("value"): o.text for o in picker.options}
+    for shown in ("224 px", "M params", "GMACs", "imagenet weights", "ready"):
+        assert shown in options["lite0"], options
+    assert "random weights" in options["b0"]
+    picker.select_by_value("lite0")
+    assert not driver.find_element(By.ID, "weights-warning").is_displayed()
+    assert "imagenet" in text_of("#model-details")
+
+    # A real cat photo: a cat label in the top-1 bar, five bars, the timing breakdown.
+    cat = tmp_path / "chelsea.jpg"
+    cat.write_bytes(real_photos["chelsea"])
+    driver.find_element(By.ID, "files").send_keys(str(cat))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
+    card = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done']")
+    top1 = card.find_element(By.CSS_SELECTOR, ".bar:first-child .label").text
+    assert top1 in CAT_LABELS, f"top-1 was {top1!r}"
+    assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    timings = card.find_element(By.CSS_SELECTOR, ".timings").text
+    for stage in ("preprocess", "queue", "inference", "total"):
+        assert f"{stage} " in timings and " ms" in timings
+    assert card.find_element(By.CSS_SELECTOR, ".meta").text.startswith("lite0 v1")
+    assert card.find_element(By.CSS_SELECTOR, ".thumb").get_attribute("src").startswith("blob:")
+
+    # A text file: the error as the API words it.
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not a picture\n")
+    driver.find_element(By.ID, "files").send_keys(str(text_file))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='error']"))
+    error = text_of(".result[data-state='error'] .error")
+    assert "HTTP 400" in error and "bad_image" in error and "not a recognised image" in error
+
+    # b0 has random weights: the page warns before anything is sent.
+    picker.select_by_value("b0")
+    warning = driver.find_element(By.ID, "weights-warning")
+    assert warning.is_displayed() and "Random weights" in warning.text
+    assert "random" in text_of("#model-details")
+
+    # The live panel reads /metrics every few seconds: two polls give a rate.
+    wait.until(lambda d: text_of("#live-rps") not in ("", "–"))
+    float(text_of("#live-rps"))
+    assert text_of("#live-queue").isdigit()
+
+    # Everything the page loaded came through the prefix, from the page's own origin.
+    assert unblocked_external_loads(driver, proxied.url) == []
+    assert proxied.outside_prefix == [], proxied.outside_prefix
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "web-page.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("EFFNET_UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+
+@pytest.mark.parametrize(("page", "title_css"), [("docs", ".swagger-ui .info .title"), ("redoc", "h1")])
+def test_api_docs_render_offline(browser, proxied: PrefixProxy, page: str, title_css: str) -> None:
+    """This browser has no network beyond loopback: the docs render only if every asset is local."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(proxied.url + page)
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: any("effnet-serve" in e.text for e in d.find_elements(By.CSS_SELECTOR, title_css))
+    )
+    resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert f"{proxied.url}openapi.json" in resources, resources
+    assert unblocked_external_loads(driver, proxied.url) == []
+    assert proxied.outside_prefix == [], proxied.outside_prefix
