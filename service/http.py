@@ -123,6 +123,8 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         description="EfficientNet B0-B7 image classification over ONNX Runtime with dynamic batching.",
         docs_url=None,  # /docs and /redoc come from add_front_door, with local assets
         redoc_url=None,
+        # Relative to /openapi.json: Swagger UI's "Try it out" then keeps a proxy's path prefix.
+        servers=[{"url": "."}],
     )
     front_door_paths = add_front_door(app)
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None

@@ -199,6 +199,15 @@ def test_api_docs_render_offline(browser, proxied: PrefixProxy, page: str, title
     )
     resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert f"{proxied.url}openapi.json" in resources, resources
+    if page == "docs":  # "Try it out" calls the API under the same prefix (servers: ["."])
+        operation = driver.find_element(By.CSS_SELECTOR, "[id^='operations-default-healthz']")
+        operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        wait = WebDriverWait(driver, WAIT_S)
+        for step in (".try-out__btn", ".execute"):
+            wait.until(lambda d, css=step: operation.find_elements(By.CSS_SELECTOR, css))
+            operation.find_element(By.CSS_SELECTOR, step).click()
+        wait.until(lambda d: operation.find_elements(By.CSS_SELECTOR, ".live-responses-table"))
+        assert f"{proxied.prefix}/healthz" in proxied.requested, proxied.requested
     assert unblocked_external_loads(driver, proxied.url) == []
     assert proxied.outside_prefix == [], proxied.outside_prefix
 
