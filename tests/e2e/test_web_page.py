@@ -234,7 +234,11 @@ ROUTED_ANSWER = {
 }  # fmt: skip
 
 
-def test_new_fields_and_big_bodies(browser, proxied: PrefixProxy, tmp_path: Path) -> None:
+def test_drop_paste_big_bodies_and_new_fields(
+    browser, proxied: PrefixProxy, real_photos, tmp_path: Path
+) -> None:
+    import base64
+
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -244,6 +248,30 @@ def test_new_fields_and_big_bodies(browser, proxied: PrefixProxy, tmp_path: Path
     driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
     driver.refresh()
     wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    assert Select(driver.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "lite0"
+
+    # Dropped on the drop zone, and pasted from the clipboard: the same path as the file picker.
+    driver.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const carrying = (name) => {
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], name, {type: "image/jpeg"}));
+          return data;
+        };
+        const how = {bubbles: true, cancelable: true};
+        document.getElementById("drop").dispatchEvent(
+          new DragEvent("drop", {...how, dataTransfer: carrying("dropped.jpg")}));
+        document.dispatchEvent(new ClipboardEvent("paste", {...how, clipboardData: carrying("pasted.jpg")}));
+        """,
+        base64.b64encode(real_photos["chelsea"]).decode(),
+    )
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']")) == 2)
+    for card in driver.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"):
+        assert card.find_element(By.CSS_SELECTOR, ".name").text in ("dropped.jpg", "pasted.jpg")
+        assert card.find_element(By.CSS_SELECTOR, ".bar:first-child .label").text in CAT_LABELS
+    driver.find_element(By.ID, "clear").click()
+    assert driver.find_elements(By.CSS_SELECTOR, ".result") == []
 
     # A body over the server's limit: 413 in the API's words (the server refuses before reading it).
     huge = tmp_path / "huge.jpg"
