@@ -13,6 +13,7 @@ import grpc
 from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
+from service.names import match_name
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def model_label(engine: Engine, name: str) -> str:
     """A bounded metrics label: a configured model's name, else "unknown"."""
     if not name:
         return engine.default_model or "unknown"
-    return name if name in engine.entries else "unknown"
+    return match_name(name, engine.entries) or "unknown"
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:

@@ -27,6 +27,7 @@ import numpy as np
 
 from service.engine import Engine, InferOutcome, top_k_predictions
 from service.errors import InvalidArgument, NotReady, UnknownModel
+from service.names import match_name, unknown_name_message
 from service.registry import ModelEntry
 from service.schemas import Timings
 
@@ -255,9 +256,8 @@ def resolve(engine: Engine, name: str, version: str = "") -> ModelEntry:
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
     """Whether `name` (at `version`) is ready; raises UnknownModel for a name the server does not know."""
-    if name not in engine.readiness():
-        known = ", ".join(sorted(engine.readiness())) or "none"
-        raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {known}")
+    if match_name(name, engine.readiness()) is None:  # case-insensitive, as Engine.lookup
+        raise UnknownModel(unknown_name_message(name, engine.readiness()))
     try:
         resolve(engine, name, version)
     except (NotReady, UnknownModel):  # loading, failed, shutting down, or another version

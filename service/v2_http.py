@@ -33,6 +33,7 @@ from service.errors import (
 )
 from service.http_common import read_body, retry_headers
 from service.metrics import Metrics
+from service.names import match_name
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
     def label_of(name: str) -> str:
-        return name if name in engine.readiness() else "unknown"
+        return match_name(name, engine.readiness()) or "unknown"
 
     async def answered(label: str, work: Callable[[], Awaitable[Response]]) -> Response:
         start = time.monotonic()

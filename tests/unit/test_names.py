@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from service import v2
 from service.engine import Engine
 from service.errors import UnknownModel
+from service.grpc_common import model_label
 from service.metrics import Metrics
 from service.names import closest_name, match_name, unknown_name_message
 from service.settings import Settings
@@ -58,6 +60,9 @@ async def test_engine_lookup_is_case_insensitive(tmp_path: Path) -> None:
     await engine.wait_loaded()
     try:
         assert engine.lookup("TINY").name == "tiny"
+        assert v2.model_ready(engine, "TINY") and model_label(engine, "Tiny") == "tiny"
+        with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
+            v2.model_ready(engine, "tiny2")
         assert engine.resolve("Tiny").name == "tiny"
         with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
             engine.lookup("tiny2")
