@@ -8,7 +8,7 @@ VARIANTS ?= all
 WEIGHTS ?= default
 PYTEST_ARGS ?=
 
-.PHONY: help venv proto models serve test test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
+.PHONY: help venv proto models serve test browser-tools test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
 
 help:
 	@echo "make serve    set up (venv, dependencies, model repository) and serve HTTP :8000, gRPC :8001"
@@ -37,13 +37,28 @@ serve: proto models
 	$(PY) -m service serve --repository $(REPOSITORY)
 
 # tests/deploy needs nginx, promtool and docker-compose: `make check-deploy` installs them and runs it.
-test: proto
+# The page at / is tested in headless Chromium: Debian's packages, installed when missing (root, as in CI).
+TEST_APT_TOOLS := chromium:chromium chromedriver:chromium-driver
+
+browser-tools:
+	@missing=""; \
+	for pair in $(TEST_APT_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/bin/$$tool || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "browser-tools: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: proto browser-tools
 	$(PY) -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 test-unit: proto
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: proto
+test-e2e: proto browser-tools
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: proto

@@ -18,9 +18,10 @@ import numpy as np
 
 from service.batcher import ItemResult
 from service.describe import describe_model
-from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError
+from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
 from service.lifecycle import IndexEntry, Lifecycle, ModelEntry, ModelRecord
 from service.metrics import Metrics
+from service.names import match_name, unknown_name_message
 from service.precision import resolve_precision
 from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop
 from service.registry import ModelLoadError
@@ -122,8 +123,12 @@ class Engine:
     def readiness(self) -> dict[str, str]:
         return self.lifecycle.readiness()
 
+    def canonical(self, name: str) -> str | None:
+        """The served name `name` refers to, ignoring case (`B5` is b5); None when it is unknown."""
+        return match_name(name, [AUTO, *self.lifecycle.records])
+
     def knows(self, name: str) -> bool:
-        return name == AUTO or name in self.lifecycle.records
+        return self.canonical(name) is not None
 
     @property
     def default_model(self) -> str | None:
@@ -150,6 +155,10 @@ class Engine:
             if default is None:
                 raise NotReady("no model is ready yet")
             name = default
+        canonical = self.canonical(name)
+        if canonical is None:
+            raise UnknownModel(unknown_name_message(name, self.lifecycle.records))
+        name = canonical
         if self.settings.precision == "fp32" or name == AUTO:
             return name
         serving = {n: e for n, r in self.lifecycle.records.items() if (e := r.serving()) is not None}
@@ -157,7 +166,7 @@ class Engine:
 
     def lookup(self, name: str) -> ModelRecord:
         """The model called `name`, in whatever state. Raises UnknownModel."""
-        return self.lifecycle.record(name)
+        return self.lifecycle.record(self.canonical(name) or name)
 
     def resolve(self, name: str | None, version: int | None = None) -> ModelEntry:
         """The ready version of `name` (None: the default model; no version: the newest ready one).

@@ -29,7 +29,7 @@ def model_label(engine: Engine, name: str) -> str:
     """A bounded metrics label: a configured model's name, else "unknown"."""
     if not name:
         return engine.default_model or "unknown"
-    return name if engine.knows(name) else "unknown"
+    return engine.canonical(name) or "unknown"
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:

@@ -37,6 +37,7 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.v2_http import create_v2_router
+from service.web import add_front_door
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,12 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         title="effnet-serve",
         version="0.1.0",
         description="EfficientNet B0-B7 image classification over ONNX Runtime with dynamic batching.",
+        docs_url=None,  # /docs and /redoc come from add_front_door, with local assets
+        redoc_url=None,
+        # Relative to /openapi.json: Swagger UI's "Try it out" then keeps a proxy's path prefix.
+        servers=[{"url": "."}],
     )
+    front_door_paths = add_front_door(app)
     api_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
     admin_key = settings.admin_api_key.get_secret_value().encode() if settings.admin_api_key else None
 
@@ -135,7 +141,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         draining=lambda: engine.draining,
         api_key=api_key,
         admin_api_key=admin_key,
-        open_paths=_OPEN_PATHS,
+        open_paths=_OPEN_PATHS | front_door_paths,
         error_response=gate_error,
     )
 

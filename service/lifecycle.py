@@ -31,6 +31,7 @@ from service.errors import DeadlineExceeded, LoadFailed, NotReady, Overloaded, U
 from service.memory import release_freed_memory, rss_bytes
 from service.metrics import Metrics
 from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
+from service.names import unknown_name_message
 from service.preprocess import PreprocessSpec
 from service.preprocess_backends import PreprocessBackend, create_backend
 from service.registry import (
@@ -290,8 +291,7 @@ class Lifecycle:
     def record(self, name: str) -> ModelRecord:
         record = self.records.get(name)
         if record is None:
-            valid = ", ".join(sorted(self.records)) or "none"
-            raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {valid}")
+            raise UnknownModel(unknown_name_message(name, self.records))
         return record
 
     def pick(self, name: str, version: int | None = None) -> ModelEntry | None:

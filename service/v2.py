@@ -28,6 +28,7 @@ import numpy as np
 from service.engine import Engine, InferOutcome, top_k_predictions
 from service.errors import InvalidArgument, NotReady, UnknownModel
 from service.lifecycle import ModelEntry
+from service.names import unknown_name_message
 from service.schemas import Timings
 
 PIXELS = "pixels"
@@ -263,9 +264,8 @@ def resolve(engine: Engine, name: str, version: str = "") -> ModelEntry:
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
     """Whether `name` (at `version`) is ready; raises UnknownModel for a name the server does not know."""
-    if not engine.knows(name):
-        known = ", ".join(sorted(engine.readiness())) or "none"
-        raise UnknownModel(f"unknown model '{name[:64]}'; valid models: {known}")
+    if engine.canonical(name) is None:  # case-insensitive, as Engine.lookup
+        raise UnknownModel(unknown_name_message(name, engine.readiness()))
     try:
         resolve(engine, name, version)
     except (NotReady, UnknownModel):  # loading, failed, unloaded, shutting down, or another version

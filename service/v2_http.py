@@ -220,7 +220,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
     def label_of(name: str) -> str:
-        return name if engine.knows(name) else "unknown"
+        return engine.canonical(name) or "unknown"
 
     async def answered(label: str, work: Callable[[], Awaitable[Response]]) -> Response:
         start = time.monotonic()

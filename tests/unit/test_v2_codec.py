@@ -73,8 +73,11 @@ class FakeEngine:
     def readiness(self) -> dict[str, str]:
         return {"tiny": "ready", "broken": "failed: bad file"}
 
+    def canonical(self, name: str) -> str | None:
+        return next((n for n in self.readiness() if n.casefold() == name.casefold()), None)
+
     def knows(self, name: str) -> bool:
-        return name in self.readiness()
+        return self.canonical(name) is not None
 
     def check_top_k(self, entry: ModelEntry, k: int) -> int:
         if not 1 <= k <= len(LABELS):

