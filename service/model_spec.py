@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+# 2 added precision, derived_from, agreement and accuracy (all optional: version 1 files stay valid).
+SCHEMA_VERSION: Final = 2
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 LABELS_FILE = "labels.txt"
@@ -22,6 +23,7 @@ MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 TensorDType = Literal["uint8", "float32", "float16"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class _Frozen(BaseModel):
@@ -69,10 +71,43 @@ class Normalization(_Frozen):
     std: tuple[float, float, float]
 
 
-class ModelSpec(_Frozen):
-    """Contents of `model.json`, schema version 1."""
+class DerivedFrom(_Frozen):
+    """The fp32 model a lower-precision graph was made from (same weights, same preprocessing)."""
 
-    schema_version: Literal[1] = 1
+    name: str
+    version: int = Field(ge=1)
+    onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Agreement(_Frozen):
+    """How a lower-precision graph agrees with its fp32 source, measured at export time.
+
+    Measured on the exporter's real-photo set (scikit-image photos plus deterministic crops and flips,
+    preprocessed as the service does). For random weights only ``max_abs_logit_delta`` is meaningful
+    and the label figures are left out.
+    """
+
+    images: int = Field(gt=0)
+    image_set: str = Field(description="what the images were")
+    top1_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_abs_probability_delta: float | None = Field(default=None, ge=0.0)
+    max_abs_logit_delta: float = Field(ge=0.0)
+    confident_images: int | None = Field(default=None, ge=0, description="images fp32 gives p >= 0.5")
+    confident_top1_agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    gate: str = Field(description="the rule the export had to pass")
+
+
+class DeclaredAccuracy(_Frozen):
+    """The ImageNet top-1 the weights were published with, and where that figure comes from."""
+
+    imagenet_top1: float = Field(gt=0.0, le=100.0, description="percent")
+    source: str
+
+
+class ModelSpec(_Frozen):
+    """Contents of `model.json`, schema versions 1 and 2 (2 adds the optional precision fields)."""
+
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: str = Field(pattern=MODEL_NAME_PATTERN.pattern)
     version: int = Field(ge=1)
     variant: str
@@ -90,6 +125,12 @@ class ModelSpec(_Frozen):
     opset: int = Field(gt=0)
     exporter: dict[str, str] = Field(description="package versions used to export")
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    precision: Precision = Field(default="fp32", description="arithmetic inside the graph")
+    derived_from: DerivedFrom | None = Field(default=None, description="fp32 source of an fp16/int8 graph")
+    agreement: Agreement | None = Field(default=None, description="export-time agreement with derived_from")
+    accuracy: DeclaredAccuracy | None = Field(
+        default=None, description="published ImageNet top-1 of these weights; null when none is known"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -104,6 +145,23 @@ class ModelSpec(_Frozen):
         names = {o.name for o in self.outputs}
         if not {"logits", "probabilities"} <= names:
             raise ValueError("outputs must include 'logits' and 'probabilities'")
+        return self
+
+    @model_validator(mode="after")
+    def _precision_keeps_the_interface(self) -> ModelSpec:
+        """Whatever runs inside, clients see the same graph: uint8 `pixels` in, float32 out."""
+        if self.inputs[0].name != "pixels":
+            raise ValueError(f"the graph input must be named 'pixels', got {self.inputs[0].name!r}")
+        wrong = [f"{o.name} {o.dtype}" for o in self.outputs if o.dtype != "float32"]
+        if wrong:
+            raise ValueError(f"{self.precision} model outputs must be float32, got {', '.join(wrong)}")
+        if self.precision == "fp32":
+            if self.derived_from is not None or self.agreement is not None:
+                raise ValueError("an fp32 model has no derived_from or agreement")
+        elif self.derived_from is None or self.agreement is None:
+            raise ValueError(f"a {self.precision} model must record derived_from and agreement")
+        if self.schema_version == 1 and (self.precision != "fp32" or self.accuracy is not None):
+            raise ValueError("precision and accuracy need schema_version 2")
         return self
 
     @property
