@@ -135,8 +135,9 @@ def export(
     """Export one variant in each of `precisions`; see `export_variant`. One result per model, fp32 first.
 
     fp16 and int8 models are checked against the fp32 graph (`models.agreement`). When fp32 is not
-    requested, an fp32 model already in the repository under the base name and version, with the same
-    variant and weights, is the reference; otherwise a reference graph is exported and discarded.
+    requested, the fp32 model already in the repository under the base name and version is the
+    reference (it must come from the same variant and weights); when there is none, a reference
+    graph is exported, used and discarded (`derived_from` then names a model not in the repository).
     `resolver` is shared to warn about fallbacks once; `published` hears of each model as soon as it
     is in the repository (a later precision's failure does not take back an earlier one).
     """
@@ -296,12 +297,18 @@ def _export_fp32(
 
 
 def _existing_reference(repository: Path, base: str, common: _CommonFields) -> Path | None:
-    """An fp32 model already published under `base` from the same variant and weights, if there is one."""
+    """The fp32 model already published under `base` from the same variant and weights, if there is one.
+
+    One published under that name from other weights is an error: the new model would claim to be
+    derived from it while it is not.
+    """
     folder = repository / base / str(common.version)
+    if not (folder / SPEC_FILE).exists():
+        return None
     try:
         spec = ModelSpec.from_file(folder / SPEC_FILE)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read {folder / SPEC_FILE} to use it as the fp32 reference: {e}") from None
     same = (
         spec.precision == "fp32"
         and spec.variant == common.variant.key
@@ -309,7 +316,12 @@ def _existing_reference(repository: Path, base: str, common: _CommonFields) -> P
         and spec.num_classes == common.classes
         and sha256_file(folder / MODEL_FILE) == spec.onnx_sha256
     )
-    return folder / MODEL_FILE if same else None
+    if not same:
+        raise ExportError(
+            f"{folder} holds a different fp32 model (variant, weights or graph differ); export fp32 as well "
+            f"(--precision fp32,...) to replace it, or choose another --name or --version"
+        )
+    return folder / MODEL_FILE
 
 
 def _scratch_reference(

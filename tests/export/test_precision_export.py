@@ -250,3 +250,26 @@ def test_lite1_and_lite2_name_the_cat_and_the_coffee(
     assert pixels.shape == (2, 3, crop, crop)
     cat, coffee = run_graph(folder(lite12_repository, key) / MODEL_FILE, pixels).logits.argmax(1)
     assert cat in TIGER_CAT_FAMILY and coffee in ESPRESSO_FAMILY
+
+
+def test_refuses_to_derive_from_a_different_published_fp32_model(
+    model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lite0` in the repository is really b0 with random weights: lite0-fp16 must not claim it."""
+    repository = tmp_path / "repo"
+    shutil.copytree(folder(model_repository, "b0"), folder(repository, "lite0"))
+    code = main(
+        [
+            "--variant",
+            "lite0",
+            "--precision",
+            "int8",
+            "--weights",
+            "imagenet",
+            "--repository",
+            str(repository),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a different fp32 model" in err
+    assert sorted(p.name for p in repository.iterdir()) == ["lite0"]
