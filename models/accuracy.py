@@ -44,7 +44,11 @@ def declared_accuracy(
     if variant.family == "lite":
         fp32, int8 = LITE_TOP1[variant.key]
         if precision == "int8":
-            return DeclaredAccuracy(imagenet_top1=int8, source=f"{LITE_TABLE_SOURCE}, reference int8 model")
+            return DeclaredAccuracy(
+                imagenet_top1=int8,
+                source=f"{LITE_TABLE_SOURCE}, of the reference's int8 model; this graph is our own int8 "
+                "quantisation of the same weights (see agreement)",
+            )
         return DeclaredAccuracy(imagenet_top1=fp32, source=f"{LITE_TABLE_SOURCE}, fp32")
     if precision == "int8":
         return None
