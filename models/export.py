@@ -14,10 +14,11 @@ from pathlib import Path
 from models.errors import ExportError
 from models.graph import OPSET
 from models.pipeline import ExportResult, export
+from models.precision import PRECISIONS, model_name, parse_precisions
 from models.variants import ALL, UnknownVariant, expand
 from models.weights import DEFAULT_SEED, WeightsResolver
 
-__all__ = ["ExportError", "ExportResult", "export", "export_variant", "main"]
+__all__ = ["ExportError", "ExportResult", "export", "export_models", "export_variant", "main"]
 
 DEFAULT_REPOSITORY = Path("models/repository")
 
@@ -28,20 +29,63 @@ def export_variant(
     weights: str = "default",
     version: int = 1,
     *,
+    precision: str = "fp32",
     name: str | None = None,
     num_classes: int | None = None,
     labels: Path | None = None,
     seed: int = DEFAULT_SEED,
+    accuracy: float | None = None,
 ) -> Path:
-    """Export one variant into `repository` and return its version directory.
+    """Export one variant in one precision into `repository` and return its version directory.
 
     `weights`: "default" (ImageNet, else random with a warning), "imagenet", "random" (seeded) or the
-    path of a state_dict file. Raises `ExportError` for anything the user can fix.
+    path of a state_dict file. `precision`: "fp32" (model `<name>`), "fp16" or "int8" (models
+    `<name>-fp16`, `<name>-int8`, gated on agreement with fp32). Raises `ExportError` for anything the
+    user can fix.
     """
-    result = export(
-        variant, repository, weights, version, name=name, num_classes=num_classes, labels=labels, seed=seed
+    (path,) = export_models(
+        variant,
+        repository,
+        weights,
+        version,
+        precisions=precision,
+        name=name,
+        num_classes=num_classes,
+        labels=labels,
+        seed=seed,
+        accuracy=accuracy,
     )
-    return result.path
+    return path
+
+
+def export_models(
+    variant: str,
+    repository: Path,
+    weights: str = "default",
+    version: int = 1,
+    *,
+    precisions: str = "fp32",
+    name: str | None = None,
+    num_classes: int | None = None,
+    labels: Path | None = None,
+    seed: int = DEFAULT_SEED,
+    accuracy: float | None = None,
+) -> list[Path]:
+    """Like `export_variant` for several precisions at once ("fp32,fp16,int8"): one version directory
+    each, fp32 first. The fp32 graph is exported once and serves as the reference for the others."""
+    results = export(
+        variant,
+        repository,
+        weights,
+        version,
+        precisions=parse_precisions([precisions]),
+        name=name,
+        num_classes=num_classes,
+        labels=labels,
+        seed=seed,
+        accuracy=accuracy,
+    )
+    return [result.path for result in results]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +124,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="model name (default: the variant key)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
     parser.add_argument(
+        "--precision",
+        action="append",
+        default=None,
+        metavar="PRECISION",
+        help=f"one or more of {', '.join(PRECISIONS)} (repeat or comma-separate; default fp32). fp32 is "
+        "the model NAME, the others NAME-fp16 and NAME-int8, each checked at export against the fp32 "
+        "graph on real photos (fp16: 100%% top-1 agreement for real weights) and recorded in model.json",
+    )
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        default=None,
+        metavar="TOP1",
+        help="ImageNet top-1 (percent) of your weights, recorded as their declared accuracy in model.json "
+        "(fp32 and fp16 models; default: the published figure for published weights, else none)",
+    )
+    parser.add_argument(
         "--opset",
         type=int,
         default=OPSET,
@@ -98,12 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.opset != OPSET:
             raise ExportError(f"--opset {args.opset}: only opset {OPSET} is supported")
         variants = expand([key.strip() for keys in args.variant for key in keys.split(",") if key.strip()])
+        precisions = parse_precisions(args.precision or ["fp32"])
         if args.name and len(variants) > 1:
             raise ExportError("--name applies to a single variant")
         resolver = WeightsResolver(
             seed=args.seed, warn=lambda msg: err.print(f"[bold red]WARNING:[/] [yellow]{msg}[/]")
         )
-        results: list[ExportResult] = []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
             task = progress.add_task("exporting", total=len(variants))
@@ -112,20 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 def step(msg: str, key: str = v.key) -> None:
                     progress.update(task, description=f"{key}: {msg}")
 
-                result = export(
+                export(
                     v.key,
                     args.repository,
                     args.weights,
                     args.version,
+                    precisions=precisions,
                     name=args.name,
                     num_classes=args.num_classes,
                     labels=args.labels,
                     seed=args.seed,
+                    accuracy=args.accuracy,
                     resolver=resolver,
                     step=step,
+                    published=lambda result: progress.console.print(_summary(result)),
                 )
-                results.append(result)
-                progress.console.print(_summary(result))
                 progress.advance(task)
     except (ExportError, UnknownVariant) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
@@ -139,11 +201,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _summary(result: ExportResult) -> str:
     spec = result.spec
     weights = spec.weights.kind + (f" (seed {spec.weights.seed})" if spec.weights.kind == "random" else "")
+    if result.verify_error is not None:
+        check = f"onnx-vs-torch {result.verify_error:.1e}"
+    else:
+        check = _agreement_summary(result)
     return (
-        f"{spec.name}: {spec.parameters / 1e6:.2f} M params, {spec.gmacs:.2f} GMACs at {spec.crop_size}px, "
-        f"{result.onnx_bytes / 1e6:.1f} MB, weights {weights}, onnx-vs-torch {result.verify_error:.1e}, "
+        f"{spec.name}: {spec.precision}, {spec.parameters / 1e6:.2f} M params, {spec.gmacs:.2f} GMACs at "
+        f"{spec.crop_size}px, {result.onnx_bytes / 1e6:.1f} MB, weights {weights}, {check}, "
         f"{result.seconds:.1f} s -> {result.path}"
     )
+
+
+def _agreement_summary(result: ExportResult) -> str:
+    agreement = result.spec.agreement
+    if agreement is None:
+        return "no agreement record"
+    source = model_name(result.spec.derived_from.name, "fp32") if result.spec.derived_from else "fp32"
+    text = f"vs {source} on {agreement.images} photos: max |dlogit| {agreement.max_abs_logit_delta:.2g}"
+    if agreement.top1_agreement is not None and agreement.max_abs_probability_delta is not None:
+        text += (
+            f", top-1 agreement {agreement.top1_agreement:.1%}, "
+            f"max |dprob| {agreement.max_abs_probability_delta:.2g}"
+        )
+    return text
 
 
 if __name__ == "__main__":

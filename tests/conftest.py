@@ -54,3 +54,19 @@ def photo_1080p() -> bytes:
     from skimage import data
 
     return _jpeg(data.astronaut(), size=(1920, 1080))
+
+
+@pytest.fixture(scope="session")
+def precision_repository(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Path:
+    """A repository with `lite0` (a copy of the shared one) and the lower-precision models made from
+    it: `lite0-fp16` and `lite0-int8`, each with its export-time agreement record. Separate from
+    `model_repository` so that tests which do not need them do not pay for them (about 40 s here)."""
+    import shutil
+
+    from models.export import export_models
+
+    repository = tmp_path_factory.mktemp("precision-repository")
+    shutil.copytree(model_repository / "lite0", repository / "lite0")
+    # lite0 is already there with the same weights: it is the reference, not exported again.
+    export_models("lite0", repository, weights="imagenet", precisions="fp16,int8")
+    return repository

@@ -12,8 +12,12 @@ PAPER_PARAMS_M = {"b0": 5.3, "b1": 7.8, "b2": 9.2, "b3": 12, "b4": 19, "b5": 30,
 # torchvision IMAGENET1K_V1 eval transforms: (resize, crop).
 RESOLUTIONS = {
     "b0": (256, 224), "b1": (256, 240), "b2": (288, 288), "b3": (320, 300),
-    "b4": (384, 380), "b5": (456, 456), "b6": (528, 528), "b7": (600, 600), "lite0": (256, 224),
+    "b4": (384, 380), "b5": (456, 456), "b6": (528, 528), "b7": (600, 600),
+    # Lite: the reference evaluation's crop / (crop + 32) centre crop.
+    "lite0": (256, 224), "lite1": (272, 240), "lite2": (292, 260),
 }  # fmt: skip
+# Parameter counts of the published EfficientNet-Lite checkpoints (1000 classes).
+LITE_PARAMS = {"lite0": 4_652_008, "lite1": 5_416_680, "lite2": 6_092_072}
 
 
 @pytest.mark.parametrize("key", list(PAPER_PARAMS_M))
@@ -23,8 +27,9 @@ def test_parameter_count_is_within_2_percent_of_the_paper(key: str) -> None:
     assert abs(params - paper) / paper < 0.02, f"{key}: {params} vs paper {paper:.0f}"
 
 
-def test_lite0_has_its_published_size() -> None:
-    assert parameter_count(build_classifier(get_variant("lite0"))) == 4_652_008
+@pytest.mark.parametrize("key", list(LITE_PARAMS))
+def test_lite_models_have_their_published_size(key: str) -> None:
+    assert parameter_count(build_classifier(get_variant(key))) == LITE_PARAMS[key]
 
 
 @pytest.mark.parametrize("key", ALL)
@@ -32,7 +37,7 @@ def test_preprocessing_follows_torchvision_v1(key: str) -> None:
     pre = preprocessing(get_variant(key))
     assert (pre.resize_size, pre.crop_size) == RESOLUTIONS[key]
     assert pre.interpolation == "bicubic"
-    if key == "lite0":
+    if key.startswith("lite"):
         assert (pre.mean, pre.std) == (LITE_MEAN, LITE_STD)
     else:
         assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
@@ -44,8 +49,10 @@ def test_imagenet_categories_come_without_download() -> None:
     assert categories[281] == "tabby" and categories[967] == "espresso"
 
 
-def test_all_expands_to_the_nine_variants_in_order() -> None:
-    assert [v.key for v in expand(["all"])] == ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0"]
+def test_all_expands_to_the_eleven_variants_in_order() -> None:
+    assert [v.key for v in expand(["all"])] == [
+        "b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "lite0", "lite1", "lite2"
+    ]  # fmt: skip
     assert [v.key for v in expand(["lite0", "b0", "b0"])] == ["b0", "lite0"]
 
 
