@@ -191,7 +191,8 @@ class Engine:
         return describe_model(record, default=record.name == self.default_model)
 
     def model_list(self) -> ModelList:
-        return ModelList(default_model=self.default_model, models=self.describe_all(), policies=[AUTO])
+        policies = [AUTO] if self.router.auto_available() else []
+        return ModelList(default_model=self.default_model, models=self.describe_all(), policies=policies)
 
     def describe_all(self) -> list[ModelInfo]:
         default = self.default_model

@@ -75,6 +75,13 @@ class Router:
             raise InvalidArgument(f"budget_ms applies to '{AUTO}', not to the cascade '{name}'")
         return await self._cascade(self._engine.lifecycle.record(name), images, deadline)
 
+    def auto_available(self) -> bool:
+        """Whether `auto` has a model to choose from (a ready model that declares its accuracy)."""
+        return any(
+            (entry := _auto_candidate(record)) is not None and entry.spec is not None and entry.spec.accuracy
+            for record in self._engine.lifecycle.records.values()
+        )
+
     def observe_preprocess(self, model: str, seconds_per_image: float) -> None:
         ms = seconds_per_image * 1000
         previous = self._preprocess_ms.get(model)

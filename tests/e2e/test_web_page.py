@@ -130,10 +130,12 @@ def test_classify_a_cat_in_the_browser(browser, proxied: PrefixProxy, real_photo
     assert driver.execute_script("return sessionStorage.getItem('effnet.apiKey')") == API_KEY
     assert driver.execute_script("return localStorage.length") == 0
 
-    # The picker fills from /v1/models: resolution, parameters, GMACs, provenance, state.
-    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    # The picker fills from /v1/models: resolution, parameters, GMACs, provenance, state; and `auto`,
+    # which the server offers because lite0 declares its ImageNet accuracy.
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
     picker = Select(driver.find_element(By.ID, "model"))
     options = {o.get_attribute("value"): o.text for o in picker.options}
+    assert set(options) == {"b0", "lite0", "auto"}, options
     for shown in ("224 px", "M params", "GMACs", "imagenet weights", "ready"):
         assert shown in options["lite0"], options
     assert "random weights" in options["b0"]
@@ -247,7 +249,7 @@ def test_drop_paste_big_bodies_and_new_fields(
     driver.get(proxied.url)
     driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
     driver.refresh()
-    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
     assert Select(driver.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "lite0"
 
     # Dropped on the drop zone, and pasted from the clipboard: the same path as the file picker.
