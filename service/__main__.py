@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from service.engine import Engine
 from service.grpc import create_grpc_server
 from service.http import create_app
+from service.http_limits import EdgeLimits, EdgeMetrics, ensure_file_descriptors, limited_protocol
 from service.logs import setup_logging
 from service.metrics import Metrics
 from service.registry import ModelLoadError
@@ -74,16 +75,20 @@ async def serve(settings: Settings) -> int:
     engine = Engine(settings, metrics)
     await engine.start()
     app = create_app(engine, settings, metrics)
+    edge_limits = EdgeLimits.from_settings(settings)
+    ensure_file_descriptors(edge_limits)
     http_server = _Server(
         uvicorn.Config(
             app,
             host=settings.host,
             port=settings.http_port,
-            http="httptools",
+            # httptools with header/body deadlines and the connection cap (service/http_limits.py)
+            http=limited_protocol(edge_limits, EdgeMetrics(metrics.registry)),
             lifespan="off",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            timeout_keep_alive=int(settings.http_keep_alive_timeout_s),
             limit_concurrency=None,
             backlog=2048,
         )
