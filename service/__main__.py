@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from service.engine import Engine
 from service.grpc import create_grpc_server
 from service.http import create_app
-from service.http_limits import EdgeLimits, EdgeMetrics, ensure_file_descriptors, limited_protocol
+from service.http_limits import (
+    AbsorbClientDisconnect,
+    EdgeLimits,
+    EdgeMetrics,
+    ensure_file_descriptors,
+    limited_protocol,
+)
 from service.logs import setup_logging
 from service.metrics import Metrics
 from service.registry import ModelLoadError
@@ -79,7 +85,7 @@ async def serve(settings: Settings) -> int:
     ensure_file_descriptors(edge_limits)
     http_server = _Server(
         uvicorn.Config(
-            app,
+            AbsorbClientDisconnect(app),
             host=settings.host,
             port=settings.http_port,
             # httptools with header/body deadlines and the connection cap (service/http_limits.py)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from service.retry_policy import channel_options
 
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
@@ -62,7 +63,7 @@ async def classify_grpc(
     request = classifier_pb2.ClassifyRequest(
         model=model or "", top_k=top_k, images=[path.read_bytes() for path in paths]
     )
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=channel_options()) as channel:
         try:
             response = await classifier_pb2_grpc.ClassifierStub(channel).Classify(request, timeout=seconds)
         except grpc.aio.AioRpcError as exc:

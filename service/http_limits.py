@@ -2,8 +2,8 @@
 abusive client costs no ASGI task and no wake-up of the app:
 
 - header-read deadline: a connection that has not sent a request's headers in time gets 408, closed;
-- body-read deadline: the body is buffered here and the app starts only once it is complete (as a
-  proxy would), so a slow upload never reaches a handler; one not complete in time gets 408, closed;
+- body-read deadline: the body is collected here and handed to the handler once complete (as a proxy
+  would), so a slow upload wakes no handler per piece; one not complete in time gets 408, closed;
 - a cap on open connections: above it, requests get a fast 503 with `Connection: close`, except the
   health paths, which keep a small reserve of connections of their own so probes still answer.
 
@@ -21,7 +21,9 @@ from typing import Any
 
 import httptools
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.settings import Settings
 
@@ -90,7 +92,6 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._over_cap = False
         self._buffering = False
         self._refused = False  # answered here; the rest of what the client sent is ignored
-        self._held: tuple[RequestResponseCycle, Any] | None = None
 
     # --- connection ---
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -102,7 +103,6 @@ class _LimitedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.metrics.open_connections.dec()
-        self._held = None
         super().connection_lost(exc)
 
     # --- parser callbacks ---
@@ -116,12 +116,9 @@ class _LimitedProtocol(HttpToolsProtocol):
         if self._over_cap and not self._health_within_reserve():
             self._refuse_over_cap()
             return
-        self._buffering = self._has_body() and not self._declared_too_large()
         super().on_headers_complete()
+        self._buffering = self._has_body() and not self._declared_too_large()
         if self._buffering:
-            if self.expect_100_continue:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self.cycle.waiting_for_100_continue = False
             self._arm(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
@@ -130,32 +127,22 @@ class _LimitedProtocol(HttpToolsProtocol):
         if not self._buffering:
             super().on_body(body)
             return
-        # uvicorn pauses reading at 64 KiB until the app consumes; the app has not started yet, so
-        # keep reading, up to the body limit. Past it the app starts and answers 413 itself.
+        # Collect the body without waking the handler for each piece (uvicorn wakes it per read and
+        # pauses reading at 64 KiB until it has consumed them). Past the body limit the handler
+        # gets what has come so far and answers 413 itself.
         self.cycle.body += body
         if len(self.cycle.body) > self.limits.max_body_bytes:
-            self._release()
+            self._buffering = False
+            self.cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        super().on_message_complete()
         self._disarm()
-        self._release()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        if self._buffering and cycle is self.cycle and cycle.more_body:
-            self._held = (cycle, app)  # started by _release once the whole body is here
-            return
-        super()._start_asgi_task(cycle, app)
+        self._buffering = False
+        super().on_message_complete()
 
     # --- helpers ---
-    def _release(self) -> None:
-        self._buffering = False
-        held, self._held = self._held, None
-        if held is not None and not self.transport.is_closing():
-            super()._start_asgi_task(*held)
-
     def _has_body(self) -> bool:
         for name, value in self.headers:
             if name == b"content-length":
@@ -202,9 +189,8 @@ class _LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         if cycle is not None:
-            cycle.disconnected = True  # an app already started sees http.disconnect; its sends are dropped
+            cycle.disconnected = True  # the handler reads http.disconnect; what it sends is dropped
             cycle.message_event.set()
-        self._held = None
         message = f"request body not received within {self.limits.body_timeout_s:g} s"
         self._close_with(_response(408, "Request Timeout", "request_timeout", message))
 
@@ -242,3 +228,18 @@ def ensure_file_descriptors(limits: EdgeLimits) -> None:
             log.warning(
                 "event=fd_limit_low nofile=%d needed=%d: lower EFFNET_HTTP_MAX_CONNECTIONS", target, needed
             )
+
+
+class AbsorbClientDisconnect:
+    """Outermost ASGI wrapper: a client gone before its body was read in full (including one this
+    module timed out with 408) ends its handler with starlette's ClientDisconnect; there is nobody
+    left to answer, so end quietly instead of logging a traceback per slow client."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            log.info("event=client_gone_before_body path=%s", scope.get("path", ""))

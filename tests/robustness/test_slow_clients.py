@@ -187,7 +187,9 @@ async def test_a_declared_oversized_body_is_refused_at_once(deadline_server: Liv
     assert time.monotonic() - started < BODY_TIMEOUT_S
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /classify?variant=tiny&top_k=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
+@pytest.mark.parametrize(
+    "sent", [b"", b"POST /classify?variant=tiny&top_k=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"]
+)
 async def test_headers_not_sent_in_time_get_408_and_close(deadline_server: LiveServer, sent: bytes) -> None:
     before = refused(deadline_server, "header_timeout")
     reader, writer = await asyncio.open_connection("127.0.0.1", deadline_server.http_port)
