@@ -1,4 +1,5 @@
-"""The gRPC service config we publish for clients: retry UNAVAILABLE on the idempotent calls.
+"""The gRPC service config we publish for clients: retry UNAVAILABLE (and a server's CANCELLED) on
+the idempotent calls.
 
 Behind a load balancer, a call in flight on a replica that dies fails at the proxy with UNAVAILABLE,
 and so does a call that reaches a replica that is starting or draining. `Classify`, `ListModels`,
@@ -26,7 +27,9 @@ RETRY_POLICY: dict[str, Any] = {
     "initialBackoff": "0.05s",
     "maxBackoff": "1s",
     "backoffMultiplier": 2,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    # CANCELLED too: a replica stopping gracefully cancels the calls that reach it in the moment
+    # its gRPC server shuts down (grpc core does; measured in `make chaos`), before they ran.
+    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
 }
 
 SERVICE_CONFIG: dict[str, Any] = {

@@ -54,7 +54,7 @@ def test_the_service_config_names_the_idempotent_calls() -> None:
     assert ("effnet.v1.Classifier", "Classify") in names
     assert ("inference.GRPCInferenceService", None) in names
     assert ("effnet.v1.Classifier", "ClassifyStream") not in names
-    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
 
 
 @pytest.mark.parametrize("flaky_server", [(RETRY_POLICY["maxAttempts"] - 1,)], indirect=True)
