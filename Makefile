@@ -130,3 +130,28 @@ soak: proto
 	EFFNET_SOAK_SECONDS=$(SOAK_SECONDS) EFFNET_FUZZ_EXAMPLES=$(SOAK_FUZZ_EXAMPLES) $(PY) -m pytest -s \
 		tests/robustness/test_soak.py tests/robustness/test_fuzz.py tests/robustness/test_openapi_fuzz.py \
 		$(PYTEST_ARGS)
+
+# Chaos (a few minutes; not part of `make test`): the compose topology as processes (3 replicas,
+# nginx, HTTP + gRPC load over several models) in a network namespace of its own, under random
+# faults: SIGKILL + restart, SIGSTOP/SIGCONT, a corrupt model file, delay and loss on one replica's
+# link. Writes docs/chaos-report.json and prints a table; fails if any request is lost or wrong.
+# Needs root (network namespace, tc, iptables); installs nginx, iproute2 and iptables if missing.
+.PHONY: chaos
+CHAOS_SECONDS ?= 240
+CHAOS_MODELS ?= lite0,b0
+CHAOS_ARGS ?=
+CHAOS_APT_TOOLS := nginx:nginx ip:iproute2 tc:iproute2 iptables:iptables
+
+chaos: proto models
+	@missing=""; \
+	for pair in $(CHAOS_APT_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "chaos: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) -m tests.chaos.runner --repository $(REPOSITORY) --models $(CHAOS_MODELS) \
+		--duration $(CHAOS_SECONDS) $(CHAOS_ARGS)

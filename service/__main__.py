@@ -13,12 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import uvicorn
 from pydantic import ValidationError
 
 from service.engine import Engine
 from service.grpc import create_grpc_server
 from service.http import create_app
+from service.http_limits import (
+    AbsorbClientDisconnect,
+    EdgeLimits,
+    EdgeMetrics,
+    ensure_file_descriptors,
+    limited_protocol,
+)
 from service.logs import setup_logging
 from service.metrics import Metrics
 from service.registry import ModelLoadError
@@ -78,22 +86,36 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _start_grpc(engine: Engine, settings: Settings, metrics: Metrics) -> grpc.aio.Server | None:
+    try:
+        server = create_grpc_server(engine, settings, metrics)
+        await server.start()
+    except (RuntimeError, OSError) as exc:  # a port grpc cannot bind; unreadable TLS files
+        log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
+        return None
+    return server
+
+
 async def serve(settings: Settings) -> int:
 
     metrics = Metrics()
     engine = Engine(settings, metrics)
     await engine.start()
     app = create_app(engine, settings, metrics)
+    edge_limits = EdgeLimits.from_settings(settings)
+    ensure_file_descriptors(edge_limits)
     http_server = _Server(
         uvicorn.Config(
-            app,
+            AbsorbClientDisconnect(app),
             host=settings.host,
             port=settings.http_port,
-            http="httptools",
+            # httptools with header/body deadlines and the connection cap (service/http_limits.py)
+            http=limited_protocol(edge_limits, EdgeMetrics(metrics.registry)),
             lifespan="off",
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            timeout_keep_alive=int(settings.http_keep_alive_timeout_s),
             limit_concurrency=None,
             backlog=2048,
         )
@@ -104,7 +126,11 @@ async def serve(settings: Settings) -> int:
         log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
         await engine.stop()
         return 1
-    await grpc_server.start()
+    # Checked (port, TLS files), then released until the models are loaded: a proxy cannot see a gRPC
+    # status, so a replica answering UNAVAILABLE while loading would draw calls and their retries;
+    # a refused connection it sends elsewhere (docs/limits.md, "Replicas that die").
+    await grpc_server.start()  # grpc releases a bound port only once started and stopped
+    await grpc_server.stop(None)
     http_task = asyncio.create_task(http_server.serve(), name="http")
 
     stop = asyncio.Event()
@@ -127,10 +153,15 @@ async def serve(settings: Settings) -> int:
         log.error("event=http_server_exited")  # e.g. the port is taken
         exit_code = 1
     elif load_task.done():
-        log.info("event=ready models=%s", ",".join(engine.readiness()))
-        await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
-        if http_task.done() and not stop_task.done():
+        started = await _start_grpc(engine, settings, metrics)
+        if started is None:
             exit_code = 1
+        else:
+            grpc_server = started
+            log.info("event=ready models=%s", ",".join(engine.readiness()))
+            await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
+            if http_task.done() and not stop_task.done():
+                exit_code = 1
 
     log.info("event=stopping drain_timeout_s=%s", settings.drain_timeout_s)
     engine.begin_drain()

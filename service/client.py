@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.client_report import Outcome, Writer, render, summarise
+from service.retry_policy import channel_options
 
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
@@ -78,7 +79,7 @@ class HttpTransport:
 
 class GrpcTransport:
     def __init__(self, address: str, model: str | None, top_k: int, timeout: float, headers: dict[str, str]):
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
         self._stub = classifier_pb2_grpc.ClassifierStub(self._channel)
         self._model, self._top_k, self._timeout = model or "", top_k, timeout
         self._metadata = tuple((key.lower(), value) for key, value in headers.items())

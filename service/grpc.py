@@ -25,6 +25,7 @@ from service.auth import bearer_matches
 from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.grpc_common import deadline_of, model_label, observed
+from service.grpc_options import server_options
 from service.metrics import Metrics
 from service.schemas import ModelInfo, Route
 from service.settings import Settings
@@ -385,15 +386,7 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
                 settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
             )
         )
-    limit = settings.max_body_bytes + 64 * 1024  # room for the message around the images
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(engine, metrics), server)
     add_v2_servicer(V2Servicer(engine, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(engine), server)

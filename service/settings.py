@@ -165,6 +165,43 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    # --- edges: connection-level protections (service/http_limits.py, service/grpc_options.py) ---
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="time a connection may take to send a request's headers; then 408 and close"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="time a request may take to send its whole body after the headers; then 408"
+    )
+    http_keep_alive_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        description="idle keep-alive connections close after this; keep it above the proxy's (nginx: 60 s)",
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="open HTTP connections served; above it requests get a fast 503"
+    )
+    http_health_reserve: int = Field(
+        32, ge=0, description="extra connections above http_max_connections that may still ask health paths"
+    )
+    grpc_max_concurrent_streams: int = Field(
+        256, ge=1, description="concurrent calls (HTTP/2 streams) per gRPC connection"
+    )
+    grpc_max_connection_age_s: float = Field(
+        1800.0, ge=0, description="a gRPC connection is told to go away after this (rebalancing); 0: never"
+    )
+    grpc_max_connection_age_grace_s: float = Field(
+        30.0, ge=0, description="time calls on a connection past its age get to finish before it is closed"
+    )
+    grpc_keepalive_time_s: float = Field(
+        60.0, gt=0, description="the server pings a gRPC connection idle this long to see it is alive"
+    )
+    grpc_keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="a ping unanswered this long closes the gRPC connection"
+    )
+    grpc_min_client_ping_interval_s: float = Field(
+        10.0, ge=0, description="clients pinging more often get GOAWAY (too_many_pings) after 2 strikes"
+    )
+
     @field_validator("models")
     @classmethod
     def _strip(cls, value: str) -> str:

@@ -62,7 +62,10 @@ def test_upstream_groups_are_defined_and_used() -> None:
     assert used == defined == {"effnet_http", "effnet_grpc"}
     assert "include upstreams.conf;" in MAIN
     # Compose: service names, resolved by Docker's DNS at run time (so scaling needs no reload).
-    assert re.findall(r"server effnet-replica:(\d+) resolve", UPSTREAMS) == ["8000", "8001"]
+    assert re.findall(r"server effnet-replica:(\d+) resolve max_fails", UPSTREAMS) == ["8000", "8001"]
+    # ... and again as never-failed backups, so nginx always has a replica to try.
+    backups = re.findall(r"server effnet-replica:(\d+) resolve backup max_fails=0;", UPSTREAMS)
+    assert backups == ["8000", "8001"]
     assert "resolver 127.0.0.11" in UPSTREAMS
 
 

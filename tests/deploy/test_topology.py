@@ -1,8 +1,9 @@
 """The compose topology as plain processes: two replicas behind nginx running the repo's own config.
 
-Load goes through nginx over HTTP (/classify with a real photo) and gRPC (grpc.health.v1 Check); it
-must spread over both replicas; one replica is SIGKILLed mid-load and every request must still get a
-correct answer or a clean error: none hangs (client timeouts), none is wrong.
+Load goes through nginx over HTTP (/classify with a real photo) and gRPC (Classify, with the published
+retry policy of service/retry_policy.py); it must spread over both replicas. Replicas are SIGKILLed
+mid-load and restarted, several times: every request must still get the correct answer, none fails,
+none hangs, none is wrong.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from service.retry_policy import channel_options
+
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
 from .tooling import ROOT, unavailable
@@ -38,8 +42,6 @@ MODEL = "lite0"
 DRAIN_S = 5.0
 HTTP_TIMEOUT_S = 20.0
 GRPC_TIMEOUT_S = 10.0
-CLEAN_HTTP_ERRORS = {502, 503, 504}
-CLEAN_GRPC_ERRORS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def free_port() -> int:
@@ -112,6 +114,18 @@ class Topology:
     nginx: Process
     http_port: int
     grpc_port: int
+    repository: Path
+    log_dir: Path
+    restarts: int = 0
+
+    def restart(self, index: int) -> Replica:
+        """A new replica process on the same ports (as compose's `restart: unless-stopped` does)."""
+        old = self.replicas[index]
+        self.restarts += 1
+        ports = (old.http_port, old.grpc_port)
+        replica = start_replica(self.repository, self.log_dir, index, ports, attempt=self.restarts)
+        self.replicas[index] = replica
+        return replica
 
     @property
     def url(self) -> str:
@@ -131,9 +145,11 @@ class Topology:
         return found
 
 
-def start_replica(repository: Path, log_dir: Path, index: int) -> Replica:
-    http_port, grpc_port = free_port(), free_port()
-    log_path = log_dir / f"replica-{index}.log"
+def start_replica(
+    repository: Path, log_dir: Path, index: int, ports: tuple[int, int] | None = None, attempt: int = 0
+) -> Replica:
+    http_port, grpc_port = ports or (free_port(), free_port())
+    log_path = log_dir / f"replica-{index}-{attempt}.log"
     command = [
         sys.executable, "-m", "service", "serve",
         "--repository", str(repository), "--models", MODEL,
@@ -187,7 +203,7 @@ def topology(deploy_model_repository: Path, tmp_path_factory: pytest.TempPathFac
             wait_until(replica.ready, 180, "replica ready", replica.log)
         lb, http_port, grpc_port = start_nginx(nginx, prefix, replicas)
         started.append(lb)
-        topology = Topology(replicas, lb, http_port, grpc_port)
+        topology = Topology(replicas, lb, http_port, grpc_port, deploy_model_repository, log_dir)
 
         def lb_up() -> bool:
             try:
@@ -200,7 +216,7 @@ def topology(deploy_model_repository: Path, tmp_path_factory: pytest.TempPathFac
         )
         yield topology
     finally:
-        for process in reversed(started):
+        for process in reversed([*started, *(r for r in replicas if r not in started)]):
             process.stop(timeout=DRAIN_S + 15)
         subprocess.run(["rm", "-rf", str(prefix)], check=False)
 
@@ -301,96 +317,121 @@ def test_dashboard_metrics_exist_on_a_live_replica(topology: Topology) -> None:
     assert used - PROMETHEUS_SERIES <= exported, f"missing from /metrics: {sorted(used - exported)}"
 
 
+def classify_grpc(stub: classifier_pb2_grpc.ClassifierStub, image: bytes) -> list[tuple[int, float]]:
+    request = classifier_pb2.ClassifyRequest(model=MODEL, top_k=5, images=[image])
+    reply = stub.Classify(request, timeout=HTTP_TIMEOUT_S)
+    (result,) = reply.results
+    return [(p.class_id, p.score) for p in result.predictions]
+
+
 @dataclass
 class LoadResult:
-    outcomes: list[str]
-    finished_at: list[float]
+    outcomes: dict[str, Counter[str]]
+    kills: list[float]
+
+    def failed(self) -> dict[str, Counter[str]]:
+        return {
+            protocol: Counter({kind: n for kind, n in counts.items() if kind != "ok"})
+            for protocol, counts in self.outcomes.items()
+        }
 
 
 def run_load(
-    topology: Topology, photo: bytes, reference: list[tuple[int, float]], kill: Callable[[], None]
-) -> tuple[LoadResult, float]:
-    """HTTP and gRPC workers through nginx; `kill` runs once a quarter of the requests are answered."""
-    http_workers, http_each, grpc_workers, grpc_each = 4, 30, 2, 60
-    total = http_workers * http_each + grpc_workers * grpc_each
-    result = LoadResult([], [])
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]], faults: Callable[[], list[float]]
+) -> LoadResult:
+    """HTTP and gRPC workers through nginx, until `faults` (run meanwhile) has returned."""
+    http_workers, grpc_workers = 4, 2
+    outcomes: dict[str, Counter[str]] = {"http": Counter(), "grpc": Counter()}
     lock = threading.Lock()
+    stop = threading.Event()
 
-    def record(outcome: str) -> None:
+    def record(protocol: str, outcome: str) -> None:
         with lock:
-            result.outcomes.append(outcome)
-            result.finished_at.append(time.monotonic())
+            outcomes[protocol][outcome] += 1
 
     def http_worker() -> None:
         with httpx.Client() as client:
-            for _ in range(http_each):
+            while not stop.is_set():
                 try:
                     response = classify(client, topology.url, photo)
                 except httpx.TimeoutException:
-                    record("hung: http")
+                    record("http", "hung")
                     continue
                 except httpx.HTTPError as error:
-                    record(f"unclean: http {type(error).__name__}")
+                    record("http", f"failed: {type(error).__name__}")
                     continue
                 if response.status_code == 200:
-                    record("ok" if same_answer(top_k(response), reference) else f"wrong: {response.text}")
-                elif response.status_code in CLEAN_HTTP_ERRORS:
-                    record(f"clean error: http {response.status_code}")
+                    record("http", "ok" if same_answer(top_k(response), reference) else "wrong")
                 else:
-                    record(f"unclean: http {response.status_code} {response.text[:200]}")
+                    record("http", f"failed: {response.status_code} {response.text[:100]}")
 
     def grpc_worker() -> None:
-        with grpc.insecure_channel(topology.grpc_target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for _ in range(grpc_each):
-                outcome = health_check(stub)
-                if outcome == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    record("hung: grpc")
-                elif isinstance(outcome, grpc.StatusCode):
-                    record(
-                        f"clean error: grpc {outcome.name}"
-                        if outcome in CLEAN_GRPC_ERRORS
-                        else f"unclean: {outcome}"
-                    )
-                else:
-                    record(outcome)
+        with grpc.insecure_channel(topology.grpc_target, options=channel_options()) as channel:
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            while not stop.is_set():
+                try:
+                    got = classify_grpc(stub, photo)
+                except grpc.RpcError as error:
+                    code = error.code()  # type: ignore[attr-defined]
+                    details = error.details()  # type: ignore[attr-defined]
+                    failed = f"failed: {code} {details}"
+                    record("grpc", "hung" if code == grpc.StatusCode.DEADLINE_EXCEEDED else failed)
+                    continue
+                record("grpc", "ok" if same_answer(got, reference) else "wrong")
 
     threads = [threading.Thread(target=http_worker) for _ in range(http_workers)]
     threads += [threading.Thread(target=grpc_worker) for _ in range(grpc_workers)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 120
-    while len(result.outcomes) < total // 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    killed_at = time.monotonic()
-    kill()
-    for thread in threads:
-        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    try:
+        kills = faults()
+        time.sleep(2.0)  # load after the last restart, too
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=HTTP_TIMEOUT_S + 10)
     assert not any(t.is_alive() for t in threads), "load workers still running: a request hangs"
-    assert len(result.outcomes) == total
-    return result, killed_at
+    return LoadResult(outcomes, kills)
 
 
-def test_killing_a_replica_mid_load_loses_no_answer(
+KILLS = (0, 1, 0)
+
+
+def test_killing_replicas_mid_load_fails_no_request(
     topology: Topology, photo: bytes, reference: list[tuple[int, float]]
 ) -> None:
-    victim, survivor = topology.replicas
-    survivor_before = survivor.http_requests()
-    result, killed_at = run_load(
-        topology, photo, reference, lambda: victim.process.send_signal(signal.SIGKILL)
-    )
-    assert victim.process.wait(10) == -signal.SIGKILL
+    """SIGKILL a replica under load, restart it, wait until it is ready; then the other; three times.
+    nginx resends HTTP requests that were on the dead replica; gRPC calls that fail at the proxy come
+    back UNAVAILABLE and the client's retry policy sends them again: nothing fails."""
 
-    kinds = Counter(outcome.split(":")[0] for outcome in result.outcomes)
-    assert not [o for o in result.outcomes if o.startswith(("hung", "wrong", "unclean"))], Counter(
-        result.outcomes
-    )
-    after_kill = sum(1 for t in result.finished_at if t > killed_at)
-    assert after_kill >= len(result.outcomes) // 2, "the kill should land mid-load"
-    # nginx retries a refused or reset connection on the other replica, so (nearly) all succeed.
-    assert kinds["ok"] >= 0.95 * len(result.outcomes), Counter(result.outcomes)
-    assert survivor.http_requests() > survivor_before
-    assert survivor.ready()
+    def faults() -> list[float]:
+        kills = []
+        for index in KILLS:
+            time.sleep(3.0)
+            victim = topology.replicas[index]
+            before = victim.http_requests()
+            victim.process.send_signal(signal.SIGKILL)
+            kills.append(time.monotonic())
+            assert victim.process.wait(10) == -signal.SIGKILL
+            assert before > 0, "the victim was serving when it was killed"
+            replica = topology.restart(index)
+            wait_until(replica.ready, 180, "restarted replica ready", replica.log)
+        return kills
+
+    result = run_load(topology, photo, reference, faults)
+    print(f"replica kills: {len(result.kills)}; outcomes: {result.outcomes}")
+    assert len(result.kills) == len(KILLS)
+    for protocol in ("http", "grpc"):
+        assert result.outcomes[protocol]["ok"] >= 40, result.outcomes
+    assert result.failed() == {"http": Counter(), "grpc": Counter()}, result.outcomes
+    # Both restarted replicas take traffic again.
+    time.sleep(6)  # nginx's fail_timeout for a replica that failed
+    before = [r.http_requests() for r in topology.replicas]
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert classify(client, topology.url, photo).status_code == 200
+    served = [r.http_requests() - b for r, b in zip(topology.replicas, before, strict=True)]
+    assert min(served) > 0, served
 
 
 def test_surviving_replica_stops_gracefully(topology: Topology) -> None:

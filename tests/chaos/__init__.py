@@ -1,0 +1,1 @@
+"""Chaos run over the compose topology as processes (`make chaos`): see tests/chaos/runner.py."""
