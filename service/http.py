@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
 from service.engine import Engine
@@ -224,7 +225,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             work = engine.classify(variant or entry.name, images, top_k, deadline, version, budget_ms)
             outcome = await unless_disconnected(request, work)
             code = 200
-        except ClientDisconnected:
+        except (ClientDisconnected, ClientDisconnect):  # gone while we waited, or in the middle of its upload
             code = CLIENT_CLOSED_REQUEST
             log.info(
                 "event=client_disconnected request_id=%s model=%s", request.state.request_id, model_label

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from service import v2
 from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
@@ -228,6 +229,8 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             response = await work()
         except ServiceError as exc:
             response = error_response(exc)
+        except ClientDisconnect:  # gone in the middle of its upload (or timed out by the body deadline)
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception:
             log.exception("event=request_crashed protocol=%s model=%s", PROTOCOL, label)
             response = JSONResponse({"error": "internal error"}, status_code=500)
