@@ -116,6 +116,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
     unwanted_paths = (
         ".venv/bin/python", ".git/HEAD", "models/repository/b0/1/model.onnx",
         "service/_generated/x.py", "tests/unit/test_x.py", "docker/k8s/base/deployment.yaml",
+        "docker/check_image.py", "docker/image_build.py",
     )  # fmt: skip
     for unwanted in unwanted_paths:
         assert _ignored(unwanted, patterns), f"{unwanted} must stay out of the build context"
