@@ -2,7 +2,9 @@
 # effnet-serve images. Two runtime targets share one build stage:
 #   docker build --target cpu -t effnet-serve:cpu .    (default target: the last stage)
 #   docker build --target gpu -t effnet-serve:gpu .    (CUDA 13 + cuDNN 9, onnxruntime-gpu)
-# Build arguments: VARIANTS (comma list of b0..b7, lite0, or "all"), WEIGHTS (passed to the exporter).
+# Build arguments: VARIANTS (comma list of b0..b7, lite0, or "all"), WEIGHTS (passed to the exporter),
+# TORCH_INDEX_URL (where the build stage gets torch; default the PyTorch CPU index. Where that index is
+# out of reach, pass https://pypi.org/simple: its CUDA wheel is larger but exports just the same).
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -15,7 +17,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # CPU-only torch wheels first, in their own layer: the CUDA build is ~5 GB and export needs no GPU.
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
         torch==2.14.1 torchvision==0.29.1
 COPY . .
 # The export extra's torch pins match the CPU wheels above (a local "+cpu" label satisfies "==").

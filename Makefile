@@ -155,3 +155,25 @@ chaos: proto models
 	fi
 	$(PY) -m tests.chaos.runner --repository $(REPOSITORY) --models $(CHAOS_MODELS) \
 		--duration $(CHAOS_SECONDS) $(CHAOS_ARGS)
+
+# The container image built and run for real, without a Docker engine (docs/deploy.md, "Without a
+# Docker engine: buildah"): buildah (vfs storage, chroot isolation) builds --target cpu with lite0, runs
+# it and checks readiness, a cat photo over HTTP and gRPC, a non-root uid, read-only models, the
+# HEALTHCHECK and exit 0 on SIGTERM. Where the base image cannot be pulled, a stand-in is built from
+# Debian packages (debootstrap). Installs what it lacks with apt (root, as in CI); storage is temporary.
+IMAGE_APT_TOOLS := buildah:buildah debootstrap:debootstrap
+IMAGE_CHECK_ARGS ?=
+
+.PHONY: check-image
+check-image: proto
+	@missing=""; \
+	for pair in $(IMAGE_APT_TOOLS); do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "check-image: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+			install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) docker/check_image.py $(IMAGE_CHECK_ARGS)
