@@ -34,6 +34,14 @@ RUN IFS=','; for variant in ${VARIANTS}; do \
         || exit 1; \
     done \
     && chmod -R a+rX,go-w /out/models
+# The GPU image also gets an fp16 graph of every variant (`b0` then means `b0-fp16` on CUDA), each
+# checked against its fp32 model on real photos at export. The CPU image keeps fp32 only.
+RUN cp -a /out/models /out/models-gpu \
+    && IFS=','; for variant in ${VARIANTS}; do \
+        python -m models.export --variant "${variant}" --precision fp16 --repository /out/models-gpu \
+            --weights "${WEIGHTS}" || exit 1; \
+    done \
+    && chmod -R a+rX,go-w /out/models-gpu
 
 # ---------------------------------------------------------------------------------------------------
 # gpu: NVIDIA CUDA 13 + cuDNN 9 runtime with onnxruntime-gpu (Python from the distribution, in a venv).
@@ -59,7 +67,7 @@ RUN pip install --no-cache-dir -r /tmp/install/requirements-gpu.txt \
     && pip install --no-cache-dir --no-deps /tmp/install/*.whl \
     && rm -rf /tmp/install
 # Owned by root and not writable by the service user: the model directory is read-only at run time.
-COPY --from=build /out/models /models
+COPY --from=build /out/models-gpu /models
 COPY docker/healthcheck.py /usr/local/lib/effnet/healthcheck.py
 ENV EFFNET_REPOSITORY=/models \
     EFFNET_DEVICE=cuda \

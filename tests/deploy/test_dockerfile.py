@@ -54,6 +54,12 @@ def test_hadolint_finds_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_gpu_image_adds_fp16_of_every_variant() -> None:
+    build = "\n".join(stages()["build"])
+    assert "--precision fp16 --repository /out/models-gpu" in build
+    assert "cp -a /out/models /out/models-gpu" in build
+
+
 def test_stages_and_default_target() -> None:
     found = stages()
     assert list(found) == ["build", "gpu", "cpu"], "the last stage is `docker build`'s default: keep it cpu"
@@ -71,7 +77,8 @@ def test_runtime_stage_is_locked_down(stage: str) -> None:
     health = next(line for line in lines if line.startswith("HEALTHCHECK "))
     assert "healthcheck.py" in health and "CMD [" in health
     joined = "\n".join(lines)
-    assert "COPY --from=build /out/models /models" in joined
+    models = "/out/models-gpu" if stage == "gpu" else "/out/models"  # gpu: plus the fp16 graphs
+    assert f"COPY --from=build {models} /models" in joined
     assert "torch" not in joined, "torch belongs to the build stage only"
     assert f"requirements-{stage}.txt" in joined
     assert "EFFNET_REPOSITORY=/models" in joined
