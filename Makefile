@@ -31,12 +31,20 @@ proto: $(STAMP)
 # each is checked against its fp32 model on real photos and records that agreement in its model.json.
 # fp16 is for GPUs (no gain on a CPU); int8 is for CPUs, where it pays on the Lite models (about 2x).
 DERIVED ?= lite0:fp16,int8 lite1:int8 lite2:int8
+# The default cascade: lite0-int8 answers the images it is sure of, lite2 the rest. The exit confidence
+# comes from the measured curve (bench/README.md, "Cascade curve": the cheapest threshold that agreed
+# with lite2 on every real-photo view).
+CASCADE ?= cascade-lite=lite0-int8:0.45,lite2
 
 $(REPOSITORY)/.complete: $(STAMP)
 	$(PY) -m models.export --variant $(VARIANTS) --repository $(REPOSITORY) --weights $(WEIGHTS)
 	for derived in $(DERIVED); do \
 		$(PY) -m models.export --variant $${derived%%:*} --precision $${derived#*:} \
 			--repository $(REPOSITORY) --weights $(WEIGHTS) || exit 1; \
+	done
+	for cascade in $(CASCADE); do \
+		$(PY) -m models.cascade --repository $(REPOSITORY) --name $${cascade%%=*} \
+			$$(echo "$${cascade#*=}" | tr ',' '\n' | sed 's/^/--stage /') || exit 1; \
 	done
 	touch $@
 
