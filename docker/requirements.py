@@ -2,7 +2,8 @@
 
 The Docker build runs this so the images install exactly what pyproject.toml pins, in one place.
 `--target cpu` swaps onnxruntime-gpu for the plain CPU wheel (smaller image, no CUDA libraries);
-`--target gpu` keeps the list as it is.
+`--target gpu` keeps the list and adds the `gpu` extra (nvImageCodec, nvJPEG, CuPy: JPEG decoding on
+the GPU).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ _GPU_RUNTIME = re.compile(r"^onnxruntime-gpu\b")
 
 
 def serving_requirements(pyproject: Path, target: str) -> list[str]:
-    dependencies: list[str] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    dependencies: list[str] = project["dependencies"]
     if target == "gpu":
-        return list(dependencies)
+        return [*dependencies, *project.get("optional-dependencies", {}).get("gpu", [])]
     swapped = [CPU_ONNXRUNTIME if _GPU_RUNTIME.match(dep) else dep for dep in dependencies]
     if CPU_ONNXRUNTIME not in swapped:
         raise SystemExit("pyproject.toml lists no onnxruntime-gpu dependency to swap for the CPU wheel")

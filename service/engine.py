@@ -123,6 +123,11 @@ class Engine:
     def readiness(self) -> dict[str, str]:
         return self.lifecycle.readiness()
 
+    @property
+    def preprocess_backlog(self) -> int:
+        """Images being decoded or waiting for a decode thread, across all models."""
+        return self._pending_preprocess
+
     def canonical(self, name: str) -> str | None:
         """The served name `name` refers to, ignoring case (`B5` is b5); None when it is unknown."""
         return match_name(name, [AUTO, *self.lifecycle.records])
@@ -280,6 +285,7 @@ class Engine:
             results = await entry.batcher.submit(arrays, deadline=deadline)
         finally:
             self.lifecycle.release(entry)
+        self.router.observe_latency(entry.name, time.monotonic() - start)
         return InferOutcome(entry, _stack_outputs(results), _timings(results, preprocess_s, start))
 
     async def decode_images(self, images: Sequence[bytes], resize_size: int) -> list[DecodedImage]:

@@ -286,6 +286,9 @@ class Lifecycle:
                 if entry.state in (ModelState.READY, ModelState.UNLOADING):
                     entry.state = ModelState.STOPPED
             self.metrics.set_ready(record.name, False)
+        for entry in entries:
+            if entry.backend is not None:
+                entry.backend.close()
 
     # ------------------------------------------------------------------------------------- lookups
     def record(self, name: str) -> ModelRecord:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
@@ -33,6 +34,11 @@ _PRIOR_MS_PER_GMAC = 25.0
 _PRIOR_MS_BASE = 1.0
 # Decoding and resizing a camera JPEG, per image, before it is measured (ENVIRONMENT.md: 4-6 ms).
 _PRIOR_PREPROCESS_MS = 6.0
+# The latencies requests to a model really had lately: near saturation queueing outgrows any average,
+# so the prediction is never below the slow end (90th percentile) of the last few seconds.
+_RECENT_S = 2.0
+_RECENT_MIN_SAMPLES = 5
+_RECENT_QUANTILE = 0.9
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Router:
         self._settings = settings
         self._metrics = metrics
         self._preprocess_ms: dict[str, float] = {}
+        self._recent: dict[str, deque[tuple[float, float]]] = {}
 
     # ------------------------------------------------------------------------------------ dispatch
     def handles(self, name: str) -> bool:
@@ -82,6 +89,21 @@ class Router:
             for record in self._engine.lifecycle.records.values()
         )
 
+    def observe_latency(self, model: str, seconds: float) -> None:
+        """A request to `model` took `seconds` inside the engine (preprocess, queue, inference)."""
+        window = self._recent.setdefault(model, deque(maxlen=256))
+        window.append((time.monotonic(), seconds * 1000))
+
+    def _recent_tail_ms(self, model: str) -> float | None:
+        window = self._recent.get(model)
+        if not window:
+            return None
+        now = time.monotonic()
+        recent = [ms for at, ms in window if now - at <= _RECENT_S]
+        if len(recent) < _RECENT_MIN_SAMPLES:
+            return None
+        return float(np.quantile(recent, _RECENT_QUANTILE))
+
     def observe_preprocess(self, model: str, seconds_per_image: float) -> None:
         ms = seconds_per_image * 1000
         previous = self._preprocess_ms.get(model)
@@ -89,9 +111,12 @@ class Router:
 
     # ----------------------------------------------------------------------------------------- auto
     def predict_ms(self, entry: ModelEntry) -> float:
-        """Preprocessing + queue wait + one batch run, from the model's live batcher figures."""
+        """Preprocessing (behind the images already waiting for a decode thread) + queue wait + one
+        batch run, from the model's live batcher figures."""
         assert entry.spec is not None
         preprocess = self._preprocess_ms.get(entry.name, _PRIOR_PREPROCESS_MS)
+        workers = self._settings.effective_preprocess_workers
+        preprocess *= 1 + self._engine.preprocess_backlog / workers
         batcher = entry.batcher
         batch_s = batcher.recent_batch_s if batcher is not None else None
         if batch_s is None:
@@ -101,7 +126,9 @@ class Router:
         queued = batcher.queue_depth if batcher is not None else 0
         max_batch = batcher.config.max_batch_size if batcher is not None else 1
         waits = math.ceil(queued / max_batch)  # batches ahead of this request
-        return preprocess + (waits + 1) * batch_ms
+        predicted = preprocess + (waits + 1) * batch_ms
+        tail = self._recent_tail_ms(entry.name)
+        return predicted if tail is None else max(predicted, tail)
 
     def _ranked(self, budget_ms: float) -> list[Candidate]:
         """Ready models that declare an accuracy: those predicted to fit the budget, most accurate
@@ -129,7 +156,7 @@ class Router:
         if not 0 < budget <= 600_000:
             raise InvalidArgument(f"budget_ms must be between 0 and 600000, got {budget:g}")
         chosen = self._ranked(budget)[0]
-        fits = chosen.predicted_ms <= budget
+        fits = chosen.predicted_ms <= budget * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
         outcome = await self._engine.infer_images(chosen.entry.name, images, deadline)
         outcome.route = Route(

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     auto_budget_ms: float = Field(
         100.0, gt=0, le=600_000, description="variant=auto without budget_ms: the latency budget it meets"
     )
+    auto_headroom: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="auto picks models predicted within this share of the budget: the prediction is a "
+        "typical latency, the budget is meant for the slow tail (p99)",
+    )
 
     # --- network ---
     host: str = Field("0.0.0.0", description="bind address for HTTP and gRPC")
