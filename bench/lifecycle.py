@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,12 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     http_port, grpc_port = free_port(), free_port()
     argv_ = [
-        "python", "-m", "service", "serve", "--repository", str(args.repository), "--model-control", "explicit",
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1", "--log-level", "WARNING",
+        sys.executable, "-m", "service", "serve", "--repository", str(args.repository),
+        "--model-control", "explicit", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--host", "127.0.0.1", "--log-level", "WARNING",
     ]  # fmt: skip
-    import sys
-
-    argv_[0] = sys.executable
     rows = []
     with ServerProcess(
         argv_, {}, http_port, "/readyz", Path("/tmp/effnet-bench-logs/lifecycle.log")
