@@ -34,6 +34,9 @@ COUNTERS = {
     "effnet_expired_total": ("model",),
     "effnet_model_loads_total": ("model", "version", "outcome"),
     "effnet_model_unloads_total": ("model", "reason"),
+    "effnet_route_choices_total": ("policy", "model", "fits"),
+    "effnet_cascade_stage_images_total": ("cascade", "stage"),
+    "effnet_cascade_escalations_total": ("cascade", "stage"),
 }
 GAUGES = {
     "effnet_queue_depth": ("model",),
@@ -214,7 +217,7 @@ def test_dashboard_covers_the_issue_list() -> None:
     assert "effnet_batch_size_bucket" in joined and "effnet_batch_size_sum" in joined
     assert re.search(r'effnet_requests_total\{[^}]*code!~"[^"]+"', joined), "errors"
     per_model = [e for e in exprs if "effnet_" in e and "by (" in e]
-    assert all("model" in e for e in per_model if "instance" not in e), "per-model breakdowns"
+    assert all("model" in e or "cascade" in e for e in per_model if "instance" not in e), "per-model breakdowns"
 
 
 def test_dashboard_uses_the_provisioned_datasource(compose: dict[str, Any]) -> None:
