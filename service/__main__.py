@@ -18,7 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.engine import Engine
-from service.grpc import create_grpc_server
+from service.grpc_server import create_grpc_server
 from service.http import create_app
 from service.http_limits import (
     AbsorbClientDisconnect,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.lifecycle import ModelEntry, ModelRecord
+from service.model_records import ModelEntry, ModelRecord
 from service.registry import ModelState
 from service.schemas import BatcherInfo, ModelInfo, VersionInfo
 

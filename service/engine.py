@@ -19,8 +19,9 @@ import numpy as np
 from service.batcher import ItemResult
 from service.describe import describe_model
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
-from service.lifecycle import IndexEntry, Lifecycle, ModelEntry, ModelRecord
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.model_records import IndexEntry, ModelEntry, ModelRecord
 from service.names import match_name, unknown_name_message
 from service.precision import resolve_precision
 from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 from service.errors import InvalidArgument, NotReady
-from service.lifecycle import ModelEntry, ModelRecord
 from service.metrics import Metrics
+from service.model_records import ModelEntry, ModelRecord
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from service.engine import Engine, InferOutcome, top_k_predictions
 from service.errors import InvalidArgument, NotReady, UnknownModel
-from service.lifecycle import ModelEntry
+from service.model_records import ModelEntry
 from service.names import unknown_name_message
 from service.schemas import Timings
 

@@ -12,7 +12,7 @@ from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from service.engine import Engine
 from service.errors import InvalidArgument, ServiceError
-from service.grpc_common import deadline_of, model_label, observed
+from service.grpc_calls import deadline_of, model_label, observed
 from service.metrics import Metrics
 
 PROTOCOL = "v2-grpc"

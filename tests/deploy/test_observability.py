@@ -217,7 +217,8 @@ def test_dashboard_covers_the_issue_list() -> None:
     assert "effnet_batch_size_bucket" in joined and "effnet_batch_size_sum" in joined
     assert re.search(r'effnet_requests_total\{[^}]*code!~"[^"]+"', joined), "errors"
     per_model = [e for e in exprs if "effnet_" in e and "by (" in e]
-    assert all("model" in e or "cascade" in e for e in per_model if "instance" not in e), "per-model breakdowns"
+    by_model = [e for e in per_model if "instance" not in e]
+    assert all("model" in e or "cascade" in e for e in by_model), "per-model breakdowns"
 
 
 def test_dashboard_uses_the_provisioned_datasource(compose: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 from service.__main__ import _Server
 from service.batcher import Batcher, Runner
 from service.engine import Engine
-from service.grpc import create_grpc_server
+from service.grpc_server import create_grpc_server
 from service.http import create_app
 from service.metrics import Metrics
 from service.settings import Settings

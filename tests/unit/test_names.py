@@ -9,7 +9,7 @@ import pytest
 from service import v2
 from service.engine import Engine
 from service.errors import UnknownModel
-from service.grpc_common import model_label
+from service.grpc_calls import model_label
 from service.metrics import Metrics
 from service.names import closest_name, match_name, unknown_name_message
 from service.settings import Settings

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from service import v2
 from service.engine import InferOutcome
 from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
-from service.lifecycle import ModelEntry
+from service.model_records import ModelEntry
 from service.model_spec import ModelSpec
 from service.registry import ModelState
 from service.schemas import Timings

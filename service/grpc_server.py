@@ -24,7 +24,7 @@ from service._generated.inference import grpc_service_pb2
 from service.auth import bearer_matches
 from service.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
-from service.grpc_common import deadline_of, model_label, observed
+from service.grpc_calls import deadline_of, model_label, observed
 from service.grpc_options import server_options
 from service.metrics import Metrics
 from service.schemas import ModelInfo, Route
