@@ -239,13 +239,13 @@ def load_main(args: argparse.Namespace) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     log = Path("/tmp/effnet-bench-logs/family.log")
     server, _ = service(args.repository, list(SINGLE_MODELS), {"auto_budget_ms": str(args.budget_ms)}, log)
-    results: dict[str, list[dict[str, Any]]] = {"lite2": [], "auto": []}
+    fixed = [name for name in args.fixed.split(",") if name]
+    runs = [(name, {"variant": name}) for name in fixed]
+    runs.append(("auto", {"variant": "auto", "budget_ms": str(args.budget_ms)}))
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in runs}
     with server:
         for rate in rates:
-            for label, params in (
-                ("lite2", {"variant": "lite2"}),
-                ("auto", {"variant": "auto", "budget_ms": str(args.budget_ms)}),
-            ):
+            for label, params in runs:
                 target = _AutoTarget(server.base_url, params, bodies)
                 spec = LoadSpec(mode="open", duration_s=args.seconds, warmup_s=2.0, rate=rate)
                 result = asyncio.run(run_load(target, spec, server.pid))  # type: ignore[arg-type]
@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--budget-ms", type=float, default=100.0)
     load.add_argument("--rates", default="4,8,16,24,32,48")
     load.add_argument("--seconds", type=float, default=12.0)
+    load.add_argument("--fixed", default="lite2", help="models to load at a fixed name, besides auto")
     load.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     return curve_main(args) if args.command == "curve" else load_main(args)
