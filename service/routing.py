@@ -39,6 +39,11 @@ _PRIOR_PREPROCESS_MS = 6.0
 _RECENT_S = 2.0
 _RECENT_MIN_SAMPLES = 5
 _RECENT_QUANTILE = 0.9
+# Arrival rate of auto requests, and the memory of the rate at which a model was too slow: it is not
+# chosen again above 80 % of that rate; the remembered rate doubles over a minute.
+_RATE_WINDOW_S = 2.0
+_RATE_MARGIN = 0.8
+_RATE_RECOVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class Router:
         self._metrics = metrics
         self._preprocess_ms: dict[str, float] = {}
         self._recent: dict[str, deque[tuple[float, float]]] = {}
+        self._arrivals: deque[float] = deque(maxlen=100_000)
+        self._overloaded_at: dict[str, tuple[float, float]] = {}  # model -> (auto req/s, when)
 
     # ------------------------------------------------------------------------------------ dispatch
     def handles(self, name: str) -> bool:
@@ -144,17 +151,47 @@ class Router:
                 f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy "
                 "(model.json `accuracy`; models with random weights never do)"
             )
-        fitting = sorted(
-            (c for c in candidates if c.predicted_ms <= budget_ms),
-            key=lambda c: (-c.accuracy, c.predicted_ms),
-        )
-        rest = sorted((c for c in candidates if c.predicted_ms > budget_ms), key=lambda c: c.predicted_ms)
+        limit = budget_ms * self._settings.auto_headroom
+        rate = self._arrival_rate()
+        fitting, rest = [], []
+        for candidate in candidates:
+            name = candidate.entry.name
+            if candidate.predicted_ms > limit:
+                if self._recent_tail_ms(name) is not None:  # measured too slow at this load
+                    self._overloaded_at[name] = (rate, time.monotonic())
+                rest.append(candidate)
+            elif self._too_busy_for(name, rate):
+                rest.append(candidate)
+            else:
+                fitting.append(candidate)
+        fitting.sort(key=lambda c: (-c.accuracy, c.predicted_ms))
+        rest.sort(key=lambda c: c.predicted_ms)
         return fitting + rest
+
+    def _arrival_rate(self) -> float:
+        """`auto` requests per second over the last few seconds."""
+        now = time.monotonic()
+        while self._arrivals and now - self._arrivals[0] > _RATE_WINDOW_S:
+            self._arrivals.popleft()
+        return len(self._arrivals) / _RATE_WINDOW_S
+
+    def _too_busy_for(self, model: str, rate: float) -> bool:
+        """A model that was measured too slow at some request rate is not chosen again until the rate
+        is well below that; the remembered rate rises slowly, so the model is tried again in time.
+        Without this memory auto returns to the big model as soon as its queue drains, and each
+        return costs a burst of slow answers (the tail the budget is about)."""
+        seen = self._overloaded_at.get(model)
+        if seen is None:
+            return False
+        overloaded_rate, since = seen
+        allowed = overloaded_rate * _RATE_MARGIN * (1 + (time.monotonic() - since) / _RATE_RECOVERY_S)
+        return rate >= allowed
 
     async def _auto(self, images: Sequence[bytes], deadline: float, budget_ms: float | None) -> InferOutcome:
         budget = self._settings.auto_budget_ms if budget_ms is None else budget_ms
         if not 0 < budget <= 600_000:
             raise InvalidArgument(f"budget_ms must be between 0 and 600000, got {budget:g}")
+        self._arrivals.append(time.monotonic())
         chosen = self._ranked(budget)[0]
         fits = chosen.predicted_ms <= budget * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -144,5 +145,24 @@ async def test_a_bad_cascade_fails_alone_with_the_reason(
         with pytest.raises(NotReady, match=message.replace("(", r"\(")):
             await engine.classify("cascade-tiny", [png(CONFIDENT)], 1)
         assert (await engine.classify("small", [png(CONFIDENT)], 1)).model.name == "small"
+    finally:
+        await engine.stop()
+
+
+async def test_auto_remembers_the_load_at_which_a_model_was_too_slow(family: Path) -> None:
+    engine = await started(family)
+    try:
+        router = engine.router
+        for _ in range(6):  # big's recent answers took a second: far over 60 % of the budget
+            router.observe_latency("big", 1.0)
+        first = await engine.classify("auto", [png(CONFIDENT)], 1, budget_ms=500)
+        assert first.model.name == "small"
+        router._recent["big"].clear()  # its queue drained: the prediction alone would fit again
+        again = await engine.classify("auto", [png(CONFIDENT)], 1, budget_ms=500)
+        assert again.model.name == "small", "not at the load it was too slow at"
+        rate, _ = router._overloaded_at["big"]
+        router._overloaded_at["big"] = (rate, time.monotonic() - 3600)  # long ago: the limit has risen
+        later = await engine.classify("auto", [png(CONFIDENT)], 1, budget_ms=500)
+        assert later.model.name == "big"
     finally:
         await engine.stop()
