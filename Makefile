@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make serve    set up (venv, dependencies, model repository) and serve HTTP :8000, gRPC :8001"
 	@echo "make test     set up and run the test suite"
-	@echo "make models   export the default model repository ($(REPOSITORY): b0-b7, lite0-lite2, lite0-fp16, lite0/1/2-int8)"
+	@echo "make models   export the default model repository ($(REPOSITORY): b0-b7, lite0-lite2, lite0-fp16, lite0/1/2-int8, cascade-lite)"
 	@echo "make lint     ruff and mypy"
 
 $(STAMP): pyproject.toml
