@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -31,6 +31,7 @@ from service.model_spec import (
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+_Parsed = TypeVar("_Parsed", bound=BaseModel)
 CASCADE_FILE = "cascade.json"
 
 
@@ -135,21 +136,18 @@ class CascadeSpec(_Strict):
 
 
 def read_cascade(model_dir: Path) -> CascadeSpec:
-    path = model_dir / CASCADE_FILE
-    try:
-        return CascadeSpec.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        raise ModelLoadError(f"{path} is invalid: {_first_error(exc)}") from exc
-    except OSError as exc:
-        raise ModelLoadError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    return _read_json(model_dir / CASCADE_FILE, CascadeSpec)
 
 
 def read_config(model_dir: Path) -> ModelConfig:
     path = model_dir / CONFIG_FILE
-    if not path.exists():
-        return DEFAULT_CONFIG
+    return _read_json(path, ModelConfig) if path.exists() else DEFAULT_CONFIG
+
+
+def _read_json(path: Path, model: type[_Parsed]) -> _Parsed:
+    """A validated JSON file; ModelLoadError saying which file and what is wrong with it."""
     try:
-        return ModelConfig.model_validate_json(path.read_bytes())
+        return model.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         raise ModelLoadError(f"{path} is invalid: {_first_error(exc)}") from exc
     except OSError as exc:
