@@ -23,7 +23,7 @@ from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.model_records import IndexEntry, ModelEntry, ModelRecord
 from service.names import match_name, unknown_name_message
-from service.precision import resolve_precision
+from service.precision import FP16_SUFFIX, resolve_precision
 from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop
 from service.registry import ModelLoadError
 from service.routing import AUTO, Router
@@ -131,6 +131,8 @@ class Engine:
 
     def canonical(self, name: str) -> str | None:
         """The served name `name` refers to, ignoring case (`B5` is b5); None when it is unknown."""
+        if name == AUTO or name in self.lifecycle.records:  # the usual case, without building a list
+            return name
         return match_name(name, [AUTO, *self.lifecycle.records])
 
     def knows(self, name: str) -> bool:
@@ -167,8 +169,11 @@ class Engine:
         name = canonical
         if self.settings.precision == "fp32" or name == AUTO:
             return name
-        serving = {n: e for n, r in self.lifecycle.records.items() if (e := r.serving()) is not None}
-        return resolve_precision(name, self.settings.precision, serving)  # b0 -> b0-fp16 on CUDA
+        # b0 -> b0-fp16 on CUDA: only that one candidate is looked at (this runs on every request).
+        fp16 = self.lifecycle.records.get(name + FP16_SUFFIX)
+        entry = fp16.serving() if fp16 is not None else None
+        candidates = {fp16.name: entry} if fp16 is not None and entry is not None else {}
+        return resolve_precision(name, self.settings.precision, candidates)
 
     def lookup(self, name: str) -> ModelRecord:
         """The model called `name`, in whatever state. Raises UnknownModel."""
@@ -187,11 +192,17 @@ class Engine:
         """What a request for `name` would run, loaded or not (a memory budget loads it on first use):
         for the checks a protocol layer makes before reading a body. Raises UnknownModel / NotReady."""
         name = self._name(name)
-        if self.router.handles(name):
-            if version is not None:
-                raise InvalidArgument(f"'{name}' has no versions; leave the version out")
+        if self._routed(name, version):
             return self.router.hint(name)
         return self.lifecycle.hint(name, version)
+
+    def _routed(self, name: str, version: int | None) -> bool:
+        """Whether `name` is `auto` or a cascade, served by the router (which has no versions)."""
+        if not self.router.handles(name):
+            return False
+        if version is not None:
+            raise InvalidArgument(f"'{name}' has no versions; leave the version out")
+        return True
 
     def describe(self, record: ModelRecord) -> ModelInfo:
         return describe_model(record, default=record.name == self.default_model)
@@ -269,9 +280,7 @@ class Engine:
         self._check_count(len(images))
         deadline = deadline or self._default_deadline(start)
         name = self._name(model)
-        if self.router.handles(name):
-            if version is not None:
-                raise InvalidArgument(f"'{name}' has no versions; leave the version out")
+        if self._routed(name, version):
             return await self.router.infer_images(name, images, deadline, budget_ms)
         if budget_ms is not None:
             raise InvalidArgument(f"budget_ms applies to '{AUTO}', not to the model '{name}'")

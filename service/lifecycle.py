@@ -41,6 +41,7 @@ from service.registry import (
     ModelState,
     read_spec,
     scan,
+    scan_model,
     validate_files,
 )
 from service.runtime import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
@@ -318,7 +319,10 @@ class Lifecycle:
 
     async def _load_locked(self, record: ModelRecord, reason: str) -> None:
         name = record.name
-        on_disk = (await asyncio.to_thread(scan, self.settings.repository)).get(name)
+        if record.path is not None:  # its folder, found on disk: rescan just that
+            on_disk = await asyncio.to_thread(scan_model, record.path)
+        else:  # configured but absent at start: it may have appeared since
+            on_disk = (await asyncio.to_thread(scan, self.settings.repository)).get(name)
         if on_disk is None:
             record.on_disk = False
             record.reason = f"model '{name}' is no longer in the repository"

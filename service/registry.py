@@ -195,30 +195,37 @@ def scan(repository: Path) -> dict[str, ModelOnDisk]:
     if not repository.is_dir():
         return found
     for model_dir in sorted(repository.iterdir()):
-        if not model_dir.is_dir() or not MODEL_NAME_PATTERN.match(model_dir.name):
-            continue
-        if (model_dir / CASCADE_FILE).is_file():
-            cascade = ModelOnDisk(model_dir.name, model_dir)
-            try:
-                cascade.cascade = read_cascade(model_dir)
-            except ModelLoadError as exc:
-                cascade.config_error = str(exc)
-            found[cascade.name] = cascade
-            continue
-        versions = {
-            int(p.name): VersionOnDisk(int(p.name), p, _signature(p))
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and int(p.name) >= 1
-        }
-        if not versions:
-            continue
-        model = ModelOnDisk(model_dir.name, model_dir, versions)
-        try:
-            model.config = read_config(model_dir)
-        except ModelLoadError as exc:
-            model.config_error = str(exc)
-        found[model.name] = model
+        model = scan_model(model_dir)
+        if model is not None:
+            found[model.name] = model
     return found
+
+
+def scan_model(model_dir: Path) -> ModelOnDisk | None:
+    """One model folder (a cascade, or numbered versions); None when it is not a model. Pass only
+    folders found on disk: a name from a request is never joined into a path."""
+    if not model_dir.is_dir() or not MODEL_NAME_PATTERN.match(model_dir.name):
+        return None
+    if (model_dir / CASCADE_FILE).is_file():
+        cascade = ModelOnDisk(model_dir.name, model_dir)
+        try:
+            cascade.cascade = read_cascade(model_dir)
+        except ModelLoadError as exc:
+            cascade.config_error = str(exc)
+        return cascade
+    versions = {
+        int(p.name): VersionOnDisk(int(p.name), p, _signature(p))
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and int(p.name) >= 1
+    }
+    if not versions:
+        return None
+    model = ModelOnDisk(model_dir.name, model_dir, versions)
+    try:
+        model.config = read_config(model_dir)
+    except ModelLoadError as exc:
+        model.config_error = str(exc)
+    return model
 
 
 # ------------------------------------------------------------------------------------- file checking
