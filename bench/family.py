@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from service.model_spec import MODEL_FILE, SPEC_FILE, ModelSpec
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SINGLE_MODELS = ("lite0", "lite0-int8", "lite1", "lite1-int8", "lite2", "lite2-int8")

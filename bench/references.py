@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.stats import median
-from service.preprocess import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
+from service.preprocess.images import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
 
 MIN_REPEATS = 3
 

@@ -32,7 +32,7 @@ from bench.loadgen import LoadSpec, run_load
 from bench.profiles import ALL_VARIANTS, PROFILES, Profile
 from bench.targets import GrpcClassify, HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
 from service.model_spec import ModelSpec
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent

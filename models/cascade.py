@@ -3,9 +3,9 @@
     python -m models.cascade --repository models/repository --name cascade-lite \
         --stage lite0-int8:0.45 --stage lite2
 
-A cascade is a folder holding `cascade.json` (service.registry.CascadeSpec): its stages run in order and
-an image leaves at the first stage whose top probability reaches that stage's exit confidence. The
-file is validated here as the server will validate it, and written atomically.
+A cascade is a folder holding `cascade.json` (service.lifecycle.repository.CascadeSpec): its stages
+run in order and an image leaves at the first stage whose top probability reaches that stage's exit
+confidence. The file is validated here as the server will validate it, and written atomically.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.lifecycle.repository import CASCADE_FILE, CascadeSpec
 from service.model_spec import MODEL_NAME_PATTERN
-from service.registry import CASCADE_FILE, CascadeSpec
 
 
 def parse_stage(text: str) -> dict[str, object]:

@@ -5,7 +5,7 @@ Two disjoint sets of views of the same photos:
   its mirror image, and two 80 % corner crops (one of them mirrored);
 - the *calibration* set (what int8 activation ranges are measured on): a 60 % centre crop, a 70 %
   top-right crop and a mirrored 70 % bottom-left crop of each photo.
-Every view is encoded as a JPEG (quality 95) and preprocessed by `service.preprocess`, exactly as the
+Every view is encoded as a JPEG (quality 95) and preprocessed by `service.preprocess.images`, exactly as the
 server would preprocess an upload, at the model's own resolution.
 """
 
@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 # Photographs of things ImageNet knows, shipped inside scikit-image (no download).
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "clock", "moon", "hubble_deep_field")
@@ -68,7 +68,7 @@ CALIBRATION_VIEWS: tuple[tuple[str, View], ...] = (
 )
 AGREEMENT_SET = (
     f"scikit-image {', '.join(PHOTOS)}; each whole, mirrored, top-left 80% crop, mirrored bottom-right "
-    "80% crop; JPEG q95, preprocessed by service.preprocess"
+    "80% crop; JPEG q95, preprocessed by service.preprocess.images"
 )
 
 

@@ -49,7 +49,7 @@ from service.model_spec import (
     TensorSpec,
     WeightsProvenance,
 )
-from service.preprocess import PreprocessSpec
+from service.preprocess.images import PreprocessSpec
 
 Step = Callable[[str], None]
 

@@ -17,20 +17,20 @@ import grpc
 import uvicorn
 from pydantic import ValidationError
 
-from service.engine import Engine
-from service.grpc_server import create_grpc_server
-from service.http import create_app
-from service.http_limits import (
+from service.api.grpc.server import create_grpc_server
+from service.api.http.app import create_app
+from service.api.http.limits import (
     AbsorbClientDisconnect,
     EdgeLimits,
     EdgeMetrics,
     ensure_file_descriptors,
     limited_protocol,
 )
+from service.core.engine import Engine
+from service.lifecycle.repository import ModelLoadError
 from service.logs import setup_logging
 from service.metrics import Metrics
-from service.registry import ModelLoadError
-from service.runtime import RuntimeUnavailable
+from service.runtime.session import RuntimeUnavailable
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -109,7 +109,7 @@ async def serve(settings: Settings) -> int:
             AbsorbClientDisconnect(app),
             host=settings.host,
             port=settings.http_port,
-            # httptools with header/body deadlines and the connection cap (service/http_limits.py)
+            # httptools with header/body deadlines and the connection cap (service/api/http/limits.py)
             http=limited_protocol(edge_limits, EdgeMetrics(metrics.registry)),
             lifespan="off",
             log_config=None,
@@ -177,7 +177,7 @@ async def serve(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["classify"]:
-        from service.client import main as client_main
+        from service.client.cli import main as client_main
 
         return client_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)

@@ -134,7 +134,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    # --- BatchObserver protocol (service.batcher) ---
+    # --- BatchObserver protocol (service.runtime.batcher) ---
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.inference_duration.labels(model).observe(inference_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.lifecycle.repository import CascadeStage
 from service.model_spec import (
     Agreement,
     DeclaredAccuracy,
@@ -12,7 +13,6 @@ from service.model_spec import (
     TensorSpec,
     WeightsProvenance,
 )
-from service.registry import CascadeStage
 
 
 class Prediction(BaseModel):

@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
-    # --- GPU path (service/runtime.py, service/precision.py, service/preprocess_backends.py) ---
+    # --- GPU path (service/runtime/session.py, service/core/precision.py, service/preprocess/backends.py) ---
     precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto",
         description="which graph a bare variant name means: auto: '<name>-fp16' when that model is loaded "
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    # --- edges: connection-level protections (service/http_limits.py, service/grpc_options.py) ---
+    # --- edges: connection-level protections (service/api/http/limits.py, service/api/grpc/options.py) ---
     http_header_timeout_s: float = Field(
         10.0, gt=0, description="time a connection may take to send a request's headers; then 408 and close"
     )

@@ -183,7 +183,7 @@ def memory_flat(model_path: Path, crop: int, gmacs: float, profile: Profile) -> 
     """Warm the service's runtime as the engine does, then random batch sizes: memory before/after."""
     import psutil
 
-    from service.runtime import OrtRunner, RuntimeOptions, warmup_batch_sizes
+    from service.runtime.session import OrtRunner, RuntimeOptions, warmup_batch_sizes
     from service.settings import Settings
 
     # Buckets and IO binding are what CUDA gets by default; asked for explicitly so the dry run on
@@ -281,7 +281,7 @@ def service_runs(
     from bench.images import FULL_HD, make_jpegs
     from bench.servers import service
     from service.model_spec import ModelSpec
-    from service.preprocess import PreprocessSpec, preprocess
+    from service.preprocess.images import PreprocessSpec, preprocess
 
     jpegs = make_jpegs(FULL_HD, count=4)
     settings = {

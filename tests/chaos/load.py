@@ -12,7 +12,7 @@ import grpc
 import httpx
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.retry_policy import channel_options
+from service.client.retry_policy import channel_options
 
 CLIENT_TIMEOUT_S = 60.0
 Answer = list[tuple[int, float]]

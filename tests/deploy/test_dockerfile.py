@@ -117,8 +117,8 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for needed in ("pyproject.toml", "README.md", "service/engine.py", "models/export.py", "proto/x.proto",
-                   "docker/healthcheck.py", "docker/requirements.py"):  # fmt: skip
+    for needed in ("pyproject.toml", "README.md", "service/core/engine.py", "models/export.py",
+                   "proto/x.proto", "docker/healthcheck.py", "docker/requirements.py"):  # fmt: skip
         assert not _ignored(needed, patterns), f"{needed} must reach the build context"
     unwanted_paths = (
         ".venv/bin/python", ".git/HEAD", "models/repository/b0/1/model.onnx",

@@ -1,7 +1,7 @@
 """The compose topology as plain processes: two replicas behind nginx running the repo's own config.
 
 Load goes through nginx over HTTP (/classify with a real photo) and gRPC (Classify, with the published
-retry policy of service/retry_policy.py); it must spread over both replicas. Replicas are SIGKILLed
+retry policy of service/client/retry_policy.py); it must spread over both replicas. Replicas are SIGKILLed
 mid-load and restarted, several times: every request must still get the correct answer, none fails,
 none hangs, none is wrong.
 """
@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.retry_policy import channel_options
+from service.client.retry_policy import channel_options
 
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries

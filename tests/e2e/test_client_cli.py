@@ -42,7 +42,7 @@ def by_name(records: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 
 
 def test_folder_over_http_to_jsonl(live_server, photos: Path, tmp_path: Path, capsys) -> None:
-    from service.client import main
+    from service.client.cli import main
 
     out = tmp_path / "results.jsonl"
     args = [str(photos), "--model", "LITE0", "--concurrency", "3", "--output", str(out)]
@@ -67,7 +67,7 @@ def test_folder_over_http_to_jsonl(live_server, photos: Path, tmp_path: Path, ca
 
 
 def test_files_and_folders_over_grpc_to_csv(live_server, photos: Path, tmp_path: Path, capsys) -> None:
-    from service.client import main
+    from service.client.cli import main
 
     out = tmp_path / "results.csv"
     paths = [str(photos / "more"), str(photos / "chelsea.jpg"), str(photos / "more" / "coffee.PNG")]
@@ -84,7 +84,7 @@ def test_files_and_folders_over_grpc_to_csv(live_server, photos: Path, tmp_path:
 
 
 def test_failures_never_stop_the_run(live_server, photos: Path, tmp_path: Path, capsys) -> None:
-    from service.client import main
+    from service.client.cli import main
 
     out = tmp_path / "results.jsonl"
     args = [str(photos), "--model", "b9", "--url", live_server.http_url, "--format", "jsonl", "-o", str(out)]

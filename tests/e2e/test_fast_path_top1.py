@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision import transforms
 
 from service.model_spec import ModelSpec
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 pytestmark = pytest.mark.slow
 

@@ -181,7 +181,7 @@ async def test_overload_deadline_and_clean_stop(server_factory, model_repository
 
 @pytest.mark.parametrize("protocol", ["--grpc", "--http"])
 def test_cli_client_prints_a_table(live_server, real_photos, tmp_path, capsys, protocol) -> None:
-    from service.client import main
+    from service.client.cli import main
 
     photo = tmp_path / "coffee.jpg"
     photo.write_bytes(real_photos["coffee"])

@@ -17,7 +17,7 @@ from models.export import export_variant, main
 from models.photos import PHOTOS, PhotoSet, agreement_set, calibration_set
 from models.weights import sha256_file
 from service.model_spec import LABELS_FILE, MODEL_FILE, SPEC_FILE, ModelSpec, Precision, read_labels
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 pytestmark = pytest.mark.slow
 

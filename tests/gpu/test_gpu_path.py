@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.runtime import CUDA, OrtRunner, RuntimeOptions, nvidia_gpu_present
+from service.runtime.session import CUDA, OrtRunner, RuntimeOptions, nvidia_gpu_present
 from tests.tiny_model import SIZE, write_model
 
 pytestmark = pytest.mark.gpu
@@ -111,10 +111,10 @@ def test_gpu_memory_stays_flat_after_warm_up(tmp_path: Path) -> None:
 @requires_cuda
 def test_nvimgcodec_and_the_device_resize_graph_match_pillow(real_photos: dict[str, bytes]) -> None:
     pytest.importorskip("cupy")
-    from service.nvimgcodec_decoder import BatchingJpegDecoder, load_nvimgcodec
-    from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
-    from service.preprocess_backends import GraphBackend
-    from service.resize_graph import ResizeGraphRunner
+    from service.preprocess.backends import GraphBackend
+    from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
+    from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
+    from service.preprocess.resize_graph import ResizeGraphRunner
 
     codec = load_nvimgcodec()
     if codec is None:
@@ -139,7 +139,7 @@ def test_nvimgcodec_and_the_device_resize_graph_match_pillow(real_photos: dict[s
 async def test_engine_on_cuda_with_gpu_decoding_keeps_lite0_top1(
     model_repository: Path, real_photos: dict[str, bytes]
 ) -> None:
-    from service.engine import Engine
+    from service.core.engine import Engine
     from service.metrics import Metrics
     from service.settings import Settings
 

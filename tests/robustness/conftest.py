@@ -21,11 +21,11 @@ import uvicorn
 from PIL import Image
 
 from service.__main__ import _Server
-from service.batcher import Batcher, Runner
-from service.engine import Engine
-from service.grpc_server import create_grpc_server
-from service.http import create_app
+from service.api.grpc.server import create_grpc_server
+from service.api.http.app import create_app
+from service.core.engine import Engine
 from service.metrics import Metrics
+from service.runtime.batcher import Batcher, Runner
 from service.settings import Settings
 from tests.e2e.conftest import LiveServer, ServerFactory, free_port, server_factory  # noqa: F401
 from tests.tiny_model import write_model

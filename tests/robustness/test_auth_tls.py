@@ -16,7 +16,7 @@ from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
 from service._generated.inference import grpc_service_pb2 as v2pb
 from service._generated.inference import grpc_service_pb2_grpc as v2pb_grpc
-from service.grpc_server import create_grpc_server
+from service.api.grpc.server import create_grpc_server
 from service.settings import Settings
 from tests.robustness import corpus
 from tests.robustness.conftest import InProcess, LiveServer, ServerFactory, free_port

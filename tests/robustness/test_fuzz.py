@@ -12,10 +12,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import v2
+from service.api.v2 import dataplane as v2
+from service.api.v2.http import parse_infer_request
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
-from service.v2_http import parse_infer_request
+from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
 from tests.robustness import corpus
 
 EXAMPLES = int(os.environ.get("EFFNET_FUZZ_EXAMPLES", "120"))

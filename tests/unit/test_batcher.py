@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, BatcherConfig, ItemResult
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
+from service.runtime.batcher import Batcher, BatcherConfig, ItemResult
 
 MODEL = "fake"
 
@@ -388,7 +388,7 @@ async def test_failing_batch_fails_only_its_callers(caplog: pytest.LogCaptureFix
         blocker = await start_blocker(batcher, runner)
         tasks = [asyncio.create_task(batcher.submit([item(i)])) for i in range(1, 5)]
         await settle()
-        with caplog.at_level(logging.ERROR, logger="service.batcher"):
+        with caplog.at_level(logging.ERROR, logger="service.runtime.batcher"):
             runner.release()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         [after] = await batcher.submit([item(9)])  # the loop survived

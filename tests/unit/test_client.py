@@ -9,9 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from service import client
-from service.client import Failure, classify_all, classify_one, find_images
-from service.client_report import Outcome, Writer, summarise
+from service.client import cli as client
+from service.client.cli import Failure, classify_all, classify_one, find_images
+from service.client.report import Outcome, Writer, summarise
 
 
 def test_find_images_walks_folders_and_keeps_named_files(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.engine import Engine, top_k_predictions
+from service.core.engine import Engine, top_k_predictions
 from service.errors import InvalidArgument, NotReady, Overloaded, UnknownModel
 from service.metrics import Metrics
 from service.settings import Settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.engine import Engine
+from service.core.engine import Engine
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.tiny_model import write_model

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.engine import Engine
-from service.http import create_app
+from service.api.http.app import create_app
+from service.core.engine import Engine
 from service.metrics import Metrics
 from service.settings import Settings
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.engine import Engine
+from service.core.engine import Engine
 from service.errors import LoadFailed, NotReady, Overloaded, ServiceError, UnknownModel
 from service.metrics import Metrics
 from service.settings import Settings
@@ -203,9 +203,9 @@ async def test_memory_budget_loads_lazily_and_evicts_the_least_recently_used(
     # Deterministic sizes: resident-set growth is noisy within one test process (the first load also
     # starts ONNX Runtime's thread pools), so RSS reads flat and every model counts its graph file's
     # 12 MB (the lifecycle's floor); the first-load estimate is the file alone.
-    monkeypatch.setattr("service.lifecycle.rss_bytes", lambda: 0)
-    monkeypatch.setattr("service.lifecycle._ESTIMATE_FACTOR", 1.2)
-    monkeypatch.setattr("service.lifecycle._ESTIMATE_BASE", 0)
+    monkeypatch.setattr("service.lifecycle.manager.rss_bytes", lambda: 0)
+    monkeypatch.setattr("service.lifecycle.manager._ESTIMATE_FACTOR", 1.2)
+    monkeypatch.setattr("service.lifecycle.manager._ESTIMATE_BASE", 0)
     repository = tmp_path / "big"
     for name in ("alpha", "beta", "gamma"):
         write_model(repository, name, padding_bytes=12 << 20)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from service import v2
-from service.engine import Engine
+from service.api.grpc.calls import model_label
+from service.api.v2 import dataplane as v2
+from service.core.engine import Engine
+from service.core.names import closest_name, match_name, unknown_name_message
 from service.errors import UnknownModel
-from service.grpc_calls import model_label
 from service.metrics import Metrics
-from service.names import closest_name, match_name, unknown_name_message
 from service.settings import Settings
 from tests.tiny_model import write_model
 

@@ -1,4 +1,4 @@
-"""Which graph a bare model name means under --precision (service/precision.py)."""
+"""Which graph a bare model name means under --precision (service/core/precision.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.precision import choose_model, resolve_precision
+from service.core.precision import choose_model, resolve_precision
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 

@@ -1,4 +1,4 @@
-"""Unit tests for service.preprocess: formats, modes, orientation, geometry, and bad input."""
+"""Unit tests for service.preprocess.images: formats, modes, orientation, geometry, and bad input."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from service import preprocess as pp
 from service.errors import BadImage, EmptyBody, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 from service.model_spec import ModelSpec
-from service.preprocess import DecodeLimits, PreprocessSpec, preprocess, sniff_format
+from service.preprocess import images as pp
+from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess, sniff_format
 
 SMALL = PreprocessSpec(crop_size=32, resize_size=32, interpolation="bilinear")
 B0 = PreprocessSpec(crop_size=224, resize_size=256, interpolation="bicubic")

@@ -1,4 +1,4 @@
-"""Preprocessing backends (service/preprocess_backends.py) and the nvImageCodec batching decoder.
+"""Preprocessing backends (service/preprocess/backends.py) and the nvImageCodec batching decoder.
 
 nvImageCodec needs a GPU, so here it is replaced by a stand-in module with the same surface
 (Decoder, CodeStream, DecodeParams): what is tested is our batching, fallback and limit logic.
@@ -19,15 +19,15 @@ import pytest
 from PIL import Image
 
 from service.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
-from service.nvimgcodec_decoder import BatchingJpegDecoder
-from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
-from service.preprocess_backends import (
+from service.preprocess.backends import (
     GraphBackend,
     PillowBackend,
     choose_backend,
     create_backend,
 )
-from service.resize_graph import ResizeGraphRunner
+from service.preprocess.gpu_jpeg import BatchingJpegDecoder
+from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
+from service.preprocess.resize_graph import ResizeGraphRunner
 from service.settings import Settings
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import PreprocessSpec, preprocess
+from service.preprocess.images import PreprocessSpec, preprocess
 
 transforms = pytest.importorskip("torchvision.transforms")
 skimage_data = pytest.importorskip("skimage.data")

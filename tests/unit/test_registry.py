@@ -17,7 +17,14 @@ from service.errors import (
     retry_after,
     status_for,
 )
-from service.registry import HashCache, ModelLoadError, VersionPolicy, read_config, scan, validate_files
+from service.lifecycle.repository import (
+    HashCache,
+    ModelLoadError,
+    VersionPolicy,
+    read_config,
+    scan,
+    validate_files,
+)
 from tests.tiny_model import write_model
 
 

@@ -1,4 +1,4 @@
-"""The resize-and-crop ONNX graph (service/resize_graph.py) against the Pillow path it replaces on
+"""The resize-and-crop ONNX graph (service/preprocess/resize_graph.py) against the Pillow path it replaces on
 the GPU, both run here on the CPU."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from service.model_spec import ModelSpec
-from service.preprocess import PreprocessSpec, decode_rgb, preprocess
-from service.resize_graph import ResizeGraphRunner, build_resize_crop_graph
+from service.preprocess.images import PreprocessSpec, decode_rgb, preprocess
+from service.preprocess.resize_graph import ResizeGraphRunner, build_resize_crop_graph
 
 
 def smooth_image(width: int, height: int, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The published gRPC retry policy (service/retry_policy.py), on a real channel against a stand-in
+"""The published gRPC retry policy (service/client/retry_policy.py), on a real channel against a stand-in
 Classifier that fails its first attempts with UNAVAILABLE (as a proxy does when a replica dies)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
-from service.retry_policy import RETRY_POLICY, SERVICE_CONFIG_JSON, channel_options
+from service.client.retry_policy import RETRY_POLICY, SERVICE_CONFIG_JSON, channel_options
 
 
 class FlakyClassifier(pb_grpc.ClassifierServicer):

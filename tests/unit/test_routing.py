@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from service.engine import Engine
+from service.core.engine import Engine
 from service.errors import InvalidArgument, NotReady
 from service.metrics import Metrics
 from service.settings import Settings

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batch_buffers import bucket_for
-from service.runtime import (
+from service.runtime.buffers import bucket_for
+from service.runtime.session import (
     CPU,
     OrtRunner,
     RuntimeOptions,

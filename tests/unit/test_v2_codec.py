@@ -1,5 +1,5 @@
-"""The Open Inference Protocol codecs and request logic (service.v2, v2_http, v2_grpc), with a fake
-engine: no model, no server."""
+"""The Open Inference Protocol codecs and request logic (service.api.v2: dataplane, http, grpc), with
+a fake engine: no model, no server."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import v2
-from service.engine import InferOutcome
+from service.api.v2 import dataplane as v2
+from service.api.v2.grpc import pb, request_from_message, response_message, set_parameter
+from service.api.v2.http import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from service.core.engine import InferOutcome
 from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
-from service.model_records import ModelEntry
+from service.lifecycle.records import ModelEntry
+from service.lifecycle.repository import ModelState
 from service.model_spec import ModelSpec
-from service.registry import ModelState
 from service.schemas import Timings
-from service.v2_grpc import pb, request_from_message, response_message, set_parameter
-from service.v2_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 8
@@ -49,7 +49,8 @@ def make_entry(name: str = "tiny") -> ModelEntry:
 
 
 class FakeEngine:
-    """The slice of Engine that service.v2 uses; outputs are derived from the input so tests can check."""
+    """The slice of Engine that the V2 data plane uses; outputs are derived from the input so tests
+    can check."""
 
     class _NoRouting:
         @staticmethod

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import bearer_matches
+from service.api.auth import bearer_matches
 from service.errors import NotReady, ServiceError, Unauthenticated
 
 ErrorResponder = Callable[[ServiceError, str], ASGIApp]

@@ -10,7 +10,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from service.engine import Engine
+from service.core.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from service.engine import Engine, InferOutcome, top_k_predictions
+from service.core.engine import Engine, InferOutcome, top_k_predictions
+from service.core.names import unknown_name_message
 from service.errors import InvalidArgument, NotReady, UnknownModel
-from service.model_records import ModelEntry
-from service.names import unknown_name_message
+from service.lifecycle.records import ModelEntry
 from service.schemas import Timings
 
 PIXELS = "pixels"

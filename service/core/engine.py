@@ -16,17 +16,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.batcher import ItemResult
-from service.describe import describe_model
+from service.core.describe import describe_model
+from service.core.names import match_name, unknown_name_message
+from service.core.precision import FP16_SUFFIX, resolve_precision
+from service.core.routing import AUTO, Router
 from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
-from service.lifecycle import Lifecycle
+from service.lifecycle.manager import Lifecycle
+from service.lifecycle.records import IndexEntry, ModelEntry, ModelRecord
+from service.lifecycle.repository import ModelLoadError
 from service.metrics import Metrics
-from service.model_records import IndexEntry, ModelEntry, ModelRecord
-from service.names import match_name, unknown_name_message
-from service.precision import FP16_SUFFIX, resolve_precision
-from service.preprocess import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop
-from service.registry import ModelLoadError
-from service.routing import AUTO, Router
+from service.preprocess.images import DecodedImage, DecodeLimits, configure_pillow, decode, resize_crop
+from service.runtime.batcher import ItemResult
 from service.schemas import ModelInfo, ModelList, Prediction, Route, Timings
 from service.settings import Settings
 

@@ -21,15 +21,15 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from service._generated import POOL
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service._generated.inference import grpc_service_pb2
-from service.auth import bearer_matches
-from service.engine import Engine
+from service.api.auth import bearer_matches
+from service.api.grpc.calls import deadline_of, model_label, observed
+from service.api.grpc.options import server_options
+from service.api.v2.grpc import V2Servicer, add_v2_servicer
+from service.core.engine import Engine
 from service.errors import ServiceError, retry_after, status_for
-from service.grpc_calls import deadline_of, model_label, observed
-from service.grpc_options import server_options
 from service.metrics import Metrics
 from service.schemas import ModelInfo, Route
 from service.settings import Settings
-from service.v2_grpc import V2Servicer, add_v2_servicer
 
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 V2_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name

@@ -2,16 +2,16 @@
 
 One interface, three implementations; the engine asks `create_backend` once per model and calls
 `prepare` per image in its thread pool, never knowing which one it got:
-- `pillow`: decode, resize and crop on the CPU with Pillow (service/preprocess.py). The CPU path,
+- `pillow`: decode, resize and crop on the CPU with Pillow (service/preprocess/images.py). The CPU path,
   and the default wherever the GPU path is not chosen.
 - `graph` with Pillow decoding: Pillow decodes at full resolution, the resize-and-crop ONNX graph
-  (service/resize_graph.py) runs on the model's device.
+  (service/preprocess/resize_graph.py) runs on the model's device.
 - `graph` with nvImageCodec decoding: JPEGs decoded on the GPU in batches
-  (service/nvimgcodec_decoder.py), resized and cropped there by the graph; the row stays in device
+  (service/preprocess/gpu_jpeg.py), resized and cropped there by the graph; the row stays in device
   memory until the model's batch reads it. Anything nvImageCodec refuses (other formats, CMYK or
   YCCK JPEGs, corrupt data) goes through the Pillow path for that image, with its errors.
 
-Format checks and pixel limits (service/preprocess.py) run before any decoder sees the bytes.
+Format checks and pixel limits (service/preprocess/images.py) run before any decoder sees the bytes.
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from service.nvimgcodec_decoder import BatchingJpegDecoder, load_nvimgcodec
-from service.preprocess import DecodeLimits, PreprocessSpec, check_format, decode_rgb, jpeg_header, preprocess
-from service.resize_graph import ResizeGraphRunner
+from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
+from service.preprocess.images import (
+    DecodeLimits,
+    PreprocessSpec,
+    check_format,
+    decode_rgb,
+    jpeg_header,
+    preprocess,
+)
+from service.preprocess.resize_graph import ResizeGraphRunner
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

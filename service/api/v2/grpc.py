@@ -1,4 +1,5 @@
-"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, translated to `service.v2`."""
+"""`inference.GRPCInferenceService`: the Open Inference Protocol over gRPC, translated to the V2 data
+plane (`service.api.v2.dataplane`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service import v2
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.engine import Engine
+from service.api.grpc.calls import deadline_of, model_label, observed
+from service.api.v2 import dataplane as v2
+from service.core.engine import Engine
 from service.errors import InvalidArgument, ServiceError
-from service.grpc_calls import deadline_of, model_label, observed
 from service.metrics import Metrics
 
 PROTOCOL = "v2-grpc"

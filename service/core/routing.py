@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 
 from service.errors import InvalidArgument, NotReady
+from service.lifecycle.records import ModelEntry, ModelRecord
 from service.metrics import Metrics
-from service.model_records import ModelEntry, ModelRecord
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.engine import Engine, InferOutcome
+    from service.core.engine import Engine, InferOutcome
 
 AUTO = "auto"
 _EWMA_ALPHA = 0.2
@@ -207,7 +207,7 @@ class Router:
 
     # -------------------------------------------------------------------------------------- cascade
     async def _cascade(self, record: ModelRecord, images: Sequence[bytes], deadline: float) -> InferOutcome:
-        from service.engine import InferOutcome
+        from service.core.engine import InferOutcome
 
         start = time.monotonic()
         entry = record.versions[1]

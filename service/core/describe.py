@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.model_records import ModelEntry, ModelRecord
-from service.registry import ModelState
+from service.lifecycle.records import ModelEntry, ModelRecord
+from service.lifecycle.repository import ModelState
 from service.schemas import BatcherInfo, ModelInfo, VersionInfo
 
 

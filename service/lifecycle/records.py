@@ -1,5 +1,5 @@
 """What the server knows of each model: its versions (`ModelEntry`) in whatever state, and the record
-per model name (`ModelRecord`) that the lifecycle (service/lifecycle.py) keeps and the request path
+per model name (`ModelRecord`) that the lifecycle (service/lifecycle/manager.py) keeps and the request path
 reads. Plain data; the state changes are the lifecycle's."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.batcher import Batcher
+from service.lifecycle.repository import DEFAULT_CONFIG, CascadeSpec, ModelConfig, ModelState
 from service.model_spec import ModelSpec
-from service.preprocess import PreprocessSpec
-from service.preprocess_backends import PreprocessBackend
-from service.registry import DEFAULT_CONFIG, CascadeSpec, ModelConfig, ModelState
-from service.runtime import OrtRunner
+from service.preprocess.backends import PreprocessBackend
+from service.preprocess.images import PreprocessSpec
+from service.runtime.batcher import Batcher
+from service.runtime.session import OrtRunner
 
 
 @dataclass

@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.client_report import Outcome, Writer, render, summarise
-from service.retry_policy import channel_options
+from service.client.report import Outcome, Writer, render, summarise
+from service.client.retry_policy import channel_options
 
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_URL = "127.0.0.1:8001"

@@ -1,5 +1,5 @@
 """The model repository on disk: `<name>/[config.json]` and `<name>/<version>/{model.onnx, model.json,
-labels.txt}`. Reading and checking files only; which versions are loaded is `service.lifecycle`'s job.
+labels.txt}`. Reading and checking files only; which versions are loaded is `service.lifecycle.manager`'s job.
 
 Only names found on disk become models; a name from a request is looked up in the lifecycle's table and
 never joined into a path.

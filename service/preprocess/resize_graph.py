@@ -2,7 +2,7 @@
 
 Input `image`: uint8 (H, W, 3), RGB, any size. Output `pixels`: uint8 (3, crop, crop).
 Geometry is torchvision's ``Resize(resize_size)`` + ``CenterCrop(crop_size)`` on a PIL image, as
-service/preprocess.py documents: the shorter side becomes resize_size, the longer one
+service/preprocess/images.py documents: the shorter side becomes resize_size, the longer one
 ``int(resize_size * long / short)``; crop offsets ``round((size - crop) / 2)``, half to even. The
 resampling is ONNX ``Resize`` with antialiasing (a kernel widened by the downscale factor, as
 Pillow does), half-pixel centres, Pillow's bicubic coefficient -0.5 and its border handling
@@ -20,7 +20,7 @@ from typing import Any, Final
 import onnx
 from onnx import TensorProto, helper
 
-from service.preprocess import PreprocessSpec
+from service.preprocess.images import PreprocessSpec
 
 INPUT_NAME: Final = "image"
 OUTPUT_NAME: Final = "pixels"

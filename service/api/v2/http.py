@@ -20,9 +20,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from service import v2
-from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
-from service.engine import Engine
+from service.api.http.body import read_body, retry_headers
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
+from service.api.v2 import dataplane as v2
+from service.core.engine import Engine
 from service.errors import (
     BadRequest,
     EmptyBody,
@@ -32,7 +33,6 @@ from service.errors import (
     UnsupportedMediaType,
     status_for,
 )
-from service.http_common import read_body, retry_headers
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.batch_buffers import BoundBatch, Items, bucket_for, is_device_array
+from service.runtime.buffers import BoundBatch, Items, bucket_for, is_device_array
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,16 +24,11 @@ import contextlib
 import logging
 import time
 
-from service.batcher import Batcher, BatcherConfig
+from service.core.names import unknown_name_message
 from service.errors import DeadlineExceeded, LoadFailed, NotReady, Overloaded, UnknownModel
-from service.memory import release_freed_memory, rss_bytes
-from service.metrics import Metrics
-from service.model_records import IndexEntry, ModelEntry, ModelRecord
-from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
-from service.names import unknown_name_message
-from service.preprocess import PreprocessSpec
-from service.preprocess_backends import create_backend
-from service.registry import (
+from service.lifecycle.memory import release_freed_memory, rss_bytes
+from service.lifecycle.records import IndexEntry, ModelEntry, ModelRecord
+from service.lifecycle.repository import (
     CASCADE_FILE,
     HashCache,
     ModelLoadError,
@@ -44,7 +39,12 @@ from service.registry import (
     scan_model,
     validate_files,
 )
-from service.runtime import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
+from service.metrics import Metrics
+from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
+from service.preprocess.backends import create_backend
+from service.preprocess.images import PreprocessSpec
+from service.runtime.batcher import Batcher, BatcherConfig
+from service.runtime.session import OrtRunner, RuntimeOptions, RuntimeUnavailable, warmup_batch_sizes
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -243,7 +243,7 @@ def jpeg_header(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> tuple[tu
 
 def decode_rgb(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
     """Encoded image -> its full-resolution RGB pixels, uint8 (H, W, 3), EXIF orientation applied,
-    transparency on white: the input of the resize graph (service/resize_graph.py)."""
+    transparency on white: the input of the resize graph (service/preprocess/resize_graph.py)."""
     fmt = check_format(data, limits)
     image, _, _ = _decode(data, fmt, None, limits)
     if image.mode != "RGB":

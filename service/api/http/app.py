@@ -15,8 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from service.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
-from service.engine import Engine
+from service.api.http.body import read_body, retry_headers
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
+from service.api.http.gate import RequestGate
+from service.api.http.web import add_front_door
+from service.api.v2.http import create_v2_router
+from service.core.engine import Engine
 from service.errors import (
     BadRequest,
     EmptyBody,
@@ -25,8 +29,6 @@ from service.errors import (
     UnsupportedMediaType,
     status_for,
 )
-from service.http_common import read_body, retry_headers
-from service.http_gate import RequestGate
 from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import (
     ClassifyResponse,
@@ -37,8 +39,6 @@ from service.schemas import (
     Readiness,
 )
 from service.settings import Settings
-from service.v2_http import create_v2_router
-from service.web import add_front_door
 
 log = logging.getLogger(__name__)
 

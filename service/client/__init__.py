@@ -1,0 +1,1 @@
+"""`python -m service classify`: the bulk client, its report, and the gRPC retry policy."""
