@@ -3,7 +3,7 @@
     python -m models.cascade --repository models/repository --name cascade-lite \
         --stage lite0-int8:0.45 --stage lite2
 
-A cascade is a folder holding `cascade.json` (service.lifecycle.repository.CascadeSpec): its stages
+A cascade is a folder holding `cascade.json` (service.lifecycle.configs.CascadeSpec): its stages
 run in order and an image leaves at the first stage whose top probability reaches that stage's exit
 confidence. The file is validated here as the server will validate it, and written atomically.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.lifecycle.repository import CASCADE_FILE, CascadeSpec
+from service.lifecycle.configs import CASCADE_FILE, CascadeSpec
 from service.model_spec import MODEL_NAME_PATTERN
 
 

@@ -27,7 +27,7 @@ from service.api.http.limits import (
     limited_protocol,
 )
 from service.core.engine import Engine
-from service.lifecycle.repository import ModelLoadError
+from service.lifecycle.files import ModelLoadError
 from service.logs import setup_logging
 from service.metrics import Metrics
 from service.runtime.session import RuntimeUnavailable

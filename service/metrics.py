@@ -24,7 +24,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """The service's metric set (names as in DESIGN.md). Label values are bounded: model names come
+    """The service's metric set (Prometheus naming). Label values are bounded: model names come
     from the repository, protocol from a fixed set, code from the status table."""
 
     def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = True) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from service.lifecycle.repository import CascadeStage
 from service.model_spec import (
     Agreement,
     DeclaredAccuracy,
@@ -82,6 +81,13 @@ class VersionInfo(BaseModel):
     in_flight: int = Field(0, description="requests holding this version now")
 
 
+class StageInfo(BaseModel):
+    """One stage of a cascade, as its cascade.json states it."""
+
+    model: str
+    exit_confidence: float | None = Field(None, description="answers here at or above this top probability")
+
+
 class ModelInfo(BaseModel):
     name: str
     kind: str = Field("model", description="model, or cascade (stages run in order; see `stages`)")
@@ -106,7 +112,7 @@ class ModelInfo(BaseModel):
     precision: str | None = Field(default=None, description="fp32, fp16 or int8")
     accuracy: DeclaredAccuracy | None = Field(default=None, description="published ImageNet top-1, if any")
     agreement: Agreement | None = Field(default=None, description="fp16/int8: agreement with its fp32 source")
-    stages: list[CascadeStage] = Field(default_factory=list, description="cascade: its stages in order")
+    stages: list[StageInfo] = Field(default_factory=list, description="cascade: its stages in order")
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
     versions: list[VersionInfo] = Field(default_factory=list, description="every known version")

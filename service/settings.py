@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.runtime.providers import CUDA
+
 Device = Literal["auto", "cpu", "cuda"]
 # Above this many GMACs per image (b4-b7), CPU batches of more than one image cost more per image.
 CPU_BATCHING_MAX_GMACS = 3.0
@@ -239,7 +241,7 @@ class Settings(BaseSettings):
         and loses for the big variants (b7 at batch 2 is ~8 % slower per image than at batch 1)."""
         if self.max_batch_size:
             return self.max_batch_size
-        if provider == "CUDAExecutionProvider":
+        if provider == CUDA:
             return cuda_batch_size(gmacs)
         return 4 if gmacs <= CPU_BATCHING_MAX_GMACS else 1
 
@@ -247,7 +249,7 @@ class Settings(BaseSettings):
         """On CUDA two batches run at once, so one's copy-in overlaps the other's compute."""
         if self.instances:
             return self.instances
-        return 2 if provider == "CUDAExecutionProvider" else 1
+        return 2 if provider == CUDA else 1
 
 
 def cuda_batch_size(gmacs: float) -> int:

@@ -70,3 +70,10 @@ def precision_repository(tmp_path_factory: pytest.TempPathFactory, model_reposit
     # lite0 is already there with the same weights: it is the reference, not exported again.
     export_models("lite0", repository, weights="imagenet", precisions="fp16,int8")
     return repository
+
+
+def parse_classification(item: bytes | str) -> tuple[float, int, str]:
+    """One element of a V2 classification output, "score:index:label" (the label may hold colons)."""
+    text = item.decode() if isinstance(item, bytes) else item
+    score, index, *label = text.split(":", 2)
+    return float(score), int(index), label[0] if label else ""

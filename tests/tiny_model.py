@@ -5,13 +5,17 @@ Used by unit and robustness tests that need a real ONNX Runtime session in milli
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from PIL import Image
 
 from service.model_spec import ModelSpec
+from service.settings import Settings
 
 SIZE = 16
 CLASSES = 4
@@ -100,3 +104,19 @@ def write_model(
     )
     (folder / "model.json").write_text(spec.to_json())
     return folder
+
+
+def png(colour: tuple[int, int, int] = (250, 5, 5), size: tuple[int, int] = (20, 20)) -> bytes:
+    """A solid-colour PNG: the tiny model answers its dominant channel (red, green, blue) or grey."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tiny_settings(repository: Path, **overrides: Any) -> Settings:
+    """Settings fit for tiny models in tests: one thread, one warm-up run, no digest cache on disk."""
+    values: dict[str, Any] = dict(
+        repository=repository, warmup_runs=1, intra_op_threads=1, hash_cache=None, drain_timeout_s=5
+    )
+    values.update(overrides)
+    return Settings(**values)

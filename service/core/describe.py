@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from service.lifecycle.records import ModelEntry, ModelRecord
-from service.lifecycle.repository import ModelState
-from service.schemas import BatcherInfo, ModelInfo, VersionInfo
+from service.lifecycle.records import ModelEntry, ModelRecord, ModelState
+from service.schemas import BatcherInfo, ModelInfo, StageInfo, VersionInfo
 
 
 def _shown_version(record: ModelRecord) -> ModelEntry | None:
@@ -34,7 +33,10 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
     info = ModelInfo(
         name=record.name,
         kind=record.kind,
-        stages=list(record.cascade.stages) if record.cascade is not None else [],
+        stages=[
+            StageInfo(model=stage.model, exit_confidence=stage.exit_confidence)
+            for stage in (record.cascade.stages if record.cascade is not None else ())
+        ],
         version=entry.version,
         state=entry.state.value,
         ready=entry.ready,

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Literal, Protocol
 
+from service.runtime.providers import CUDA
+
 Precision = Literal["auto", "fp32", "fp16"]
 FP16_SUFFIX: Final = "-fp16"
-CUDA: Final = "CUDAExecutionProvider"
 
 
 def choose_model(name: str, precision: Precision, ready_providers: Mapping[str, str | None]) -> str:

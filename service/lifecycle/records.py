@@ -1,19 +1,42 @@
 """What the server knows of each model: its versions (`ModelEntry`) in whatever state, and the record
-per model name (`ModelRecord`) that the lifecycle (service/lifecycle/manager.py) keeps and the request path
-reads. Plain data; the state changes are the lifecycle's."""
+per model name (`ModelRecord`) that the lifecycle manager keeps and the request path reads. Plain data
+and the lease counter; every other state change is the manager's."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from service.lifecycle.repository import DEFAULT_CONFIG, CascadeSpec, ModelConfig, ModelState
+from service.lifecycle.configs import DEFAULT_CONFIG, CascadeSpec, ModelConfig
 from service.model_spec import ModelSpec
 from service.preprocess.backends import PreprocessBackend
 from service.preprocess.images import PreprocessSpec
 from service.runtime.batcher import Batcher
 from service.runtime.session import OrtRunner
+
+
+class ModelState(StrEnum):
+    """One version's state. The V2 repository index shows these as Triton's READY / LOADING /
+    UNLOADING / UNAVAILABLE (failed, unloaded, stopped and available are all UNAVAILABLE there)."""
+
+    AVAILABLE = "available"  # on disk, never loaded (lazy, or not yet asked for)
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def triton(self) -> str:
+        return {
+            ModelState.READY: "READY",
+            ModelState.LOADING: "LOADING",
+            ModelState.UNLOADING: "UNLOADING",
+        }.get(self, "UNAVAILABLE")
 
 
 @dataclass
@@ -39,8 +62,10 @@ class ModelEntry:
     preprocess: PreprocessSpec | None = None
     backend: PreprocessBackend | None = None  # how this model's images are decoded and resized
     config: ModelConfig | None = None  # the config.json it was loaded with
-    in_flight: int = 0
     kind: str = "model"  # or "cascade": no session; `spec` and `labels` are its last stage's
+    # Shown in /v1/models when model.json records another name or version than the folder it is in.
+    recorded_as: str | None = None
+    in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -53,6 +78,21 @@ class ModelEntry:
     @property
     def ready(self) -> bool:
         return self.state is ModelState.READY
+
+    # --- leases: a request holds its version from the executor's acquire to its release ---
+    def hold(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        self.last_used = time.time()
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request holds this version."""
+        await self._idle.wait()
 
 
 @dataclass
@@ -87,6 +127,11 @@ class ModelRecord:
 
     def newest(self) -> ModelEntry | None:
         return self.versions[max(self.versions)] if self.versions else None
+
+    def target_newest(self) -> ModelEntry | None:
+        """The newest version the version policy would serve, loaded or not."""
+        targets = self.config.version_policy.select(list(self.versions))
+        return self.versions[targets[-1]] if targets else None
 
     def loaded(self) -> list[ModelEntry]:
         """Versions holding a session (ready, or draining before release)."""

@@ -11,7 +11,7 @@ One interface, three implementations; the engine asks `create_backend` once per 
   memory until the model's batch reads it. Anything nvImageCodec refuses (other formats, CMYK or
   YCCK JPEGs, corrupt data) goes through the Pillow path for that image, with its errors.
 
-Format checks and pixel limits (service/preprocess/images.py) run before any decoder sees the bytes.
+Format checks and pixel limits (service/preprocess/formats.py) run before any decoder sees the bytes.
 """
 
 from __future__ import annotations
@@ -20,21 +20,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from service.preprocess.formats import DecodeLimits, check_format, jpeg_header
 from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
-from service.preprocess.images import (
-    DecodeLimits,
-    PreprocessSpec,
-    check_format,
-    decode_rgb,
-    jpeg_header,
-    preprocess,
-)
+from service.preprocess.images import PreprocessSpec, decode_rgb, preprocess
 from service.preprocess.resize_graph import ResizeGraphRunner
+from service.runtime.providers import CUDA
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
 Decoder = Literal["pillow", "nvimgcodec"]
 Resize = Literal["pillow", "graph"]
 # JPEG colour modes nvImageCodec decodes to RGB as Pillow does; others (CMYK, YCCK) go to Pillow.

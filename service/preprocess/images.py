@@ -5,11 +5,9 @@ The geometry is torchvision's ``Resize(resize_size)`` + ``CenterCrop(crop_size)`
 crop's source region, so pixels that the crop throws away are never resampled.
 
 Decisions:
-- Accepted formats: JPEG, PNG, WebP, BMP, GIF (first frame), TIFF (first page). Other recognised
-  formats (SVG, PDF, ICO, HEIF/AVIF, JPEG 2000, ...) are UnsupportedMediaType; unrecognised bytes
-  are BadImage.
-- Size limits are checked on the header's full-resolution size, before any pixel is decoded.
-  Pillow's global MAX_IMAGE_PIXELS check is bypassed by instantiating the format plugin directly.
+- Format and size are checked first (formats.py): GIF decodes its first frame, TIFF its first page.
+  Pillow's global MAX_IMAGE_PIXELS check is bypassed by instantiating the format plugin directly:
+  our own limits, checked on the header's full-resolution size, are the only mechanism.
 - Transparency is composited on white (what a viewer shows; dropping alpha would expose the
   arbitrary, often black, colour of fully transparent pixels).
 - 16-bit samples are scaled to 8 bits (round(v * 255 / 65535)), never clipped. 32-bit integer
@@ -39,16 +37,12 @@ from PIL import (
 
 from service.errors import (
     BadImage,
-    EmptyBody,
-    InvalidArgument,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
 from service.model_spec import ModelSpec
-
-SUPPORTED_FORMATS: Final = frozenset({"jpeg", "png", "webp", "bmp", "gif", "tiff"})
-_ACCEPTED_LIST: Final = "JPEG, PNG, WebP, BMP, GIF or TIFF"
+from service.preprocess.formats import DEFAULT_LIMITS, DecodeLimits, check_format, check_size
 
 _PLUGINS: Final[dict[str, type[ImageFile.ImageFile]]] = {
     "jpeg": JpegImagePlugin.JpegImageFile,
@@ -103,22 +97,6 @@ class PreprocessSpec:
         return cls(crop_size=spec.crop_size, resize_size=spec.resize_size, interpolation=spec.interpolation)
 
 
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Limits checked on the image header, before decoding."""
-
-    max_pixels: int = 40_000_000  # width * height at full resolution, as the header states it
-    # Longer side / shorter side. Beyond this the centre crop would show a sliver of the image.
-    max_aspect_ratio: float = 100.0
-
-    def __post_init__(self) -> None:
-        if self.max_pixels <= 0 or self.max_aspect_ratio < 1.0:
-            raise ValueError("max_pixels must be positive and max_aspect_ratio at least 1")
-
-
-_DEFAULT_LIMITS: Final = DecodeLimits()
-
-
 def configure_pillow(blocks_max: int = 16) -> None:
     """Process-wide Pillow settings; the engine calls this once at start.
 
@@ -130,60 +108,6 @@ def configure_pillow(blocks_max: int = 16) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def sniff_format(data: bytes) -> str | None:
-    """Name of the image format from its magic bytes, supported or not; None when unrecognised.
-
-    Check the result against SUPPORTED_FORMATS before accepting it.
-    """
-    head = data[:32]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    if head.startswith(b"BM"):
-        return "bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return "tiff"
-    return _sniff_unsupported(data)
-
-
-def _sniff_unsupported(data: bytes) -> str | None:
-    head = data[:32]
-    if head.startswith(b"%PDF"):
-        return "pdf"
-    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
-        return "postscript"
-    if head.startswith(b"\x00\x00\x01\x00"):
-        return "ico"
-    if head.startswith(b"\x00\x00\x02\x00"):
-        return "cur"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return "avif" if brand in (b"avif", b"avis") else "heif"
-    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
-        return "jpeg2000"
-    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
-        return "jpegxl"
-    if head.startswith(b"8BPS"):
-        return "psd"
-    if head.startswith(b"qoif"):
-        return "qoi"
-    if head.startswith(b"DDS "):
-        return "dds"
-    if head.startswith(b"icns"):
-        return "icns"
-    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3].isspace():
-        return "pnm"
-    text = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith(b"<") and b"<svg" in text:
-        return "svg"
-    return None
-
-
 @dataclass(frozen=True)
 class DecodedImage:
     """A decoded, oriented image (RGB or L), its full-resolution size, and the JPEG draft factor."""
@@ -193,12 +117,12 @@ class DecodedImage:
     draft_factor: float
 
 
-def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
+def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Encoded image -> uint8 (3, crop, crop), C-contiguous. Thread-safe; raises service.errors types."""
     return resize_crop(decode(data, spec.resize_size, limits), spec)
 
 
-def decode(data: bytes, resize_size: int | None, limits: DecodeLimits = _DEFAULT_LIMITS) -> DecodedImage:
+def decode(data: bytes, resize_size: int | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
     """Check and decode an encoded image once, keeping at least `resize_size` pixels on its shorter side
     (JPEGs may decode at a reduced scale; None: full resolution): `resize_crop` can then serve any model
     up to that size."""
@@ -212,36 +136,7 @@ def resize_crop(decoded: DecodedImage, spec: PreprocessSpec) -> np.ndarray:
     return _resize_crop(decoded.image, decoded.full_size, decoded.draft_factor, spec)
 
 
-def check_format(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> str:
-    """The checks every decoder path runs first: non-empty, a supported format; for WebP (whose
-    library allocates the canvas on open) the header's size. Returns the format name."""
-    if not data:
-        raise EmptyBody("the request body is empty; send an encoded image")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise BadImage(f"the body is not a recognised image; send {_ACCEPTED_LIST}")
-    if fmt not in SUPPORTED_FORMATS or (fmt == "webp" and not WebPImagePlugin.SUPPORTED):
-        raise UnsupportedMediaType(f"image format {fmt!r} is not accepted; send {_ACCEPTED_LIST}")
-    if fmt == "webp":
-        # libwebp allocates the whole canvas when the file is opened, so check its header first.
-        size = _webp_header_size(data)
-        if size is not None:
-            _check_size(size, limits)
-    return fmt
-
-
-def jpeg_header(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> tuple[tuple[int, int], str]:
-    """A JPEG's (width, height) and Pillow mode from its header alone, size limits checked; nothing
-    is decoded. For decoders other than Pillow (GPU), which must not see an image over the limits."""
-    try:
-        im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-    except Exception as exc:
-        raise BadImage(f"could not decode the JPEG image: {str(exc) or type(exc).__name__}") from exc
-    _check_size(im.size, limits)
-    return im.size, im.mode
-
-
-def decode_rgb(data: bytes, limits: DecodeLimits = _DEFAULT_LIMITS) -> np.ndarray:
+def decode_rgb(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Encoded image -> its full-resolution RGB pixels, uint8 (H, W, 3), EXIF orientation applied,
     transparency on white: the input of the resize graph (service/preprocess/resize_graph.py)."""
     fmt = check_format(data, limits)
@@ -264,7 +159,7 @@ def _decode(
         # check: our own limits, checked next, are the only mechanism.
         im = _PLUGINS[fmt](io.BytesIO(data))
         full_size = im.size
-        _check_size(full_size, limits)
+        check_size(full_size, limits)
         draft_factor = 1.0
         if resize_size is not None and isinstance(im, JpegImagePlugin.JpegImageFile):
             drafted = im.draft("RGB", (resize_size, resize_size))
@@ -287,36 +182,6 @@ def _decode(
         if orientation >= 5:  # 5..8 swap the axes
             full_size = (full_size[1], full_size[0])
     return work, full_size, draft_factor
-
-
-def _check_size(size: tuple[int, int], limits: DecodeLimits) -> None:
-    width, height = size
-    if width <= 0 or height <= 0:
-        raise BadImage(f"image header states an empty size {width}x{height}")
-    if width * height > limits.max_pixels:
-        raise PayloadTooLarge(
-            f"image is {width}x{height} = {width * height} pixels, above the limit of "
-            f"{limits.max_pixels} pixels"
-        )
-    ratio = max(width, height) / min(width, height)
-    if ratio > limits.max_aspect_ratio:
-        raise InvalidArgument(
-            f"image is {width}x{height}: aspect ratio {ratio:.1f}:1 exceeds the limit of "
-            f"{limits.max_aspect_ratio:g}:1"
-        )
-
-
-def _webp_header_size(data: bytes) -> tuple[int, int] | None:
-    """Canvas size from a WebP header (RFC 9649), or None when the header is not understood."""
-    chunk = data[12:16]
-    if chunk == b"VP8X" and len(data) >= 30:
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
-        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
-    return None
 
 
 def _orientation(im: Image.Image) -> int:

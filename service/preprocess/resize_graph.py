@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from service.preprocess.images import PreprocessSpec
+from service.runtime.providers import CPU, CUDA
 
 INPUT_NAME: Final = "image"
 OUTPUT_NAME: Final = "pixels"
@@ -116,13 +117,13 @@ class ResizeGraphRunner:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        providers: list[Any] = ["CPUExecutionProvider"]
+        providers: list[Any] = [CPU]
         if device == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+            providers.insert(0, (CUDA, {"device_id": device_id}))
         self.session = ort.InferenceSession(
             build_resize_crop_graph(spec).SerializeToString(), sess_options=options, providers=providers
         )
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self.device_id = device_id
         self.crop = spec.crop_size
 

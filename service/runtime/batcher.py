@@ -1,13 +1,12 @@
 """Dynamic batcher: a bounded per-model queue of images, batch formation, and fan-out of results.
 
-Semantics (Triton's, see DESIGN.md): no added latency when idle (`max_queue_delay_s` only holds a batch
+Semantics (Triton's): no added latency when idle (`max_queue_delay_s` only holds a batch
 that is not full, counted from its oldest item's arrival); a full queue rejects at once; an item whose
 deadline passes while queued, or whose caller was cancelled, is dropped and never run; a failing batch
 fails only its own callers. Inference runs in one worker thread the batcher owns, never on the loop.
 
-Bookkeeping is single-threaded (event loop only): each item has a `state`, and whoever moves it out of
-QUEUED (the batch loop, the caller's cancellation, its deadline timer, shutdown) adjusts `_depth`.
-Dropped items stay in the deque as tombstones and are skipped when the loop reaches them.
+The queue's bookkeeping (item states, deadlines, tombstones) is batch_queue.py's; this module forms
+batches from it and runs them.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,10 +23,10 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
+from service.runtime.batch_queue import BatchQueue, Item, QueueObserver
 
 log = logging.getLogger(__name__)
 
-_QUEUED, _TAKEN, _DROPPED, _EXPIRED, _FAILED = range(5)
 _EWMA_ALPHA = 0.2
 _MIN_RETRY_AFTER_S = 0.1
 _UNKNOWN_RETRY_AFTER_S = 1.0
@@ -43,11 +41,8 @@ class Runner(Protocol):
         ...
 
 
-class BatchObserver(Protocol):
+class BatchObserver(QueueObserver, Protocol):
     def batch_completed(self, model: str, size: int, inference_s: float) -> None: ...
-    def item_dequeued(self, model: str, queue_s: float) -> None: ...
-    def queue_depth(self, model: str, depth: int) -> None: ...
-    def items_expired(self, model: str, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -76,23 +71,6 @@ class ItemResult:
     batch_size: int
 
 
-class _Item:
-    __slots__ = ("array", "future", "enqueued_at", "deadline", "state")
-
-    def __init__(
-        self,
-        array: np.ndarray,
-        future: asyncio.Future[ItemResult],
-        enqueued_at: float,
-        deadline: float | None,
-    ) -> None:
-        self.array = array
-        self.future = future
-        self.enqueued_at = enqueued_at
-        self.deadline = deadline
-        self.state = _QUEUED
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -119,8 +97,7 @@ class Batcher:
         self.runner = runner  # public: tests and reloads may swap it
         self.config = config
         self._observer = observer
-        self._queue: deque[_Item] = deque()
-        self._depth = 0  # items in state QUEUED
+        self._queue = BatchQueue(name, config.max_queue_size, observer)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,23 +111,24 @@ class Batcher:
         self.batches_run = 0
         self.batches_failed = 0
         self.items_run = 0
-        self.items_expired = 0
-        self.items_cancelled = 0
         self.items_rejected = 0
 
     @property
     def queue_depth(self) -> int:
-        return self._depth
+        return self._queue.depth
+
+    @property
+    def items_expired(self) -> int:
+        return self._queue.items_expired
+
+    @property
+    def items_cancelled(self) -> int:
+        return self._queue.items_cancelled
 
     @property
     def recent_batch_s(self) -> float | None:
         """Moving average of one batch's inference time (None before the first batch)."""
         return self._batch_s
-
-    @property
-    def recent_item_s(self) -> float | None:
-        """Moving average of inference time per image (None before the first batch)."""
-        return self._item_s
 
     @property
     def closing(self) -> bool:
@@ -167,7 +145,7 @@ class Batcher:
         """Seconds until the queue has drained enough for `extra_items` more, from recent batches."""
         if self._item_s is None:
             return _UNKNOWN_RETRY_AFTER_S
-        return max(_MIN_RETRY_AFTER_S, (self._depth + extra_items) * self._item_s)
+        return max(_MIN_RETRY_AFTER_S, (self._queue.depth + extra_items) * self._item_s)
 
     async def submit(self, items: Sequence[np.ndarray], deadline: float | None = None) -> list[ItemResult]:
         """Queue `items` atomically and return their results in order.
@@ -190,35 +168,31 @@ class Batcher:
             raise InvalidArgument(f"request has {n} images; at most {cfg.max_queue_size} fit in the queue")
         if self._item_shape is not None:
             self._check_items(items)
-        if self._depth + n > cfg.max_queue_size:
+        queue = self._queue
+        if queue.depth + n > cfg.max_queue_size:
             self.items_rejected += n
             raise Overloaded(
-                f"model {self.name!r} is overloaded: {self._depth} of {cfg.max_queue_size} queue slots taken",
+                f"model {self.name!r} is overloaded: {queue.depth} of {cfg.max_queue_size} queue slots taken",
                 retry_after=self.retry_after(n),
             )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            self._count_expired(n)
+            queue.count_expired(n)
             raise DeadlineExceeded("deadline passed before the request was queued")
 
-        queued = [_Item(array, loop.create_future(), now, deadline) for array in items]
-        self._queue.extend(queued)
-        self._depth += n
-        if len(self._queue) > 2 * cfg.max_queue_size + 64:
-            self._compact()
-        if self._observer is not None:
-            self._observer.queue_depth(self.name, self._depth)
+        queued = [Item(array, loop.create_future(), now, deadline) for array in items]
+        queue.add(queued)
         waiter = self._waiter
-        if waiter is not None and self._depth >= self._wake_threshold and not waiter.done():
+        if waiter is not None and queue.depth >= self._wake_threshold and not waiter.done():
             waiter.set_result(None)
 
-        timer = loop.call_later(deadline - now, self._expire, queued) if deadline is not None else None
+        timer = loop.call_later(deadline - now, queue.expire, queued) if deadline is not None else None
         try:
             if n == 1:
-                return [await queued[0].future]
-            return list(await asyncio.gather(*(item.future for item in queued)))
+                return [await queued[0].future]  # type: ignore[list-item]
+            return list(await asyncio.gather(*(item.future for item in queued)))  # type: ignore[arg-type]
         except BaseException:
-            self._drop(queued)
+            queue.drop(queued)
             raise
         finally:
             if timer is not None:
@@ -236,7 +210,7 @@ class Batcher:
         """Stop accepting; run what is queued (or, with drain=False, fail it with NotReady); stop."""
         self._closing = True
         if not drain or self._task is None:
-            self._fail_queued(lambda: NotReady("shutting down"))
+            self._queue.fail_all(lambda: NotReady("shutting down"))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -244,103 +218,6 @@ class Batcher:
             # wait() neither raises the loop's own error (logged by _loop_finished) nor cancels it.
             await asyncio.wait([self._task])
         self._executor.shutdown(wait=False)
-
-    # --- event-loop side bookkeeping ---
-
-    def _drop(self, items: list[_Item]) -> None:
-        """The caller gave up (cancelled, or another of its items failed): free its queued slots."""
-        dropped = 0
-        for item in items:
-            if item.state == _QUEUED:
-                item.state = _DROPPED
-                item.future.cancel()
-                dropped += 1
-        if dropped:
-            self._depth -= dropped
-            self.items_cancelled += dropped
-            if self._observer is not None:
-                self._observer.queue_depth(self.name, self._depth)
-
-    def _expire(self, items: list[_Item]) -> None:
-        """Deadline timer of one request: answer its still-queued items now, not when the runner frees."""
-        expired = 0
-        cancelled = 0
-        for item in items:
-            if item.state != _QUEUED:
-                continue
-            if item.future.done():  # caller cancelled; its handler has not run yet
-                item.state = _DROPPED
-                cancelled += 1
-            else:
-                item.state = _EXPIRED
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                expired += 1
-        self.items_cancelled += cancelled
-        if expired or cancelled:
-            self._depth -= expired + cancelled
-            if expired:
-                self._count_expired(expired)
-            if self._observer is not None:
-                self._observer.queue_depth(self.name, self._depth)
-
-    def _count_expired(self, count: int) -> None:
-        self.items_expired += count
-        if self._observer is not None:
-            self._observer.items_expired(self.name, count)
-
-    def _fail_queued(self, make_error: Callable[[], Exception]) -> None:
-        for item in self._queue:
-            if item.state == _QUEUED:
-                item.state = _FAILED
-                if not item.future.done():
-                    item.future.set_exception(make_error())
-        self._queue.clear()
-        self._depth = 0
-        if self._observer is not None:
-            self._observer.queue_depth(self.name, 0)
-
-    def _compact(self) -> None:
-        self._queue = deque(item for item in self._queue if item.state == _QUEUED)
-
-    def _oldest(self) -> _Item | None:
-        queue = self._queue
-        while queue and queue[0].state != _QUEUED:
-            queue.popleft()
-        return queue[0] if queue else None
-
-    def _take(self) -> list[_Item]:
-        """Pop up to max_batch_size live items; expire or skip the dead ones met on the way."""
-        limit = self.config.max_batch_size
-        queue = self._queue
-        batch: list[_Item] = []
-        now = time.monotonic()
-        expired = 0
-        cancelled = 0
-        while queue and len(batch) < limit:
-            item = queue.popleft()
-            if item.state != _QUEUED:
-                continue
-            future = item.future
-            if future.done():  # caller cancelled; its task has not run its handler yet
-                item.state = _DROPPED
-                cancelled += 1
-            elif item.deadline is not None and item.deadline <= now:
-                item.state = _EXPIRED
-                future.set_exception(DeadlineExceeded("deadline passed while queued"))
-                expired += 1
-            else:
-                item.state = _TAKEN
-                batch.append(item)
-        self._depth -= len(batch) + expired + cancelled
-        self.items_cancelled += cancelled
-        if expired:
-            self._count_expired(expired)
-        observer = self._observer
-        if observer is not None:
-            observer.queue_depth(self.name, self._depth)
-            for item in batch:
-                observer.item_dequeued(self.name, now - item.enqueued_at)
-        return batch
 
     async def _wait(self, threshold: int, max_wait_s: float | None) -> None:
         """Sleep until the queue holds `threshold` live items, close() is called, or `max_wait_s` passes."""
@@ -360,6 +237,7 @@ class Batcher:
 
     async def _run_loop(self) -> None:
         cfg = self.config
+        queue = self._queue
         assert self._loop is not None
         # A batch is taken only when a runner is free, so items that arrive while all are busy
         # gather into the next batch.
@@ -367,20 +245,20 @@ class Batcher:
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                if self._depth == 0:
+                if queue.depth == 0:
                     if self._closing:
                         return
                     await self._wait(1, None)
                     continue
-                if cfg.max_queue_delay_s > 0 and self._depth < cfg.max_batch_size and not self._closing:
-                    oldest = self._oldest()
+                if cfg.max_queue_delay_s > 0 and queue.depth < cfg.max_batch_size and not self._closing:
+                    oldest = queue.oldest()
                     if oldest is not None:
                         remaining = oldest.enqueued_at + cfg.max_queue_delay_s - time.monotonic()
                         if remaining > 0:
                             await self._wait(cfg.max_batch_size, remaining)
                             continue
                 await free_runners.acquire()
-                batch = self._take()
+                batch = queue.take(cfg.max_batch_size)
                 if not batch:
                     free_runners.release()
                     continue
@@ -392,7 +270,7 @@ class Batcher:
             if running:
                 await asyncio.wait(running)
 
-    async def _execute(self, batch: list[_Item]) -> None:
+    async def _execute(self, batch: list[Item]) -> None:
         assert self._loop is not None
         n = len(batch)
         started = time.monotonic()
@@ -446,7 +324,7 @@ class Batcher:
         return outputs, inference_s
 
     @staticmethod
-    def _fail(batch: list[_Item], make_error: Callable[[], Exception]) -> None:
+    def _fail(batch: list[Item], make_error: Callable[[], Exception]) -> None:
         # One exception object per caller: a shared one would collect every raiser's traceback.
         for item in batch:
             if not item.future.done():
@@ -458,4 +336,4 @@ class Batcher:
             if not task.cancelled():
                 log.error("batch loop crashed model=%s", self.name, exc_info=task.exception())
             self._closing = True
-            self._fail_queued(lambda: NotReady(f"model {self.name!r} batcher stopped"))
+            self._queue.fail_all(lambda: NotReady(f"model {self.name!r} batcher stopped"))

@@ -14,12 +14,11 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime.buffers import BoundBatch, Items, bucket_for, is_device_array
+from service.runtime.providers import CPU, CUDA, nvidia_gpu_present
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 
 _GRAPH_OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -80,12 +79,6 @@ def _session_options(options: RuntimeOptions) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     so.log_severity_level = 3  # errors only; provider fall-back is reported by us, once, clearly
     return so
-
-
-def nvidia_gpu_present() -> bool:
-    """Whether the kernel exposes an NVIDIA GPU. Asking onnxruntime-gpu for CUDA without one makes it
-    log alarming errors before it falls back to CPU, so `auto` does not ask then."""
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def _providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, object]]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,3 +111,19 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerF
 def live_server(server_factory: ServerFactory, model_repository: Path) -> LiveServer:
     """The shared server: b0 (random weights) and lite0 (ImageNet weights), default settings."""
     return server_factory(model_repository, "--models", "b0,lite0")
+
+
+@pytest.fixture(scope="module")
+def family_server(
+    server_factory: ServerFactory, precision_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> LiveServer:
+    """lite0 in fp32, fp16 and int8 (each declaring its accuracy, so `auto` may choose it) and the
+    cascade `cascade-small` (lite0-int8, then lite0). One server per test module: their metrics
+    start from zero."""
+    repository = tmp_path_factory.mktemp("family")
+    for name in ("lite0", "lite0-fp16", "lite0-int8"):
+        shutil.copytree(precision_repository / name, repository / name)
+    (repository / "cascade-small").mkdir()
+    cascade = {"stages": [{"model": "lite0-int8", "exit_confidence": 0.45}, {"model": "lite0"}]}
+    (repository / "cascade-small" / "cascade.json").write_text(json.dumps(cascade))
+    return server_factory(repository)

@@ -4,8 +4,6 @@ Lite models (lite0 fp32 / fp16 / int8, each declaring its ImageNet accuracy) and
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import grpc
 import httpx
@@ -15,22 +13,11 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from tests.e2e.conftest import LiveServer, ServerFactory
+from tests.e2e.conftest import LiveServer
 
 pytestmark = pytest.mark.slow
 
 CATS = range(281, 286)
-
-
-@pytest.fixture(scope="module")
-def family_server(server_factory: ServerFactory, precision_repository: Path, tmp_path_factory) -> LiveServer:
-    repository = tmp_path_factory.mktemp("family")
-    for name in ("lite0", "lite0-fp16", "lite0-int8"):
-        shutil.copytree(precision_repository / name, repository / name)
-    (repository / "cascade-small").mkdir()
-    cascade = {"stages": [{"model": "lite0-int8", "exit_confidence": 0.45}, {"model": "lite0"}]}
-    (repository / "cascade-small" / "cascade.json").write_text(json.dumps(cascade))
-    return server_factory(repository)
 
 
 def classify(server: LiveServer, body: bytes, **params: object) -> httpx.Response:

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
-from service.api.v2.dataplane import parse_classification
+from tests.conftest import parse_classification
 
 pytestmark = pytest.mark.slow
 

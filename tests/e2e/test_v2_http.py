@@ -11,7 +11,7 @@ import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_http_aio
 from tritonclient.utils import InferenceServerException
 
-from service.api.v2.dataplane import parse_classification
+from tests.conftest import parse_classification
 
 pytestmark = pytest.mark.slow
 

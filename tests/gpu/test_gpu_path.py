@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from service.runtime.session import CUDA, OrtRunner, RuntimeOptions, nvidia_gpu_present
+from tests.engine_calls import classify
 from tests.tiny_model import SIZE, write_model
 
 pytestmark = pytest.mark.gpu
@@ -150,7 +151,7 @@ async def test_engine_on_cuda_with_gpu_decoding_keeps_lite0_top1(
         await engine.start()
         await engine.wait_loaded()
         try:
-            outcome = await engine.classify("lite0", list(real_photos.values()), top_k=1)
+            outcome = await classify(engine, "lite0", list(real_photos.values()), top_k=1)
             answers[decoder] = [p[0].class_id for p in outcome.predictions]
         finally:
             await engine.stop()

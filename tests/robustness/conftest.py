@@ -8,11 +8,9 @@ import asyncio
 import io
 import re
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -29,14 +27,9 @@ from service.runtime.batcher import Batcher, Runner
 from service.settings import Settings
 from tests.e2e.conftest import LiveServer, ServerFactory, free_port, server_factory  # noqa: F401
 from tests.tiny_model import write_model
+from tests.waiting import until
 
 TINY = "tiny"
-
-
-def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def jpeg(size: tuple[int, int] = (320, 240), seed: int = 0) -> bytes:
@@ -79,7 +72,7 @@ class InProcess:
 
     @property
     def batcher(self) -> Batcher:
-        batcher = self.engine.resolve(TINY).batcher
+        batcher = self.engine.ready_version(TINY).batcher
         assert batcher is not None
         return batcher
 
@@ -93,14 +86,6 @@ class InProcess:
             if all(label in found for label in wanted):
                 return float(match.group(2))
         return 0.0
-
-
-async def wait_until(predicate: Any, within: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -124,7 +109,7 @@ async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
     engine = Engine(settings, metrics)
     await engine.start()
     await engine.wait_loaded()
-    batcher = engine.resolve(TINY).batcher
+    batcher = engine.ready_version(TINY).batcher
     assert batcher is not None
     runner = GatedRunner(batcher.runner)
     batcher.runner = runner
@@ -140,7 +125,7 @@ async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
     http_task = asyncio.create_task(http.serve())
     grpc_server = create_grpc_server(engine, settings, metrics)
     await grpc_server.start()
-    await wait_until(lambda: http.started, what="uvicorn to start")
+    await until(lambda: http.started, what="uvicorn to start")
     try:
         yield InProcess(
             engine,

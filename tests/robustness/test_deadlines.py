@@ -10,7 +10,9 @@ import httpx
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
-from tests.robustness.conftest import TINY, InProcess, png, wait_until
+from tests.robustness.conftest import TINY, InProcess
+from tests.tiny_model import png
+from tests.waiting import until
 
 
 async def _hold_runner(inprocess: InProcess, client: httpx.AsyncClient) -> asyncio.Task[httpx.Response]:
@@ -20,7 +22,7 @@ async def _hold_runner(inprocess: InProcess, client: httpx.AsyncClient) -> async
     task = asyncio.create_task(
         client.post(f"{inprocess.http_url}/classify?variant={TINY}&top_k=1", content=png())
     )
-    await wait_until(inprocess.runner.entered.is_set, what="the first batch to reach the runner")
+    await until(inprocess.runner.entered.is_set, what="the first batch to reach the runner")
     return task
 
 
@@ -56,7 +58,7 @@ async def test_http_disconnect_frees_the_slot(inprocess: InProcess) -> None:
             else:
                 raise AssertionError("the request should still be queued behind the held batch")
         # The client is gone (connection closed): its queued item must go while the runner is still held.
-        await wait_until(lambda: inprocess.batcher.queue_depth == 0, within=5, what="the slot to be freed")
+        await until(lambda: inprocess.batcher.queue_depth == 0, within_s=5, what="the slot to be freed")
         assert inprocess.batcher.items_cancelled == 1
         inprocess.runner.gate.set()
         assert (await holder).status_code == 200
@@ -71,9 +73,9 @@ async def test_grpc_cancel_frees_the_slot(inprocess: InProcess) -> None:
         async with grpc.aio.insecure_channel(inprocess.grpc_address) as channel:
             stub = pb_grpc.ClassifierStub(channel)
             call = stub.Classify(pb.ClassifyRequest(model=TINY, top_k=1, images=[png(), png()]), timeout=30)
-            await wait_until(lambda: inprocess.batcher.queue_depth == 2, what="the gRPC request to queue")
+            await until(lambda: inprocess.batcher.queue_depth == 2, what="the gRPC request to queue")
             call.cancel()
-            await wait_until(lambda: inprocess.batcher.queue_depth == 0, within=5, what="the slots to free")
+            await until(lambda: inprocess.batcher.queue_depth == 0, within_s=5, what="the slots to free")
             assert inprocess.batcher.items_cancelled == 2
             # A deadline shorter than the wait: DEADLINE_EXCEEDED, slot freed, never run.
             try:
@@ -82,7 +84,7 @@ async def test_grpc_cancel_frees_the_slot(inprocess: InProcess) -> None:
                 assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             else:
                 raise AssertionError("expected DEADLINE_EXCEEDED")
-            await wait_until(lambda: inprocess.batcher.queue_depth == 0, within=5, what="the slot to free")
+            await until(lambda: inprocess.batcher.queue_depth == 0, within_s=5, what="the slot to free")
             inprocess.runner.gate.set()
             assert (await holder).status_code == 200
             response = await stub.Classify(

@@ -18,7 +18,8 @@ from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
 from service._generated.inference import grpc_service_pb2 as v2pb
 from service._generated.inference import grpc_service_pb2_grpc as v2pb_grpc
-from tests.robustness.conftest import TINY, InProcess, ServerFactory, png
+from tests.robustness.conftest import TINY, InProcess, ServerFactory
+from tests.tiny_model import png
 
 ERROR_ID = re.compile(r"error id [0-9a-f]{8}")
 

@@ -12,10 +12,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.api.v2 import dataplane as v2
+from service.api.v2 import tensors
 from service.api.v2.http import parse_infer_request
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
+from service.preprocess.formats import DecodeLimits
+from service.preprocess.images import PreprocessSpec, preprocess
 from tests.robustness import corpus
 
 EXAMPLES = int(os.environ.get("EFFNET_FUZZ_EXAMPLES", "120"))
@@ -81,23 +82,23 @@ def test_preprocess_mutated_images(data: bytes) -> None:
 @given(st.binary(max_size=256), st.one_of(st.none(), st.integers(0, 8)))
 def test_decode_bytes_elements(raw: bytes, count: int | None) -> None:
     try:
-        items = v2.decode_bytes_elements(raw, count)
+        items = tensors.decode_bytes_elements(raw, count)
     except ServiceError as exc:
         assert isinstance(exc, BadRequest) and exc.message
         return
-    assert v2.encode_bytes_elements(items) == raw
+    assert tensors.encode_bytes_elements(items) == raw
     assert count is None or len(items) == count
 
 
 @FUZZ
 @given(
-    st.sampled_from([*v2.NUMPY_DTYPES, "BYTES", "COMPLEX", ""]),
+    st.sampled_from([*tensors.NUMPY_DTYPES, "BYTES", "COMPLEX", ""]),
     st.lists(st.integers(-3, 2**33), max_size=5),
     st.binary(max_size=256),
 )
 def test_tensor_from_raw(datatype: str, shape: list[int], raw: bytes) -> None:
     try:
-        data = v2.tensor_from_raw("x", datatype, shape, raw)
+        data = tensors.tensor_from_raw("x", datatype, shape, raw)
     except ServiceError as exc:
         assert isinstance(exc, BadRequest) and exc.message
         return
@@ -114,13 +115,13 @@ json_values = st.recursive(
 
 @FUZZ
 @given(
-    st.sampled_from([*v2.NUMPY_DTYPES, "BYTES", "BF16"]),
+    st.sampled_from([*tensors.NUMPY_DTYPES, "BYTES", "BF16"]),
     st.lists(st.integers(-2, 6), max_size=4),
     json_values,
 )
 def test_tensor_from_values(datatype: str, shape: list[int], values: Any) -> None:
     try:
-        v2.tensor_from_values("x", datatype, shape, values)
+        tensors.tensor_from_values("x", datatype, shape, values)
     except ServiceError as exc:
         assert isinstance(exc, BadRequest) and exc.message
 
@@ -155,7 +156,7 @@ def test_parse_infer_request(body: bytes, header_length: str | None) -> None:
 def test_bytes_length_prefix_beyond_the_data_is_refused() -> None:
     raw = struct.pack("<I", 2**32 - 1) + b"abc"
     try:
-        v2.decode_bytes_elements(raw, 1)
+        tensors.decode_bytes_elements(raw, 1)
     except BadRequest as exc:
         assert "declares" in exc.message
     else:

@@ -14,8 +14,8 @@ import pytest
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
-from tests.robustness.conftest import LiveServer, ServerFactory, png
-from tests.tiny_model import write_model
+from tests.robustness.conftest import LiveServer, ServerFactory
+from tests.tiny_model import png, write_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,9 @@ import tritonclient.grpc.aio as triton_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from tests.robustness.conftest import TINY, InProcess, png, wait_until
+from tests.robustness.conftest import TINY, InProcess
+from tests.tiny_model import png
+from tests.waiting import until
 
 RED, GREEN, BLUE, GREY = (250, 5, 5), (5, 250, 5), (5, 5, 250), (120, 120, 120)
 
@@ -34,7 +36,7 @@ async def test_http_our_grpc_and_v2_grpc_requests_share_one_batch(inprocess: InP
             )
 
         first = asyncio.create_task(classify_http(GREY))
-        await wait_until(runner.entered.is_set, what="the first batch to start")
+        await until(runner.entered.is_set, what="the first batch to start")
 
         image = triton_grpc.InferInput("image", [1], "BYTES")
         image.set_data_from_numpy(np.array([png(BLUE)], dtype=object))
@@ -46,7 +48,7 @@ async def test_http_our_grpc_and_v2_grpc_requests_share_one_batch(inprocess: InP
             ),
             asyncio.create_task(triton.infer(TINY, [image])),
         ]
-        await wait_until(lambda: inprocess.batcher.queue_depth == 3, what="three queued images")
+        await until(lambda: inprocess.batcher.queue_depth == 3, what="three queued images")
         runner.gate.set()
         grey, red, green, blue = await asyncio.gather(first, *queued)
         await triton.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.robustness.conftest import LiveServer, ServerFactory, png
-from tests.tiny_model import write_model
+from tests.robustness.conftest import LiveServer, ServerFactory
+from tests.tiny_model import png, write_model
 
 pytestmark = pytest.mark.slow
 

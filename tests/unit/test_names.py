@@ -6,14 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from service.api.grpc.calls import model_label
 from service.api.v2 import dataplane as v2
-from service.core.engine import Engine
-from service.core.names import closest_name, match_name, unknown_name_message
 from service.errors import UnknownModel
-from service.metrics import Metrics
-from service.settings import Settings
+from service.names import closest_name, match_name, unknown_name_message
 from tests.tiny_model import write_model
+from tests.unit.conftest import EngineStarter
 
 NAMES = ["b0", "b5", "lite0", "b5-int8"]
 
@@ -52,19 +49,15 @@ def test_message_suggests_and_lists() -> None:
     assert unknown_name_message("x" * 500, []).count("x") == 64
 
 
-async def test_engine_lookup_is_case_insensitive(tmp_path: Path) -> None:
+async def test_engine_lookup_is_case_insensitive(tmp_path: Path, start_engine: EngineStarter) -> None:
     write_model(tmp_path, "tiny")
-    settings = Settings(repository=tmp_path, warmup_runs=1, intra_op_threads=1)
-    engine = Engine(settings, Metrics(process_metrics=False))
-    await engine.start()
-    await engine.wait_loaded()
-    try:
-        assert engine.lookup("TINY").name == "tiny"
-        assert v2.model_ready(engine, "TINY") and model_label(engine, "Tiny") == "tiny"
-        with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
-            v2.model_ready(engine, "tiny2")
-        assert engine.resolve("Tiny").name == "tiny"
-        with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
-            engine.lookup("tiny2")
-    finally:
-        await engine.stop()
+    engine = await start_engine(tmp_path)
+    assert engine.lookup("TINY").name == "tiny"
+    assert v2.model_ready(engine, "TINY") and engine.label("Tiny") == "tiny"
+    assert engine.admit("TiNy").name == "tiny" and engine.admit("AUTO").name == "auto"
+    with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
+        v2.model_ready(engine, "tiny2")
+    assert engine.ready_version("Tiny").name == "tiny"
+    with pytest.raises(UnknownModel, match="did you mean 'tiny'"):
+        engine.lookup("tiny2")
+    assert engine.label("tiny2") == "unknown" and engine.label(None) == "tiny"

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from service.api.http.body import read_body, retry_headers
+from service.api.http.body import images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
 from service.api.http.gate import RequestGate
 from service.api.http.web import add_front_door
+from service.api.observe import http_codes, observed
 from service.api.v2.http import create_v2_router
 from service.core.engine import Engine
 from service.errors import (
-    BadRequest,
-    EmptyBody,
     ServiceError,
     Unauthenticated,
-    UnsupportedMediaType,
     status_for,
 )
 from service.metrics import CONTENT_TYPE, Metrics
@@ -42,8 +37,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Bodies we read as one encoded image. curl --data-binary sends form-urlencoded unless told otherwise.
-_RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
+HTTP = http_codes("http", (ClientDisconnected, ClientDisconnect))
+
 _OPEN_PATHS = frozenset(
     {
         "/healthz",
@@ -71,50 +66,6 @@ def error_response(error: ServiceError, request_id: str | None = None) -> JSONRe
         status_code=status_for(error).http,
         headers=headers,
     )
-
-
-async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
-
-
-async def images_from_request(request: Request, settings: Settings) -> list[bytes]:
-    """Raw body (image/*, application/octet-stream) -> one image; multipart/form-data -> its files."""
-    content_type = request.headers.get("content-type", "application/octet-stream")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "multipart/form-data" and not (
-        media_type.startswith("image/") or media_type in _RAW_TYPES
-    ):
-        raise UnsupportedMediaType(
-            f"content type '{media_type[:100]}' is not accepted; send an image/* or "
-            "application/octet-stream body, or multipart/form-data with image files"
-        )
-    body = await read_body(request, settings.max_body_bytes)
-    if not body:
-        raise EmptyBody("the request body is empty; send the image bytes as the body")
-    if media_type != "multipart/form-data":
-        return [body]
-    parser = MultiPartParser(
-        request.headers,
-        _replay(body),
-        max_files=settings.max_images_per_request,
-        max_fields=settings.max_images_per_request,
-        max_part_size=settings.max_body_bytes,
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise BadRequest(f"malformed multipart body: {exc.message}") from exc
-    try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            raise BadRequest("the multipart body holds no file part; attach images as files")
-        images = [await upload.read() for upload in files]
-    finally:
-        await form.close()
-    for index, data in enumerate(images):
-        if not data:
-            raise EmptyBody(f"file part {index} is empty")
-    return images
 
 
 def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
@@ -213,33 +164,14 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         ] = None,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
-        model_label = "unknown"
-        code = 500
         try:
-            entry = engine.peek(variant, version)
-            model_label = variant if variant and engine.router.handles(variant) else entry.name
-            engine.check_top_k(entry, top_k)
-            engine.check_queue_room(entry)
-            images = await images_from_request(request, settings)
-            deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-            work = engine.classify(variant or entry.name, images, top_k, deadline, version, budget_ms)
-            outcome = await unless_disconnected(request, work)
-            code = 200
-        except (ClientDisconnected, ClientDisconnect):  # gone while we waited, or in the middle of its upload
-            code = CLIENT_CLOSED_REQUEST
-            log.info(
-                "event=client_disconnected request_id=%s model=%s", request.state.request_id, model_label
-            )
-            return Response(status_code=code)
-        except ServiceError as exc:
-            code = status_for(exc).http
-            log.info(
-                "event=request_failed request_id=%s model=%s code=%d error=%s message=%r",
-                request.state.request_id, model_label, code, exc.code, exc.message,
-            )  # fmt: skip
-            raise
-        finally:
-            metrics.observe_request("http", model_label, code, time.monotonic() - start)
+            with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
+                target = call.admitted(engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms))
+                images = await images_from_request(request, settings)
+                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                outcome = await unless_disconnected(request, engine.classify(target, images, deadline))
+        except HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         assert outcome.model.spec is not None
         return ClassifyResponse(
             model=outcome.model.name,

@@ -3,6 +3,7 @@ plane (`service.api.v2.dataplane`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -10,13 +11,15 @@ import numpy as np
 
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.api.grpc.calls import deadline_of, model_label, observed
+from service.api.grpc.calls import answer, deadline_of
+from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
+from service.api.v2 import tensors
 from service.core.engine import Engine
 from service.errors import InvalidArgument, ServiceError
 from service.metrics import Metrics
 
-PROTOCOL = "v2-grpc"
+V2_GRPC = grpc_codes("v2-grpc", (asyncio.CancelledError,))
 
 # Which InferTensorContents field carries each datatype (the specification's table).
 _CONTENTS_FIELD = {
@@ -75,14 +78,14 @@ def request_from_message(message: pb.ModelInferRequest) -> v2.InferRequest:
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{tensor.name}': contents and raw_input_contents are both set")
-            data = v2.tensor_from_raw(tensor.name, tensor.datatype, shape, raw[index])
+            data = tensors.tensor_from_raw(tensor.name, tensor.datatype, shape, raw[index])
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
                 raise InvalidArgument(
                     f"input '{tensor.name[:64]}': datatype '{tensor.datatype[:32]}' has no typed contents"
                 )
-            data = v2.tensor_from_values(
+            data = tensors.tensor_from_values(
                 tensor.name, tensor.datatype, shape, list(getattr(tensor.contents, field))
             )
         inputs.append(v2.InputTensor(tensor.name, tensor.datatype, shape, data))
@@ -111,7 +114,7 @@ def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
             little = np.ascontiguousarray(output.data, dtype=output.data.dtype.newbyteorder("<"))
             message.raw_output_contents.append(little.tobytes())
         else:
-            message.raw_output_contents.append(v2.encode_bytes_elements(output.data))
+            message.raw_output_contents.append(tensors.encode_bytes_elements(output.data))
     return message
 
 
@@ -138,7 +141,7 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def work() -> pb.RepositoryIndexResponse:
+        async def work(call: Observation) -> pb.RepositoryIndexResponse:
             rows = self._engine.repository_index(request.ready)
             return pb.RepositoryIndexResponse(
                 models=[
@@ -149,38 +152,29 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 ]
             )
 
-        return await observed(self._metrics, PROTOCOL, "repository", context, work)
+        return await answer(self._metrics, V2_GRPC, "repository", context, work)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = model_label(self._engine, request.model_name)
+        label = self._engine.label(request.model_name)
 
-        async def work() -> pb.RepositoryModelLoadResponse:
-            parameters = repository_parameters(request.parameters)
-            if parameters:
-                unsupported = ", ".join(sorted(parameters))[:200]
-                raise InvalidArgument(
-                    f"load parameters are not supported ({unsupported}): models load from the repository"
-                )
-            await self._engine.load_model(request.model_name)
+        async def work(call: Observation) -> pb.RepositoryModelLoadResponse:
+            await v2.load(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
-        return await observed(self._metrics, PROTOCOL, label, context, work)
+        return await answer(self._metrics, V2_GRPC, label, context, work)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = model_label(self._engine, request.model_name)
+        label = self._engine.label(request.model_name)
 
-        async def work() -> pb.RepositoryModelUnloadResponse:
-            dependents = repository_parameters(request.parameters).get("unload_dependents", False)
-            if not isinstance(dependents, bool):
-                raise InvalidArgument("parameter 'unload_dependents' must be a bool")
-            await self._engine.unload_model(request.model_name, dependents)
+        async def work(call: Observation) -> pb.RepositoryModelUnloadResponse:
+            await v2.unload(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelUnloadResponse()
 
-        return await observed(self._metrics, PROTOCOL, label, context, work)
+        return await answer(self._metrics, V2_GRPC, label, context, work)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -190,9 +184,9 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        label = model_label(self._engine, request.name)
+        label = self._engine.label(request.name)
 
-        async def work() -> pb.ModelMetadataResponse:
+        async def work(call: Observation) -> pb.ModelMetadataResponse:
             meta = v2.metadata_of(self._engine, request.name, request.version)
             return pb.ModelMetadataResponse(
                 name=meta.name,
@@ -202,17 +196,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[_tensor_metadata(t) for t in meta.outputs],
             )
 
-        return await observed(self._metrics, PROTOCOL, label, context, work)
+        return await answer(self._metrics, V2_GRPC, label, context, work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        label = model_label(self._engine, request.model_name)
+        label = self._engine.label(request.model_name)
         deadline = deadline_of(context)
 
-        async def work() -> pb.ModelInferResponse:
+        async def work(call: Observation) -> pb.ModelInferResponse:
+            target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
             infer_request = request_from_message(request)
-            return response_message(await v2.infer(self._engine, infer_request, deadline))
+            return response_message(await v2.infer(self._engine, target, infer_request, deadline))
 
-        return await observed(self._metrics, PROTOCOL, label, context, work)
+        return await answer(self._metrics, V2_GRPC, label, context, work)
 
 
 def _tensor_metadata(tensor: v2.TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +21,9 @@ from starlette.requests import ClientDisconnect
 
 from service.api.http.body import read_body, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
+from service.api.observe import Observation, http_codes, observed
 from service.api.v2 import dataplane as v2
+from service.api.v2 import tensors
 from service.core.engine import Engine
 from service.errors import (
     BadRequest,
@@ -37,7 +38,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "v2-http"
+V2_HTTP = http_codes("v2-http", (ClientDisconnected, ClientDisconnect))
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -52,7 +53,7 @@ def parse_infer_request(model: str, version: str, body: bytes, header_length: st
     if not body:
         raise EmptyBody("the request body is empty; send an inference request JSON object")
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise BadRequest(f"{HEADER_LENGTH} is '{header_length[:32]}', the body holds {len(body)} bytes")
         split = int(header_length)
         header, binary = body[:split], memoryview(body)[split:]
@@ -79,10 +80,10 @@ def parse_infer_request(model: str, version: str, body: bytes, header_length: st
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(f"input '{name[:64]}': binary_data_size {size} does not fit the body")
-            data = v2.tensor_from_raw(name, datatype, shape, bytes(binary[offset : offset + size]))
+            data = tensors.tensor_from_raw(name, datatype, shape, bytes(binary[offset : offset + size]))
             offset += size
         elif "data" in item:
-            data = v2.tensor_from_values(name, datatype, shape, item["data"])
+            data = tensors.tensor_from_values(name, datatype, shape, item["data"])
         else:
             raise InvalidArgument(f"input '{name[:64]}' has neither 'data' nor binary_data_size")
         inputs.append(v2.InputTensor(name, datatype, tuple(shape), data))
@@ -184,13 +185,13 @@ def encode_infer_response(response: v2.InferResponse, parameters: dict[str, Any]
     )
 
 
-def _raw(data: v2.TensorData) -> bytes:
+def _raw(data: tensors.TensorData) -> bytes:
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).tobytes()
-    return v2.encode_bytes_elements(data)
+    return tensors.encode_bytes_elements(data)
 
 
-def _json_values(data: v2.TensorData) -> list[Any]:
+def _json_values(data: tensors.TensorData) -> list[Any]:
     if isinstance(data, np.ndarray):
         return data.ravel().tolist()
     return [item.decode("utf-8", errors="replace") for item in data]
@@ -220,22 +221,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
-    def label_of(name: str) -> str:
-        return engine.canonical(name) or "unknown"
-
-    async def answered(label: str, work: Callable[[], Awaitable[Response]]) -> Response:
-        start = time.monotonic()
+    async def answered(label: str, work: Callable[[Observation], Awaitable[Response]]) -> Response:
+        """Run one request's work, observed; errors answered in V2's shape."""
         try:
-            response = await work()
+            with observed(metrics, V2_HTTP, label) as call:
+                response = await work(call)
+                call.code = response.status_code
+                return response
         except ServiceError as exc:
-            response = error_response(exc)
-        except ClientDisconnect:  # gone in the middle of its upload (or timed out by the body deadline)
-            response = Response(status_code=CLIENT_CLOSED_REQUEST)
+            return error_response(exc)
+        except V2_HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception:
-            log.exception("event=request_crashed protocol=%s model=%s", PROTOCOL, label)
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        metrics.observe_request(PROTOCOL, label, response.status_code, time.monotonic() - start)
-        return response
+            return JSONResponse({"error": "internal error"}, status_code=500)
 
     @router.get("", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
@@ -251,10 +249,10 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
 
     async def model_metadata(name: str, version: str = "") -> Response:
-        async def work() -> Response:
+        async def work(call: Observation) -> Response:
             return JSONResponse(_metadata_json(v2.metadata_of(engine, name, version)))
 
-        return await answered(label_of(name), work)
+        return await answered(engine.label(name), work)
 
     async def model_ready(name: str, version: str = "") -> Response:
         try:
@@ -264,19 +262,19 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 400)
 
     async def model_infer(request: Request, name: str, version: str = "") -> Response:
-        async def work() -> Response:
+        async def work(call: Observation) -> Response:
+            # Admitted from the URL alone: an unknown model or a full queue is refused before the body
+            # (up to max_body_bytes) is read.
+            target = call.admitted(v2.admit(engine, name, version))
             encoding = request.headers.get("content-encoding", "identity").lower()
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
             body = await read_body(request, engine.settings.max_body_bytes)
             infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
-            try:
-                response = await unless_disconnected(request, v2.infer(engine, infer_request, None))
-            except ClientDisconnected:
-                return Response(status_code=CLIENT_CLOSED_REQUEST)
+            response = await unless_disconnected(request, v2.infer(engine, target, infer_request, None))
             return encode_infer_response(response, infer_request.parameters)
 
-        return await answered(label_of(name), work)
+        return await answered(engine.label(name), work)
 
     @router.post(
         "/repository/index",
@@ -284,7 +282,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         responses=_ERRORS,
     )
     async def repository_index(request: Request) -> Response:
-        async def work() -> Response:
+        async def work(call: Observation) -> Response:
             document = _optional_object(await read_body(request, _CONTROL_BODY_LIMIT))
             ready = document.get("ready", False)
             if not isinstance(ready, bool):
@@ -301,31 +299,21 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         "/repository/models/{name}/load", summary="Load or reload a model (explicit mode)", responses=_ERRORS
     )
     async def repository_load(request: Request, name: str) -> Response:
-        async def work() -> Response:
-            parameters = await _control_parameters(request, "load")
-            if parameters:
-                unsupported = ", ".join(sorted(parameters))[:200]
-                raise InvalidArgument(
-                    f"load parameters are not supported ({unsupported}): models load from the repository"
-                )
-            await engine.load_model(name)
+        async def work(call: Observation) -> Response:
+            await v2.load(engine, name, await _control_parameters(request, "load"))
             return Response(status_code=200)
 
-        return await answered(label_of(name), work)
+        return await answered(engine.label(name), work)
 
     @router.post(
         "/repository/models/{name}/unload", summary="Unload a model (explicit mode)", responses=_ERRORS
     )
     async def repository_unload(request: Request, name: str) -> Response:
-        async def work() -> Response:
-            parameters = await _control_parameters(request, "unload")
-            dependents = parameters.get("unload_dependents", False)
-            if not isinstance(dependents, bool):
-                raise InvalidArgument("parameter 'unload_dependents' must be true or false")
-            await engine.unload_model(name, dependents)
+        async def work(call: Observation) -> Response:
+            await v2.unload(engine, name, await _control_parameters(request, "unload"))
             return Response(status_code=200)
 
-        return await answered(label_of(name), work)
+        return await answered(engine.label(name), work)
 
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
         router.add_api_route(

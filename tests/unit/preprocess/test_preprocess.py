@@ -16,7 +16,8 @@ from PIL import Image, ImageFile
 from service.errors import BadImage, EmptyBody, InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 from service.model_spec import ModelSpec
 from service.preprocess import images as pp
-from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess, sniff_format
+from service.preprocess.formats import DecodeLimits, sniff_format
+from service.preprocess.images import PreprocessSpec, preprocess
 
 SMALL = PreprocessSpec(crop_size=32, resize_size=32, interpolation="bilinear")
 B0 = PreprocessSpec(crop_size=224, resize_size=256, interpolation="bicubic")

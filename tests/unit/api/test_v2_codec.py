@@ -1,5 +1,5 @@
-"""The Open Inference Protocol codecs and request logic (service.api.v2: dataplane, http, grpc), with
-a fake engine: no model, no server."""
+"""The Open Inference Protocol: tensor codecs, HTTP and gRPC framing (no server), and the data plane's
+request logic on an engine with a tiny real model."""
 
 from __future__ import annotations
 
@@ -16,110 +16,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.api.v2 import dataplane as v2
+from service.api.v2 import tensors
 from service.api.v2.grpc import pb, request_from_message, response_message, set_parameter
 from service.api.v2.http import HEADER_LENGTH, encode_infer_response, parse_infer_request
-from service.core.engine import InferOutcome
-from service.errors import BadRequest, InvalidArgument, NotReady, UnknownModel
-from service.lifecycle.records import ModelEntry
-from service.lifecycle.repository import ModelState
-from service.model_spec import ModelSpec
+from service.core.engine import Engine
+from service.errors import BadRequest, InvalidArgument, UnknownModel
 from service.schemas import Timings
+from tests.conftest import parse_classification
+from tests.tiny_model import SIZE, png, write_model
+from tests.unit.conftest import EngineStarter
 
-ROOT = Path(__file__).resolve().parents[2]
-SIZE = 8
-LABELS = ["red", "green", "blue", "grey: with colon"]
-
-
-def make_entry(name: str = "tiny") -> ModelEntry:
-    spec = ModelSpec.model_validate(
-        {
-            "name": name, "version": 1, "variant": "b0", "architecture": "test",
-            "crop_size": SIZE, "resize_size": SIZE, "interpolation": "bicubic",
-            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-            "inputs": [{"name": "pixels", "dtype": "uint8", "shape": [-1, 3, SIZE, SIZE]}],
-            "outputs": [
-                {"name": "logits", "dtype": "float32", "shape": [-1, len(LABELS)]},
-                {"name": "probabilities", "dtype": "float32", "shape": [-1, len(LABELS)]},
-            ],
-            "num_classes": len(LABELS), "weights": {"kind": "random", "seed": 0},
-            "parameters": 1, "gmacs": 0.1, "opset": 18, "exporter": {}, "onnx_sha256": "0" * 64,
-        }
-    )  # fmt: skip
-    return ModelEntry(name, 1, None, state=ModelState.READY, spec=spec, labels=list(LABELS))
-
-
-class FakeEngine:
-    """The slice of Engine that the V2 data plane uses; outputs are derived from the input so tests
-    can check."""
-
-    class _NoRouting:
-        @staticmethod
-        def handles(name: str) -> bool:
-            return False
-
-    def __init__(self) -> None:
-        self.entry = make_entry()
-        self.calls: list[tuple[str, Any]] = []
-        self.router = self._NoRouting()
-
-    def resolve(self, name: str | None, version: int | None = None) -> ModelEntry:
-        if name not in (None, "", "tiny"):
-            raise UnknownModel(f"unknown model '{name}'")
-        if version not in (None, 1):
-            raise UnknownModel(f"model 'tiny' has no ready version {version}; ready versions: 1")
-        return self.entry
-
-    peek = resolve
-
-    def readiness(self) -> dict[str, str]:
-        return {"tiny": "ready", "broken": "failed: bad file"}
-
-    def canonical(self, name: str) -> str | None:
-        return next((n for n in self.readiness() if n.casefold() == name.casefold()), None)
-
-    def knows(self, name: str) -> bool:
-        return self.canonical(name) is not None
-
-    def check_top_k(self, entry: ModelEntry, k: int) -> int:
-        if not 1 <= k <= len(LABELS):
-            raise InvalidArgument(f"top_k must be between 1 and {len(LABELS)}, got {k}")
-        return k
-
-    def _outcome(self, n: int) -> InferOutcome:
-        probabilities = np.tile(np.array([0.1, 0.6, 0.2, 0.1], dtype=np.float32), (n, 1))
-        outputs = {"logits": np.log(probabilities), "probabilities": probabilities}
-        return InferOutcome(
-            self.entry, outputs, Timings(preprocess_ms=0, queue_ms=0, inference_ms=1, total_ms=1)
-        )
-
-    async def infer_pixels(
-        self, model: str, pixels: np.ndarray, deadline: float | None, version: int | None = None
-    ) -> InferOutcome:
-        self.calls.append(("pixels", pixels))
-        return self._outcome(pixels.shape[0])
-
-    async def infer_images(
-        self,
-        model: str,
-        images: list[bytes],
-        deadline: float | None,
-        version: int | None = None,
-        budget_ms: float | None = None,
-    ) -> InferOutcome:
-        self.calls.append(("images", images))
-        return self._outcome(len(images))
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ----------------------------------------------------------------------------------- BYTES encoding
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_bytes_elements_round_trip(items: list[bytes]) -> None:
-    encoded = v2.encode_bytes_elements(items)
+    encoded = tensors.encode_bytes_elements(items)
     assert len(encoded) == sum(4 + len(i) for i in items)
-    assert v2.decode_bytes_elements(encoded, len(items)) == items
+    assert tensors.decode_bytes_elements(encoded, len(items)) == items
 
 
 def test_bytes_elements_are_little_endian_length_prefixed() -> None:
-    assert v2.encode_bytes_elements([b"ab", b""]) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+    assert tensors.encode_bytes_elements([b"ab", b""]) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
 
 
 @pytest.mark.parametrize(
@@ -131,30 +50,30 @@ def test_bytes_elements_are_little_endian_length_prefixed() -> None:
 )
 def test_truncated_bytes_tensor_is_rejected(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        v2.decode_bytes_elements(raw)
+        tensors.decode_bytes_elements(raw)
 
 
 def test_bytes_element_count_must_match_shape() -> None:
     with pytest.raises(InvalidArgument, match="holds 1 elements, its shape needs 2"):
-        v2.tensor_from_raw("image", "BYTES", [2], v2.encode_bytes_elements([b"x"]))
+        tensors.tensor_from_raw("image", "BYTES", [2], tensors.encode_bytes_elements([b"x"]))
 
 
 # ---------------------------------------------------------------------------------- numeric tensors
 def test_raw_tensor_decodes_little_endian_row_major() -> None:
     values = np.arange(6, dtype="<f4").reshape(2, 3)
-    decoded = v2.tensor_from_raw("x", "FP32", [2, 3], values.tobytes())
+    decoded = tensors.tensor_from_raw("x", "FP32", [2, 3], values.tobytes())
     assert isinstance(decoded, np.ndarray)
     np.testing.assert_array_equal(decoded, values)
 
 
 def test_raw_tensor_size_must_match_shape() -> None:
     with pytest.raises(InvalidArgument, match="5 bytes of data"):
-        v2.tensor_from_raw("x", "UINT8", [2, 3], b"\x00" * 5)
+        tensors.tensor_from_raw("x", "UINT8", [2, 3], b"\x00" * 5)
 
 
 def test_values_may_be_nested_or_flat() -> None:
-    flat = v2.tensor_from_values("x", "INT32", [2, 2], [1, 2, 3, 4])
-    nested = v2.tensor_from_values("x", "INT32", [2, 2], [[1, 2], [3, 4]])
+    flat = tensors.tensor_from_values("x", "INT32", [2, 2], [1, 2, 3, 4])
+    nested = tensors.tensor_from_values("x", "INT32", [2, 2], [[1, 2], [3, 4]])
     assert isinstance(flat, np.ndarray) and isinstance(nested, np.ndarray)
     np.testing.assert_array_equal(flat, nested)
     assert flat.dtype == np.int32
@@ -172,14 +91,14 @@ def test_values_may_be_nested_or_flat() -> None:
 )
 def test_bad_values_are_rejected(datatype: str, shape: list[int], values: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        v2.tensor_from_values("x", datatype, shape, values)
+        tensors.tensor_from_values("x", datatype, shape, values)
 
 
 def test_json_bytes_elements_are_utf8_strings_or_base64_objects() -> None:
-    items = v2.tensor_from_values("image", "BYTES", [2], ["héllo", {"b64": "AAEC"}])
+    items = tensors.tensor_from_values("image", "BYTES", [2], ["héllo", {"b64": "AAEC"}])
     assert items == ["héllo".encode(), b"\x00\x01\x02"]
     with pytest.raises(InvalidArgument, match="base64"):
-        v2.tensor_from_values("image", "BYTES", [1], [{"b64": "%%%"}])
+        tensors.tensor_from_values("image", "BYTES", [1], [{"b64": "%%%"}])
 
 
 def test_classification_parameter_must_be_a_count() -> None:
@@ -190,34 +109,48 @@ def test_classification_parameter_must_be_a_count() -> None:
 
 
 # ------------------------------------------------------------------------------------- v2.infer
+# The data plane with its real collaborator: an engine on a tiny real ONNX model (tests/tiny_model.py).
+LABELS = ("red", "green", "blue", "grey: with colon")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, start_engine: EngineStarter) -> Engine:
+    write_model(tmp_path, "tiny", labels=LABELS)
+    return await start_engine(tmp_path)
+
+
 def pixels_request(n: int = 2, **kw: Any) -> v2.InferRequest:
     pixels = np.zeros((n, 3, SIZE, SIZE), dtype=np.uint8)
+    pixels[:, 1] = 20  # green dominates (p > 0.99), then grey (the tiny model's 0.5 * (r + g + b))
     return v2.InferRequest("tiny", [v2.InputTensor("pixels", "UINT8", pixels.shape, pixels)], **kw)
 
 
-async def test_infer_returns_every_output_by_default() -> None:
-    engine = FakeEngine()
-    response = await v2.infer(engine, pixels_request(id="r1"))  # type: ignore[arg-type]
+async def infer(engine: Engine, request: v2.InferRequest) -> v2.InferResponse:
+    target = v2.admit(engine, request.model, request.version)
+    return await v2.infer(engine, target, request)
+
+
+async def test_infer_returns_every_output_by_default(engine: Engine) -> None:
+    response = await infer(engine, pixels_request(id="r1"))
     assert [o.name for o in response.outputs] == ["logits", "probabilities"]
     assert response.outputs[1].datatype == "FP32" and response.outputs[1].shape == (2, len(LABELS))
     assert (response.model, response.version, response.id) == ("tiny", "1", "r1")
 
 
-async def test_classification_extension_gives_score_index_label() -> None:
+async def test_classification_extension_gives_score_index_label(engine: Engine) -> None:
     request = pixels_request(1, outputs=[v2.RequestedOutput("probabilities", classification=2)])
-    response = await v2.infer(FakeEngine(), request)  # type: ignore[arg-type]
-    output = response.outputs[0]
+    output = (await infer(engine, request)).outputs[0]
     assert output.datatype == "BYTES" and output.shape == (1, 2)
-    assert output.data == [b"0.600000:1:green", b"0.200000:2:blue"]
-    assert v2.parse_classification(b"0.100000:3:grey: with colon") == (0.1, 3, "grey: with colon")
+    assert isinstance(output.data, list)
+    (score, *green), (_, *grey) = (parse_classification(item) for item in output.data)
+    assert green == [1, "green"] and grey == [3, "grey: with colon"] and score > 0.99
 
 
-async def test_image_input_goes_to_preprocessing() -> None:
-    engine = FakeEngine()
-    request = v2.InferRequest("tiny", [v2.InputTensor("image", "BYTES", (2, 1), [b"a", b"b"])])
-    response = await v2.infer(engine, request)  # type: ignore[arg-type]
-    assert engine.calls == [("images", [b"a", b"b"])]
+async def test_image_input_goes_to_preprocessing(engine: Engine) -> None:
+    request = v2.InferRequest("tiny", [v2.InputTensor("image", "BYTES", (2, 1), [png((5, 250, 5))] * 2)])
+    response = await infer(engine, request)
     assert response.outputs[0].shape == (2, len(LABELS))
+    assert response.outputs[1].data.argmax(axis=1).tolist() == [1, 1]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -234,7 +167,7 @@ async def test_image_input_goes_to_preprocessing() -> None:
             lambda: v2.InferRequest(
                 "tiny", [v2.InputTensor("pixels", "UINT8", (1, 3, 4, 4), np.zeros((1, 3, 4, 4), np.uint8))]
             ),
-            r"shape \[N, 3, 8, 8\]",
+            rf"shape \[N, 3, {SIZE}, {SIZE}\]",
         ),
         (
             lambda: v2.InferRequest(
@@ -247,32 +180,35 @@ async def test_image_input_goes_to_preprocessing() -> None:
             r"\[N, 1\]",
         ),
         (lambda: v2.InferRequest("tiny", [v2.InputTensor("text", "BYTES", (1,), [b"a"])]), "unknown input"),
+        (lambda: pixels_request(parameters={"budget_ms": 50}), "budget_ms applies to 'auto'"),
+        (lambda: pixels_request(parameters={"budget_ms": "fast"}), "number of milliseconds"),
     ],
 )
-async def test_invalid_requests_are_rejected(request_factory: Any, message: str) -> None:
+async def test_invalid_requests_are_rejected(engine: Engine, request_factory: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        await v2.infer(FakeEngine(), request_factory())  # type: ignore[arg-type]
+        await infer(engine, request_factory())
 
 
-async def test_unknown_version_is_not_found() -> None:
+async def test_unknown_version_is_not_found(engine: Engine) -> None:
     with pytest.raises(UnknownModel, match="no ready version 7; ready versions: 1"):
-        await v2.infer(FakeEngine(), pixels_request(version="7"))  # type: ignore[arg-type]
-    with pytest.raises(UnknownModel, match="versions are numbers"):
-        await v2.infer(FakeEngine(), pixels_request(version="latest"))  # type: ignore[arg-type]
+        await infer(engine, pixels_request(version="7"))
+    for odd in ("latest", "²", "-1"):  # "²".isdigit() is true, but it is no number
+        with pytest.raises(UnknownModel, match="versions are numbers"):
+            await infer(engine, pixels_request(version=odd))
 
 
-def test_model_ready_knows_states_and_names() -> None:
-    engine = FakeEngine()
-    assert v2.model_ready(engine, "tiny") is True  # type: ignore[arg-type]
-    assert v2.model_ready(engine, "tiny", "2") is False  # type: ignore[arg-type]
-    engine.resolve = lambda name, version=None: (_ for _ in ()).throw(NotReady("loading"))  # type: ignore
-    assert v2.model_ready(engine, "broken") is False  # type: ignore[arg-type]
+async def test_model_ready_knows_states_and_names(engine: Engine) -> None:
+    assert v2.model_ready(engine, "tiny") is True
+    assert v2.model_ready(engine, "TINY") is True
+    assert v2.model_ready(engine, "tiny", "2") is False
     with pytest.raises(UnknownModel):
-        v2.model_ready(engine, "nope")  # type: ignore[arg-type]
+        v2.model_ready(engine, "nope")
+    await engine.stop()
+    assert v2.model_ready(engine, "tiny") is False
 
 
-def test_metadata_lists_both_inputs() -> None:
-    meta = v2.model_metadata(make_entry())
+async def test_metadata_lists_both_inputs(engine: Engine) -> None:
+    meta = v2.metadata_of(engine, "tiny")
     assert [(t.name, t.datatype, t.shape) for t in meta.inputs] == [
         ("pixels", "UINT8", (-1, 3, SIZE, SIZE)),
         ("image", "BYTES", (-1,)),
@@ -311,7 +247,7 @@ def test_http_binary_request_and_response() -> None:
     body = bytes(response.body)
     document = json.loads(body[:length])
     assert document["outputs"][0]["parameters"]["binary_data_size"] == len(body) - length
-    assert v2.decode_bytes_elements(body[length:]) == [b"0.6:1:green"]
+    assert tensors.decode_bytes_elements(body[length:]) == [b"0.6:1:green"]
 
 
 def test_http_json_response_when_no_binary_is_asked() -> None:
@@ -370,7 +306,7 @@ def test_grpc_response_uses_raw_output_contents() -> None:
     message = response_message(v2.InferResponse("tiny", "1", "x", outputs, _timings()))
     assert [o.name for o in message.outputs] == ["logits", "probabilities"]
     np.testing.assert_array_equal(np.frombuffer(message.raw_output_contents[0], "<f4"), logits.ravel())
-    assert v2.decode_bytes_elements(message.raw_output_contents[1]) == [b"0.5:1:green"]
+    assert tensors.decode_bytes_elements(message.raw_output_contents[1]) == [b"0.5:1:green"]
 
 
 def _timings() -> Timings:

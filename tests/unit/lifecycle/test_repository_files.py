@@ -17,14 +17,9 @@ from service.errors import (
     retry_after,
     status_for,
 )
-from service.lifecycle.repository import (
-    HashCache,
-    ModelLoadError,
-    VersionPolicy,
-    read_config,
-    scan,
-    validate_files,
-)
+from service.lifecycle.configs import VersionPolicy, read_config
+from service.lifecycle.files import HashCache, ModelLoadError, read_spec, recorded_identity, validate_files
+from service.lifecycle.repository import scan
 from tests.tiny_model import write_model
 
 
@@ -87,7 +82,7 @@ def test_config_overrides_are_read(tmp_path: Path) -> None:
 
 def test_validate_files_accepts_a_good_model(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    spec, labels = validate_files(folder, "tiny", 1)
+    spec, labels = validate_files(folder)
     assert spec.crop_size == 16 and labels == ["red", "green", "blue", "grey"]
 
 
@@ -105,13 +100,15 @@ def test_validate_files_says_what_is_wrong(tmp_path: Path, damage, message: str)
     folder = write_model(tmp_path, "tiny")
     damage(folder)
     with pytest.raises(ModelLoadError, match=message):
-        validate_files(folder, "tiny", 1)
+        validate_files(folder)
 
 
-def test_a_version_folder_must_hold_its_own_version(tmp_path: Path) -> None:
+def test_the_folder_decides_name_and_version_and_a_copied_model_json_is_only_noted(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    with pytest.raises(ModelLoadError, match="describes tiny/1, but lives in tiny/2"):
-        validate_files(folder, "tiny", 2)
+    spec, _ = validate_files(folder)  # a copy of tiny/1 placed as tiny/2 or other/1 still validates
+    assert recorded_identity(spec, "tiny", 1) is None
+    assert recorded_identity(read_spec(folder), "tiny", 2) == "tiny/1"
+    assert recorded_identity(spec, "other", 1) == "tiny/1"
 
 
 def test_hash_cache_survives_a_restart_and_misses_on_change(tmp_path: Path) -> None:

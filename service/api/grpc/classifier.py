@@ -1,0 +1,223 @@
+"""`effnet.v1.Classifier`, our own gRPC API: Classify, ClassifyStream (many requests in flight on one
+stream, answered as they complete) and ListModels. It translates messages; the engine does the work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from service.api.grpc.calls import answer, deadline_of
+from service.api.observe import Observation, grpc_codes, observed
+from service.core.engine import DEFAULT_TOP_K, Engine
+from service.errors import ServiceError, retry_after, status_for
+from service.metrics import Metrics
+from service.schemas import ModelInfo, Route
+
+GRPC = grpc_codes("grpc", (asyncio.CancelledError,))
+# Requests of one ClassifyStream being worked on at once; further reads wait (backpressure).
+STREAM_MAX_IN_FLIGHT = 64
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self._engine = engine
+        self._metrics = metrics
+
+    async def Classify(
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        deadline = deadline_of(context)
+
+        async def work(call: Observation) -> classifier_pb2.ClassifyResponse:
+            return await self._classify(call, request, deadline)
+
+        return await answer(self._metrics, GRPC, self._engine.label(request.model), context, work)
+
+    async def _classify(
+        self, call: Observation, request: classifier_pb2.ClassifyRequest, deadline: float | None
+    ) -> classifier_pb2.ClassifyResponse:
+        target = self._engine.admit(
+            request.model or None,
+            request.version or None,
+            top_k=request.top_k or DEFAULT_TOP_K,
+            budget_ms=request.budget_ms or None,
+        )
+        outcome = await self._engine.classify(call.admitted(target), list(request.images), deadline)
+        model = outcome.model
+        assert model.spec is not None
+        t = outcome.timings
+        return classifier_pb2.ClassifyResponse(
+            id=request.id,
+            model=model.name,
+            version=model.version or 0,
+            weights=model.spec.weights.kind,
+            results=[
+                classifier_pb2.ImageResult(
+                    predictions=[
+                        classifier_pb2.Prediction(class_id=p.class_id, label=p.label, score=p.score)
+                        for p in predictions
+                    ]
+                )
+                for predictions in outcome.predictions
+            ],
+            timings=classifier_pb2.Timings(
+                preprocess_ms=t.preprocess_ms,
+                queue_ms=t.queue_ms,
+                inference_ms=t.inference_ms,
+                total_ms=t.total_ms,
+            ),
+            route=route_message(outcome.route) if outcome.route is not None else None,
+        )
+
+    async def ClassifyStream(
+        self,
+        request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Read requests as they come, work on up to STREAM_MAX_IN_FLIGHT at once, answer each as it
+        completes. A failed request is answered with `error` set; the stream goes on."""
+        deadline = deadline_of(context)
+        answers: asyncio.Queue[classifier_pb2.ClassifyResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        working: set[asyncio.Task[None]] = set()
+
+        async def answer(request: classifier_pb2.ClassifyRequest) -> None:
+            try:
+                await answers.put(await self._stream_item(request, deadline))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(request))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+                if working:
+                    await asyncio.gather(*working)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read(), name="classify-stream-reader")
+        try:
+            while (response := await answers.get()) is not None:
+                await context.write(response)
+            await reader  # surfaces a failed read
+        finally:
+            for task in (reader, *working):
+                task.cancel()
+
+    async def _stream_item(
+        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
+    ) -> classifier_pb2.ClassifyResponse:
+        """One request of a stream: observed as a call of its own; a failure is an answer with `error`."""
+        try:
+            with observed(self._metrics, GRPC, self._engine.label(request.model)) as call:
+                return await self._classify(call, request, deadline)
+        except ServiceError as exc:
+            return classifier_pb2.ClassifyResponse(
+                id=request.id,
+                error=classifier_pb2.Error(
+                    status=status_for(exc).grpc.value[0],
+                    code=exc.code,
+                    message=exc.message,
+                    retry_after_s=retry_after(exc) or 0,
+                ),
+            )
+
+    async def ListModels(
+        self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ListModelsResponse:
+        listing = self._engine.model_list()
+        return classifier_pb2.ListModelsResponse(
+            default_model=listing.default_model,
+            models=[model_info_message(info) for info in listing.models],
+            policies=listing.policies,
+        )
+
+
+def route_message(route: Route) -> classifier_pb2.Route:
+    return classifier_pb2.Route(
+        policy=route.policy,
+        budget_ms=route.budget_ms or 0.0,
+        predicted_ms=route.predicted_ms or 0.0,
+        model=route.model or "",
+        fits=bool(route.fits),
+        images=[
+            classifier_pb2.CascadeImage(
+                answered_by=image.answered_by,
+                stages=[
+                    classifier_pb2.StageConfidence(
+                        model=s.model, confidence=s.confidence, escalated=s.escalated
+                    )
+                    for s in image.stages
+                ],
+            )
+            for image in route.images or []
+        ],
+    )
+
+
+def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
+    message = classifier_pb2.ModelInfo(
+        name=info.name,
+        version=info.version,
+        state=info.state,
+        ready=info.ready,
+        reason=info.reason,
+        default=info.default,
+        variant=info.variant,
+        architecture=info.architecture,
+        resolution=info.resolution,
+        resize_size=info.resize_size,
+        interpolation=info.interpolation,
+        num_classes=info.num_classes,
+        parameters=info.parameters,
+        gmacs=info.gmacs,
+        opset=info.opset,
+        provider=info.provider,
+        kind=info.kind,
+        precision=info.precision,
+        accuracy_top1=info.accuracy.imagenet_top1 if info.accuracy else None,
+        accuracy_source=info.accuracy.source if info.accuracy else None,
+        stages=[stage.model for stage in info.stages],
+        inputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.inputs],
+        outputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.outputs],
+    )
+    if info.normalization is not None:
+        message.mean.extend(info.normalization.mean)
+        message.std.extend(info.normalization.std)
+    if info.weights is not None:
+        w = info.weights
+        message.weights.CopyFrom(
+            classifier_pb2.Weights(kind=w.kind, source=w.source, sha256=w.sha256, seed=w.seed)
+        )
+    for v in info.versions:
+        message.versions.append(
+            classifier_pb2.VersionInfo(
+                version=v.version,
+                state=v.state,
+                ready=v.ready,
+                reason=v.reason,
+                memory_bytes=v.memory_bytes,
+                load_seconds=v.load_seconds,
+                loaded_at=v.loaded_at,
+                last_used=v.last_used,
+                in_flight=v.in_flight,
+            )
+        )
+    if info.batcher is not None:
+        b = info.batcher
+        message.batcher.CopyFrom(
+            classifier_pb2.BatcherInfo(
+                max_batch_size=b.max_batch_size,
+                max_queue_delay_ms=b.max_queue_delay_ms,
+                max_queue_size=b.max_queue_size,
+                queue_depth=b.queue_depth,
+            )
+        )
+    return message

@@ -1,0 +1,93 @@
+"""What every protocol shares around one request: its metrics label (one rule), its timing, the one
+count in `effnet_requests_total{protocol,model,code}`, and the log line of a failure.
+
+Each protocol describes its status codes once (`StatusCodes`: success, the client gone, a crash, and
+the error table's column for it) and wraps each request in `observed`. The label starts as the engine's
+rule for the requested name (`Engine.label`: a known name, the default model, or "unknown") and becomes
+the admitted target's name once the request is admitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+
+from service.core.target import Target
+from service.errors import ServiceError, status_for
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Code = int | str
+
+
+@dataclass(frozen=True)
+class StatusCodes:
+    protocol: str
+    ok: Code
+    gone: Code  # the client went away (disconnected, cancelled, its deadline passed)
+    crashed: Code
+    of: Callable[[ServiceError], Code]
+    gone_errors: tuple[type[BaseException], ...] = ()
+
+
+def http_codes(protocol: str, gone_errors: tuple[type[BaseException], ...]) -> StatusCodes:
+    # 499 is not a real HTTP status (nginx's "client closed request"): recorded in metrics only.
+    return StatusCodes(protocol, 200, 499, 500, lambda error: status_for(error).http, gone_errors)
+
+
+def grpc_codes(protocol: str, gone_errors: tuple[type[BaseException], ...]) -> StatusCodes:
+    return StatusCodes(
+        protocol,
+        grpc.StatusCode.OK.name,
+        grpc.StatusCode.CANCELLED.name,
+        grpc.StatusCode.INTERNAL.name,
+        lambda error: status_for(error).grpc.name,
+        gone_errors,
+    )
+
+
+@dataclass
+class Observation:
+    label: str
+    request_id: str = ""
+    code: Code | None = None  # None: the codes' success value when no error was raised
+    started: float = field(default_factory=time.monotonic)
+
+    def admitted(self, target: Target) -> Target:
+        self.label = target.name
+        return target
+
+
+@contextmanager
+def observed(metrics: Metrics, codes: StatusCodes, label: str, request_id: str = "") -> Iterator[Observation]:
+    """Count and time the request run inside; errors are logged and re-raised for the protocol to map."""
+    call = Observation(label, request_id)
+    code: Code = codes.crashed
+    try:
+        yield call
+        code = codes.ok if call.code is None else call.code
+    except ServiceError as exc:
+        code = codes.of(exc)
+        log.info(
+            "event=request_failed protocol=%s request_id=%s model=%s code=%s error=%s message=%r",
+            codes.protocol, request_id, call.label, code, exc.code, exc.message,
+        )  # fmt: skip
+        raise
+    except codes.gone_errors:
+        code = codes.gone
+        log.info(
+            "event=client_gone protocol=%s request_id=%s model=%s", codes.protocol, request_id, call.label
+        )
+        raise
+    except Exception:
+        log.exception("event=request_crashed protocol=%s request_id=%s model=%s", codes.protocol,
+                      request_id, call.label)  # fmt: skip
+        raise
+    finally:
+        metrics.observe_request(codes.protocol, call.label, code, time.monotonic() - call.started)
