@@ -63,11 +63,7 @@ browser-tools:
 		tool=$${pair%%:*}; package=$${pair##*:}; \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/bin/$$tool || missing="$$missing $$package"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "browser-tools: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 
 test: proto browser-tools
 	$(PY) -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
@@ -101,11 +97,7 @@ check-deploy: proto
 		tool=$${pair%%:*}; package=$${pair##*:}; \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "check-deploy: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 	$(PY) -m pip install --quiet -e '.[deploy]'
 	$(VENV)/bin/hadolint Dockerfile
 	docker-compose -f docker-compose.yml config -q
@@ -156,11 +148,7 @@ chaos: proto models
 		tool=$${pair%%:*}; package=$${pair##*:}; \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "chaos: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 	$(PY) -m tests.chaos.runner --repository $(REPOSITORY) --models $(CHAOS_MODELS) \
 		--duration $(CHAOS_SECONDS) $(CHAOS_ARGS)
 
@@ -179,9 +167,5 @@ check-image: proto
 		tool=$${pair%%:*}; package=$${pair##*:}; \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
 	done; \
-	if [ -n "$$missing" ]; then \
-		echo "check-image: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
-			install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 	$(PY) docker/check_image.py $(IMAGE_CHECK_ARGS)

@@ -26,6 +26,7 @@ from service.api.http.limits import (
     ensure_file_descriptors,
     limited_protocol,
 )
+from service.api.ports import PortInUse, check_grpc, claim_http
 from service.core.engine import Engine
 from service.lifecycle.files import ModelLoadError
 from service.logs import setup_logging
@@ -97,7 +98,12 @@ async def _start_grpc(engine: Engine, settings: Settings, metrics: Metrics) -> g
 
 
 async def serve(settings: Settings) -> int:
-
+    try:
+        http_socket = claim_http(settings.host, settings.http_port)
+        check_grpc(settings.host, settings.grpc_port)
+    except PortInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = Metrics()
     engine = Engine(settings, metrics)
     await engine.start()
@@ -131,7 +137,7 @@ async def serve(settings: Settings) -> int:
     # a refused connection it sends elsewhere (docs/limits.md, "Replicas that die").
     await grpc_server.start()  # grpc releases a bound port only once started and stopped
     await grpc_server.stop(None)
-    http_task = asyncio.create_task(http_server.serve(), name="http")
+    http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -79,6 +79,11 @@ class VersionInfo(BaseModel):
     loaded_at: float | None = Field(default=None, description="when it became ready (Unix time)")
     last_used: float | None = Field(default=None, description="last request it served (Unix time)")
     in_flight: int = Field(0, description="requests holding this version now")
+    recorded_as: str | None = Field(
+        default=None,
+        description="name/version as model.json records it, when that differs from its folder (a copied "
+        "version or model): shown, never a failure; the folder decides",
+    )
 
 
 class StageInfo(BaseModel):

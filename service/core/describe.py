@@ -90,4 +90,5 @@ def _version_info(entry: ModelEntry) -> VersionInfo:
         loaded_at=entry.loaded_at,
         last_used=entry.last_used,
         in_flight=entry.in_flight,
+        recorded_as=entry.recorded_as,
     )

@@ -52,7 +52,7 @@ class Engine:
         self.executor = Executor(self.lifecycle.leases, self.pool, limits, metrics, self.live)
         self.router = Router(self.executor, self.lifecycle, self.pool, self.live, settings, metrics)
         self.admission = Admission(self.lifecycle, settings)
-        self._poller = Poller(self.lifecycle, settings) if settings.model_control == "poll" else None
+        self.poller = Poller(self.lifecycle, settings) if settings.model_control == "poll" else None
         self._accepting = False
         self._draining = False
         self._stopped = False
@@ -67,8 +67,8 @@ class Engine:
         if self.settings.default_model and self.settings.default_model not in self.lifecycle.records:
             await self.lifecycle.stop()
             raise ModelLoadError(f"default model '{self.settings.default_model}' is not configured")
-        if self._poller is not None:
-            self._poller.start()
+        if self.poller is not None:
+            self.poller.start()
         self._accepting = True
 
     async def wait_loaded(self) -> None:
@@ -94,8 +94,8 @@ class Engine:
             return
         self._stopped = True
         self._accepting = False
-        if self._poller is not None:
-            await self._poller.stop()
+        if self.poller is not None:
+            await self.poller.stop()
         await self.lifecycle.stop()
         self.pool.close()
 

@@ -29,6 +29,7 @@ class Poller:
         self._settings = settings
         self._seen: dict[tuple[str, int], tuple[int, ...]] = {}  # file signatures at the last scan
         self._task: asyncio.Task[None] | None = None
+        self.scans = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="poll-repository")
@@ -53,6 +54,7 @@ class Poller:
         """One scan: act on what is settled on disk now."""
         lifecycle = self._lifecycle
         on_disk = await asyncio.to_thread(scan, self._settings.repository)
+        self.scans += 1
         for name, found in on_disk.items():
             model = self._settled(found)
             if model is None:
@@ -112,4 +114,7 @@ def _changed(record: ModelRecord, model: ModelOnDisk) -> bool:
             return True
         if not entry.ready and entry.state is not ModelState.FAILED:
             return True
-    return any(e.ready and n not in targets for n, e in record.versions.items())
+    # A version no longer targeted retires once a targeted one serves; while the targets failed (and
+    # their files have not changed), the old version serves on and there is nothing to do.
+    targets_serve = any(record.versions[n].ready for n in targets)
+    return targets_serve and any(e.ready and n not in targets for n, e in record.versions.items())

@@ -17,6 +17,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from tests.waiting import until_sync
+
 pytestmark = pytest.mark.slow
 
 
@@ -189,3 +191,68 @@ def test_unload_releases_memory_over_twenty_cycles(server_factory, model_reposit
     growth = samples[-1] - samples[4]
     print(f"RSS after unload, cycles 5..20: {[round(s / 2**20) for s in samples[4:]]} MB")
     assert growth < 24 << 20, f"RSS grew {growth / 2**20:.0f} MB over 15 load/unload cycles"
+
+
+def test_poll_mode_serves_plain_copies_under_load(
+    server_factory, model_repository, tmp_path, real_photos
+) -> None:
+    """`cp -r` as most people publish: a version copied to a new number, a model folder copied under a
+    new name (model.json still names the original: the folder decides); a broken version is logged
+    once and the serving one carries on. No request fails meanwhile."""
+    repository = tmp_path / "repository"
+    shutil.copytree(model_repository / "lite0", repository / "lite0")
+    poll_s = 0.3
+    server = server_factory(repository, "--model-control", "poll", "--poll-interval-s", str(poll_s))
+    versions: list[int] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as session:
+            while not stop.is_set():
+                answer = session.post(
+                    f"{server.http_url}/classify", params={"variant": "lite0"},
+                    content=real_photos["chelsea"], headers={"content-type": "image/jpeg"},
+                )  # fmt: skip
+                if answer.status_code == 200:
+                    versions.append(answer.json()["version"])
+                else:
+                    failures.append(f"{answer.status_code} {answer.text}")
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        until_sync(lambda: len(versions) >= 5, what="lite0/1 answering")
+        copied = time.monotonic()
+        shutil.copytree(repository / "lite0" / "1", repository / "lite0" / "2")
+        until_sync(lambda: versions[-1] == 2, within_s=60, what="lite0/2 answering")
+        version_seconds = time.monotonic() - copied
+        copied = time.monotonic()
+        shutil.copytree(repository / "lite0", repository / "lite0-copy")
+        until_sync(
+            lambda: classify(server.http_url, real_photos["chelsea"], "lite0-copy").status_code == 200,
+            within_s=60,
+            what="lite0-copy answering",
+        )
+        model_seconds = time.monotonic() - copied
+        broken = repository / "lite0" / "3"
+        shutil.copytree(repository / "lite0" / "1", broken)
+        (broken / "model.onnx").write_bytes(b"\x08\x01 half a graph")
+        until_sync(lambda: "model=lite0 version=3" in server.log(), within_s=30, what="version 3 tried")
+        time.sleep(10 * poll_s)  # an observation window: ten more scans see the same broken files
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:3]
+    print(f"cp -r: a version served after {version_seconds:.2f} s, a model after {model_seconds:.2f} s")
+    assert version_seconds < 20 * poll_s and model_seconds < 20 * poll_s
+    assert versions[-1] == 2, "the broken version 3 never took over"
+    log = server.log()
+    assert log.count("event=model_failed model=lite0 version=3") == 1, "logged once, not every poll"
+    failed_lines = [line for line in log.splitlines() if "event=model_failed" in line]
+    assert not [line for line in failed_lines if "version=2" in line or "lite0-copy" in line], failed_lines
+    models = {m["name"]: m for m in httpx.get(f"{server.http_url}/v1/models", timeout=10).json()["models"]}
+    copy_versions = {v["version"]: v for v in models["lite0-copy"]["versions"]}
+    assert copy_versions[2]["ready"] and copy_versions[2]["recorded_as"] == "lite0/1"

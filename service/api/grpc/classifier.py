@@ -208,6 +208,7 @@ def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
                 loaded_at=v.loaded_at,
                 last_used=v.last_used,
                 in_flight=v.in_flight,
+                recorded_as=v.recorded_as,
             )
         )
     if info.batcher is not None:
