@@ -36,13 +36,13 @@ class LiveFigures:
         """Moving average of preprocessing per image (None before the first request)."""
         return self._preprocess_ms.get(model)
 
-    def recent_tail_ms(self, model: str) -> float | None:
-        """The 90th percentile of the last few seconds' latencies; None with too few of them."""
+    def recent_tail_ms(self, model: str, min_samples: int = _RECENT_MIN_SAMPLES) -> float | None:
+        """The 90th percentile of the last few seconds' latencies; None with fewer than `min_samples`."""
         window = self._recent.get(model)
         if not window:
             return None
         now = time.monotonic()
         recent = [ms for at, ms in window if now - at <= _RECENT_S]
-        if len(recent) < _RECENT_MIN_SAMPLES:
+        if len(recent) < min_samples:
             return None
         return float(np.quantile(recent, _RECENT_QUANTILE))

@@ -37,10 +37,14 @@ _PRIOR_MS_BASE = 1.0
 # Decoding and resizing a camera JPEG, per image, before it is measured (ENVIRONMENT.md: 4-6 ms).
 _PRIOR_PREPROCESS_MS = 6.0
 # Arrival rate of auto requests, and the memory of the rate at which a model was too slow: it is not
-# chosen again above 80 % of that rate; the remembered rate doubles over a minute.
+# chosen again above 80 % of that rate; the remembered rate doubles over a minute. A model is
+# remembered only on sustained evidence: its 90th percentile over at least this many recent requests
+# (a stall that slows a handful of requests, or a cold start, is not a load it cannot carry).
 _RATE_WINDOW_S = 2.0
+_RATE_MIN_SPAN_S = 0.25
 _RATE_MARGIN = 0.8
 _RATE_RECOVERY_S = 60.0
+_OVERLOAD_MIN_SAMPLES = 20
 
 NO_AUTO_CANDIDATE = (
     f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy "
@@ -127,7 +131,8 @@ class Router:
         for candidate in candidates:
             name = candidate.entry.name
             if candidate.predicted_ms > limit:
-                if self._live.recent_tail_ms(name) is not None:  # measured too slow at this load
+                sustained = self._live.recent_tail_ms(name, _OVERLOAD_MIN_SAMPLES)
+                if sustained is not None and sustained > limit:  # measured too slow at this load
                     self._overloaded_at[name] = (rate, time.monotonic())
                 rest.append(candidate)
             elif self._too_busy_for(name, rate):
@@ -139,11 +144,15 @@ class Router:
         return fitting + rest
 
     def _arrival_rate(self) -> float:
-        """`auto` requests per second over the last few seconds."""
+        """`auto` requests per second over the last few seconds (over the time since they began, when
+        that is shorter: right after a pause the full window would read a fraction of the real rate)."""
         now = time.monotonic()
         while self._arrivals and now - self._arrivals[0] > _RATE_WINDOW_S:
             self._arrivals.popleft()
-        return len(self._arrivals) / _RATE_WINDOW_S
+        if not self._arrivals:
+            return 0.0
+        span = min(_RATE_WINDOW_S, max(_RATE_MIN_SPAN_S, now - self._arrivals[0]))
+        return len(self._arrivals) / span
 
     def _too_busy_for(self, model: str, rate: float) -> bool:
         """A model that was measured too slow at some request rate is not chosen again until the rate

@@ -4,6 +4,8 @@ Lite models (lite0 fp32 / fp16 / int8, each declaring its ImageNet accuracy) and
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 
 import grpc
 import httpx
@@ -95,3 +97,31 @@ def test_cascade_answers_with_its_route(family_server: LiveServer, real_photos) 
     }
     refused = httpx.post(f"{family_server.http_url}/v2/models/cascade-small/infer", json=pixels, timeout=30)
     assert refused.status_code == 422 and "send encoded images" in refused.json()["error"]
+
+
+def test_auto_at_a_steady_rate_with_a_generous_budget_keeps_the_most_accurate(
+    family_server: LiveServer, real_photos
+) -> None:
+    """Four clients, a budget every model meets: auto stays with the most accurate model (lite0; its
+    fp16 graph declares the same accuracy) rather than drifting to lite0-int8."""
+    chosen: list[str] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as session:
+            for _ in range(40):
+                answer = session.post(
+                    f"{family_server.http_url}/classify",
+                    params={"variant": "auto", "budget_ms": 5000},
+                    content=real_photos["chelsea"],
+                    headers={"content-type": "image/jpeg"},
+                )
+                chosen.append(answer.json()["model"])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    best = sum(name in ("lite0", "lite0-fp16") for name in chosen) / len(chosen)
+    print(f"auto at a steady rate: {Counter(chosen)}")
+    assert best >= 0.95, Counter(chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ async def test_auto_remembers_the_load_at_which_a_model_was_too_slow(
 ) -> None:
     engine = await start_engine(family)
     router = engine.router
-    for _ in range(6):  # big's recent answers took a second: far over 60 % of the budget
+    for _ in range(24):  # big's recent answers took a second: far over 60 % of the budget
         engine.live.observe_latency("big", 1.0)
     first = await classify(engine, "auto", [png(CONFIDENT)], 1, budget_ms=500)
     assert first.model.name == "small"
@@ -140,10 +141,38 @@ async def test_auto_remembers_the_load_at_which_a_model_was_too_slow(
     assert later.model.name == "big"
 
 
+async def test_a_stall_of_a_few_requests_is_not_remembered(family: Path, start_engine: EngineStarter) -> None:
+    """A handful of slow answers (a stall, a cold start) steer auto away only while they are recent;
+    they are not a load the model cannot carry, so big is not kept out once they age."""
+    engine = await start_engine(family)
+    for _ in range(6):
+        engine.live.observe_latency("big", 1.0)
+    stalled = await classify(engine, "auto", [png(CONFIDENT)], 1, budget_ms=500)
+    assert stalled.model.name == "small" and "big" not in engine.router._overloaded_at
+    engine.live._recent["big"].clear()  # two seconds later: aged out of the window
+    assert (await classify(engine, "auto", [png(CONFIDENT)], 1, budget_ms=500)).model.name == "big"
+
+
+async def test_auto_at_a_steady_rate_with_a_generous_budget_picks_the_most_accurate(
+    family: Path, start_engine: EngineStarter
+) -> None:
+    engine = await start_engine(family)
+    chosen: list[str] = []
+
+    async def client() -> None:
+        for _ in range(60):
+            outcome = await classify(engine, "auto", [png(CONFIDENT)], 1, budget_ms=1000)
+            chosen.append(outcome.model.name)
+
+    await asyncio.gather(*(client() for _ in range(4)))
+    share = chosen.count("big") / len(chosen)
+    assert share >= 0.95, f"big chosen for {share:.0%} of {len(chosen)}"
+
+
 async def test_admission_leaves_the_router_alone(family: Path, start_engine: EngineStarter) -> None:
     """Only a request that is routed moves auto's memory; admitting (and refusing) does not."""
     engine = await start_engine(family)
-    for _ in range(6):
+    for _ in range(24):
         engine.live.observe_latency("big", 1.0)  # measured far over any budget here
     for _ in range(5):
         target = engine.admit("Auto", top_k=2, budget_ms=500)
