@@ -85,6 +85,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
             "preprocess_plus_bs1_ms": round(reference_ms, 2),
             "added_ms": round(c1[0]["p50_ms"] - reference_ms, 2),
         }
+        out["goals_b0"] = _goals(runs, b0, c1[0], out["efficiency"].get("b0"))
     out["protocols_b0"] = _protocols(runs)
     out["tuning_b0"] = _tuning(runs)
     out["paper_chart"] = {
@@ -97,6 +98,37 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     out["other_cores_median"] = others[len(others) // 2] if others else None
     out["client_cores_max"] = max((r["cpu"]["client"] for r in runs), default=None)
     return out
+
+
+def _goals(
+    runs: list[dict[str, Any]], b0: dict[str, Any], c1: dict[str, Any], efficiency: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The three figures of the one-client and saturation goals, each against its reference from the
+    same run: the service's own inference_ms at one client / bare ORT batch 1 with the service's thread
+    count (goal <= 1.25); one-client p50 / the naive+draft server's (goal <= 1.0); the 16-client
+    efficiency against the pipeline limit (goal >= 0.90)."""
+    bare_bs1 = b0["bare_ort"]["batches"]["1"]["ms_per_batch"]
+    inference = c1.get("inference_ms_p50")
+    draft = select(runs, server="naive+draft", model="b0", mode="closed", concurrency=1)
+    draft_p50 = draft[0]["p50_ms"] if draft else None
+    eff = efficiency["efficiency"] if efficiency else None
+    goals = {
+        "inference_ms_c1": inference,
+        "bare_bs1_same_threads_ms": round(bare_bs1, 3),
+        "inference_over_bare": _ratio(inference, bare_bs1),
+        "p50_c1_ms": round(c1["p50_ms"], 2),
+        "naive_draft_p50_c1_ms": None if draft_p50 is None else round(draft_p50, 2),
+        "p50_over_naive_draft": _ratio(c1["p50_ms"], draft_p50),
+        "efficiency_16": eff,
+    }
+    goals["met"] = {
+        "inference_within_1.25x_bare": goals["inference_over_bare"] is not None
+        and goals["inference_over_bare"] <= 1.25,
+        "p50_at_or_below_naive_draft": goals["p50_over_naive_draft"] is not None
+        and goals["p50_over_naive_draft"] <= 1.0,
+        "efficiency_at_least_0.90": eff is not None and eff >= 0.90,
+    }
+    return goals
 
 
 def _cpu_efficiency(ref: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:

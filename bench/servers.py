@@ -104,13 +104,15 @@ def service(
     return ServerProcess(argv, env, http_port, "/readyz", log), grpc_port
 
 
-def naive(model_dir: Path, log: Path) -> ServerProcess:
+def naive(model_dir: Path, log: Path, draft: bool = False) -> ServerProcess:
+    """The naive reference server; `draft`: with JPEG draft decoding ("naive + draft")."""
     port = free_port()
     argv = [
         sys.executable, "-m", "uvicorn", "--factory", "bench.naive_server:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    return ServerProcess(argv, {"EFFNET_NAIVE_MODEL_DIR": str(model_dir)}, port, "/healthz", log)
+    env = {"EFFNET_NAIVE_MODEL_DIR": str(model_dir), "EFFNET_NAIVE_DRAFT": "1" if draft else "0"}
+    return ServerProcess(argv, env, port, "/healthz", log)
 
 
 def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:

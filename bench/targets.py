@@ -6,6 +6,7 @@ the failure's status (HTTP status number, gRPC code name). Transport errors beco
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from typing import Protocol
@@ -38,12 +39,17 @@ class Target(Protocol):
 class HttpClassify:
     """`POST /classify?variant=M` with a raw JPEG body (both our service and the naive server)."""
 
-    def __init__(self, base_url: str, model: str, bodies: Sequence[bytes], name: str = "http") -> None:
+    def __init__(
+        self, base_url: str, model: str, bodies: Sequence[bytes], name: str = "http", timings: bool = False
+    ) -> None:
+        """`timings`: keep each answer's own `timings.inference_ms` (our service's answers have them)."""
         self.name = name
         self._url = f"{base_url}/classify"
         self._params = {"variant": model}
         self._bodies = list(bodies)
         self._session: aiohttp.ClientSession | None = None
+        self._timings = timings
+        self.inference_ms: list[float] = []
 
     async def open(self, concurrency: int) -> None:
         connector = aiohttp.TCPConnector(limit=max(concurrency, 1), force_close=False)
@@ -57,8 +63,12 @@ class HttpClassify:
             async with self._session.post(
                 self._url, params=self._params, data=body, headers={"Content-Type": "image/jpeg"}
             ) as response:
-                await response.read()
-                return "ok" if response.status == 200 else str(response.status)
+                body = await response.read()
+                if response.status != 200:
+                    return str(response.status)
+                if self._timings:
+                    self.inference_ms.append(float(json.loads(body)["timings"]["inference_ms"]))
+                return "ok"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return f"error:{type(exc).__name__}"
 

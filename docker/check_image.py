@@ -2,7 +2,7 @@
 
 1. The base image the Dockerfile names is pulled; where no registry is reachable, a stand-in is built
    from Debian packages under the same name, and the report says so (docker/image_build.py).
-2. `--target cpu` is built with VARIANTS=lite0 (real ImageNet weights offline).
+2. The cpu image (`--build-arg FLAVOR=cpu`) is built with VARIANTS=lite0 (real ImageNet weights offline).
 3. The image's entrypoint runs as the image's user, listening on loopback only, and is checked:
    - ready (/readyz 200) within the HEALTHCHECK's start period;
    - a real photo (scikit-image's chelsea, a tabby cat) classified as a cat over HTTP and over gRPC;
@@ -52,7 +52,7 @@ from image_build import (  # noqa: E402
 # ImageNet classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 CAT_CLASSES = range(281, 286)
 GPU_TARGET = (
-    "not built: this check builds --target cpu only; the gpu base (ARG CUDA_IMAGE) is out of reach here. "
+    "not built: this check builds FLAVOR=cpu only; the gpu base (ARG CUDA_IMAGE) is out of reach here. "
     "What stays unverified: docs/deploy.md"
 )
 
@@ -392,7 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--target",
         default="cpu",
         choices=["cpu"],
-        help="the image target (gpu's CUDA base cannot be pulled here)",
+        help="the image flavor, the FLAVOR build argument (gpu's CUDA base cannot be pulled here)",
     )
     parser.add_argument("--variants", default="lite0", help="VARIANTS build argument (default lite0)")
     parser.add_argument("--model", default="lite0", help="the model the photo is classified with")

@@ -303,7 +303,7 @@ def build_image(
     started = time.monotonic()
     buildah.streamed(
         "bud", "--format", "docker", "--pull=never", "--network", "host",
-        "--file", str(ROOT / "Dockerfile"), "--target", target,
+        "--file", str(ROOT / "Dockerfile"), "--build-arg", f"FLAVOR={target}",
         "--build-arg", f"VARIANTS={variants}", "--build-arg", f"TORCH_INDEX_URL={index}",
         *ca_volumes(ca_bundle, buildah.workdir), "--tag", tag, str(ROOT),
         timeout=timeout,

@@ -60,7 +60,7 @@ def test_replica_service(compose: dict[str, Any], name: str) -> None:
     (volume,) = service["volumes"]
     assert volume.endswith(":/models:ro"), "the model repository is mounted read-only"
     assert service["environment"]["EFFNET_REPOSITORY"] == "/models"
-    assert service["build"]["target"] == {"effnet": "cpu", "effnet-gpu": "gpu"}[name]
+    assert service["build"]["args"]["FLAVOR"] == {"effnet": "cpu", "effnet-gpu": "gpu"}[name]
     assert "effnet-replica" in service["networks"]["default"]["aliases"]
     assert "ports" not in service, "replicas are reached through the load balancer only"
 

@@ -57,18 +57,32 @@ def test_hadolint_finds_nothing() -> None:
 def test_gpu_image_adds_fp16_of_every_variant() -> None:
     build = "\n".join(stages()["build"])
     assert "--precision fp16 --repository /out/models-gpu" in build
-    assert "cp -a /out/models /out/models-gpu" in build
+    assert "cp -a /out/models-cpu /out/models-gpu" in build
 
 
 def test_stages_and_default_target() -> None:
     found = stages()
-    assert list(found) == ["build", "gpu", "cpu"], "the last stage is `docker build`'s default: keep it cpu"
+    assert list(found) == ["build", "base-cpu", "base-gpu", "runtime"], "the last stage is the default"
     assert any("nvidia/cuda:13." in line and "cudnn" in line for line in DOCKERFILE.read_text().splitlines())
+    assert "ARG FLAVOR=cpu" in DOCKERFILE.read_text(), "docker build with no arguments makes the cpu image"
+    assert stages()["runtime"][0].startswith("FROM base-${FLAVOR} AS runtime")
 
 
-@pytest.mark.parametrize("stage", ["cpu", "gpu"])
-def test_runtime_stage_is_locked_down(stage: str) -> None:
-    lines = stages()[stage]
+def test_one_tail_for_both_images_and_only_the_differences_in_the_bases() -> None:
+    found = stages()
+    for base in ("base-cpu", "base-gpu"):
+        joined = "\n".join(found[base])
+        for tail_only in ("USER ", "ENTRYPOINT ", "HEALTHCHECK ", "COPY --from=build", "pip install"):
+            assert tail_only not in joined, f"{base} repeats the tail's {tail_only.strip()}"
+    assert "EFFNET_DEVICE=cpu" in "\n".join(found["base-cpu"])
+    gpu = "\n".join(found["base-gpu"])
+    assert "EFFNET_DEVICE=cuda" in gpu and "CUPY_CACHE_DIR=" in gpu
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "gpu"])
+def test_runtime_stage_is_locked_down(flavor: str) -> None:
+    stage = "runtime"
+    lines = [line.replace("${FLAVOR}", flavor) for line in stages()[stage]]
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), f"{stage}: numeric non-root USER"
     entrypoint = next(line for line in lines if line.startswith("ENTRYPOINT "))
@@ -77,10 +91,9 @@ def test_runtime_stage_is_locked_down(stage: str) -> None:
     health = next(line for line in lines if line.startswith("HEALTHCHECK "))
     assert "healthcheck.py" in health and "CMD [" in health
     joined = "\n".join(lines)
-    models = "/out/models-gpu" if stage == "gpu" else "/out/models"  # gpu: plus the fp16 graphs
-    assert f"COPY --from=build {models} /models" in joined
+    assert f"COPY --from=build /out/models-{flavor} /models" in joined  # gpu: plus the fp16 graphs
     assert "torch" not in joined, "torch belongs to the build stage only"
-    assert f"requirements-{stage}.txt" in joined
+    assert f"requirements-{flavor}.txt" in joined
     assert "EFFNET_REPOSITORY=/models" in joined
 
 
