@@ -77,13 +77,17 @@ def kserve_resources(kind: str) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- the server's CLI
-def image_env(target: str = "cpu") -> dict[str, str]:
-    """EFFNET_* variables the Dockerfile's `target` stage sets (what a container gets before its env)."""
+def image_env(flavor: str = "cpu") -> dict[str, str]:
+    """EFFNET_* variables the image of this FLAVOR sets (what a container gets before its env): its
+    base stage's, then the shared runtime tail's."""
     stages = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
-    (stage,) = [s for s in stages if re.match(rf"\S+ AS {target}\s", s, flags=re.IGNORECASE)]
-    joined = stage.replace("\\\n", " ")
-    pairs = [p for line in re.findall(r"^ENV (.+)$", joined, flags=re.MULTILINE) for p in line.split()]
-    return dict(p.split("=", 1) for p in pairs if p.startswith("EFFNET_"))
+    found: dict[str, str] = {}
+    for name in (f"base-{flavor}", "runtime"):
+        (stage,) = [s for s in stages if re.match(rf"\S+ AS {name}\s", s, flags=re.IGNORECASE)]
+        joined = stage.replace("\\\n", " ")
+        pairs = [p for line in re.findall(r"^ENV (.+)$", joined, flags=re.MULTILINE) for p in line.split()]
+        found.update(p.split("=", 1) for p in pairs if p.startswith("EFFNET_"))
+    return found
 
 
 def container_settings(
