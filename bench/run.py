@@ -144,6 +144,8 @@ class Bench:
             "preprocess_native": references.preprocess_cost(self.native(model), pre, budget),
             "bare_ort": references.bare_ort(path, spec.crop_size, batch_sizes, self.cores, False, budget),
             "bare_ort_1thread": references.bare_ort(path, spec.crop_size, batch_sizes, 1, False, budget),
+            # The same threads spinning between back-to-back runs: bare ORT's fastest batch of one.
+            "bare_ort_spinning": references.bare_ort(path, spec.crop_size, (1,), self.cores, True, budget),
         }
         one_thread = ref["bare_ort_1thread"]["batches"].values()
         core_ms = min(b["ms_per_image"] for b in one_thread)

@@ -41,6 +41,7 @@ class RuntimeOptions:
     graph_optimization: str
     cuda_device_id: int
     cudnn_conv_algo_search: str
+    spin_between_runs: bool = False
     # The CUDA fast path (auto: on for CUDA, off on CPU, whose path stays exactly as it was).
     batch_buckets: str = "auto"
     io_binding: str = "auto"
@@ -56,6 +57,7 @@ class RuntimeOptions:
             intra_op_threads=settings.effective_intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             allow_spinning=settings.allow_spinning,
+            spin_between_runs=settings.spin_between_runs,
             graph_optimization=settings.graph_optimization,
             cuda_device_id=settings.cuda_device_id,
             cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
@@ -77,6 +79,10 @@ def _session_options(options: RuntimeOptions) -> ort.SessionOptions:
     spin = "1" if options.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if options.allow_spinning and not options.spin_between_runs:
+        # Spin while a batch runs (its parallel pieces follow each other closely), stop when the last
+        # running batch returns: the cores are then free for decoding the next request's image.
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3  # errors only; provider fall-back is reported by us, once, clearly
     return so
 

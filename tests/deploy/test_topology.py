@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.client.retry_policy import channel_options
+from tests.e2e.conftest import free_port
 
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
@@ -42,12 +42,6 @@ MODEL = "lite0"
 DRAIN_S = 5.0
 HTTP_TIMEOUT_S = 20.0
 GRPC_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Callable[[], str]) -> None:

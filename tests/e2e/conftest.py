@@ -127,3 +127,14 @@ def family_server(
     cascade = {"stages": [{"model": "lite0-int8", "exit_confidence": 0.45}, {"model": "lite0"}]}
     (repository / "cascade-small" / "cascade.json").write_text(json.dumps(cascade))
     return server_factory(repository)
+
+
+def classify(server: LiveServer, body: bytes, **params: object) -> httpx.Response:
+    """`POST /classify` with `body` as a JPEG and `params` in the query."""
+    return httpx.post(
+        f"{server.http_url}/classify",
+        params=params,  # type: ignore[arg-type]
+        content=body,
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )

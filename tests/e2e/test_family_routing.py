@@ -15,21 +15,12 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from tests.e2e.conftest import LiveServer
+from tests.e2e.conftest import LiveServer, classify
 
 pytestmark = pytest.mark.slow
 
 CATS = range(281, 286)
 
-
-def classify(server: LiveServer, body: bytes, **params: object) -> httpx.Response:
-    return httpx.post(
-        f"{server.http_url}/classify",
-        params=params,
-        content=body,
-        headers={"content-type": "image/jpeg"},
-        timeout=60,
-    )
 
 
 def test_models_list_offers_auto_and_the_cascade(family_server: LiveServer) -> None:

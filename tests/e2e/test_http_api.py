@@ -5,28 +5,20 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import struct
 import time
-import zlib
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.e2e.conftest import classify
+from tests.robustness.corpus import png_claiming
 
 pytestmark = pytest.mark.slow
 
 TIGER_CAT_FAMILY = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO_FAMILY = {967, 968}  # espresso, cup
 
-
-def classify(server, body: bytes, **params) -> httpx.Response:
-    return httpx.post(
-        f"{server.http_url}/classify",
-        params=params,
-        content=body,
-        headers={"content-type": "image/jpeg"},
-        timeout=60,
-    )
 
 
 def test_lite0_names_the_cat_and_the_coffee(live_server, real_photos) -> None:
@@ -131,15 +123,6 @@ def test_truncated_jpeg_is_a_400(live_server, real_photos) -> None:
     response = classify(live_server, data[: len(data) // 2], variant="lite0")
     assert response.status_code == 400
 
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR payload starts at byte 16
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # IHDR type + payload CRC
-    return bytes(data)
 
 
 def test_decompression_bomb_is_refused_without_decoding(live_server) -> None:

@@ -16,6 +16,7 @@ from service.runtime.session import (
     RuntimeOptions,
     RuntimeUnavailable,
     _providers,
+    _session_options,
     cuda_provider_options,
     nvidia_gpu_present,
     warmup_batch_sizes,
@@ -24,7 +25,7 @@ from service.settings import Settings
 from tests.tiny_model import SIZE, write_model
 
 
-def options(device: str) -> RuntimeOptions:
+def cpu_options(device: str) -> RuntimeOptions:
     return RuntimeOptions(
         device=device,
         intra_op_threads=1,
@@ -37,22 +38,22 @@ def options(device: str) -> RuntimeOptions:
 
 
 def test_cpu_is_asked_for_cpu_only() -> None:
-    assert _providers(options("cpu")) == [CPU]
+    assert _providers(cpu_options("cpu")) == [CPU]
 
 
 @pytest.mark.skipif(nvidia_gpu_present(), reason="this machine has a GPU")
 def test_auto_without_a_gpu_uses_cpu_and_cuda_fails_loudly(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    assert _providers(options("auto")) == [CPU]
-    runner = OrtRunner(folder / "model.onnx", options("auto"), ["logits", "probabilities"])
+    assert _providers(cpu_options("auto")) == [CPU]
+    runner = OrtRunner(folder / "model.onnx", cpu_options("auto"), ["logits", "probabilities"])
     assert runner.provider == CPU
     with pytest.raises(RuntimeUnavailable, match="cuda"):
-        OrtRunner(folder / "model.onnx", options("cuda"), ["logits", "probabilities"])
+        OrtRunner(folder / "model.onnx", cpu_options("cuda"), ["logits", "probabilities"])
 
 
 def test_run_returns_named_outputs_per_row(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", options("cpu"), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"])
     batch = np.zeros((3, 3, SIZE, SIZE), np.uint8)
     outputs = runner.run(batch)
     assert outputs["logits"].shape == (3, 4) and outputs["probabilities"].shape == (3, 4)
@@ -73,11 +74,11 @@ def test_warmup_covers_powers_of_two_up_to_the_batch_size() -> None:
 def fast_path(device: str = "cpu", **changes: object) -> RuntimeOptions:
     base = dict(batch_buckets="on", io_binding="on", buffer_sets=2)
     base.update(changes)
-    return replace(options(device), **base)  # type: ignore[arg-type]
+    return replace(cpu_options(device), **base)  # type: ignore[arg-type]
 
 
 def reference(folder: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    return OrtRunner(folder / "model.onnx", options("cpu"), ["logits", "probabilities"]).run(batch)
+    return OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"]).run(batch)
 
 
 def test_bucket_is_the_smallest_warmed_size_that_holds_the_batch() -> None:
@@ -88,13 +89,13 @@ def test_bucket_is_the_smallest_warmed_size_that_holds_the_batch() -> None:
 
 
 def test_cpu_defaults_keep_todays_path() -> None:
-    runner_options = options("cpu")
+    runner_options = cpu_options("cpu")
     assert (runner_options.batch_buckets, runner_options.io_binding) == ("auto", "auto")
 
 
 def test_cpu_default_runner_neither_pads_nor_binds(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", options("cpu"), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
     assert not runner.use_buckets and not runner.use_io_binding and runner.buckets == []
 
@@ -161,7 +162,7 @@ def test_cuda_provider_options_come_from_settings() -> None:
     )
     assert cuda["gpu_mem_limit"] == 512 * 1024 * 1024
     assert cuda["arena_extend_strategy"] == "kNextPowerOfTwo" and cuda["enable_cuda_graph"] == "1"
-    plain = cuda_provider_options(options("cuda"))
+    plain = cuda_provider_options(cpu_options("cuda"))
     assert "gpu_mem_limit" not in plain and "enable_cuda_graph" not in plain
 
 
@@ -173,3 +174,24 @@ def test_settings_reach_the_runtime_options() -> None:
     assert (runtime.batch_buckets, runtime.io_binding, runtime.gpu_mem_limit_mb) == ("on", "off", 64)
     assert runtime.cuda_graphs and runtime.buffer_sets == 3
     assert RuntimeOptions.from_settings(Settings()).buffer_sets == 2  # CUDA's default instances
+
+
+@pytest.mark.parametrize(
+    ("allow", "between", "spinning", "forced_stop"),
+    [(True, False, "1", "1"), (True, True, "1", None), (False, False, "0", None)],
+)
+def test_spinning_policy_reaches_the_session_options(
+    allow: bool, between: bool, spinning: str, forced_stop: str | None
+) -> None:
+    """Default: spin while a batch runs, stop when the last running batch returns."""
+    options = replace(cpu_options("cpu"), allow_spinning=allow, spin_between_runs=between)
+    session_options = _session_options(options)
+    assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+    stop = "session.force_spinning_stop"
+    if forced_stop is None:
+        with pytest.raises(Exception):  # noqa: B017 - ORT raises its own type for a missing entry
+            session_options.get_session_config_entry(stop)
+    else:
+        assert session_options.get_session_config_entry(stop) == forced_stop
+    defaults = Settings()
+    assert defaults.allow_spinning and not defaults.spin_between_runs
