@@ -105,8 +105,8 @@ def _goals(
 ) -> dict[str, Any]:
     """The three figures of the one-client and saturation goals, each against its reference from the
     same run: the service's own inference_ms at one client / bare ORT batch 1 with the service's thread
-    count, spinning or not, whichever is faster (goal <= 1.25); one-client p50 / the naive+draft server's (goal <= 1.0); the 16-client
-    efficiency against the pipeline limit (goal >= 0.90)."""
+    count, spinning or not, whichever is faster (goal <= 1.25); one-client p50 / the naive+draft
+    server's (goal <= 1.0); the 16-client efficiency against the pipeline limit (goal >= 0.90)."""
     sessions = [b0["bare_ort"], b0.get("bare_ort_spinning", b0["bare_ort"])]
     bare_bs1 = min(s["batches"]["1"]["ms_per_batch"] for s in sessions)  # the faster: spinning or not
     inference = c1.get("inference_ms_p50")
