@@ -105,10 +105,11 @@ def _goals(
 ) -> dict[str, Any]:
     """The three figures of the one-client and saturation goals, each against its reference from the
     same run: the service's own inference_ms at one client / bare ORT batch 1 with the service's thread
-    count, spinning or not, whichever is faster (goal <= 1.25); one-client p50 / the naive+draft
-    server's (goal <= 1.0); the 16-client efficiency against the pipeline limit (goal >= 0.90)."""
-    sessions = [b0["bare_ort"], b0.get("bare_ort_spinning", b0["bare_ort"])]
-    bare_bs1 = min(s["batches"]["1"]["ms_per_batch"] for s in sessions)  # the faster: spinning or not
+    count and spinning policy (goal <= 1.25; the spinning figure is kept beside it); one-client p50 /
+    the naive+draft server's (goal <= 1.0); the 16-client efficiency against the pipeline limit (goal
+    >= 0.90)."""
+    bare_bs1 = b0["bare_ort"]["batches"]["1"]["ms_per_batch"]  # the service's threads, not spinning
+    spinning = b0.get("bare_ort_spinning")
     inference = c1.get("inference_ms_p50")
     draft = select(runs, server="naive+draft", model="b0", mode="closed", concurrency=1)
     draft_p50 = draft[0]["p50_ms"] if draft else None
@@ -117,6 +118,7 @@ def _goals(
         "inference_ms_c1": inference,
         "bare_bs1_same_threads_ms": round(bare_bs1, 3),
         "inference_over_bare": _ratio(inference, bare_bs1),
+        "bare_bs1_spinning_ms": round(spinning["batches"]["1"]["ms_per_batch"], 3) if spinning else None,
         "p50_c1_ms": round(c1["p50_ms"], 2),
         "naive_draft_p50_c1_ms": None if draft_p50 is None else round(draft_p50, 2),
         "p50_over_naive_draft": _ratio(c1["p50_ms"], draft_p50),

@@ -80,9 +80,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="threads per session; 0: the number of cores")
     inter_op_threads: int = Field(1, ge=1)
     allow_spinning: bool = Field(
-        True,
-        description="ORT worker threads spin-wait for their next piece of work while a batch runs (b0 at "
-        "batch 1 about 20 % faster here than sleeping between the pieces); false: they sleep",
+        False,
+        description="ORT worker threads spin-wait for their next piece of work while a batch runs: b0 at "
+        "batch 1 about 20 % faster on an idle machine, 2-2.5x slower when another process wants the cores "
+        "(a spinning thread waits on a peer the OS has descheduled); false: they sleep",
     )
     spin_between_runs: bool = Field(
         False,

@@ -183,7 +183,7 @@ def test_settings_reach_the_runtime_options() -> None:
 def test_spinning_policy_reaches_the_session_options(
     allow: bool, between: bool, spinning: str, forced_stop: str | None
 ) -> None:
-    """Default: spin while a batch runs, stop when the last running batch returns."""
+    """With spinning allowed: spin while a batch runs, stop when the last running batch returns."""
     options = replace(cpu_options("cpu"), allow_spinning=allow, spin_between_runs=between)
     session_options = _session_options(options)
     assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
@@ -194,4 +194,4 @@ def test_spinning_policy_reaches_the_session_options(
     else:
         assert session_options.get_session_config_entry(stop) == forced_stop
     defaults = Settings()
-    assert defaults.allow_spinning and not defaults.spin_between_runs
+    assert not defaults.allow_spinning and not defaults.spin_between_runs
