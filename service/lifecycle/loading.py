@@ -52,6 +52,9 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     before = rss_bytes()
     spec, labels = validate_files(folder, hashes)
     runner = OrtRunner(folder / MODEL_FILE, RuntimeOptions.from_settings(settings), OUTPUT_NAMES)
+    if settings.single_thread_overlap:
+        instances = config.instances or settings.instances_for(runner.provider, spec.gmacs)
+        runner.add_overlap_sessions(instances - 1)
     batch = config.max_batch_size or settings.batch_size_for(runner.provider, spec.gmacs)
     runner.warm_up((3, spec.crop_size, spec.crop_size), warmup_batch_sizes(batch), settings.warmup_runs)
     seconds = time.monotonic() - start
@@ -64,7 +67,7 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
 def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs: float) -> BatcherConfig:
     """The model's config.json over the global settings; batch size and instances by provider."""
     max_batch = config.max_batch_size or settings.batch_size_for(provider, gmacs)
-    instances = config.instances or settings.instances_for(provider)
+    instances = config.instances or settings.instances_for(provider, gmacs)
     delay_ms = config.max_queue_delay_ms
     if delay_ms is None:
         delay_ms = settings.max_queue_delay_ms

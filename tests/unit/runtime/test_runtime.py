@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -195,3 +196,55 @@ def test_spinning_policy_reaches_the_session_options(
         assert session_options.get_session_config_entry(stop) == forced_stop
     defaults = Settings()
     assert not defaults.allow_spinning and not defaults.spin_between_runs
+
+
+class _Recording:
+    """Stands in front of an ORT session: records which session ran, can hold a run until released."""
+
+    def __init__(self, inner: object, name: str, seen: list[str], hold: threading.Event | None = None):
+        self.inner, self.name, self.seen, self.hold = inner, name, seen, hold
+        self.entered = threading.Event()
+
+    def run(self, *args: object) -> object:
+        self.seen.append(self.name)
+        self.entered.set()
+        if self.hold is not None:
+            self.hold.wait(10)
+        return self.inner.run(*args)  # type: ignore[attr-defined]
+
+
+def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_threaded(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(
+        folder / "model.onnx", replace(cpu_options("cpu"), intra_op_threads=2), ["probabilities"]
+    )
+    assert runner.add_overlap_sessions(1) == 1
+    seen: list[str] = []
+    release = threading.Event()
+    main = runner.session = _Recording(runner.session, "main", seen, hold=release)  # type: ignore[assignment]
+    spare = runner._overlap.get()
+    runner._overlap_all = [spare]
+    runner._overlap.put(_Recording(spare, "single", seen))  # type: ignore[arg-type]
+    batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(runner.run, batch)
+        assert main.entered.wait(10)
+        second = pool.submit(runner.run, batch)  # starts while the first runs
+        second.result(timeout=10)
+        release.set()
+        first.result(timeout=10)
+    assert seen == ["main", "single"]
+    runner.run(batch)  # alone again: the main session
+    assert seen[-1] == "main"
+
+
+def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    one_thread = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["probabilities"])
+    assert one_thread.add_overlap_sessions(1) == 0  # its batches run on one thread anyway
+    bound = OrtRunner(
+        folder / "model.onnx",
+        replace(cpu_options("cpu"), intra_op_threads=2, io_binding="on"),
+        ["probabilities"],
+    )
+    assert bound.add_overlap_sessions(1) == 0
