@@ -47,6 +47,7 @@ class RuntimeOptions:
     gpu_mem_limit_mb: int = 0
     arena_extend_strategy: str = "kSameAsRequested"
     cuda_graphs: bool = False
+    cuda_tf32: bool = True  # ORT's own default; set explicitly either way
     buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
 
     @classmethod
@@ -64,6 +65,7 @@ class RuntimeOptions:
             gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
             arena_extend_strategy=settings.arena_extend_strategy,
             cuda_graphs=settings.cuda_graphs,
+            cuda_tf32=settings.cuda_tf32,
             buffer_sets=settings.instances or 2,
         )
 
@@ -95,6 +97,7 @@ def cuda_provider_options(options: RuntimeOptions) -> dict[str, object]:
         "device_id": options.cuda_device_id,
         "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
         "arena_extend_strategy": options.arena_extend_strategy,
+        "use_tf32": "1" if options.cuda_tf32 else "0",
     }
     if options.gpu_mem_limit_mb:
         cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
