@@ -23,9 +23,11 @@ from tests.tiny_model import SIZE, write_model
 pytestmark = pytest.mark.gpu
 
 
-def _cuda_works() -> bool:
+def _cuda_status() -> tuple[bool, str]:
+    """Whether ONNX Runtime really opens a CUDA session here, and if not, why (the skip reason, which
+    EFFNET_REQUIRE_CUDA=1 turns into a failure: tests/gpu/conftest.py)."""
     if not nvidia_gpu_present():
-        return False
+        return False, "no NVIDIA GPU visible (/dev/nvidia*)"
     try:
         import onnxruntime as ort
 
@@ -36,12 +38,14 @@ def _cuda_works() -> bool:
         session = ort.InferenceSession(
             tiny_graph().SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
         )
-        return session.get_providers()[0] == CUDA
-    except Exception:
-        return False
+    except Exception as exc:
+        return False, f"a CUDA session could not be created: {type(exc).__name__}: {exc}"
+    provider = session.get_providers()[0]
+    return provider == CUDA, f"a CUDA session got {provider} (CUDA 13 / cuDNN 9 not on the loader path?)"
 
 
-requires_cuda = pytest.mark.skipif(not _cuda_works(), reason="no CUDA session possible here")
+CUDA_OK, CUDA_REASON = _cuda_status()
+requires_cuda = pytest.mark.skipif(not CUDA_OK, reason=CUDA_REASON)
 OUTPUTS = ["logits", "probabilities"]
 
 
