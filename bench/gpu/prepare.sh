@@ -68,12 +68,13 @@ for n in $(seq 1 "$calls"); do
     elif (( n == calls - 1 )); then
         echo "call $n (and the export): carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1))"
         echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH export 2>&1 | tee \$OUT/export.log"
-        echo "  timeout_s: 200   (the export ends itself within 150 s)"
+        echo "  timeout_s: 170   (the export ends itself within 120 s)"
     else
         echo "call $n (the check): carry [\"$dir\", \"service/_generated\"]  ($(du -sh "$dir" | cut -f1))"
         echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
-        echo "  timeout_s: 270   (the check ends itself within 240 s)"
-        echo "  rerun at once if needed: the same command with carry [\"service/_generated\"] only"
+        echo "  timeout_s: 250   (the check ends itself within 210 s)"
+        echo "  rerun at once if needed: carry [\"service/_generated\"] only, command:"
+        echo "    PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
     fi
 done
 echo

