@@ -26,6 +26,7 @@ moving the graph away from the reference.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,6 +38,8 @@ from onnx import TensorProto, helper
 from service.preprocess.images import PreprocessSpec
 from service.runtime.device import DeviceContext
 from service.runtime.providers import CPU, CUDA
+
+log = logging.getLogger(__name__)
 
 INPUT_NAME: Final = "image"
 OUTPUT_NAME: Final = "pixels"
@@ -182,9 +185,13 @@ class ResizeGraphRunner:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers: list[Any] = [CPU]
-        self.context = None
-        if device == "cuda":
-            self.context = context or DeviceContext(device_id)
+        self.context = context
+        if device == "cuda" and self.context is None:
+            try:
+                self.context = DeviceContext(device_id)
+            except Exception as exc:  # no CuPy: no device arrays to hand on, so the graph runs on the CPU
+                log.warning("event=resize_graph_on_cpu reason=%r", str(exc))
+        if device == "cuda" and self.context is not None:
             # On the decoder's stream: its decoded images are ready there, and the run's end waits for
             # that stream alone.
             cuda = {"device_id": device_id, "user_compute_stream": str(self.context.stream_ptr)}

@@ -147,3 +147,17 @@ def test_on_a_1080p_photo_the_graph_stays_on_the_reference_and_near_the_pillow_p
         to_pillow.max(),
         to_pillow.mean(),
     )
+
+
+def test_without_cupy_a_cuda_resize_graph_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.preprocess.resize_graph as resize_graph
+
+    def no_cupy(device_id: int) -> None:
+        raise ImportError("No module named 'cupy'")
+
+    monkeypatch.setattr(resize_graph, "DeviceContext", no_cupy)
+    spec = PreprocessSpec(32, 36, "bicubic")
+    runner = ResizeGraphRunner(spec, "cuda")
+    assert runner.device == "cpu" and runner.context is None
+    image = smooth_image(80, 60, 5)
+    np.testing.assert_array_equal(runner(image), ResizeGraphRunner(spec)(image))
