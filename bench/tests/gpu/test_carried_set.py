@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from bench.gpu.carried import IMAGE, RECORDED, WHEELS, Pinned, check, read_pins, resolve, roots
+from bench.gpu.carried import IMAGE, RECORDED, ROOT, WHEELS, Pinned, check, read_pins, resolve, roots
+from bench.gpu.transfer import CHECK_ONLY
 
 
 def pins(*lines: str) -> dict[str, Pinned]:
@@ -119,3 +123,28 @@ def test_pin_files_refuse_a_name_listed_twice(tmp_path: Path) -> None:
     path.write_text("fastapi==1.0\nFastAPI==1.0  # again\n")
     with pytest.raises(ValueError, match="fastapi listed twice"):
         read_pins(path)
+
+
+# grpc looks for these at import and goes on without them.
+PROBED_BY_GRPC = {"grpcio-tools", "grpcio-health-checking", "grpcio-reflection"}
+
+
+def test_the_export_needs_only_the_image_and_what_travels_before_the_check() -> None:
+    """The export runs in the call before the check: onnxruntime-gpu and nvImageCodec are not there yet."""
+    pytest.importorskip("torch", reason="the export's imports need the 'export' extra")
+    probe = (
+        "import sys, json, importlib.metadata as md; before = set(sys.modules); "
+        "import models.export, models.cascade; "
+        "tops = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "dists = md.packages_distributions(); "
+        "print(json.dumps(sorted({d for t in tops for d in dists.get(t, [])})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {canonicalize_name(d) for d in json.loads(done.stdout.strip().splitlines()[-1])}
+    early = set(read_pins(WHEELS)) - set(CHECK_ONLY)
+    allowed = set(read_pins(IMAGE)) | early | PROBED_BY_GRPC | {"effnet-serve"}
+    assert "pydantic" in imported and "pydantic" in early  # the model spec: why the small wheels go first
+    assert imported <= allowed, sorted(imported - allowed)
