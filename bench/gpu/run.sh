@@ -144,6 +144,7 @@ run_rehearse() {
 }
 
 run_check() {
+    local test_py=$PY test_path=$PYTHONPATH  # the dry run's clean environment has no pytest: its GPU tests skip in the venv
     if (( ! dry )); then
         [[ -n "$stash" ]] || { record stop --phase install --reason "no --stash: where are the carried wheels?"; return 3; }
         step "wheels from $stash"
@@ -164,8 +165,8 @@ run_check() {
         local pytest_limit=$(( $(left) > 170 ? 60 : 30 ))
         step "pytest -m gpu tests/gpu (<= ${pytest_limit}s; skips fail: EFFNET_REQUIRE_CUDA=1)"
         local require=1; (( dry )) && require=0
-        EFFNET_REQUIRE_CUDA=$require EFFNET_TEST_REPOSITORY=$repository timeout "$pytest_limit" \
-            "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml="$out/pytest-gpu.xml" \
+        PYTHONPATH=$test_path EFFNET_REQUIRE_CUDA=$require EFFNET_TEST_REPOSITORY=$repository timeout "$pytest_limit" \
+            "$test_py" -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml="$out/pytest-gpu.xml" \
             > "$out/pytest-gpu.log" 2>&1
         local code=$?
         tail -15 "$out/pytest-gpu.log"
