@@ -6,6 +6,7 @@ Heavy imports (torch, skimage) happen inside the fixtures so tests that do not u
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,24 @@ def _jpeg(array: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     return buffer.getvalue()
 
 
+TEST_REPOSITORY_MODELS = ("b0", "lite0")
+
+
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository exported once per session: `b0` (random weights, seed 0; fit for shapes,
-    speed and protocols, never labels) and `lite0` (real ImageNet weights), both at version 1."""
+    speed and protocols, never labels) and `lite0` (real ImageNet weights), both at version 1.
+
+    EFFNET_TEST_REPOSITORY=DIR uses DIR instead (read only; tests that change a repository copy
+    from it): the device check exports it once, with a time limit, and pytest reuses it rather than
+    exporting again (bench/gpu/run.sh). A DIR without b0/1 and lite0/1 fails the tests that ask."""
+    given = os.environ.get("EFFNET_TEST_REPOSITORY")
+    if given:
+        repository = Path(given)
+        missing = [m for m in TEST_REPOSITORY_MODELS if not (repository / m / "1" / "model.onnx").exists()]
+        if missing:
+            pytest.fail(f"EFFNET_TEST_REPOSITORY={given} has no {', '.join(missing)} at version 1")
+        return repository
     pytest.importorskip("torch", reason="exporting models needs the 'export' extra")
     from models.export import export_variant
 

@@ -1,37 +1,46 @@
 """The GPU device check's measurements (bench/gpu/run.sh calls this; see bench/gpu/README.md).
 
-Phases, each within what is left of one time budget (a phase that does not fit is recorded as
-skipped, and gpu.json is rewritten after every phase, so a run cut short still reports):
-1. bare ONNX Runtime (CUDA) per model at batch 1..256: the reference;
-2. GPU memory over a random sequence of batch sizes after warm-up, through the service's runtime
-   (buckets, IO binding): must stay flat;
-3. the service at saturation, one server per decoder (Pillow, then nvImageCodec): HTTP /classify
-   with 1080p JPEGs, then V2 gRPC with `pixels` and with `image`; images/s, latency, server cores.
-`--dry-run` runs the same on the CPU provider with small settings.
+Phases, most wanted first, each run only when what is left of one time budget covers its estimate
+(else recorded as skipped, with the time left), and gpu.json rewritten after every model of every phase,
+so a run cut short still reports (bench/gpu/record.py merges into what run.sh's steps wrote):
+1. bare ONNX Runtime (CUDA) for the first variant in fp32 and fp16, batch 1..256, TF32 off;
+2. GPU memory over random batch sizes after warm-up, through the service's runtime: must stay flat;
+3. the service at saturation for the service variants, one server per decoder (Pillow, then
+   nvImageCodec): HTTP /classify with 1080p JPEGs, then V2 gRPC with `pixels` and with `image`;
+4. bare ORT for the other variants (fp32, fp16, TF32 off), then the fp32 models once more with TF32 on.
+The check stops (and says why in `stopped`) when a session meant for CUDA got another provider: every
+figure after that would be a CPU figure. A session that fails, a phase that raises, SIGTERM from a
+`timeout`: each is recorded with what was measured before it.
+`--profile dry` runs the same on the CPU provider with small settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.gpu import record
+
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("bench.gpu")
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -40,13 +49,17 @@ class Profile:
     variants: tuple[str, ...]
     precisions: tuple[str, ...]
     batch_sizes: tuple[int, ...]
-    bare_budget_s: float  # per batch size
+    bare_budget_s: float  # timed window per batch size
     load_s: float
     warmup_s: float
     concurrency: int  # per client process
     client_processes: int
     memory_steps: int
     budget_s: float
+    service_variants: tuple[str, ...]
+    bare_model_s: float  # estimate for one model's bare sweep (a phase runs only if it fits)
+    memory_s: float
+    service_s: float  # one decoder's server: start, warm-up and its protocols
 
 
 PROFILES = {
@@ -55,13 +68,17 @@ PROFILES = {
         variants=("b0", "b3", "b7"),
         precisions=("fp32", "fp16"),
         batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-        bare_budget_s=0.6,
+        bare_budget_s=0.3,
         load_s=3.0,
         warmup_s=1.0,
         concurrency=32,
         client_processes=4,
         memory_steps=150,
-        budget_s=300.0,
+        budget_s=150.0,
+        service_variants=("b0",),
+        bare_model_s=8.0,
+        memory_s=15.0,
+        service_s=25.0,
     ),
     "dry": Profile(
         device="cpu",
@@ -75,16 +92,39 @@ PROFILES = {
         client_processes=1,
         memory_steps=12,
         budget_s=150.0,
+        service_variants=("b0",),
+        bare_model_s=2.0,
+        memory_s=3.0,
+        service_s=8.0,
     ),
 }
 
 
+class StopCheck(BaseException):
+    """Stops the whole check: what follows would measure the wrong thing (or nothing). A BaseException,
+    so that the per-phase `except Exception` that records a phase's failure and goes on lets it pass."""
+
+    def __init__(self, phase: str, reason: str) -> None:
+        super().__init__(reason)
+        self.phase = phase
+        self.reason = reason
+
+
 class Budget:
+    """Seconds left of a budget that may be zero or negative (then nothing fits)."""
+
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.end = time.monotonic() + seconds
 
     def left(self) -> float:
         return self.end - time.monotonic()
+
+    def fits(self, needed_s: float) -> bool:
+        return self.left() >= needed_s
+
+    def skip(self, needed_s: float) -> str:
+        return f"skipped: time ({max(self.left(), 0.0):.0f} s left, needs about {needed_s:.0f} s)"
 
 
 def model_name(variant: str, precision: str) -> str:
@@ -111,10 +151,16 @@ def environment(profile: Profile) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
+        "onnxruntime_file": ort.__file__,
         "available_providers": ort.get_available_providers(),
         "cpu_cores": os.cpu_count(),
         "profile": asdict(profile),
+        "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
+        "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR"),
     }
+    build_info = getattr(ort, "get_build_info", None)
+    if callable(build_info):
+        info["onnxruntime_build"] = build_info()
     if shutil.which("nvidia-smi"):
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -133,21 +179,36 @@ def environment(profile: Profile) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 1. bare ORT
 
 
-def bare_ort(model_path: Path, crop: int, profile: Profile, budget: Budget) -> dict[str, Any]:
+def bare_ort(
+    model_path: Path, crop: int, profile: Profile, budget: Budget, tf32: bool = False
+) -> dict[str, Any]:
+    """A plain ORT session (`session.run` on host arrays) at each batch size: the reference.
+
+    TF32 is set explicitly (ORT's CUDA provider option `use_tf32`, on by default there): off, fp32
+    is true fp32. Raises StopCheck when a session meant for CUDA got another provider."""
     import onnxruntime as ort
 
     from bench.stats import median
 
     providers: list[Any] = ["CPUExecutionProvider"]
     if profile.device == "cuda":
-        providers.insert(0, ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
+        cuda_options = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "1" if tf32 else "0"}
+        providers.insert(0, (CUDA_PROVIDER, cuda_options))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
-    result: dict[str, Any] = {"provider": session.get_providers()[0], "batches": {}}
+    provider = session.get_providers()[0]
+    result: dict[str, Any] = {
+        "provider": provider,
+        "tf32": tf32 if profile.device == "cuda" else None,
+        "provider_options": session.get_provider_options().get(provider, {}),
+        "batches": {},
+    }
+    if profile.device == "cuda" and provider != CUDA_PROVIDER:
+        raise StopCheck("bare", f"{model_path.parent.parent.name}: the session fell back to {provider}")
     rng = np.random.default_rng(0)
     for size in profile.batch_sizes:
-        if budget.left() < 5:
+        if not budget.fits(profile.bare_budget_s + 1):
             result["batches"][str(size)] = "skipped: time"
             continue
         batch = rng.integers(0, 256, (size, 3, crop, crop), dtype=np.uint8)
@@ -188,7 +249,7 @@ def memory_flat(model_path: Path, crop: int, gmacs: float, profile: Profile) -> 
 
     # Buckets and IO binding are what CUDA gets by default; asked for explicitly so the dry run on
     # the CPU provider goes the same way.
-    settings = Settings(device=profile.device, batch_buckets="on", io_binding="on")
+    settings = Settings(device=profile.device, batch_buckets="on", io_binding="on", cuda_tf32=False)
     runner = OrtRunner(model_path, RuntimeOptions.from_settings(settings), ["logits", "probabilities"])
     max_batch = settings.batch_size_for(runner.provider, gmacs)
     runner.warm_up((3, crop, crop), warmup_batch_sizes(max_batch), runs=2)
@@ -288,6 +349,7 @@ def service_runs(
         "device": profile.device,
         "decoder": decoder,
         "precision": "fp32",  # requests name the exact model
+        "cuda_tf32": "false",  # as the bare reference
         "max_queue_size": "2048",
         "max_pending_preprocess": "4096",
         "request_timeout_s": "60",
@@ -345,7 +407,8 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         return entry.get("best_images_per_s") if isinstance(entry, dict) else None
 
     def rate(decoder: str, key: str) -> float | None:
-        entry = service.get(decoder, {}).get(key)
+        runs = service.get(decoder)
+        entry = runs.get(key) if isinstance(runs, dict) else None
         return entry.get("images_per_s") if isinstance(entry, dict) else None
 
     for model in bare:
@@ -356,8 +419,12 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         pillow, gpu = rate("pillow", f"{model}/http"), rate("nvimgcodec", f"{model}/http")
         if pillow and gpu:
             fig[f"{model}: HTTP 1080p JPEG nvimgcodec / Pillow"] = gpu / pillow
-        if model.endswith("-fp16") and best(model) and best(model.removesuffix("-fp16")):
-            fig[f"{model}: bare best fp16 / fp32"] = best(model) / best(model.removesuffix("-fp16"))  # type: ignore[operator]
+        fp32 = best(model.removesuffix("-fp16"))
+        if model.endswith("-fp16") and reference and fp32:
+            fig[f"{model}: bare best fp16 / fp32 (TF32 off)"] = reference / fp32
+        tf32 = report.get("bare_tf32", {}).get(model)
+        if reference and isinstance(tf32, dict) and tf32.get("best_images_per_s"):
+            fig[f"{model}: bare best TF32 on / off"] = tf32["best_images_per_s"] / reference
     memory = report.get("memory", {})
     for model, entry in memory.items():
         if isinstance(entry, dict):
@@ -405,82 +472,164 @@ def plots(report: dict[str, Any], out: Path) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def parse_budget(value: float | None, profile: Profile) -> float:
+    """--budget-s as given, 0 and negative included (then nothing fits); absent: the profile's."""
+    return profile.budget_s if value is None else float(value)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise StopCheck("check", f"terminated by signal {signum} (a timeout?)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Returns 0 when the check ran to its end (phases it had no time for are recorded as skipped), 1
+    when it stopped early (no budget, a CPU fallback, a crash, a signal): gpu.json says why."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--budget-s", type=float, default=None, help="override the profile's time budget")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="seconds for the whole check (default: the profile's)"
+    )
+    parser.add_argument("--variants", default=None, help="comma-separated variants (default: the profile's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
-    budget = Budget(args.budget_s or profile.budget_s)
+    if args.variants:
+        chosen = tuple(v for v in args.variants.split(",") if v)
+        profile = replace(profile, variants=chosen, service_variants=chosen[:1])
+    budget = Budget(parse_budget(args.budget_s, profile))
     started = time.monotonic()
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    report: dict[str, Any] = {
+        "check_started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "profile": args.profile,
+        "budget_s": budget.seconds,
+        "bare": {},
+        "bare_tf32": {},
+        "memory": {},
+        "service": {},
+        "phases": {},
+    }
+
+    def save(phase: str | None = None, status: str = "done") -> None:
+        if phase is not None:
+            report["phases"][phase] = status
+        try:
+            report["figures"] = figures(report)
+        except Exception as exc:  # a figure must never cost the measurements
+            report["figures"] = f"failed: {type(exc).__name__}: {exc}"
+        report["elapsed_s"] = round(time.monotonic() - started, 1)
+        record.update(out, **report)
+
+    try:
+        save()
+        report["environment"] = environment(profile)
+        save()
+        if budget.seconds <= 0:
+            raise StopCheck("check", f"no time budget (--budget-s {budget.seconds:g}): nothing measured")
+        status = _measure(args.repository, out, profile, budget, report, save)
+        report["plots"] = plots(report, out)
+        save()
+        return status
+    except StopCheck as stop:
+        save()
+        record.stop(out, stop.phase, stop.reason)
+        log.error("check stopped in %s: %s", stop.phase, stop.reason)
+        return 1
+    except Exception as exc:
+        report["error"] = traceback.format_exc()[-2000:]
+        save()
+        record.stop(out, "check", f"{type(exc).__name__}: {exc}")
+        log.exception("check failed")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _measure(
+    repository: Path,
+    out: Path,
+    profile: Profile,
+    budget: Budget,
+    report: dict[str, Any],
+    save: Callable[..., None],
+) -> int:
     from service.model_spec import ModelSpec
 
-    report: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": environment(profile),
-    }
     wanted = [model_name(v, p) for v in profile.variants for p in profile.precisions]
-    models = [m for m in wanted if list((args.repository / m).glob("*/model.onnx"))]
+    models = [m for m in wanted if list((repository / m).glob("*/model.onnx"))]
     report["models"] = models
     report["models_missing"] = sorted(set(wanted) - set(models))
+    if not models:
+        raise StopCheck("models", f"none of {wanted} in {repository} (did the export run?)")
+    specs = {m: ModelSpec.from_file(next((repository / m).glob("*/model.json"))) for m in models}
+    paths = {m: next((repository / m).glob("*/model.onnx")) for m in models}
+    save("models")
 
-    def save() -> None:
-        report["figures"] = figures(report)
-        report["elapsed_s"] = round(time.monotonic() - started, 1)
-        (out / "gpu.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-    specs = {m: ModelSpec.from_file(next((args.repository / m).glob("*/model.json"))) for m in models}
-    paths = {m: next((args.repository / m).glob("*/model.onnx")) for m in models}
-
-    report["bare"] = {}
-    for model in models:
-        if budget.left() < 60:
-            report["bare"][model] = "skipped: time"
-            continue
-        report["bare"][model] = bare_ort(
-            paths[model], specs[model].crop_size, profile, Budget(min(budget.left() - 50, 30))
-        )
-        log.info("bare %s best %s", model, report["bare"][model].get("best_images_per_s"))
+    def bare(model: str, key: str, tf32: bool) -> None:
+        if not budget.fits(profile.bare_model_s):
+            report[key][model] = budget.skip(profile.bare_model_s)
+            return
+        try:
+            report[key][model] = bare_ort(paths[model], specs[model].crop_size, profile, budget, tf32=tf32)
+        except Exception as exc:  # a session that cannot be created or run: recorded, the others go on
+            report[key][model] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        log.info("%s %s: %s", key, model, _best(report[key][model]))
         save()
 
-    report["memory"] = {}
-    for model in [m for m in (models[0] if models else None, models[-1] if models else None) if m]:
-        if model in report["memory"] or budget.left() < 50:
-            continue
+    first = [m for m in models if m.split("-")[0] == profile.variants[0]]
+    for model in first:
+        bare(model, "bare", tf32=False)
+    save("bare (first variant)")
+
+    model = models[0]
+    if budget.fits(profile.memory_s):
         try:
             report["memory"][model] = memory_flat(
                 paths[model], specs[model].crop_size, specs[model].gmacs, profile
             )
         except Exception as exc:
-            report["memory"][model] = f"failed: {exc}"
-        save()
+            report["memory"][model] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        save("memory")
+    else:
+        save("memory", budget.skip(profile.memory_s))
 
-    report["service"] = {}
+    service_models = [m for m in models if m in profile.service_variants]
     for decoder in ("pillow", "nvimgcodec"):
-        if budget.left() < 40:
-            report["service"][decoder] = "skipped: time"
+        if not service_models or not budget.fits(profile.service_s):
+            report["service"][decoder] = (
+                budget.skip(profile.service_s) if service_models else "skipped: no model"
+            )
             continue
         protocols = ["http"] if decoder == "pillow" else ["http", "v2_pixels", "v2_image"]
         try:
             report["service"][decoder] = service_runs(
-                args.repository, models, decoder, profile, budget, out, protocols
+                repository, service_models, decoder, profile, budget, out, protocols
             )
         except Exception as exc:
-            report["service"][decoder] = f"failed: {exc}"
+            report["service"][decoder] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         save()
+    save("service")
 
-    report["plots"] = plots(report, out)
-    save()
-    print(json.dumps(report["figures"], indent=2))
+    for model in [m for m in models if m not in first]:
+        bare(model, "bare", tf32=False)
+    save("bare (other variants)")
+    if profile.device == "cuda":
+        for model in [m for m in models if "-" not in m]:
+            bare(model, "bare_tf32", tf32=True)
+        save("bare TF32 on")
+    else:
+        save("bare TF32 on", "skipped: the CPU provider has no TF32")
     return 0
+
+
+def _best(entry: Any) -> Any:
+    return entry.get("best_images_per_s") if isinstance(entry, dict) else entry
 
 
 if __name__ == "__main__":

@@ -1,88 +1,81 @@
 #!/usr/bin/env bash
-# Run HERE (the CPU machine with PyPI access), before the device check. It:
-#  1. downloads the cp312 manylinux wheels the GPU machine's image lacks (bench/gpu/wheels.txt)
-#     into the git-ignored folder .gpuwheels/ (repository root);
-#  2. splits every wheel over 56 MiB into parts and packs parts and wheels into calls of at most
-#     56 MiB (one device call carries at most 64 MiB, the working tree included);
-#  3. builds service/_generated (gRPC code; git-ignored, so it must be carried too);
-#  4. prints the exact sequence of device calls: which paths each one carries (`carry`) and where it
-#     stores them on the machine between calls (/root/effnet-wheels, which lives as long as the
-#     machine is warm: make the calls back to back, the machine goes back after 30 s idle).
-# Usage: bench/gpu/prepare.sh [--no-download]   (--no-download: reuse what .gpuwheels/ holds)
+# Run HERE (the CPU machine with PyPI access), before the device check (bench/gpu/README.md). It:
+#  1. checks that the carried set is complete (bench/gpu/carried.py: every dependency resolves to
+#     bench/gpu/wheels.txt or to the image's packages);
+#  2. downloads the cp312 manylinux wheels of wheels.txt into .gpuwheels/all (git-ignored, repository
+#     root) and records the requirements of those this venv does not install (wheel-requires.json);
+#  3. repacks them (bench/gpu/transfer.py: members the device never loads left out, large ones LZMA),
+#     into .gpuwheels/repacked;
+#  4. splits them into device calls (.gpuwheels/call-N, each with manifest.json), filled up to what a
+#     call carries beside the working tree;
+#  5. builds service/_generated (gRPC code; git-ignored, so the check call carries it);
+#  6. prints the exact device calls.
+# Usage: bench/gpu/prepare.sh [--no-download] [--download-only]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 DEST=.gpuwheels
-PART_MIB=56  # + the working tree (~2 MiB) stays under the 64 MiB a call carries
-STASH=/root/effnet-wheels   # on the device machine, outside the working tree (survives between calls)
+STASH=/root/effnet-wheels   # on the device machine, outside the working tree (lives while it is warm)
 
-download=1
-[[ "${1:-}" == "--no-download" ]] && download=0
+download=1; download_only=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-download) download=0 ;;
+        --download-only) download_only=1 ;;
+        *) echo "prepare.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
 
 mkdir -p "$DEST/all"
 if (( download )); then
-    grep -vE '^\s*(#|$)' bench/gpu/wheels.txt | while read -r requirement; do
-        "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-            --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-            --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64 \
-            --platform manylinux1_x86_64 -d "$DEST/all" "$requirement"
-    done
+    grep -vE '^\s*(#|$)' bench/gpu/wheels.txt | sed 's/#.*//' | xargs "$PY" -m pip download --quiet \
+        --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64 \
+        --platform manylinux1_x86_64 -d "$DEST/all"
+    "$PY" -m bench.gpu.carried --record >/dev/null
 fi
+"$PY" -m bench.gpu.carried
+(( download_only )) && exit 0
+
+"$PY" -m bench.gpu.transfer repack --source "$DEST/all" --dest "$DEST/repacked"
 "$PY" -m service.protogen >/dev/null
 
-# Pack into calls of at most PART_MIB each (first fit, largest first): a wheel over PART_MIB is split
-# into PART_MIB parts (joined again by run.sh); the rest of each call's 64 MiB is the working tree.
-rm -rf "$DEST"/call-*
-"$PY" - "$DEST" "$PART_MIB" <<'PACK'
-import shutil, sys
-from pathlib import Path
+# What a call carries besides the pieces: the working tree (tracked and untracked-not-ignored files),
+# service/_generated, and a margin of 1 MiB.
+tree=$(git ls-files -z -co --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+generated=$(du -sb service/_generated | cut -f1)
+capacity=$(awk -v t="$tree" -v g="$generated" 'BEGIN {printf "%.2f", (64*1048576 - t - g - 1048576) / 1048576}')
+calls=$("$PY" -m bench.gpu.transfer plan --source "$DEST/repacked" --dest "$DEST" --capacity-mib "$capacity" \
+    | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["calls"])')
 
-dest, part = Path(sys.argv[1]), int(sys.argv[2]) * 2**20
-items = []  # (size, name, source path, offset)
-for wheel in sorted((dest / "all").glob("*.whl")):
-    size = wheel.stat().st_size
-    if size <= part:
-        items.append((size, wheel.name, wheel, 0))
-    else:
-        for index, offset in enumerate(range(0, size, part)):
-            items.append((min(part, size - offset), f"{wheel.name}.part{index:02d}", wheel, offset))
-calls: list[list[tuple]] = []
-for item in sorted(items, key=lambda i: -i[0]):
-    for call in calls:
-        if sum(i[0] for i in call) + item[0] <= part:
-            call.append(item)
-            break
-    else:
-        calls.append([item])
-for number, call in enumerate(calls, 1):
-    folder = dest / f"call-{number}"
-    folder.mkdir()
-    for size, name, source, offset in call:
-        with source.open("rb") as src, (folder / name).open("wb") as out:
-            src.seek(offset)
-            out.write(src.read(size))
-PACK
-calls=$(ls -d "$DEST"/call-* | wc -l)
-
-last="$DEST/call-$calls"   # the smallest: it rides along with the check itself
-total=$calls
-echo "wheels: $(ls "$DEST"/all/*.whl | wc -l) in $DEST/all ($(du -sh "$DEST/all" | cut -f1)); $total device calls"
 echo
-echo "Device calls, back to back on one warm machine (device tool: run, kind left out). The tool sends"
-echo "the checkout its session started in: run this script there (.gpuwheels/ and service/_generated"
-echo "are git-ignored, so each call names them in carry)."
-for n in $(seq 1 $((calls - 1))); do
+echo "wheels: $(ls "$DEST"/repacked/*.whl | wc -l), $(du -sh "$DEST/repacked" | cut -f1) repacked" \
+     "(from $(du -sh "$DEST/all" | cut -f1)); $calls calls of at most ${capacity} MiB each"
+echo
+echo "Device calls, back to back on one warm machine (device tool: run, kind left out; the machine goes"
+echo "back 30 s after a call). The tool sends the checkout its session started in: run this script there"
+echo "(.gpuwheels/ and service/_generated are git-ignored, so each call names what it needs in carry)."
+for n in $(seq 1 "$calls"); do
     dir="$DEST/call-$n"
     echo
-    echo "call $n of $total: carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1): $(ls "$dir" | tr '\n' ' '))"
-    echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && ls -la $STASH"
-    echo "  timeout_s: 120"
+    if (( n < calls - 1 )); then
+        echo "call $n: carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1))"
+        echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && ls $STASH | wc -l"
+        echo "  timeout_s: 120"
+    elif (( n == calls - 1 )); then
+        echo "call $n (and the export): carry [\"$dir\"]  ($(du -sh "$dir" | cut -f1))"
+        echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH export 2>&1 | tee \$OUT/export.log"
+        echo "  timeout_s: 170   (the export ends itself within 120 s)"
+    else
+        echo "call $n (the check): carry [\"$dir\", \"service/_generated\"]  ($(du -sh "$dir" | cut -f1))"
+        echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
+        echo "  timeout_s: 250   (the check ends itself within 210 s)"
+        echo "  rerun at once if needed: carry [\"service/_generated\"] only, command:"
+        echo "    PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
+    fi
 done
 echo
-echo "call $total of $total (the check): carry [\"$last\", \"service/_generated\"]  ($(du -sh "$last" | cut -f1): $(ls "$last" | tr '\n' ' '))"
-echo "  command: mkdir -p $STASH && cp $last/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --wheels $STASH 2>&1 | tee \$OUT/run.log"
-echo "  timeout_s: 420   (run.sh ends itself within 6 minutes)"
-echo
-echo "Then give_back. gpu.json, run.log and the plots come back from \$OUT; copy them to bench/results/."
+echo "Then give_back. gpu.json, run.log, pytest-gpu.xml and the plots come back from \$OUT."

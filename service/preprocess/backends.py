@@ -7,8 +7,9 @@ One interface, three implementations; the engine asks `create_backend` once per 
 - `graph` with Pillow decoding: Pillow decodes at full resolution, the resize-and-crop ONNX graph
   (service/preprocess/resize_graph.py) runs on the model's device.
 - `graph` with nvImageCodec decoding: JPEGs decoded on the GPU in batches
-  (service/preprocess/gpu_jpeg.py), resized and cropped there by the graph; the row stays in device
-  memory until the model's batch reads it. Anything nvImageCodec refuses (other formats, CMYK or
+  (service/preprocess/gpu_jpeg.py) and resized and cropped there by the graph, once per decoded batch,
+  both on one stream of the model's device; the rows stay in device memory until the model's batch
+  reads them. Anything nvImageCodec refuses (other formats, CMYK or
   YCCK JPEGs, corrupt data) goes through the Pillow path for that image, with its errors.
 
 Format checks and pixel limits (service/preprocess/formats.py) run before any decoder sees the bytes.
@@ -24,6 +25,7 @@ from service.preprocess.formats import DecodeLimits, check_format, jpeg_header
 from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
 from service.preprocess.images import PreprocessSpec, decode_rgb, preprocess
 from service.preprocess.resize_graph import ResizeGraphRunner
+from service.runtime.device import DeviceContext
 from service.runtime.providers import CUDA
 from service.settings import Settings
 
@@ -97,10 +99,10 @@ class GraphBackend:
         if check_format(data, limits) == "jpeg":
             _, mode = jpeg_header(data, limits)  # pixel limits, before any decode
             if mode in _GPU_JPEG_MODES:
-                image = self.jpeg.decode(data)
-                if image is not None:
+                row = self.jpeg.decode(data)  # decoded and resized with its batch (the decoder's finish)
+                if row is not None:
                     self.gpu_decoded += 1
-                    return self.resize(image)
+                    return row
         self.pillow_fallbacks += 1
         return preprocess(data, self.spec, limits)
 
@@ -135,11 +137,19 @@ def create_backend(settings: Settings, spec: PreprocessSpec, provider: str, mode
         backend = PillowBackend(spec)
     else:
         device = "cuda" if provider == CUDA else "cpu"
-        resize = ResizeGraphRunner(spec, device, settings.cuda_device_id)
+        # One stream for decode and resize: the graph runs on it, the decoder decodes on it.
+        context = DeviceContext(settings.cuda_device_id) if device == "cuda" and _cupy_loads() else None
+        resize = ResizeGraphRunner(spec, device, settings.cuda_device_id, context)
         jpeg = None
-        if choice.decoder == "nvimgcodec":
+        if choice.decoder == "nvimgcodec" and context is not None:
             try:
-                jpeg = BatchingJpegDecoder(codec, settings.cuda_device_id, settings.nvimgcodec_max_batch)
+                jpeg = BatchingJpegDecoder(
+                    codec,
+                    settings.cuda_device_id,
+                    settings.nvimgcodec_max_batch,
+                    context.stream,
+                    resize.run_batch,
+                )
             except Exception as exc:  # the library loaded but could not start on this device
                 log.error("event=nvimgcodec_failed model=%s error=%r fallback=pillow", model, str(exc))
         if jpeg is None and settings.resize != "graph":

@@ -5,10 +5,13 @@ decodes whatever is waiting, up to `max_batch` images, in one batched call: the 
 of A100/H100 (and nvJPEG's CUDA path elsewhere) wants batches, requests arrive one image at a time.
 An idle decoder adds no wait: a lone image is decoded at once.
 
-Results are device images, (H, W, 3) uint8 RGB with EXIF orientation applied, exposing
-`__cuda_array_interface__`; the decoder synchronises its device once per batch, so they are ready
-for any stream. An image nvImageCodec cannot decode (corrupt data, a codec feature it lacks) comes
-back as None and the caller falls back to Pillow for it.
+Decoding runs on a dedicated non-blocking CUDA stream (never the legacy default stream, which would
+wait for the model batches running on ORT's streams), and `finish` (the resize graph's `run_batch`)
+runs once per decoded batch on that same stream; then that stream alone is synchronised, once per
+batch (never the whole device), so the results are ready for any other stream. Results are device
+arrays: (H, W, 3) uint8 RGB with EXIF orientation applied without `finish`, its rows with it. An
+image nvImageCodec cannot decode (corrupt data, a codec feature it lacks) comes back as None and the
+caller falls back to Pillow for it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+from service.runtime.device import DeviceContext
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,22 @@ def load_nvimgcodec() -> Any | None:
 class BatchingJpegDecoder:
     """Thread-safe `decode(bytes) -> device image | None`, batched across concurrent callers."""
 
-    def __init__(self, codec: Any, device_id: int = 0, max_batch: int = 64, synchronize: Any = None) -> None:
-        """`codec` is the nvimgcodec module (tests pass a stand-in). `synchronize()` waits for the
-        device; by default CuPy's device synchronisation."""
+    def __init__(
+        self,
+        codec: Any,
+        device_id: int = 0,
+        max_batch: int = 64,
+        stream: Any = None,
+        finish: Callable[[list[Any]], list[Any]] | None = None,
+    ) -> None:
+        """`codec` is the nvimgcodec module (tests pass a stand-in). `stream` has `.ptr` (a
+        cudaStream_t) and `.synchronize()`: by default a new non-blocking stream on `device_id`.
+        `finish(images)` maps a decoded batch (None where decoding failed) to what callers get."""
         self._codec = codec
+        if stream is None:
+            stream = DeviceContext(device_id).stream
+        self._stream = stream
+        self._finish = finish
         self._decoder = codec.Decoder(device_id=device_id)
         self._params = codec.DecodeParams(
             apply_exif_orientation=True,
@@ -46,7 +64,6 @@ class BatchingJpegDecoder:
             sample_format=codec.SampleFormat.I_RGB,
         )
         self._max_batch = max_batch
-        self._synchronize = synchronize or _cupy_synchronizer(device_id)
         self._queue: queue.SimpleQueue[tuple[bytes, Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="nvimgcodec", daemon=True)
         self._thread.start()
@@ -93,20 +110,18 @@ class BatchingJpegDecoder:
                 pass
         try:
             if streams:
-                decoded = self._decoder.decode(streams, params=self._params)
-                self._synchronize()
+                decoded = self._decoder.decode(
+                    streams, params=self._params, cuda_stream=int(self._stream.ptr)
+                )
                 for index, image in zip(positions, decoded, strict=True):
                     results[index] = image
+                if self._finish is not None:
+                    results = self._finish(results)
+                self._stream.synchronize()
         except Exception as exc:  # the whole call failed: every image falls back to Pillow
+            results = [None] * len(batch)
             log.warning("event=nvimgcodec_batch_failed images=%d error=%r", len(streams), str(exc))
         self.batches += 1
         self.images += len(batch)
         for (_, future), image in zip(batch, results, strict=True):
             future.set_result(image)
-
-
-def _cupy_synchronizer(device_id: int) -> Any:
-    import cupy
-
-    device = cupy.cuda.Device(device_id)
-    return device.synchronize

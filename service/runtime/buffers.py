@@ -5,11 +5,19 @@ is there), the input the session reads (device memory on CUDA, the staging array
 preallocated outputs, and an IO binding made once. Addresses never change, which CUDA graphs need.
 Each run copies the rows in, runs, and fetches every output to the host in one copy per output.
 
+On CUDA with CuPy, rows go in through service/runtime/device.py: on the buffer set's own non-blocking
+stream, one copy per run of contiguous rows (a decoded batch's rows lie back to back on the device),
+only the n rows of the batch (not the whole bucket), then that stream alone is synchronised. Without
+CuPy, host rows are staged and the whole bucket is copied (OrtValue.update_inplace).
+
 Rows past the real batch (padding up to a bucket) keep whatever the last run left there: rows are
 independent in an inference graph (batch norm in eval mode), and their outputs are sliced away.
 
 Items are host arrays (numpy) or device arrays (anything with `__cuda_array_interface__`, e.g. the
 GPU preprocessing output): device rows are copied device to device, never through the host.
+
+`graph_id`: the CUDA graph this buffer set's batch of this size replays (ORT `gpu_graph_id`); -1 runs
+without capturing or replaying one (buffers made under load must not capture a graph then).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from service.runtime.device import DeviceContext, RowLoader
+from service.runtime.device import is_device_array as is_device_array
 
 Items = Sequence[Any] | np.ndarray  # rows, or one stacked array
 
@@ -40,10 +51,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket holding `n` rows; `n` itself when none does (or there are no buckets)."""
     index = bisect.bisect_left(buckets, n)
     return buckets[index] if index < len(buckets) else n
-
-
-def is_device_array(item: Any) -> bool:
-    return hasattr(item, "__cuda_array_interface__")
 
 
 def pinned_empty(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, bool]:
@@ -69,6 +76,7 @@ class BoundBatch:
         device: str,
         device_id: int,
         graph_id: int | None,
+        context: DeviceContext | None = None,
     ) -> None:
         self.size = size
         self.device = device
@@ -76,11 +84,18 @@ class BoundBatch:
         self.item_shape = item_shape
         shape = (size, *item_shape)
         input_meta = session.get_inputs()[0]
+        self._loader: RowLoader | None = None
         if device == "cuda":
-            self.host, self.pinned = pinned_empty(shape, np.uint8)
+            if context is not None:
+                self.host, self.pinned = context.pinned_empty(shape, np.uint8), True
+            else:
+                self.host, self.pinned = pinned_empty(shape, np.uint8)
             self.host[:] = 0
             self._input = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.uint8, "cuda", device_id)
             self._input.update_inplace(self.host)
+            if context is not None:
+                row_bytes = int(np.prod(item_shape))
+                self._loader = RowLoader(context, self.host, self._input.data_ptr(), row_bytes)
         else:
             self.host, self.pinned = np.zeros(shape, np.uint8), False
             self._input = ort.OrtValue.ortvalue_from_numpy(self.host)  # shares the staging memory
@@ -104,39 +119,20 @@ class BoundBatch:
 
     def load(self, items: Items) -> None:
         """Copy `items` (at most `size` of them) into rows 0..n-1 of the input the session reads."""
+        if self._loader is not None:
+            self._loader.load(items)
+            return
         n = len(items)
-        device_rows = [i for i, item in enumerate(items) if is_device_array(item)]
-        if len(device_rows) < n:
-            if device_rows:
-                for i, item in enumerate(items):
-                    if not is_device_array(item):
-                        self.host[i] = item
-            elif isinstance(items, np.ndarray):
-                self.host[:n] = items
-            else:
-                np.stack(items, out=self.host[:n])
-            if self.device == "cuda":
-                self._input.update_inplace(self.host)
-        if device_rows:
-            _copy_device_rows(self._input.data_ptr(), items, device_rows, self.device)
+        if not isinstance(items, np.ndarray) and any(map(is_device_array, items)):
+            raise ValueError("device rows need CuPy (the `gpu` extra) and a CUDA session")
+        if isinstance(items, np.ndarray):
+            self.host[:n] = items
+        else:
+            np.stack(items, out=self.host[:n])
+        if self.device == "cuda":  # without CuPy: the whole bucket goes (update_inplace copies it all)
+            self._input.update_inplace(self.host)
 
     def run(self, session: ort.InferenceSession, n: int) -> dict[str, np.ndarray]:
         session.run_with_iobinding(self._binding, self.run_options)
         fetched = self._binding.copy_outputs_to_cpu()  # fresh host arrays, one copy per output
         return {name: value[:n] for name, value in zip(self.output_names, fetched, strict=True)}
-
-
-def _copy_device_rows(dst_ptr: int, items: Items, rows: list[int], device: str) -> None:
-    """Device-to-device copy of CUDA array items into rows of the bound input (CuPy does the copy)."""
-    if device != "cuda":
-        raise ValueError("device arrays can only be batched on a CUDA session")
-    import cupy
-
-    first = cupy.asarray(items[rows[0]])
-    count = max(rows) + 1
-    memory = cupy.cuda.UnownedMemory(dst_ptr, first.nbytes * count, None)
-    target = cupy.ndarray((count, *first.shape), dtype=cupy.uint8, memptr=cupy.cuda.MemoryPointer(memory, 0))
-    for row in rows:
-        target[row] = cupy.asarray(items[row])
-    # ORT runs on its own stream: the copies must have landed before it reads the input.
-    cupy.cuda.get_current_stream().synchronize()

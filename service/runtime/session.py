@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.runtime.buffers import BoundBatch, Items, bucket_for, is_device_array
+from service.runtime.device import DeviceContext
 from service.runtime.providers import CPU, CUDA, nvidia_gpu_present
 from service.settings import Settings
 
@@ -48,6 +49,7 @@ class RuntimeOptions:
     gpu_mem_limit_mb: int = 0
     arena_extend_strategy: str = "kSameAsRequested"
     cuda_graphs: bool = False
+    cuda_tf32: bool = True  # ORT's own default; set explicitly either way
     buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
 
     @classmethod
@@ -66,6 +68,7 @@ class RuntimeOptions:
             gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
             arena_extend_strategy=settings.arena_extend_strategy,
             cuda_graphs=settings.cuda_graphs,
+            cuda_tf32=settings.cuda_tf32,
             buffer_sets=settings.instances or 2,
         )
 
@@ -101,6 +104,7 @@ def cuda_provider_options(options: RuntimeOptions) -> dict[str, object]:
         "device_id": options.cuda_device_id,
         "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
         "arena_extend_strategy": options.arena_extend_strategy,
+        "use_tf32": "1" if options.cuda_tf32 else "0",
     }
     if options.gpu_mem_limit_mb:
         cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
@@ -111,6 +115,47 @@ def cuda_provider_options(options: RuntimeOptions) -> dict[str, object]:
 
 def _switch(value: str, provider: str) -> bool:
     return value == "on" or (value == "auto" and provider == CUDA)
+
+
+def fast_path(options: RuntimeOptions, provider: str) -> tuple[bool, bool, bool]:
+    """(buckets, io_binding, cuda_graphs) for a session that got `provider`. CUDA graphs replay fixed
+    shapes at fixed addresses, so they force buckets and IO binding on, whatever those say."""
+    graphs = options.cuda_graphs and provider == CUDA
+    return (
+        _switch(options.batch_buckets, provider) or graphs,
+        _switch(options.io_binding, provider) or graphs,
+        graphs,
+    )
+
+
+class GraphIds:
+    """CUDA graph ids (ORT `gpu_graph_id`): one per (buffer set, bucket) bound at warm-up, where capture
+    happens with nothing else running; buffers bound later, under load, run with -1 (no graph): a
+    capture there would record while other batches run. None everywhere when graphs are off."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def for_warm_up(self) -> int | None:
+        if not self.enabled:
+            return None
+        with self._lock:
+            self._next += 1
+            return self._next - 1
+
+    def under_load(self) -> int | None:
+        return -1 if self.enabled else None
+
+
+class BufferSet:
+    """The bound batches of one concurrent run (one per bucket) and the CUDA stream they copy on."""
+
+    def __init__(self, context: DeviceContext | None, warm: bool) -> None:
+        self.batches: dict[int, BoundBatch] = {}
+        self.context = context
+        self.warm = warm  # made at warm-up (may capture CUDA graphs) or under load (may not)
 
 
 class OrtRunner:
@@ -146,19 +191,18 @@ class OrtRunner:
         self.output_names = output_names
         self._run_options = ort.RunOptions()
         self.options = options
-        self.use_buckets = _switch(options.batch_buckets, self.provider)
-        self.use_io_binding = _switch(options.io_binding, self.provider) or (
-            options.cuda_graphs and self.provider == CUDA
-        )
+        self.use_buckets, self.use_io_binding, graphs = fast_path(options, self.provider)
+        if graphs and options.batch_buckets == "off":
+            log.warning("event=cuda_graphs_force_buckets model_path=%s", model_path)
         self.buckets: list[int] = []  # set by warm_up when buckets are on
         self._device = "cuda" if self.provider == CUDA else "cpu"
         # Buffer sets: each concurrent run takes one (its own bound buffers), and gives it back.
-        self._sets: queue.SimpleQueue[dict[int, BoundBatch]] = queue.SimpleQueue()
-        self._all_sets: list[dict[int, BoundBatch]] = []
-        self._graph_ids = 0
+        self._sets: queue.SimpleQueue[BufferSet] = queue.SimpleQueue()
+        self._all_sets: list[BufferSet] = []
+        self._graph_ids = GraphIds(graphs)
         self._sets_lock = threading.Lock()
         # CUDA graph replay of one session is not safe from two threads at once.
-        self._graph_lock = threading.Lock() if options.cuda_graphs and self.provider == CUDA else None
+        self._graph_lock = threading.Lock() if graphs else None
         # CPU: one-thread sessions for batches that start while another runs (add_overlap_sessions).
         self._overlap: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         self._overlap_all: list[ort.InferenceSession] = []
@@ -223,9 +267,10 @@ class OrtRunner:
     def _run_bound(self, items: Items, size: int) -> dict[str, np.ndarray]:
         buffers = self._take_set()
         try:
-            bound = buffers.get(size)
-            if bound is None:  # a size warm-up did not see (buckets off, or above the largest)
-                bound = buffers[size] = self._bind(size, tuple(np.shape(items[0])))
+            bound = buffers.batches.get(size)
+            if bound is None:  # a size warm-up did not see (buckets off, or above the largest): no graph
+                bound = self._bind(buffers, size, _row_shape(items), self._graph_ids.under_load())
+                buffers.batches[size] = bound
             bound.load(items)
             if self._graph_lock is None:
                 return bound.run(self.session, len(items))
@@ -234,22 +279,31 @@ class OrtRunner:
         finally:
             self._sets.put(buffers)
 
-    def _take_set(self) -> dict[int, BoundBatch]:
+    def _take_set(self) -> BufferSet:
         try:
             return self._sets.get_nowait()
         except queue.Empty:
-            with self._sets_lock:  # more concurrent runs than expected: one more set
-                buffers: dict[int, BoundBatch] = {}
+            with self._sets_lock:  # more concurrent runs than expected: one more set, made under load
+                buffers = BufferSet(self._new_context(), warm=False)
                 self._all_sets.append(buffers)
                 return buffers
 
-    def _bind(self, size: int, item_shape: tuple[int, ...]) -> BoundBatch:
-        with self._sets_lock:
-            graph_id = self._graph_ids if self._graph_lock is not None else None
-            self._graph_ids += 1
+    def _new_context(self) -> DeviceContext | None:
+        """A stream of its own for one buffer set's copies (CUDA with CuPy), else None."""
+        if self._device != "cuda":
+            return None
+        try:
+            return DeviceContext(self.options.cuda_device_id)
+        except Exception as exc:  # no CuPy: host rows still work (whole-bucket copies), device rows do not
+            log.warning("event=no_device_context reason=%r", str(exc))
+            return None
+
+    def _bind(
+        self, buffers: BufferSet, size: int, item_shape: tuple[int, ...], graph_id: int | None
+    ) -> BoundBatch:
         return BoundBatch(
             self.session, size, item_shape, self.output_names, self._device,
-            self.options.cuda_device_id, graph_id,
+            self.options.cuda_device_id, graph_id, buffers.context,
         )  # fmt: skip
 
     def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: list[int], runs: int) -> float:
@@ -274,15 +328,23 @@ class OrtRunner:
         # CUDA graphs are captured after a few ordinary runs of each graph id: do them all here.
         runs = max(runs, 3) if self._graph_lock is not None else max(1, runs)
         for _ in range(max(1, self.options.buffer_sets)):
-            buffers: dict[int, BoundBatch] = {}
+            buffers = BufferSet(self._new_context(), warm=True)
             self._all_sets.append(buffers)
             for size in batch_sizes:
-                buffers[size] = bound = self._bind(size, input_shape)
+                bound = self._bind(buffers, size, input_shape, self._graph_ids.for_warm_up())
+                buffers.batches[size] = bound
                 bound.load(rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8))
                 for _ in range(runs):
                     bound.run(self.session, size)
             self._sets.put(buffers)
         return time.monotonic() - start
+
+
+def _row_shape(items: Items) -> tuple[int, ...]:
+    first = items[0]
+    if hasattr(first, "__cuda_array_interface__"):
+        return tuple(first.__cuda_array_interface__["shape"])
+    return tuple(np.shape(first))
 
 
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:

@@ -1,8 +1,10 @@
-"""`bench/gpu/run.sh --dry-run`: the device check's whole flow on the CPU provider, so the script
-that only ever runs on a lent GPU machine cannot rot. Not marked `gpu`: it runs in `make test`.
+"""`bench/gpu/run.sh --dry-run check`: the device check's flow on the CPU provider, so the script that
+only ever runs on a lent GPU machine cannot rot. Not marked `gpu`: it runs in `make test`.
 
-Light on purpose: the session's model repository (b0 already exported), the smallest profile, and
-no nested `pytest -m gpu` (the outer run collects those tests itself)."""
+Light on purpose: the session's model repository (b0 already exported), the smallest profile, and no
+nested `pytest -m gpu` (the outer run collects those tests itself). Where the install rehearsal has
+run (bench/tests/gpu/test_run_sh.py), the flow runs in its clean CPython 3.12 with the carried wheels
+and the image's packages only, as on the device."""
 
 from __future__ import annotations
 
@@ -24,12 +26,14 @@ def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) ->
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
         ["bash", "bench/gpu/run.sh", "--dry-run", "--skip-tests", "--repository", str(model_repository),
-         "--out", str(out)],
+         "--out", str(out), "check"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=230,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu.json").read_text())
-    assert report["models"] == ["b0"] or report["models"][0] == "b0"
+    assert "stopped" not in report, report["stopped"]
+    assert report["preflight"]["provider"] == "CPUExecutionProvider" and report["preflight"]["output_ok"]
+    assert report["models"][0] == "b0" and report["budget_s"] > 100
     assert report["bare"]["b0"]["best_images_per_s"] > 0
     assert report["memory"]["b0"]["io_binding"] and report["memory"]["b0"]["buckets"] == [1, 2, 4]
     assert report["memory"]["b0"]["flat"], report["memory"]["b0"]
@@ -40,4 +44,5 @@ def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) ->
     # On the CPU provider the nvImageCodec setting falls back to Pillow, and says so.
     assert any("fallback=pillow" in line for line in report["service"]["nvimgcodec"]["backends"])
     assert "b0: service V2 pixels / bare ORT best" in report["figures"]
+    assert report["phases"]["bare TF32 on"].startswith("skipped")
     assert report["elapsed_s"] < 180

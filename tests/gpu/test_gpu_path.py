@@ -23,9 +23,11 @@ from tests.tiny_model import SIZE, write_model
 pytestmark = pytest.mark.gpu
 
 
-def _cuda_works() -> bool:
+def _cuda_status() -> tuple[bool, str]:
+    """Whether ONNX Runtime really opens a CUDA session here, and if not, why (the skip reason, which
+    EFFNET_REQUIRE_CUDA=1 turns into a failure: tests/gpu/conftest.py)."""
     if not nvidia_gpu_present():
-        return False
+        return False, "no NVIDIA GPU visible (/dev/nvidia*)"
     try:
         import onnxruntime as ort
 
@@ -36,12 +38,14 @@ def _cuda_works() -> bool:
         session = ort.InferenceSession(
             tiny_graph().SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
         )
-        return session.get_providers()[0] == CUDA
-    except Exception:
-        return False
+    except Exception as exc:
+        return False, f"a CUDA session could not be created: {type(exc).__name__}: {exc}"
+    provider = session.get_providers()[0]
+    return provider == CUDA, f"a CUDA session got {provider} (CUDA 13 / cuDNN 9 not on the loader path?)"
 
 
-requires_cuda = pytest.mark.skipif(not _cuda_works(), reason="no CUDA session possible here")
+CUDA_OK, CUDA_REASON = _cuda_status()
+requires_cuda = pytest.mark.skipif(not CUDA_OK, reason=CUDA_REASON)
 OUTPUTS = ["logits", "probabilities"]
 
 
@@ -109,31 +113,57 @@ def test_gpu_memory_stays_flat_after_warm_up(tmp_path: Path) -> None:
     assert gpu_memory_mib() - before <= 8.0
 
 
-@requires_cuda
-def test_nvimgcodec_and_the_device_resize_graph_match_pillow(real_photos: dict[str, bytes]) -> None:
-    pytest.importorskip("cupy")
+def _gpu_backend(spec: object) -> tuple[object, object]:
+    """nvImageCodec + the resize graph wired as create_backend wires them: one stream for both."""
     from service.preprocess.backends import GraphBackend
     from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
-    from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
     from service.preprocess.resize_graph import ResizeGraphRunner
+    from service.runtime.device import DeviceContext
 
     codec = load_nvimgcodec()
     if codec is None:
         pytest.skip("nvidia-nvimgcodec-cu13 does not load")
-    spec = PreprocessSpec(224, 256, "bicubic")
-    resize = ResizeGraphRunner(spec, "cuda")
+    context = DeviceContext(0)
+    resize = ResizeGraphRunner(spec, "cuda", 0, context)  # type: ignore[arg-type]
     assert resize.device == "cuda"
-    decoder = BatchingJpegDecoder(codec, 0, 8)
+    decoder = BatchingJpegDecoder(codec, 0, 8, context.stream, resize.run_batch)
+    return GraphBackend(spec, resize, decoder), decoder  # type: ignore[arg-type]
+
+
+@requires_cuda
+def test_nvimgcodec_and_the_device_resize_graph_match_pillow(real_photos: dict[str, bytes]) -> None:
+    pytest.importorskip("cupy")
+    from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
+
+    spec = PreprocessSpec(224, 256, "bicubic")
+    backend, decoder = _gpu_backend(spec)
     try:
-        backend = GraphBackend(spec, resize, decoder)
         for name, data in real_photos.items():
-            row = backend.prepare(data, DecodeLimits())
+            row = backend.prepare(data, DecodeLimits())  # type: ignore[attr-defined]
             assert hasattr(row, "__cuda_array_interface__") and row.shape == (3, 224, 224)
             difference = np.abs(row.get().astype(np.int16) - preprocess(data, spec)).mean()
             assert difference <= 2.0, (name, difference)
-        assert backend.gpu_decoded == len(real_photos) and backend.pillow_fallbacks == 0
+        assert backend.gpu_decoded == len(real_photos) and backend.pillow_fallbacks == 0  # type: ignore[attr-defined]
     finally:
-        decoder.close()
+        decoder.close()  # type: ignore[attr-defined]
+
+
+@requires_cuda
+def test_on_a_1080p_photo_gpu_decoding_and_resize_stay_within_the_cpu_bounds(photo_1080p: bytes) -> None:
+    """The bounds of tests/unit/preprocess/test_resize_graph.py, on the device: nvImageCodec's decode
+    plus the graph against the Pillow path (draft decoding) for b0's resize."""
+    pytest.importorskip("cupy")
+    from service.preprocess.images import DecodeLimits, PreprocessSpec, preprocess
+    from tests.unit.preprocess.test_resize_graph import GRAPH_VS_PILLOW_MAX, GRAPH_VS_PILLOW_MEAN
+
+    spec = PreprocessSpec(224, 256, "bicubic")
+    backend, decoder = _gpu_backend(spec)
+    try:
+        row = backend.prepare(photo_1080p, DecodeLimits())  # type: ignore[attr-defined]
+        difference = np.abs(row.get().astype(np.int16) - preprocess(photo_1080p, spec))
+        assert difference.max() <= GRAPH_VS_PILLOW_MAX and difference.mean() <= GRAPH_VS_PILLOW_MEAN
+    finally:
+        decoder.close()  # type: ignore[attr-defined]
 
 
 @requires_cuda

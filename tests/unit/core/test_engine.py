@@ -124,7 +124,7 @@ def test_top_k_orders_by_score_then_class_id() -> None:
 async def test_stop_gives_up_on_a_stuck_batch_after_the_drain_timeout(
     tiny_repository: Path, start_engine: EngineStarter
 ) -> None:
-    engine = await start_engine(tiny_repository, drain_timeout_s=0.2, max_batch_size=1)
+    engine = await start_engine(tiny_repository, drain_timeout_s=0.2, max_batch_size=1, instances=1)
     batcher = engine.ready_version("tiny").batcher
     inner, release = batcher.runner, threading.Event()
 

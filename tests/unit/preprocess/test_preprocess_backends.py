@@ -57,6 +57,7 @@ class FakeCodec:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.cuda_streams: list[int] = []
         codec = self
 
         class CodeStream:
@@ -69,8 +70,9 @@ class FakeCodec:
             def __init__(self, device_id: int = 0) -> None:
                 pass
 
-            def decode(self, streams: list[Any], params: Any = None) -> list[Any]:
+            def decode(self, streams: list[Any], params: Any = None, cuda_stream: int = 0) -> list[Any]:
                 codec.calls.append(len(streams))
+                codec.cuda_streams.append(cuda_stream)
                 time.sleep(0.02)  # lets concurrent callers queue up behind a running batch
                 out = []
                 for stream in streams:
@@ -85,14 +87,45 @@ class FakeCodec:
         self.DecodeParams = lambda **kwargs: SimpleNamespace(**kwargs)
 
 
+class FakeStream:
+    """A dedicated CUDA stream's surface: its handle, and synchronize() counted."""
+
+    ptr = 0x5EED
+
+    def __init__(self) -> None:
+        self.synchronized = 0
+
+    def synchronize(self) -> None:
+        self.synchronized += 1
+
+
 @pytest.fixture
 def codec() -> FakeCodec:
     return FakeCodec()
 
 
 @pytest.fixture
-def decoder(codec: FakeCodec) -> Any:
-    jpeg = BatchingJpegDecoder(codec, max_batch=8, synchronize=lambda: None)
+def stream() -> FakeStream:
+    return FakeStream()
+
+
+@pytest.fixture
+def decoder(codec: FakeCodec, stream: FakeStream) -> Any:
+    """Decodes only: callers get the decoded images."""
+    jpeg = BatchingJpegDecoder(codec, max_batch=8, stream=stream)
+    yield jpeg
+    jpeg.close()
+
+
+@pytest.fixture
+def resize() -> ResizeGraphRunner:
+    return ResizeGraphRunner(SPEC)
+
+
+@pytest.fixture
+def graph_decoder(codec: FakeCodec, stream: FakeStream, resize: ResizeGraphRunner) -> Any:
+    """Decodes and resizes each decoded batch in one graph run per image size, as create_backend wires it."""
+    jpeg = BatchingJpegDecoder(codec, max_batch=8, stream=stream, finish=resize.run_batch)
     yield jpeg
     jpeg.close()
 
@@ -128,8 +161,8 @@ def test_explicit_nvimgcodec_without_a_gpu_falls_back_to_pillow() -> None:
     assert isinstance(create_backend(Settings(decoder="nvimgcodec"), SPEC, CPU, "m"), PillowBackend)
 
 
-def test_gpu_decoded_jpegs_go_through_the_graph(decoder: BatchingJpegDecoder) -> None:
-    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), decoder)
+def test_gpu_decoded_jpegs_go_through_the_graph(graph_decoder: BatchingJpegDecoder) -> None:
+    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), graph_decoder)
     data = encode(picture(), "JPEG")
     row = backend.prepare(data, LIMITS)
     assert row.shape == (3, 32, 32) and backend.gpu_decoded == 1 and backend.pillow_fallbacks == 0
@@ -137,9 +170,9 @@ def test_gpu_decoded_jpegs_go_through_the_graph(decoder: BatchingJpegDecoder) ->
 
 
 def test_what_nvimgcodec_refuses_goes_to_pillow_with_todays_errors(
-    codec: FakeCodec, decoder: BatchingJpegDecoder
+    codec: FakeCodec, graph_decoder: BatchingJpegDecoder
 ) -> None:
-    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), decoder)
+    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), graph_decoder)
     png = encode(picture(), "PNG")
     cmyk = encode(picture(), "JPEG", mode="CMYK")
     for data in (png, cmyk):
@@ -157,9 +190,9 @@ def test_what_nvimgcodec_refuses_goes_to_pillow_with_todays_errors(
 
 
 def test_pixel_limits_are_checked_before_the_gpu_decoder(
-    codec: FakeCodec, decoder: BatchingJpegDecoder
+    codec: FakeCodec, graph_decoder: BatchingJpegDecoder
 ) -> None:
-    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), decoder)
+    backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), graph_decoder)
     with pytest.raises(PayloadTooLarge):
         backend.prepare(encode(picture(400, 300), "JPEG"), DecodeLimits(max_pixels=100_000))
     assert codec.calls == []
@@ -187,3 +220,35 @@ def test_unparseable_streams_do_not_sink_their_batch(codec: FakeCodec, decoder: 
     with ThreadPoolExecutor(2) as pool:
         bad_result, good_result = pool.map(call, [b"garbage", good])
     assert bad_result is None and good_result.shape == (60, 80, 3)
+
+
+def test_each_decoded_batch_runs_on_the_stream_resizes_once_per_size_and_syncs_once(
+    codec: FakeCodec, stream: FakeStream, resize: ResizeGraphRunner, graph_decoder: BatchingJpegDecoder
+) -> None:
+    """The measurement fix: decode on the dedicated stream (not the legacy default stream 0), one graph
+    run per image size in a decoded batch (not one per image), one sync of that stream per batch."""
+    images = [
+        encode(picture(80, 60), "JPEG") if i % 3 else encode(picture(64, 48), "JPEG") for i in range(24)
+    ]
+    with ThreadPoolExecutor(12) as pool:
+        rows = list(pool.map(graph_decoder.decode, images))
+    assert set(codec.cuda_streams) == {FakeStream.ptr}
+    assert stream.synchronized == len(codec.calls) == graph_decoder.batches
+    assert len(codec.calls) < 24 and resize.runs <= 2 * len(codec.calls) and resize.runs < 24
+    for data, row in zip(images, rows, strict=True):
+        assert row.shape == (3, 32, 32)
+        np.testing.assert_array_equal(row, ResizeGraphRunner(SPEC)(np.asarray(Image.open(io.BytesIO(data)))))
+
+
+def test_a_failing_resize_sends_its_batch_to_pillow(codec: FakeCodec, stream: FakeStream) -> None:
+    def broken(images: list[Any]) -> list[Any]:
+        raise RuntimeError("CUDA error: out of memory")
+
+    jpeg = BatchingJpegDecoder(codec, max_batch=8, stream=stream, finish=broken)
+    try:
+        backend = GraphBackend(SPEC, ResizeGraphRunner(SPEC), jpeg)
+        data = encode(picture(), "JPEG")
+        np.testing.assert_array_equal(backend.prepare(data, LIMITS), preprocess(data, SPEC, LIMITS))
+        assert backend.pillow_fallbacks == 1 and backend.gpu_decoded == 0
+    finally:
+        jpeg.close()

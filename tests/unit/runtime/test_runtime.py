@@ -13,12 +13,15 @@ import pytest
 from service.runtime.buffers import bucket_for
 from service.runtime.session import (
     CPU,
+    CUDA,
+    GraphIds,
     OrtRunner,
     RuntimeOptions,
     RuntimeUnavailable,
     _providers,
     _session_options,
     cuda_provider_options,
+    fast_path,
     nvidia_gpu_present,
     warmup_batch_sizes,
 )
@@ -72,7 +75,7 @@ def test_warmup_covers_powers_of_two_up_to_the_batch_size() -> None:
 # --- batch buckets and IO binding (the CUDA fast path, run here on the CPU provider) ---
 
 
-def fast_path(device: str = "cpu", **changes: object) -> RuntimeOptions:
+def fast_path_options(device: str = "cpu", **changes: object) -> RuntimeOptions:
     base = dict(batch_buckets="on", io_binding="on", buffer_sets=2)
     base.update(changes)
     return replace(cpu_options(device), **base)  # type: ignore[arg-type]
@@ -104,7 +107,9 @@ def test_cpu_default_runner_neither_pads_nor_binds(tmp_path: Path) -> None:
 @pytest.mark.parametrize("io_binding", ["on", "off"])
 def test_padded_batches_answer_exactly_their_own_rows(tmp_path: Path, io_binding: str) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", fast_path(io_binding=io_binding), ["logits", "probabilities"])
+    runner = OrtRunner(
+        folder / "model.onnx", fast_path_options(io_binding=io_binding), ["logits", "probabilities"]
+    )
     runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
     assert runner.buckets == [1, 2, 4, 8]
     rng = np.random.default_rng(1)
@@ -120,7 +125,7 @@ def test_padded_batches_answer_exactly_their_own_rows(tmp_path: Path, io_binding
 def test_bound_outputs_are_fresh_arrays_each_batch(tmp_path: Path) -> None:
     """The batcher hands out views into a batch's outputs: a later batch must not overwrite them."""
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", fast_path(), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", fast_path_options(), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
     first = runner.run_items([np.full((3, SIZE, SIZE), 10, np.uint8)] * 3)
     kept = first["logits"].copy()
@@ -130,19 +135,19 @@ def test_bound_outputs_are_fresh_arrays_each_batch(tmp_path: Path) -> None:
 
 def test_warm_up_binds_every_bucket_of_every_buffer_set(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", fast_path(buffer_sets=2), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=2), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
     assert len(runner._all_sets) == 2
-    assert all(sorted(buffers) == [1, 2, 4] for buffers in runner._all_sets)
+    assert all(sorted(buffers.batches) == [1, 2, 4] for buffers in runner._all_sets)
     # After warm-up no batch size within the largest bucket creates buffers.
     for n in (1, 2, 3, 4):
         runner.run_items([np.zeros((3, SIZE, SIZE), np.uint8)] * n)
-    assert len(runner._all_sets) == 2 and all(sorted(b) == [1, 2, 4] for b in runner._all_sets)
+    assert len(runner._all_sets) == 2 and all(sorted(b.batches) == [1, 2, 4] for b in runner._all_sets)
 
 
 def test_concurrent_bound_runs_use_separate_buffers(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", fast_path(buffer_sets=2), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=2), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
 
     def job(value: int) -> bool:
@@ -159,12 +164,50 @@ def test_concurrent_bound_runs_use_separate_buffers(tmp_path: Path) -> None:
 
 def test_cuda_provider_options_come_from_settings() -> None:
     cuda = cuda_provider_options(
-        fast_path("cuda", gpu_mem_limit_mb=512, arena_extend_strategy="kNextPowerOfTwo", cuda_graphs=True)
+        fast_path_options(
+            "cuda", gpu_mem_limit_mb=512, arena_extend_strategy="kNextPowerOfTwo", cuda_graphs=True
+        )
     )
     assert cuda["gpu_mem_limit"] == 512 * 1024 * 1024
     assert cuda["arena_extend_strategy"] == "kNextPowerOfTwo" and cuda["enable_cuda_graph"] == "1"
     plain = cuda_provider_options(cpu_options("cuda"))
     assert "gpu_mem_limit" not in plain and "enable_cuda_graph" not in plain
+
+
+def test_tf32_is_set_explicitly_either_way() -> None:
+    assert cuda_provider_options(cpu_options("cuda"))["use_tf32"] == "1"  # ORT's own default, now visible
+    assert cuda_provider_options(replace(cpu_options("cuda"), cuda_tf32=False))["use_tf32"] == "0"
+    assert RuntimeOptions.from_settings(Settings(cuda_tf32=False)).cuda_tf32 is False
+    assert Settings().cuda_tf32 is True
+
+
+def test_cuda_graphs_force_buckets_and_io_binding_on() -> None:
+    graphs_off_buckets = replace(cpu_options("cuda"), cuda_graphs=True, batch_buckets="off", io_binding="off")
+    assert fast_path(graphs_off_buckets, CUDA) == (True, True, True)
+    assert fast_path(replace(cpu_options("cuda"), batch_buckets="off"), CUDA) == (False, True, False)
+    assert fast_path(replace(cpu_options("cpu"), cuda_graphs=True), CPU) == (
+        False,
+        False,
+        False,
+    )  # no graphs on CPU
+
+
+def test_only_warm_up_buffers_capture_cuda_graphs() -> None:
+    ids = GraphIds(enabled=True)
+    assert [ids.for_warm_up() for _ in range(3)] == [0, 1, 2]
+    assert ids.under_load() == -1  # ORT: run without capturing or replaying a graph
+    assert ids.for_warm_up() == 3
+    off = GraphIds(enabled=False)
+    assert off.for_warm_up() is None and off.under_load() is None
+
+
+def test_a_buffer_set_made_under_load_is_marked_so(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=1), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2], runs=1)
+    taken = runner._take_set()  # the warm set, in use...
+    extra = runner._take_set()  # ...so a second concurrent run gets a new one
+    assert taken.warm and not extra.warm and len(runner._all_sets) == 2
 
 
 def test_settings_reach_the_runtime_options() -> None:
