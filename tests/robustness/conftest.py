@@ -102,6 +102,7 @@ async def inprocess(tmp_path: Path) -> AsyncIterator[InProcess]:
         intra_op_threads=1,
         preprocess_workers=1,
         max_batch_size=4,
+        instances=1,  # one batch at a time: the tests hold the runner and count what queues behind it
         max_queue_size=8,
         drain_timeout_s=5,
     )
