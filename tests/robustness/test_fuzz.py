@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api.v2 import tensors
-from service.api.v2.http import parse_infer_request
+from service.api.v2.over_http import parse_infer_request
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.images import PreprocessSpec, preprocess

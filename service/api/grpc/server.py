@@ -1,5 +1,5 @@
 """The gRPC server: our `effnet.v1.Classifier` (classifier.py), the Open Inference Protocol's
-`inference.GRPCInferenceService` (api/v2/grpc.py), the standard health service (health.py) and server
+`inference.GRPCInferenceService` (api/v2/over_grpc.py), the standard health service (health.py) and server
 reflection, on one grpc.aio server in the same event loop as HTTP; the API key, TLS and channel
 options (options.py) apply to all of them."""
 
@@ -19,7 +19,7 @@ from service.api.auth import bearer_matches
 from service.api.grpc.classifier import ClassifierServicer
 from service.api.grpc.health import CLASSIFIER_SERVICE, HEALTH_SERVICE, V2_SERVICE, HealthServicer
 from service.api.grpc.options import server_options
-from service.api.v2.grpc import V2Servicer, add_v2_servicer
+from service.api.v2.over_grpc import V2Servicer, add_v2_servicer
 from service.core.engine import Engine
 from service.metrics import Metrics
 from service.settings import Settings

@@ -17,7 +17,7 @@ from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnecte
 from service.api.http.gate import RequestGate
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
-from service.api.v2.http import create_v2_router
+from service.api.v2.over_http import create_v2_router
 from service.core.engine import Engine
 from service.errors import (
     ServiceError,

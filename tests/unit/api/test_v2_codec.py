@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
-from service.api.v2.grpc import pb, request_from_message, response_message, set_parameter
-from service.api.v2.http import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from service.api.v2.over_grpc import pb, request_from_message, response_message, set_parameter
+from service.api.v2.over_http import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from service.core.engine import Engine
 from service.errors import BadRequest, InvalidArgument, UnknownModel
 from service.schemas import Timings
