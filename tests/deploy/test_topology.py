@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.client.retry_policy import channel_options
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_ports
 
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
@@ -142,7 +142,7 @@ class Topology:
 def start_replica(
     repository: Path, log_dir: Path, index: int, ports: tuple[int, int] | None = None, attempt: int = 0
 ) -> Replica:
-    http_port, grpc_port = ports or (free_port(), free_port())
+    http_port, grpc_port = ports or tuple(free_ports(2))
     log_path = log_dir / f"replica-{index}-{attempt}.log"
     command = [
         sys.executable, "-m", "service", "serve",
@@ -163,7 +163,7 @@ def start_replica(
 
 
 def start_nginx(nginx: str, prefix: Path, replicas: list[Replica]) -> tuple[Process, int, int]:
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = free_ports(2)
     conf = nginx_setup.write_prefix(
         prefix, http_port, grpc_port, [r.http_port for r in replicas], [r.grpc_port for r in replicas]
     )

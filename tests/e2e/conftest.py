@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (two asked for one after the other can be the same one)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @dataclass
 class LiveServer:
     process: subprocess.Popen[bytes]
@@ -81,7 +91,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerF
     def start(
         repository: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
     ) -> LiveServer:
-        http_port, grpc_port = free_port(), free_port()
+        http_port, grpc_port = free_ports(2)
         log_path = tmp_path_factory.mktemp("server") / "server.log"
         command = [
             sys.executable, "-m", "service", "serve",
