@@ -9,6 +9,7 @@ the admitted target's name once the request is admitted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, CLIENT_GONE
 from service.core.target import Target
 from service.errors import ServiceError, status_for
 from service.metrics import Metrics
@@ -36,26 +38,26 @@ class StatusCodes:
     gone_errors: tuple[type[BaseException], ...] = ()
 
 
-def http_codes(protocol: str, gone_errors: tuple[type[BaseException], ...]) -> StatusCodes:
-    # 499 is not a real HTTP status (nginx's "client closed request"): recorded in metrics only.
-    return StatusCodes(protocol, 200, 499, 500, lambda error: status_for(error).http, gone_errors)
+def http_codes(protocol: str) -> StatusCodes:
+    return StatusCodes(
+        protocol, 200, CLIENT_CLOSED_REQUEST, 500, lambda error: status_for(error).http, CLIENT_GONE
+    )
 
 
-def grpc_codes(protocol: str, gone_errors: tuple[type[BaseException], ...]) -> StatusCodes:
+def grpc_codes(protocol: str) -> StatusCodes:
     return StatusCodes(
         protocol,
         grpc.StatusCode.OK.name,
         grpc.StatusCode.CANCELLED.name,
         grpc.StatusCode.INTERNAL.name,
         lambda error: status_for(error).grpc.name,
-        gone_errors,
+        (asyncio.CancelledError,),  # the client went away or its deadline passed
     )
 
 
 @dataclass
 class Observation:
     label: str
-    request_id: str = ""
     code: Code | None = None  # None: the codes' success value when no error was raised
     started: float = field(default_factory=time.monotonic)
 
@@ -67,7 +69,7 @@ class Observation:
 @contextmanager
 def observed(metrics: Metrics, codes: StatusCodes, label: str, request_id: str = "") -> Iterator[Observation]:
     """Count and time the request run inside; errors are logged and re-raised for the protocol to map."""
-    call = Observation(label, request_id)
+    call = Observation(label)
     code: Code = codes.crashed
     try:
         yield call

@@ -160,7 +160,7 @@ class Engine:
     ) -> InferOutcome:
         """Encoded images -> the router (`auto`, cascades) or the executor (one model)."""
         self._check_count(len(images))
-        deadline = deadline or time.monotonic() + self.settings.request_timeout_s
+        deadline = self._deadline(deadline)
         if target.routed:
             return await self.router.run(target, images, deadline)
         assert target.record is not None
@@ -182,8 +182,11 @@ class Engine:
                 f"got {pixels.dtype} {list(pixels.shape)}"
             )
         self._check_count(pixels.shape[0])
-        deadline = deadline or time.monotonic() + self.settings.request_timeout_s
-        return await self.executor.run_pixels(target.record, target.version, pixels, deadline)
+        return await self.executor.run_pixels(target.record, target.version, pixels, self._deadline(deadline))
+
+    def _deadline(self, deadline: float | None) -> float:
+        """The request's own deadline, else `request_timeout_s` from now."""
+        return deadline or time.monotonic() + self.settings.request_timeout_s
 
     def _check_count(self, count: int) -> None:
         if count < 1:

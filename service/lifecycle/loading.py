@@ -34,6 +34,7 @@ class LoadedGraph:
     labels: list[str]
     seconds: float
     memory_bytes: int
+    batching: BatcherConfig  # for the provider the session got: what warm-up and the batcher use
 
 
 @dataclass
@@ -52,16 +53,16 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     before = rss_bytes()
     spec, labels = validate_files(folder, hashes)
     runner = OrtRunner(folder / MODEL_FILE, RuntimeOptions.from_settings(settings), OUTPUT_NAMES)
+    batching = batcher_config(settings, config, runner.provider, spec.gmacs)
     if settings.single_thread_overlap:
-        instances = config.instances or settings.instances_for(runner.provider, spec.gmacs)
-        runner.add_overlap_sessions(instances - 1)
-    batch = config.max_batch_size or settings.batch_size_for(runner.provider, spec.gmacs)
-    runner.warm_up((3, spec.crop_size, spec.crop_size), warmup_batch_sizes(batch), settings.warmup_runs)
+        runner.add_overlap_sessions(batching.instances - 1)
+    sizes = warmup_batch_sizes(batching.max_batch_size)
+    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs)
     seconds = time.monotonic() - start
     # RSS can even shrink when the load reuses memory freed by an earlier unload: never report less
     # than the graph's own weights.
     memory = max(rss_bytes() - before, (folder / MODEL_FILE).stat().st_size)
-    return LoadedGraph(runner, spec, labels, seconds, memory)
+    return LoadedGraph(runner, spec, labels, seconds, memory, batching)
 
 
 def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs: float) -> BatcherConfig:
@@ -87,17 +88,12 @@ def queue_size(settings: Settings, max_batch: int, instances: int) -> int:
     return max(settings.max_queue_size, max_batch * (instances + 1))
 
 
-def assemble(
-    name: str, loaded: LoadedGraph, settings: Settings, config: ModelConfig, metrics: Metrics
-) -> Serving:
+def assemble(name: str, loaded: LoadedGraph, settings: Settings, metrics: Metrics) -> Serving:
     """Start the batcher in front of the session and choose the preprocessing backend for the
     provider the session really got. Call inside the event loop."""
     spec, runner = loaded.spec, loaded.runner
     shape = (3, spec.crop_size, spec.crop_size)
-    batcher = Batcher(
-        name, runner, batcher_config(settings, config, runner.provider, spec.gmacs),
-        observer=metrics, item_shape=shape,
-    )  # fmt: skip
+    batcher = Batcher(name, runner, loaded.batching, observer=metrics, item_shape=shape)
     batcher.start()
     preprocess = PreprocessSpec.from_model_spec(spec)
     backend = create_backend(settings, preprocess, runner.provider, name)

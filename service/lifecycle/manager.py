@@ -292,7 +292,7 @@ class Lifecycle:
                 error = ModelLoadError(f"onnxruntime could not load {entry.path / MODEL_FILE}: {exc}")
                 self._failed(entry, str(error))
                 raise error from exc
-        serving = loading.assemble(entry.name, loaded, self.settings, config, self.metrics)
+        serving = loading.assemble(entry.name, loaded, self.settings, self.metrics)
         entry.spec, entry.labels = loaded.spec, loaded.labels
         entry.recorded_as = recorded_identity(loaded.spec, record.name, entry.version)
         entry.runner, entry.provider = loaded.runner, loaded.runner.provider

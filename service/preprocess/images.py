@@ -108,32 +108,11 @@ def configure_pillow(blocks_max: int = 16) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded, oriented image (RGB or L), its full-resolution size, and the JPEG draft factor."""
-
-    image: Image.Image
-    full_size: tuple[int, int]
-    draft_factor: float
-
-
 def preprocess(data: bytes, spec: PreprocessSpec, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Encoded image -> uint8 (3, crop, crop), C-contiguous. Thread-safe; raises service.errors types."""
-    return resize_crop(decode(data, spec.resize_size, limits), spec)
-
-
-def decode(data: bytes, resize_size: int | None, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedImage:
-    """Check and decode an encoded image once, keeping at least `resize_size` pixels on its shorter side
-    (JPEGs may decode at a reduced scale; None: full resolution): `resize_crop` can then serve any model
-    up to that size."""
     fmt = check_format(data, limits)
-    image, size, draft_factor = _decode(data, fmt, resize_size, limits)
-    return DecodedImage(image, size, draft_factor)
-
-
-def resize_crop(decoded: DecodedImage, spec: PreprocessSpec) -> np.ndarray:
-    """A decoded image -> uint8 (3, crop, crop) for one model."""
-    return _resize_crop(decoded.image, decoded.full_size, decoded.draft_factor, spec)
+    image, full_size, draft_factor = _decode(data, fmt, spec.resize_size, limits)
+    return _resize_crop(image, full_size, draft_factor, spec)
 
 
 def decode_rgb(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:

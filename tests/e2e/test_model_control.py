@@ -3,10 +3,12 @@ load, lazy loading under a memory budget, and memory released by unload. Real se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,35 @@ def classify(url: str, image: bytes, model: str, **params: object) -> httpx.Resp
         headers={"content-type": "image/jpeg"},
         timeout=60,
     )
+
+
+@contextlib.contextmanager
+def classifying(url: str, image: bytes, versions: list[int], failures: list[str]) -> Iterator[None]:
+    """Three clients classify `image` with lite0 without pause while the block runs: each answer's
+    version goes to `versions`, each failure to `failures`."""
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as session:
+            while not stop.is_set():
+                answer = session.post(
+                    f"{url}/classify", params={"variant": "lite0"},
+                    content=image, headers={"content-type": "image/jpeg"},
+                )  # fmt: skip
+                if answer.status_code == 200:
+                    versions.append(answer.json()["version"])
+                else:
+                    failures.append(f"{answer.status_code} {answer.text}")
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_tritonclient_loads_classifies_and_unloads(server_factory, model_repository, real_photos) -> None:
@@ -106,24 +137,7 @@ def test_poll_mode_swaps_in_version_2_under_load_with_zero_failures(
     server = server_factory(repository, "--model-control", "poll", "--poll-interval-s", "0.5")
     versions: list[int] = []
     failures: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=60) as session:
-            while not stop.is_set():
-                answer = session.post(
-                    f"{server.http_url}/classify", params={"variant": "lite0"},
-                    content=real_photos["chelsea"], headers={"content-type": "image/jpeg"},
-                )  # fmt: skip
-                if answer.status_code == 200:
-                    versions.append(answer.json()["version"])
-                else:
-                    failures.append(f"{answer.status_code} {answer.text}")
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
+    with classifying(server.http_url, real_photos["chelsea"], versions, failures):
         time.sleep(1.0)
         swap_started = time.monotonic()
         copy_model(model_repository / "lite0" / "1", repository, "lite0", 2)
@@ -132,10 +146,6 @@ def test_poll_mode_swaps_in_version_2_under_load_with_zero_failures(
             time.sleep(0.05)
         swap_seconds = time.monotonic() - swap_started
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     assert not failures, failures[:3]
     assert versions[0] == 1 and versions[-1] == 2, "every answer names the version that ran it"
     print(f"poll swap: version 2 answered {swap_seconds:.2f} s after the copy, {len(versions)} requests")
@@ -205,24 +215,7 @@ def test_poll_mode_serves_plain_copies_under_load(
     server = server_factory(repository, "--model-control", "poll", "--poll-interval-s", str(poll_s))
     versions: list[int] = []
     failures: list[str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=60) as session:
-            while not stop.is_set():
-                answer = session.post(
-                    f"{server.http_url}/classify", params={"variant": "lite0"},
-                    content=real_photos["chelsea"], headers={"content-type": "image/jpeg"},
-                )  # fmt: skip
-                if answer.status_code == 200:
-                    versions.append(answer.json()["version"])
-                else:
-                    failures.append(f"{answer.status_code} {answer.text}")
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
+    with classifying(server.http_url, real_photos["chelsea"], versions, failures):
         until_sync(lambda: len(versions) >= 5, what="lite0/1 answering")
         copied = time.monotonic()
         shutil.copytree(repository / "lite0" / "1", repository / "lite0" / "2")
@@ -241,10 +234,6 @@ def test_poll_mode_serves_plain_copies_under_load(
         (broken / "model.onnx").write_bytes(b"\x08\x01 half a graph")
         until_sync(lambda: "model=lite0 version=3" in server.log(), within_s=30, what="version 3 tried")
         time.sleep(10 * poll_s)  # an observation window: ten more scans see the same broken files
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     assert not failures, failures[:3]
     print(f"cp -r: a version served after {version_seconds:.2f} s, a model after {model_seconds:.2f} s")
     assert version_seconds < 20 * poll_s and model_seconds < 20 * poll_s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -43,8 +42,6 @@ async def answer(
             return await work(call)
     except ServiceError as exc:
         await abort(context, exc)
-    except asyncio.CancelledError:  # the client went away or its deadline passed
-        raise
-    except Exception:
+    except Exception:  # CancelledError (the client went away) is no Exception: it passes through
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise  # pragma: no cover - abort raises

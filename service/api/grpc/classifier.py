@@ -16,7 +16,7 @@ from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
 from service.schemas import ModelInfo, Route
 
-GRPC = grpc_codes("grpc", (asyncio.CancelledError,))
+GRPC = grpc_codes("grpc")
 # Requests of one ClassifyStream being worked on at once; further reads wait (backpressure).
 STREAM_MAX_IN_FLIGHT = 64
 

@@ -10,10 +10,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from service.api.http.body import images_from_request, retry_headers
-from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.gate import RequestGate
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
@@ -37,7 +36,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HTTP = http_codes("http", (ClientDisconnected, ClientDisconnect))
+HTTP = http_codes("http")
 
 _OPEN_PATHS = frozenset(
     {

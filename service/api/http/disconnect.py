@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 T = TypeVar("T")
 
@@ -23,6 +23,10 @@ CLIENT_CLOSED_REQUEST = 499
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready; its work was cancelled."""
+
+
+# A client gone while we waited (ours), or in the middle of its upload (starlette's).
+CLIENT_GONE: tuple[type[Exception], ...] = (ClientDisconnected, ClientDisconnect)
 
 
 async def _disconnected(request: Request) -> None:

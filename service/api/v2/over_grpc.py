@@ -3,7 +3,6 @@ plane (`service.api.v2.dataplane`)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -19,7 +18,7 @@ from service.core.engine import Engine
 from service.errors import InvalidArgument, ServiceError
 from service.metrics import Metrics
 
-V2_GRPC = grpc_codes("v2-grpc", (asyncio.CancelledError,))
+V2_GRPC = grpc_codes("v2-grpc")
 
 # Which InferTensorContents field carries each datatype (the specification's table).
 _CONTENTS_FIELD = {

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 
 from service.api.http.body import read_body, retry_headers
-from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, ClientDisconnected, unless_disconnected
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.observe import Observation, http_codes, observed
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
@@ -38,7 +37,7 @@ from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-V2_HTTP = http_codes("v2-http", (ClientDisconnected, ClientDisconnect))
+V2_HTTP = http_codes("v2-http")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
