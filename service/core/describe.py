@@ -64,6 +64,7 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
                 opset=spec.opset,
                 precision=spec.precision,
                 accuracy=spec.accuracy,
+                measured=spec.measured,
                 agreement=spec.agreement,
             )
         )
