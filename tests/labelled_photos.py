@@ -1,4 +1,4 @@
-"""A small labelled photo set built from scikit-image's photos, for the tiny colour model (tests/tiny_model.py).
+"""A small labelled photo set built from scikit-image's photos, for the tiny colour model.
 
 Each photo, in grey, is tinted red, green or blue: *strongly* (the colour dominates: every tiny model
 answers it, confidently) or *weakly* (grey still dominates: a model that weighs grey more answers

@@ -58,7 +58,10 @@ def test_csv_without_a_header(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         (lambda root: root.mkdir(), "has no labelled photos"),
-        (lambda root: (root.mkdir(), (root / "a.png").write_bytes(png())), "1 images, but not in class folders"),
+        (
+            lambda root: (root.mkdir(), (root / "a.png").write_bytes(png())),
+            "1 images, but not in class folders",
+        ),
         (lambda root: None, "no such folder or CSV file"),
     ],
 )
