@@ -128,6 +128,7 @@ def main(argv: list[str]) -> int:
         outcomes, seconds = _run(args, name, min(TOP_K, count), headers, samples, err)
         outcomes_of.append(outcomes)
         runs.append(score_model(name, samples, outcomes, truths(samples, mapping), seconds))
+        _warn_unchecked(name, samples, mapping, outcomes, err)
     pairs = [
         {
             "models": [models[0][0], models[i][0]],
@@ -148,6 +149,22 @@ def main(argv: list[str]) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0 if all(run["failed"] == 0 for run in runs) else 1
+
+
+def _warn_unchecked(
+    model: str, samples: list[Sample], mapping: dict[str, int], outcomes: list[Outcome], err: Console
+) -> None:
+    """Over gRPC the label names cannot be checked up front (ListModels has no labels): a name that no
+    answer ever carried is likely misspelt, and every photo of it counts as wrong."""
+    seen = {str(p["label"]).casefold() for o in outcomes for p in o.predictions}
+    never = sorted({s.label for s in samples if s.label not in mapping and s.label.casefold() not in seen})
+    if never:
+        shown = ", ".join(repr(label) for label in never[:5])
+        err.print(
+            f"warning: {model}: {len(never)} labels never appeared in any answer ({shown}); if they are not "
+            "among the model's class names, their photos count as errors (HTTP checks them up front)",
+            highlight=False,
+        )
 
 
 def _run(
