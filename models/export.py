@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR|CSV",
         help="your photos (class folders, a CSV of file,label, or any folder of images): int8 is calibrated "
-        "on four in five of them and every derived precision's agreement gate runs on the held-out fifth",
+        "on up to 64 of four in five of them and every derived precision's agreement gate runs on the "
+        "held-out fifth",
     )
     parser.add_argument(
         "--opset",
