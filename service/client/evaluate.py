@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
         count = classes if isinstance(classes, int) else len(classes)
         outcomes, seconds = _run(args, name, min(TOP_K, count), headers, samples, err)
         outcomes_of.append(outcomes)
-        runs.append(score_model(name, samples, outcomes, truths(samples, mapping), seconds))
+        names = None if isinstance(classes, int) else classes
+        runs.append(score_model(name, samples, outcomes, truths(samples, mapping), seconds, names))
         _warn_unchecked(name, samples, mapping, outcomes, err)
     pairs = [
         {

@@ -38,8 +38,14 @@ def truths(samples: Sequence[Sample], mapping: dict[str, int]) -> dict[str, Trut
 
 
 def score_model(
-    name: str, samples: Sequence[Sample], outcomes: Sequence[Outcome], truth: dict[str, Truth], seconds: float
+    name: str,
+    samples: Sequence[Sample],
+    outcomes: Sequence[Outcome],
+    truth: dict[str, Truth],
+    seconds: float,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """`class_names`: the model's labels, to name classes the set gives as indices."""
     by_path = {o.path: o for o in outcomes}
     label_of = {str(s.path): s.label for s in samples}
     answered = [o for o in outcomes if o.ok and o.predictions]
@@ -57,9 +63,18 @@ def score_model(
         if not truth[str(sample.path)].matches(best):
             row["top1_errors"] += 1
             confused[sample.label][str(best["label"])] += 1
+    index_of = {s.label: truth[str(s.path)].index for s in samples}
+
+    def named(label: str) -> str | None:
+        index = index_of.get(label)
+        if class_names is None or index is None or class_names[index] == label:
+            return None
+        return class_names[index]
+
     classes = [
         {
             "label": label,
+            "name": named(label),
             "images": row["images"],
             "top1_errors": row["top1_errors"],
             "top1": _percent(row["images"] - row["top1_errors"], row["images"]),
@@ -141,7 +156,8 @@ def render(result: dict[str, Any], console: Console) -> None:
             table.add_column(column, justify="right" if column in ("photos", "wrong", "top-1") else "left")
         for c in wrong[:CLASSES_SHOWN]:
             instead = ", ".join(f"{label} x{count}" for label, count in c["confused_with"].items())
-            table.add_row(c["label"], str(c["images"]), str(c["top1_errors"]), _figure(c["top1"]), instead)
+            shown = c["label"] if not c.get("name") else f"{c['label']} ({c['name']})"
+            table.add_row(shown, str(c["images"]), str(c["top1_errors"]), _figure(c["top1"]), instead)
         console.print(table)
     for pair in result["agreement"]:
         first, second = pair["models"]
