@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import ExportError
-from service.client.dataset import DatasetError, Sample, read_dataset, resolve_labels
+from service.client.dataset import DatasetError, Sample, read_dataset, resolve_labels, shared_names
 from service.model_spec import LABELS_FILE, MODEL_FILE, SPEC_FILE, ModelSpec, read_labels
 from service.preprocess.images import PreprocessSpec, preprocess
 
@@ -60,12 +60,26 @@ def read_labelled(source: Path) -> list[Sample]:
 
 
 def targets(samples: Sequence[Sample], labels: Sequence[str]) -> np.ndarray:
-    """Each sample's class index in `labels` (by name or index); ExportError naming unknown labels."""
+    """bool (N, classes): the classes each sample's label accepts, i.e. its class index, or every class
+    of that name where several share it (ImageNet's two `crane`s). ExportError naming unknown labels."""
     try:
         mapping = resolve_labels([s.label for s in samples], labels)
     except DatasetError as e:
         raise ExportError(str(e)) from None
-    return np.array([mapping[s.label] for s in samples], dtype=np.int64)
+    folded = np.array([name.casefold() for name in labels])
+    shared = shared_names(labels)
+    accepted = np.zeros((len(samples), len(labels)), dtype=bool)
+    for row, sample in enumerate(samples):
+        if sample.label.casefold() in shared:
+            accepted[row] = folded == sample.label.casefold()
+        else:
+            accepted[row, mapping[sample.label]] = True
+    return accepted
+
+
+def hits(answers: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """bool (N,): whether each answer (a class index per row) is one its label accepts."""
+    return accepted[np.arange(len(answers)), answers]
 
 
 def pixels(samples: Sequence[Sample], spec: PreprocessSpec, workers: int = 2) -> np.ndarray:
@@ -113,8 +127,8 @@ def ms_per_image(model: RepositoryModel, images: np.ndarray) -> float:
     return statistics.median(times)
 
 
-def top_k_accuracy(probs: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Percent of rows whose true class is among the k most probable."""
+def top_k_accuracy(probs: np.ndarray, accepted: np.ndarray, k: int) -> float:
+    """Percent of rows with an accepted class (see `targets`) among the k most probable."""
     k = min(k, probs.shape[1])
     best = np.argsort(-probs, axis=1)[:, :k]
-    return float(100.0 * (best == truth[:, None]).any(axis=1).mean())
+    return float(100.0 * np.take_along_axis(accepted, best, axis=1).any(axis=1).mean())

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from models.errors import ExportError
-from models.labelled import find_model, ms_per_image, pixels, probabilities, read_labelled, targets
+from models.labelled import find_model, hits, ms_per_image, pixels, probabilities, read_labelled, targets
 from service.preprocess.images import PreprocessSpec
 
 GRID = tuple(round(0.01 * i, 2) for i in range(1, 101))  # 0.01 .. 1.00
@@ -64,7 +64,7 @@ def tune(repository: Path, stages: list[str], source: Path, max_drop: float) -> 
         gmacs.append(model.spec.gmacs)
     singles = {
         model.name: {
-            "top1": _percent(p.argmax(axis=1) == truth),
+            "top1": _percent(hits(p.argmax(axis=1), truth)),
             "ms_per_image": round(cost, 3),
             "gmacs": g,
         }
@@ -77,7 +77,7 @@ def tune(repository: Path, stages: list[str], source: Path, max_drop: float) -> 
         points.append(
             {
                 "threshold": threshold,
-                "top1": _percent(answer == truth),
+                "top1": _percent(hits(answer, truth)),
                 "reached": [round(r, 4) for r in reached],
                 "ms_per_image": round(sum(r * c for r, c in zip(reached, ms, strict=True)), 3),
                 "gmacs_per_image": round(sum(r * g for r, g in zip(reached, gmacs, strict=True)), 4),

@@ -136,6 +136,16 @@ def resolve_labels(labels: Sequence[str], classes: Sequence[str] | int) -> dict[
     return mapping
 
 
+def shared_names(classes: Sequence[str]) -> set[str]:
+    """Class names (case-folded) that more than one class carries (ImageNet has `crane` the bird and
+    `crane` the machine): a label with such a name is right for any of them."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for name in classes:
+        (shared if name.casefold() in seen else seen).add(name.casefold())
+    return shared
+
+
 def held_out(sample: Sample) -> bool:
     """One photo in HOLD_OUT_ONE_IN, chosen by the sha256 of its relative path: the same photos on every
     run and machine, whatever else is added to the folder."""

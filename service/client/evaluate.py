@@ -128,12 +128,13 @@ def main(argv: list[str]) -> int:
         outcomes, seconds = _run(args, name, min(TOP_K, count), headers, samples, err)
         outcomes_of.append(outcomes)
         names = None if isinstance(classes, int) else classes
-        runs.append(score_model(name, samples, outcomes, truths(samples, mapping), seconds, names))
+        runs.append(score_model(name, samples, outcomes, truths(samples, mapping, names), seconds, names))
         _warn_unchecked(name, samples, mapping, outcomes, err)
+    first_names = None if isinstance(models[0][1], int) else models[0][1]
     pairs = [
         {
             "models": [models[0][0], models[i][0]],
-            **agreement(outcomes_of[0], outcomes_of[i], truths(samples, mappings[0])),
+            **agreement(outcomes_of[0], outcomes_of[i], truths(samples, mappings[0], first_names)),
         }
         for i in range(1, len(models))
     ]

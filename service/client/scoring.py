@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from service.client.dataset import Sample
+from service.client.dataset import Sample, shared_names
 from service.client.report import Outcome
 
 CLASSES_SHOWN = 10  # classes with the most top-1 errors in the table (the JSON has them all)
@@ -33,8 +33,15 @@ class Truth:
         return str(prediction["label"]).casefold() == self.name.casefold()
 
 
-def truths(samples: Sequence[Sample], mapping: dict[str, int]) -> dict[str, Truth]:
-    return {str(s.path): Truth(mapping.get(s.label), s.label) for s in samples}
+def truths(
+    samples: Sequence[Sample], mapping: dict[str, int], class_names: Sequence[str] | None = None
+) -> dict[str, Truth]:
+    """A label that names several of the model's classes is checked by name, so any of them counts."""
+    shared = shared_names(class_names) if class_names is not None else set()
+    return {
+        str(s.path): Truth(None if s.label.casefold() in shared else mapping.get(s.label), s.label)
+        for s in samples
+    }
 
 
 def score_model(

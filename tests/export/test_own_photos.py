@@ -100,3 +100,17 @@ def test_calibration_needs_a_derived_precision(tmp_path: Path, capsys) -> None:
     args = ["--variant", "lite0", "--repository", str(tmp_path), "--calibration", str(tmp_path)]
     assert export_main(args) == 2
     assert "--calibration is for derived precisions" in capsys.readouterr().err
+
+
+def test_targets_accept_every_class_of_a_shared_name() -> None:
+    import numpy as np
+
+    from models.labelled import hits, targets, top_k_accuracy
+    from service.client.dataset import Sample
+
+    samples = [Sample(Path(f"/{i}"), label, str(i)) for i, label in enumerate(["crane", "1", "Crane"])]
+    accepted = targets(samples, ["crane", "goldfish", "crane"])
+    assert accepted.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    assert hits(np.array([2, 1, 1]), accepted).tolist() == [True, True, False]
+    probs = np.array([[0.1, 0.2, 0.7], [0.4, 0.5, 0.1], [0.3, 0.6, 0.1]])
+    assert top_k_accuracy(probs, accepted, 1) == pytest.approx(200 / 3) and top_k_accuracy(probs, accepted, 2) == 100.0

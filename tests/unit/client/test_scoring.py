@@ -60,3 +60,11 @@ def test_agreement_counts_who_was_right() -> None:
     assert pair == {
         "images": 3, "top1_agreement": 33.33, "both_right": 1, "only_first_right": 1, "only_second_right": 1,
     }  # fmt: skip
+
+
+def test_a_name_several_classes_share_accepts_any_of_them() -> None:
+    samples = [Sample(Path("/c.jpg"), "crane", "c.jpg")]
+    names = ["crane", "goldfish", "crane"]
+    truth = truths(samples, {"crane": 0}, names)
+    run = score_model("m", samples, [_answer("/c.jpg", (2, "crane"))], truth, seconds=1.0, class_names=names)
+    assert run["top1"] == 100.0
