@@ -113,4 +113,7 @@ def test_targets_accept_every_class_of_a_shared_name() -> None:
     assert accepted.tolist() == [[True, False, True], [False, True, False], [True, False, True]]
     assert hits(np.array([2, 1, 1]), accepted).tolist() == [True, True, False]
     probs = np.array([[0.1, 0.2, 0.7], [0.4, 0.5, 0.1], [0.3, 0.6, 0.1]])
-    assert top_k_accuracy(probs, accepted, 1) == pytest.approx(200 / 3) and top_k_accuracy(probs, accepted, 2) == 100.0
+    assert (
+        top_k_accuracy(probs, accepted, 1) == pytest.approx(200 / 3)
+        and top_k_accuracy(probs, accepted, 2) == 100.0
+    )
