@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the cascade's model name, e.g. cascade-lite")
     parser.add_argument(
         "--stage", action="append", required=True, metavar="MODEL[:EXIT_CONFIDENCE]",
-        help="in order; every stage but the last needs an exit confidence in (0, 1]",
+        help="in order; every stage but the last needs an exit confidence in (0, 1] (with --tune: none)",
     )  # fmt: skip
     parser.add_argument("--description", default=None)
     parser.add_argument(

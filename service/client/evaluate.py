@@ -47,7 +47,7 @@ class EvalError(Exception):
 
 
 def model_classes(
-    args: argparse.Namespace, model: str, headers: dict[str, str]
+    args: argparse.Namespace, model: str, headers: dict[str, str], first_photo: Path | None = None
 ) -> tuple[str, list[str] | int]:
     """(the server's name for `model`, its class names) over HTTP; over gRPC, (name, class count)."""
     if args.grpc:
@@ -70,10 +70,21 @@ def model_classes(
                     )
                 return info.name, info.num_classes
         raise EvalError(f"unknown model '{model}'; the server has {', '.join(m.name for m in reply.models)}")
-    url = f"{(args.url or DEFAULT_HTTP_URL).rstrip('/')}/v1/models/{model}/labels"
+    base = (args.url or DEFAULT_HTTP_URL).rstrip("/")
+    url = f"{base}/v1/models/{model}/labels"
     try:
         response = httpx.get(url, headers=headers, timeout=args.timeout)
-    except httpx.HTTPError as exc:
+        if response.status_code == 503 and first_photo is not None:
+            # Not loaded yet (a server with a memory budget loads on first use): one request loads it.
+            httpx.post(
+                f"{base}/classify",
+                params={"variant": model, "top_k": 1},
+                content=first_photo.read_bytes(),
+                headers={**headers, "Content-Type": "application/octet-stream"},
+                timeout=args.timeout,
+            )
+            response = httpx.get(url, headers=headers, timeout=args.timeout)
+    except (httpx.HTTPError, OSError) as exc:
         raise EvalError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     if response.status_code != 200:
         try:
@@ -116,7 +127,7 @@ def main(argv: list[str]) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         samples = read_dataset(args.source)
-        models = [model_classes(args, model, headers) for model in dict.fromkeys(args.model)]
+        models = [model_classes(args, model, headers, samples[0].path) for model in dict.fromkeys(args.model)]
         mappings = [resolve_labels([s.label for s in samples], classes) for _, classes in models]
     except (DatasetError, EvalError) as exc:
         print(f"error: {exc}", file=sys.stderr)

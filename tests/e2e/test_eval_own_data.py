@@ -140,3 +140,23 @@ def test_bad_sets_get_one_clear_line(measured_server: LiveServer, photos: Path, 
         assert done.stderr.count("\n") == 1, done.stderr
     done = _eval(str(photos), "--url", measured_server.http_url, "--model", "nope")
     assert done.returncode == 2 and "unknown model" in done.stderr.lower() and done.stderr.count("\n") == 1
+
+
+def test_eval_loads_a_model_a_lazy_server_has_not_loaded(
+    server_factory: ServerFactory, tmp_path: Path, photos: Path
+) -> None:
+    from service.client.evaluate import main
+
+    repository = tmp_path / "lazy"
+    write_model(repository, "strong", weights_rows=STRONG_WEIGHTS)
+    server = server_factory(repository, "--memory-budget-mb", "100")  # loads each model on first use
+    labels = httpx.get(f"{server.http_url}/v1/models/strong/labels")
+    assert labels.status_code == 503
+    out = tmp_path / "eval.json"
+    assert main([str(photos), "--model", "strong", "--url", server.http_url, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["models"][0]["top1"] == 100.0
+    assert httpx.get(f"{server.http_url}/v1/models/strong/labels").json()["labels"][:3] == [
+        "red",
+        "green",
+        "blue",
+    ]
