@@ -160,7 +160,11 @@ def main(argv: list[str]) -> int:
     }
     render(result, Console())
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 2
     return 0 if all(run["failed"] == 0 for run in runs) else 1
 
 
