@@ -28,9 +28,10 @@ from models.architectures import (
     parameter_count,
     preprocessing,
 )
+from models.calibration import user_photos
 from models.errors import ExportError
 from models.graph import OPSET, OUTPUT_NAMES, Reference, check_graph, export_onnx, reference_run, verify
-from models.photos import agreement_set, calibration_set
+from models.photos import AGREEMENT_SET, agreement_set, calibration_set
 from models.precision import PRECISIONS, model_name
 from models.quantize import quantize_int8
 from models.repository import prepare, staged_version
@@ -128,6 +129,7 @@ def export(
     labels: Path | None = None,
     seed: int = DEFAULT_SEED,
     accuracy: float | None = None,
+    calibration: Path | None = None,
     resolver: WeightsResolver | None = None,
     step: Step | None = None,
     published: Callable[[ExportResult], None] | None = None,
@@ -140,6 +142,8 @@ def export(
     graph is exported, used and discarded (`derived_from` then names a model not in the repository).
     `resolver` is shared to warn about fallbacks once; `published` hears of each model as soon as it
     is in the repository (a later precision's failure does not take back an earlier one).
+    `calibration`: the user's photos (models.calibration): int8 is calibrated on most of them and every
+    derived precision is gated on the held-out rest, instead of the scikit-image sets.
     """
     started = time.monotonic()
     say = step or (lambda _msg: None)
@@ -202,9 +206,11 @@ def export(
         if derived:
             derived_from = DerivedFrom(name=base, version=version, onnx_sha256=sha256_file(fp32_path))
             preprocess_spec = PreprocessSpec(pre.crop_size, pre.resize_size, pre.interpolation)  # type: ignore[arg-type]
-            say("running the fp32 graph on the real-photo set")
-            photos = agreement_set(preprocess_spec)
+            say("running the fp32 graph on the agreement photos")
+            user = user_photos(calibration, preprocess_spec) if calibration is not None else None
+            photos = user.held_out if user is not None else agreement_set(preprocess_spec)
             fp32_outputs = run_graph(fp32_path, photos.pixels)
+            calibrated: str | None = None
             for precision in derived:
                 began = time.monotonic()
                 target = model_name(base, precision)
@@ -216,12 +222,14 @@ def export(
                         export_onnx(half, pre.crop_size, onnx_path)
                     else:
                         say("quantising to int8 on the calibration photos")
-                        calibration = quantize_int8(
+                        calibrated = quantize_int8(
                             fp32_path,
-                            calibration_set(preprocess_spec).pixels,
+                            user.calibration if user is not None else calibration_set(preprocess_spec).pixels,
                             onnx_path,
                             vanishing_activations=common.weights.kind == "random",
                         )
+                        if user is not None:
+                            calibrated = user.describe(calibrated)
                         check_graph(onnx_path, pre.crop_size)
                     say(f"{precision} agreement gate")
                     agreement = measure(
@@ -230,6 +238,7 @@ def export(
                         photos,
                         precision,
                         real_weights=common.weights.kind != "random",
+                        image_set=user.image_set if user is not None else AGREEMENT_SET,
                     )
                     spec = _write_spec(
                         staging,
@@ -238,7 +247,7 @@ def export(
                         common,
                         derived_from=derived_from,
                         agreement=agreement,
-                        calibration=calibration if precision == "int8" else None,
+                        calibration=calibrated if precision == "int8" else None,
                     )
                     onnx_bytes = onnx_path.stat().st_size
                 results.append(

@@ -8,6 +8,7 @@ from service.model_spec import (
     Agreement,
     DeclaredAccuracy,
     Interpolation,
+    MeasuredAccuracy,
     Normalization,
     TensorSpec,
     WeightsProvenance,
@@ -116,11 +117,20 @@ class ModelInfo(BaseModel):
     opset: int | None = None
     precision: str | None = Field(default=None, description="fp32, fp16 or int8")
     accuracy: DeclaredAccuracy | None = Field(default=None, description="published ImageNet top-1, if any")
+    measured: MeasuredAccuracy | None = Field(
+        default=None, description="top-1/top-5 measured on the operator's labelled photos; auto prefers it"
+    )
     agreement: Agreement | None = Field(default=None, description="fp16/int8: agreement with its fp32 source")
     stages: list[StageInfo] = Field(default_factory=list, description="cascade: its stages in order")
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
     versions: list[VersionInfo] = Field(default_factory=list, description="every known version")
+
+
+class ModelLabels(BaseModel):
+    model: str
+    version: int
+    labels: list[str] = Field(description="class names, by class index")
 
 
 class ModelList(BaseModel):

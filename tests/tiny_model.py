@@ -21,10 +21,16 @@ SIZE = 16
 CLASSES = 4
 
 
-def tiny_graph(padding_bytes: int = 0) -> onnx.ModelProto:
+DEFAULT_WEIGHTS = ((1, 0, 0, 0.5), (0, 1, 0, 0.5), (0, 0, 1, 0.5))
+
+
+def tiny_graph(
+    padding_bytes: int = 0, weights_rows: tuple[tuple[float, ...], ...] = DEFAULT_WEIGHTS
+) -> onnx.ModelProto:
     """uint8 (N,3,S,S) -> mean colour per channel -> a fixed 3x4 linear layer -> logits, softmax.
-    `padding_bytes` adds an unused initializer, making the file (and what a load holds) that much bigger."""
-    weights = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
+    `padding_bytes` adds an unused initializer, making the file (and what a load holds) that much bigger;
+    `weights_rows` replaces the linear layer (smaller weights: less confident answers)."""
+    weights = np.array(weights_rows, dtype=np.float32)
     nodes = [
         helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["as_float", "axes"], ["pooled"], keepdims=0),
@@ -66,12 +72,13 @@ def write_model(
     accuracy: float | None = None,
     gmacs: float = 0.001,
     labels: tuple[str, ...] = ("red", "green", "blue", "grey"),
+    weights_rows: tuple[tuple[float, ...], ...] = DEFAULT_WEIGHTS,
 ) -> Path:
     """A tiny model version folder; `accuracy` declares an ImageNet top-1 (for `auto`), `gmacs` sets the
     size `auto` assumes before it has measured the model."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
-    data = tiny_graph(padding_bytes).SerializeToString()
+    data = tiny_graph(padding_bytes, weights_rows).SerializeToString()
     (folder / "model.onnx").write_bytes(data)
     (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     weights = (

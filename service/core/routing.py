@@ -25,6 +25,7 @@ from service.lifecycle.manager import Lifecycle
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.metrics import Metrics
+from service.model_spec import ModelSpec
 from service.preprocess.pool import PreprocessPool
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
@@ -47,8 +48,8 @@ _RATE_RECOVERY_S = 60.0
 _OVERLOAD_MIN_SAMPLES = 20
 
 NO_AUTO_CANDIDATE = (
-    f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy "
-    "(model.json `accuracy`; models with random weights never do)"
+    f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy or carries a "
+    "measured one (model.json `accuracy` or `measured`; models with random weights declare none)"
 )
 
 
@@ -61,13 +62,40 @@ class Candidate:
 
 
 def auto_candidates(records: Iterable[ModelRecord]) -> list[tuple[ModelRecord, ModelEntry]]:
-    """Ready models (not cascades) that declare an accuracy: what `auto` may choose from."""
+    """Ready models (not cascades) that declare an accuracy or carry a measured one: what `auto` may
+    choose from."""
     found = []
     for record in records:
         entry = None if record.is_cascade_folder else record.serving()
-        if entry is not None and entry.spec is not None and entry.spec.accuracy is not None:
+        spec = entry.spec if entry is not None else None
+        if (
+            entry is not None
+            and spec is not None
+            and (spec.accuracy is not None or spec.measured is not None)
+        ):
             found.append((record, entry))
     return found
+
+
+def ranking_accuracy(specs: Sequence[ModelSpec]) -> tuple[list[float], str]:
+    """The top-1 `auto` ranks these candidates by, and which figure that is.
+
+    Measured accuracy wins when every candidate was measured on the same photo set (figures from one
+    set compare; a measured top-1 beside someone else's published ImageNet figure does not). Otherwise
+    the declared ImageNet top-1, and a measured figure only for a model that declares none.
+    """
+    measured = [spec.measured for spec in specs]
+    datasets = {m.dataset for m in measured if m is not None}
+    if specs and all(m is not None for m in measured) and len(datasets) == 1:
+        return [m.top1 for m in measured if m is not None], f"measured on {datasets.pop()}"
+    figures = []
+    for spec in specs:
+        if spec.accuracy is not None:
+            figures.append(spec.accuracy.imagenet_top1)
+        else:
+            assert spec.measured is not None
+            figures.append(spec.measured.top1)
+    return figures, "declared"
 
 
 class Router:
@@ -118,11 +146,13 @@ class Router:
 
     def _ranked(self, budget_ms: float) -> list[Candidate]:
         """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first."""
-        candidates = []
-        for record, entry in auto_candidates(self._lifecycle.records.values()):
-            assert entry.spec is not None and entry.spec.accuracy is not None
-            accuracy = entry.spec.accuracy.imagenet_top1
-            candidates.append(Candidate(entry, record, accuracy, self.predict_ms(entry)))
+        found = auto_candidates(self._lifecycle.records.values())
+        specs = [entry.spec for _, entry in found if entry.spec is not None]
+        accuracies, _ = ranking_accuracy(specs)
+        candidates = [
+            Candidate(entry, record, accuracy, self.predict_ms(entry))
+            for (record, entry), accuracy in zip(found, accuracies, strict=True)
+        ]
         if not candidates:
             raise NotReady(NO_AUTO_CANDIDATE)
         limit = budget_ms * self._settings.auto_headroom

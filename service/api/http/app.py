@@ -29,6 +29,7 @@ from service.schemas import (
     ErrorResponse,
     ImageResult,
     ModelInfo,
+    ModelLabels,
     ModelList,
     Readiness,
 )
@@ -188,6 +189,16 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_ERROR_RESPONSES)
     async def get_model(name: str) -> ModelInfo:
         return engine.describe(engine.lookup(name))
+
+    @app.get(
+        "/v1/models/{name}/labels",
+        response_model=ModelLabels,
+        responses=_ERROR_RESPONSES,
+        summary="The class names of a ready model, by class index (what `python -m service eval` maps to)",
+    )
+    async def get_labels(name: str) -> ModelLabels:
+        entry = engine.ready_version(name)
+        return ModelLabels(model=entry.name, version=entry.version or 0, labels=entry.labels)
 
     @app.get("/healthz", summary="Liveness: 200 while the process serves")
     async def healthz() -> dict[str, str]:

@@ -182,6 +182,10 @@ function showModel() {
     if (typeof entry.gmacs === "number") rows.push(["compute", `${entry.gmacs.toFixed(2)} GMACs per image`]);
     if (entry.weights) rows.push(["weights", provenance(entry.weights)]);
     if (entry.accuracy !== undefined) rows.push(["accuracy", fmtValue(entry.accuracy)]);
+    if (entry.measured) {
+      const m = entry.measured;
+      rows.push(["measured", `top-1 ${m.top1}% on ${m.images} photos of ${m.dataset}`]);
+    }
     if (entry.versions !== undefined) rows.push(["versions", fmtValue(entry.versions)]);
     else if (entry.version !== null && entry.version !== undefined) rows.push(["version", String(entry.version)]);
     if (entry.stages !== undefined) rows.push(["stages", fmtValue(entry.stages)]);
