@@ -65,6 +65,8 @@ class Engine:
     async def start(self) -> None:
         """Discover models and begin loading them in the background; `wait_loaded` waits for that."""
         configure_pillow()
+        backend = self.cache.backend.name if self.cache.backend is not None else "off"
+        log.info("event=response_cache backend=%s (models opt in with config.json response_cache)", backend)
         await self.lifecycle.start()
         if not self.lifecycle.records:
             log.warning("event=no_models repository=%s", self.settings.repository)
