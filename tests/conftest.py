@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
-
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest

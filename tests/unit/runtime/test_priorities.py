@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from service.errors import InvalidArgument, Overloaded
 from service.runtime.batch_queue import BatchQueue, Item
 from service.runtime.batcher import Batcher, BatcherConfig
 from service.runtime.priorities import Priority, parse_priority, queue_limit
+from tests.waiting import until
 
 
 def test_parse_priority_names_integers_and_errors() -> None:
@@ -53,7 +53,9 @@ async def test_take_orders_by_level_then_age_and_aged_items_go_first() -> None:
     assert queue.depth == 0 and queue.depths == {Priority.HIGH: 0, Priority.NORMAL: 0, Priority.LOW: 0}
 
     # A low item older than aging_s passes fresh high ones; among aged ones, the oldest first.
-    queue.add([item(7, Priority.HIGH), item(8, Priority.LOW, age_s=12.0), item(9, Priority.NORMAL, age_s=11.0)])
+    queue.add(
+        [item(7, Priority.HIGH), item(8, Priority.LOW, age_s=12.0), item(9, Priority.NORMAL, age_s=11.0)]
+    )
     assert [int(i.array[0]) for i in queue.take(3)] == [8, 9, 7]
 
 
@@ -69,12 +71,6 @@ async def test_dropped_and_expired_items_leave_their_level_count() -> None:
     taken = queue.take(4)  # the high item's deadline has passed: expired, never taken
     assert [int(i.array[0]) for i in taken] == [2]
     assert queue.items_expired == 1 and queue.depth == 0 and queue.depths[Priority.HIGH] == 0
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(10):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 class GatedRunner:
@@ -119,7 +115,9 @@ async def test_low_is_refused_when_three_quarters_full_while_high_still_fits() -
     try:
         tasks.append(asyncio.create_task(batcher.submit([np.array([0])])))  # held by the runner
         await until(lambda: batcher.batches_run == 1)
-        tasks += [asyncio.create_task(batcher.submit([np.array([i])], priority=Priority.LOW)) for i in (1, 2, 3)]
+        tasks += [
+            asyncio.create_task(batcher.submit([np.array([i])], priority=Priority.LOW)) for i in (1, 2, 3)
+        ]
         await until(lambda: batcher.queue_depth == 3)
         assert not batcher.room(1, Priority.LOW) and batcher.room(1, Priority.HIGH)
         with pytest.raises(Overloaded) as refused:
