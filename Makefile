@@ -122,6 +122,14 @@ bench-quick: proto $(BENCH_STAMP)
 bench: proto $(BENCH_STAMP)
 	$(PY) -m bench.run --profile full --repository $(REPOSITORY)
 
+# The response cache (hit against miss over HTTP and gRPC; 16 clients with 50 % repeats, off / in-process /
+# Redis) and priorities (a page-like client's p99 under a saturating bulk job, with and without).
+# A few minutes; needs redis-server (installed when missing) and /work/shared/imagenet-sample's photos.
+.PHONY: bench-cache
+bench-cache: proto models
+	@command -v redis-server >/dev/null 2>&1 || tools/apt-install.sh redis-server
+	$(PY) -m bench.cache_priority --repository $(REPOSITORY)
+
 # Soak (a few minutes, CI runs it too): mixed variants, protocols and bad input against one server with
 # RSS, open fds and queue depth checked, then the fuzzers (hypothesis, schemathesis) with a larger budget.
 SOAK_SECONDS ?= 150
