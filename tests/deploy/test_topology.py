@@ -448,13 +448,6 @@ def test_killing_replicas_mid_load_fails_no_request(
     assert min(served) > 0, served
 
 
-def test_surviving_replica_stops_gracefully(topology: Topology) -> None:
-    survivor = topology.replicas[1]
-    started = time.monotonic()
-    assert survivor.stop(signal.SIGTERM, timeout=DRAIN_S + 15) == 0, survivor.log()[-4000:]
-    assert time.monotonic() - started < DRAIN_S + 15
-
-
 def test_replicas_share_answers_through_redis(topology: Topology, real_photos: dict[str, bytes]) -> None:
     """An image one replica answered is a cache hit on the other: one Redis, shared."""
     image = real_photos["coffee"]
@@ -493,3 +486,10 @@ def test_killing_redis_mid_load_fails_no_request(
         return all(a.status_code == 200 and a.json()["cached"] for a in answers)
 
     wait_until(cached_again, 30, "both replicas answering from Redis again", lambda: logs)
+
+
+def test_surviving_replica_stops_gracefully(topology: Topology) -> None:
+    survivor = topology.replicas[1]
+    started = time.monotonic()
+    assert survivor.stop(signal.SIGTERM, timeout=DRAIN_S + 15) == 0, survivor.log()[-4000:]
+    assert time.monotonic() - started < DRAIN_S + 15
