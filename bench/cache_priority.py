@@ -140,15 +140,14 @@ class Clients:
 
 async def hit_and_miss(clients: Clients, bodies: list[bytes], count: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    offset = 10_000
-    for name, send in (("http", clients.http_send), ("grpc", clients.grpc_send)):
+    for series, (name, send) in enumerate((("http", clients.http_send), ("grpc", clients.grpc_send))):
+        offset = 10_000 * (series + 1)
         misses, hits = [], []
         for i in range(count):
             seconds, cached = await send(unique(bodies[i % len(bodies)], offset + i))
             assert not cached
             misses.append(seconds)
-        offset += count
-        hot = unique(bodies[0], offset)
+        hot = unique(bodies[0], offset + count)
         await send(hot)
         for _ in range(count):
             seconds, cached = await send(hot)

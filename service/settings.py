@@ -120,8 +120,8 @@ class Settings(BaseSettings):
         1000.0,
         gt=0,
         le=600_000,
-        description="a queued image that has waited this long is batched before any younger one, whatever "
-        "the priorities (high > normal > low otherwise): low priority never starves",
+        description="an image that has waited this long is decoded and batched before any younger one, "
+        "whatever the priorities (high > normal > low otherwise): low priority never starves",
     )
 
     # --- response cache (models opt in with `"response_cache": true` in their config.json) ---
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = Field(86_400, ge=1, description="Redis response cache: seconds an answer is kept")
     cache_timeout_ms: float = Field(
-        50.0,
+        200.0,
         gt=0,
         le=10_000,
         description="Redis response cache: the longest a lookup or store may take; slower or down: served "

@@ -49,7 +49,11 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.lifecycle = Lifecycle(settings, metrics)
-        self.pool = PreprocessPool(settings.effective_preprocess_workers, settings.max_pending_preprocess)
+        self.pool = PreprocessPool(
+            settings.effective_preprocess_workers,
+            settings.max_pending_preprocess,
+            aging_s=settings.priority_aging_ms / 1000,
+        )
         self.live = LiveFigures()
         limits = DecodeLimits(max_pixels=settings.max_image_pixels)
         self.cache = ResponseCache(settings, metrics)

@@ -77,7 +77,8 @@ class Executor:
                 check_queue_room(entry, len(todo), run.priority)  # before spending CPU on decoding
                 backend = entry.backend
                 assert backend is not None and entry.batcher is not None
-                done = await self._pool.run(backend.prepare, [(images[i], self._limits) for i in todo])
+                jobs = [(images[i], self._limits) for i in todo]
+                done = await self._pool.run(backend.prepare, jobs, int(run.priority))
                 for _, seconds in done:
                     self._metrics.observe_preprocess(entry.name, seconds)
                 preprocess_s = time.monotonic() - start

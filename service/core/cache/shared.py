@@ -97,7 +97,7 @@ class RedisBackend:
 
     def _worked(self) -> None:
         if self._down_since is not None:
-            log.info(
+            log.warning(  # at the outage line's level, so the two are seen together
                 "event=cache_available backend=redis at=%s outage_s=%.1f",
                 self._where, time.monotonic() - self._down_since,
             )  # fmt: skip
