@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             priorities[name] = with_server(
                 plain_repo,
                 base,
-                partial(page_under_bulk, bodies=bodies, seconds=args.seconds, prioritised=prioritised),
+                partial(page_under_bulk, bodies=bodies, seconds=args.page_seconds, prioritised=prioritised),
             )
             priorities[name]["load"] = load()
         result["page_under_bulk"] = priorities
@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="b0")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--requests", type=int, default=100, help="per hit/miss series")
+    parser.add_argument(
+        "--page-seconds", type=float, default=40.0, help="page-like client under the bulk job, per run"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = run(args)
