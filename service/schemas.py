@@ -23,6 +23,7 @@ class Prediction(BaseModel):
 
 class ImageResult(BaseModel):
     predictions: list[Prediction] = Field(description="top-k, highest score first")
+    cached: bool = Field(False, description="answered from the response cache (not decoded, not run)")
 
 
 class Timings(BaseModel):
@@ -61,6 +62,7 @@ class ClassifyResponse(BaseModel):
     results: list[ImageResult] = Field(description="one per image, in request order")
     timings: Timings
     route: Route | None = Field(default=None, description="for auto and cascades: how the request was served")
+    cached: bool = Field(False, description="every image was answered from the response cache")
 
 
 class BatcherInfo(BaseModel):

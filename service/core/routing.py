@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.executor import Executor
+from service.core.executor import DEFAULT_RUN, Executor, RunOptions
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome
 from service.core.target import AUTO, Target
@@ -117,12 +117,16 @@ class Router:
         self._arrivals: deque[float] = deque(maxlen=100_000)
         self._overloaded_at: dict[str, tuple[float, float]] = {}  # model -> (auto req/s, when)
 
-    async def run(self, target: Target, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def run(
+        self, target: Target, images: Sequence[bytes], deadline: float, run: RunOptions = DEFAULT_RUN
+    ) -> InferOutcome:
+        """Route, then run each chosen model through the executor (which asks the response cache under
+        that model: `auto` and cascades cache under the model that answered)."""
         if target.kind == "auto":
             assert target.budget_ms is not None
-            return await self._auto(images, deadline, target.budget_ms)
+            return await self._auto(images, deadline, target.budget_ms, run)
         assert target.record is not None
-        return await self._cascade(target.record, images, deadline)
+        return await self._cascade(target.record, images, deadline, run)
 
     # ----------------------------------------------------------------------------------------- auto
     def predict_ms(self, entry: ModelEntry) -> float:
@@ -196,12 +200,14 @@ class Router:
         allowed = overloaded_rate * _RATE_MARGIN * (1 + (time.monotonic() - since) / _RATE_RECOVERY_S)
         return rate >= allowed
 
-    async def _auto(self, images: Sequence[bytes], deadline: float, budget_ms: float) -> InferOutcome:
+    async def _auto(
+        self, images: Sequence[bytes], deadline: float, budget_ms: float, run: RunOptions
+    ) -> InferOutcome:
         self._arrivals.append(time.monotonic())
         chosen = self._ranked(budget_ms)[0]
         fits = chosen.predicted_ms <= budget_ms * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
-        outcome = await self._executor.run_images(chosen.record, None, images, deadline)
+        outcome = await self._executor.run_images(chosen.record, None, images, deadline, run)
         outcome.route = Route(
             policy=AUTO,
             budget_ms=budget_ms,
@@ -212,7 +218,9 @@ class Router:
         return outcome
 
     # -------------------------------------------------------------------------------------- cascade
-    async def _cascade(self, record: ModelRecord, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def _cascade(
+        self, record: ModelRecord, images: Sequence[bytes], deadline: float, run: RunOptions
+    ) -> InferOutcome:
         """Each stage runs the images still unsure through the executor; an image leaves at the first
         stage whose top probability reaches that stage's exit confidence."""
         start = time.monotonic()
@@ -224,13 +232,14 @@ class Router:
         logs: list[list[StageConfidence]] = [[] for _ in range(count)]
         answered_by: list[str] = [""] * count
         rows: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        cached = [False] * count
         pending = list(range(count))
         queue_ms = inference_ms = preprocess_ms = 0.0
         for index, stage in enumerate(stages):
             last = index == len(stages) - 1
             stage_record = self._lifecycle.record(stage.model)
             outcome = await self._executor.run_images(
-                stage_record, None, [images[j] for j in pending], deadline
+                stage_record, None, [images[j] for j in pending], deadline, run
             )
             queue_ms = max(queue_ms, outcome.timings.queue_ms)
             inference_ms += outcome.timings.inference_ms
@@ -250,6 +259,7 @@ class Router:
                 else:
                     answered_by[image_index] = outcome.model.name
                     rows[image_index] = {k: v[position] for k, v in outcome.outputs.items()}
+                    cached[image_index] = bool(outcome.cached) and outcome.cached[position]
             self._metrics.cascade_stage(record.name, stage.model, entered=len(pending), escalated=len(still))
             pending = still
             if not pending:
@@ -265,4 +275,4 @@ class Router:
             policy="cascade",
             images=[CascadeImage(answered_by=answered_by[i], stages=logs[i]) for i in range(count)],
         )
-        return InferOutcome(entry, outputs, timings, route)
+        return InferOutcome(entry, outputs, timings, route, tuple(cached) if any(cached) else ())

@@ -77,6 +77,7 @@ def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs
         instances=instances,
         max_queue_delay_s=delay_ms / 1000,
         max_queue_size=queue_size(settings, max_batch, instances),
+        priority_aging_s=settings.priority_aging_ms / 1000,
     )
 
 

@@ -14,6 +14,7 @@ from service.api.observe import Observation, grpc_codes, observed
 from service.core.engine import DEFAULT_TOP_K, Engine
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
+from service.runtime.priorities import parse_priority
 from service.schemas import ModelInfo, Route
 
 GRPC = grpc_codes("grpc")
@@ -44,6 +45,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             request.version or None,
             top_k=request.top_k or DEFAULT_TOP_K,
             budget_ms=request.budget_ms or None,
+            priority=parse_priority(request.priority),
         )
         outcome = await self._engine.classify(call.admitted(target), list(request.images), deadline)
         model = outcome.model
@@ -59,9 +61,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                     predictions=[
                         classifier_pb2.Prediction(class_id=p.class_id, label=p.label, score=p.score)
                         for p in predictions
-                    ]
+                    ],
+                    cached=bool(outcome.cached) and outcome.cached[i],
                 )
-                for predictions in outcome.predictions
+                for i, predictions in enumerate(outcome.predictions)
             ],
             timings=classifier_pb2.Timings(
                 preprocess_ms=t.preprocess_ms,
@@ -70,6 +73,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 total_ms=t.total_ms,
             ),
             route=route_message(outcome.route) if outcome.route is not None else None,
+            cached=outcome.all_cached,
         )
 
     async def ClassifyStream(

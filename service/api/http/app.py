@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +24,8 @@ from service.errors import (
     status_for,
 )
 from service.metrics import CONTENT_TYPE, Metrics
+from service.runtime.priorities import NAMES as PRIORITY_NAMES
+from service.runtime.priorities import parse_priority
 from service.schemas import (
     ClassifyResponse,
     ErrorResponse,
@@ -162,11 +164,24 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             float | None,
             Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds"),
         ] = None,
+        priority: Annotated[
+            str | None,
+            Query(
+                max_length=16,
+                description=f"{PRIORITY_NAMES} (default normal): higher levels are batched first; "
+                "overrides the X-Priority header",
+            ),
+        ] = None,
+        x_priority: Annotated[
+            str | None, Header(max_length=16, description="the priority, as a header")
+        ] = None,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         try:
             with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms))
+                level = parse_priority(priority if priority is not None else x_priority)
+                target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
+                target = call.admitted(target)
                 images = await images_from_request(request, settings)
                 deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
                 outcome = await unless_disconnected(request, engine.classify(target, images, deadline))
@@ -177,9 +192,13 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             model=outcome.model.name,
             version=outcome.model.version or 0,
             weights=outcome.model.spec.weights.kind,
-            results=[ImageResult(predictions=p) for p in outcome.predictions],
+            results=[
+                ImageResult(predictions=p, cached=bool(outcome.cached) and outcome.cached[i])
+                for i, p in enumerate(outcome.predictions)
+            ],
             timings=outcome.timings,
             route=outcome.route,
+            cached=outcome.all_cached,
         )
 
     @app.get("/v1/models", response_model=ModelList, summary="Every configured model with its metadata")

@@ -26,6 +26,7 @@ from service.core.outcomes import InferOutcome, top_k_predictions
 from service.core.target import Target
 from service.errors import InvalidArgument, ServiceError, UnknownModel
 from service.lifecycle.records import ModelEntry
+from service.runtime.priorities import parse_priority
 from service.schemas import Timings
 
 PIXELS = "pixels"
@@ -92,8 +93,9 @@ class InferResponse:
     id: str
     outputs: list[OutputTensor]
     timings: Timings
-    # Response parameters: `route` (JSON text) for auto and cascades.
-    parameters: dict[str, str] = field(default_factory=dict)
+    # Response parameters: `route` (JSON text) for auto and cascades; `cached` (true) when every input
+    # was answered from the response cache.
+    parameters: dict[str, str | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,10 @@ async def infer(
     budget = request.parameters.get("budget_ms")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
         raise InvalidArgument("parameter 'budget_ms' must be a number of milliseconds")
-    target = engine.refine(target, top_k=top_k, budget_ms=budget)
+    # `priority`: a level's name, or Triton's integer (0 default, 1 highest): service/runtime/priorities.py
+    priority = request.parameters.get("priority")
+    level = parse_priority(priority) if priority is not None else None
+    target = engine.refine(target, top_k=top_k, budget_ms=budget, priority=level)
     if len(request.inputs) != 1:
         raise InvalidArgument(
             f"expected exactly one input, '{PIXELS}' (UINT8 [N, 3, S, S]) or '{IMAGE}' (BYTES [N]); "
@@ -232,7 +237,11 @@ async def infer(
         )
     ran = outcome.model  # a new version may have taken over since admission: answer with the one that ran
     outputs = [_build_output(outcome, ran, r) for r in requested]
-    parameters = {"route": outcome.route.model_dump_json(exclude_none=True)} if outcome.route else {}
+    parameters: dict[str, str | bool] = {}
+    if outcome.route:
+        parameters["route"] = outcome.route.model_dump_json(exclude_none=True)
+    if outcome.all_cached:
+        parameters["cached"] = True
     return InferResponse(ran.name, str(ran.version), request.id, outputs, outcome.timings, parameters)
 
 
