@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.core.explain import check_offers
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome, batch_timings, stack_outputs
 from service.errors import Overloaded
@@ -18,6 +19,7 @@ from service.lifecycle.records import ModelEntry, ModelRecord
 from service.metrics import Metrics
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.pool import PreprocessPool
+from service.runtime.outputs import NOTHING, Wanted
 
 
 class Executor:
@@ -36,12 +38,19 @@ class Executor:
         self._live = live
 
     async def run_images(
-        self, record: ModelRecord, version: int | None, images: Sequence[bytes], deadline: float
+        self,
+        record: ModelRecord,
+        version: int | None,
+        images: Sequence[bytes],
+        deadline: float,
+        wanted: Wanted = NOTHING,
     ) -> InferOutcome:
-        """Encoded images -> this model's preprocessing -> its batcher."""
+        """Encoded images -> this model's preprocessing -> its batcher. `wanted`: extra outputs
+        (features, maps), checked against what this very version offers."""
         start = time.monotonic()
         entry = await self._leases.acquire(record, version, deadline)
         try:
+            check_offers(entry, wanted)
             check_queue_room(entry, len(images))  # before spending CPU on decoding
             backend = entry.backend
             assert backend is not None and entry.batcher is not None
@@ -50,22 +59,28 @@ class Executor:
                 self._metrics.observe_preprocess(entry.name, seconds)
             preprocess_s = time.monotonic() - start
             self._live.observe_preprocess(entry.name, preprocess_s / len(images))
-            results = await entry.batcher.submit([row for row, _ in done], deadline=deadline)
+            results = await entry.batcher.submit([row for row, _ in done], deadline=deadline, wanted=wanted)
         finally:
             self._leases.release(entry)
         self._live.observe_latency(entry.name, time.monotonic() - start)
         return InferOutcome(entry, stack_outputs(results), batch_timings(results, preprocess_s, start))
 
     async def run_pixels(
-        self, record: ModelRecord, version: int | None, pixels: np.ndarray, deadline: float
+        self,
+        record: ModelRecord,
+        version: int | None,
+        pixels: np.ndarray,
+        deadline: float,
+        wanted: Wanted = NOTHING,
     ) -> InferOutcome:
         """Rows already preprocessed by the client (uint8, the model's crop size) -> its batcher."""
         start = time.monotonic()
         entry = await self._leases.acquire(record, version, deadline)
         try:
+            check_offers(entry, wanted)
             assert entry.batcher is not None
             rows = [np.ascontiguousarray(row) for row in pixels]
-            results = await entry.batcher.submit(rows, deadline=deadline)
+            results = await entry.batcher.submit(rows, deadline=deadline, wanted=wanted)
         finally:
             self._leases.release(entry)
         # Not in the live latencies: `auto` predicts for encoded images, which these skipped.

@@ -26,6 +26,7 @@ from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.metrics import Metrics
 from service.preprocess.pool import PreprocessPool
+from service.runtime.outputs import NOTHING, Wanted
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
 
@@ -89,12 +90,14 @@ class Router:
         self._arrivals: deque[float] = deque(maxlen=100_000)
         self._overloaded_at: dict[str, tuple[float, float]] = {}  # model -> (auto req/s, when)
 
-    async def run(self, target: Target, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def run(
+        self, target: Target, images: Sequence[bytes], deadline: float, wanted: Wanted = NOTHING
+    ) -> InferOutcome:
         if target.kind == "auto":
             assert target.budget_ms is not None
-            return await self._auto(images, deadline, target.budget_ms)
+            return await self._auto(images, deadline, target.budget_ms, wanted)
         assert target.record is not None
-        return await self._cascade(target.record, images, deadline)
+        return await self._cascade(target.record, images, deadline, wanted)
 
     # ----------------------------------------------------------------------------------------- auto
     def predict_ms(self, entry: ModelEntry) -> float:
@@ -166,12 +169,14 @@ class Router:
         allowed = overloaded_rate * _RATE_MARGIN * (1 + (time.monotonic() - since) / _RATE_RECOVERY_S)
         return rate >= allowed
 
-    async def _auto(self, images: Sequence[bytes], deadline: float, budget_ms: float) -> InferOutcome:
+    async def _auto(
+        self, images: Sequence[bytes], deadline: float, budget_ms: float, wanted: Wanted = NOTHING
+    ) -> InferOutcome:
         self._arrivals.append(time.monotonic())
         chosen = self._ranked(budget_ms)[0]
         fits = chosen.predicted_ms <= budget_ms * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
-        outcome = await self._executor.run_images(chosen.record, None, images, deadline)
+        outcome = await self._executor.run_images(chosen.record, None, images, deadline, wanted)
         outcome.route = Route(
             policy=AUTO,
             budget_ms=budget_ms,
@@ -182,9 +187,12 @@ class Router:
         return outcome
 
     # -------------------------------------------------------------------------------------- cascade
-    async def _cascade(self, record: ModelRecord, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def _cascade(
+        self, record: ModelRecord, images: Sequence[bytes], deadline: float, wanted: Wanted = NOTHING
+    ) -> InferOutcome:
         """Each stage runs the images still unsure through the executor; an image leaves at the first
-        stage whose top probability reaches that stage's exit confidence."""
+        stage whose top probability reaches that stage's exit confidence. Extra outputs (`wanted`) are
+        asked of every stage, so each image's come from the stage that answered it."""
         start = time.monotonic()
         entry = record.versions[1]
         if not entry.ready or record.cascade is None:
@@ -200,7 +208,7 @@ class Router:
             last = index == len(stages) - 1
             stage_record = self._lifecycle.record(stage.model)
             outcome = await self._executor.run_images(
-                stage_record, None, [images[j] for j in pending], deadline
+                stage_record, None, [images[j] for j in pending], deadline, wanted
             )
             queue_ms = max(queue_ms, outcome.timings.queue_ms)
             inference_ms += outcome.timings.inference_ms
@@ -224,7 +232,7 @@ class Router:
             pending = still
             if not pending:
                 break
-        outputs = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        outputs = {key: _stack([row[key] for row in rows]) for key in rows[0]}
         timings = Timings(
             preprocess_ms=round(preprocess_ms, 3),
             queue_ms=round(queue_ms, 3),
@@ -236,3 +244,14 @@ class Router:
             images=[CascadeImage(answered_by=answered_by[i], stages=logs[i]) for i in range(count)],
         )
         return InferOutcome(entry, outputs, timings, route)
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """One array of the images' rows; where stages differ in shape (a map grid, a feature size), an
+    object array holding each image's own row."""
+    if all(row.shape == rows[0].shape for row in rows):
+        return np.stack(rows)
+    out = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        out[index] = row
+    return out

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import DeadlineExceeded
+from service.runtime.outputs import NOTHING, Wanted
 
 QUEUED, TAKEN, DROPPED, EXPIRED, FAILED = range(5)
 
@@ -25,12 +26,18 @@ class QueueObserver(Protocol):
 
 
 class Item:
-    __slots__ = ("array", "future", "enqueued_at", "deadline", "state")
+    __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "wanted")
 
     def __init__(
-        self, array: np.ndarray, future: asyncio.Future[object], enqueued_at: float, deadline: float | None
+        self,
+        array: np.ndarray,
+        future: asyncio.Future[object],
+        enqueued_at: float,
+        deadline: float | None,
+        wanted: Wanted = NOTHING,
     ) -> None:
         self.array = array
+        self.wanted = wanted  # extra outputs (features, maps) this item asks of its batch's run
         self.future = future
         self.enqueued_at = enqueued_at
         self.deadline = deadline
