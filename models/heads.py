@@ -10,9 +10,9 @@ imported graphs) and adds, beside `logits` and `probabilities`:
 - `cam`          float32 (N, m, h, w): the maps of the classes in `cam_classes`;
 - `cam_classes`  int64 (N, m): which classes those are;
 
-and one optional input, `cam_class_ids` int64 (1 or N, m): each row lists the classes to map, -1
-meaning "the next best": [[-1, -1, -1]] maps the top 3, [[281]] maps class 281, and rows of one
-batch may differ ([[-1, -1], [281, -1]]). Its default is empty (1, 0): no map. That default matters:
+and one optional input, `cam_class_ids` int64 (1 or N, m): each row lists the classes to map, -1 in
+column j meaning "the class ranked j + 1": [[-1, -1, -1]] maps the top 3, [[281]] maps class 281, and
+rows of one batch may differ ([[-1, -1], [281, -1]]: the second row's -1 is its runner-up). Its default is empty (1, 0): no map. That default matters:
 ONNX Runtime (1.32, measured) runs every node of the graph whatever outputs a run asks for, so what
 a request that asks for nothing new pays is what the added nodes cost at m = 0 (a flatten, two casts
 of the last feature map and a TopK of 0 over the logits).
