@@ -294,7 +294,11 @@ def add_explain_outputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Explai
     flat = node(
         "Reshape", [feature_map, const("flat_shape", np.array([0, 0, -1], np.int64))], f"{PREFIX}flat"
     )
-    logits = node("Cast", [head.logits], f"{PREFIX}logits", to=TensorProto.FLOAT)
+    # Rank by the probabilities where the graph has them: that is the order the service reports its
+    # predictions in, ties (probabilities that underflow to 0) included, lower class id first.
+    has_probabilities = any(o.name == "probabilities" for o in model.graph.output)
+    scores = "probabilities" if has_probabilities else head.logits
+    logits = node("Cast", [scores], f"{PREFIX}scores", to=TensorProto.FLOAT)
     k = node("Shape", [CAM_CLASS_IDS], f"{PREFIX}k", start=1, end=2)
     _, top = f"{PREFIX}top_values", f"{PREFIX}top"
     added.append(helper.make_node("TopK", [logits, k], [_, top], name=f"{PREFIX}topk", axis=1))

@@ -22,8 +22,8 @@ EXTRA_OUTPUTS = (FEATURES, CAM, CAM_CLASSES)
 @dataclass(frozen=True, slots=True)
 class Wanted:
     """One item's extra outputs. `cam_classes`: the classes to map, in order; -1 at position j = the
-    class ranked j + 1 (so (-1, -1, -1) asks for the top 3 and (281,) for class 281's map). Asking for `cam` implies
-    `cam_classes`: a map is useless without the class it belongs to."""
+    class ranked j + 1 (so (-1, -1, -1) asks for the top 3 and (281,) for class 281's map).
+    Asking for `cam` implies `cam_classes`: a map is useless without the class it belongs to."""
 
     outputs: frozenset[str] = frozenset()
     cam_classes: tuple[int, ...] = field(default=())

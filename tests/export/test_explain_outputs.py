@@ -100,8 +100,10 @@ def test_features_and_maps_equal_pytorch(
     torch_logits, pooled, feature_map, weight, bias = _torch_head(module, pixels)
 
     assert features.dtype == np.float32 and features.shape == pooled.shape == (3, weight.shape[1])
-    np.testing.assert_allclose(features, pooled, atol=1e-4, rtol=0)
+    # Within 1e-4 of the largest feature (as the logits are checked, models/graph.py): the calibrated
+    # b0's features reach about 160, where float32 through 16 blocks differs by about 1e-5 relative.
     assert np.abs(pooled).max() > 0.1, "comparison would be vacuous"
+    assert np.abs(features - pooled).max() / np.abs(pooled).max() < 1e-4
 
     top = np.argsort(-torch_logits, axis=1, kind="stable")[:, :TOP_K]
     np.testing.assert_array_equal(cam_classes, top)
