@@ -12,19 +12,20 @@ imported graphs) and adds, beside `logits` and `probabilities`:
 
 and one optional input, `cam_class_ids` int64 (1 or N, m): each row lists the classes to map, -1 in
 column j meaning "the class ranked j + 1": [[-1, -1, -1]] maps the top 3, [[281]] maps class 281, and
-rows of one batch may differ ([[-1, -1], [281, -1]]: the second row's -1 is its runner-up). Its default is empty (1, 0): no map. That default matters:
-ONNX Runtime (1.32, measured) runs every node of the graph whatever outputs a run asks for, so what
-a request that asks for nothing new pays is what the added nodes cost at m = 0 (a flatten, two casts
-of the last feature map and a TopK of 0 over the logits).
+rows of one batch may differ ([[-1, -1], [281, -1]]: the second row's -1 is its runner-up).
+Its default is empty (1, 0): no map. That default matters: ONNX Runtime (1.32, measured) runs
+every node of the graph whatever outputs a run asks for, so what a request that asks for nothing
+new pays is what the added nodes cost at m = 0 (a flatten, two casts of the last feature map and a
+TopK of 0 over the probabilities).
 
-Only ONNX here (no torch): `python -m models.heads` upgrades graphs already in a repository.
+Only ONNX here (no torch): `python -m models.upgrade` upgrades graphs already in a repository.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx

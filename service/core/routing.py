@@ -20,7 +20,7 @@ from service.core.executor import Executor
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome
 from service.core.target import AUTO, Target
-from service.errors import NotReady
+from service.errors import InvalidArgument, NotReady
 from service.lifecycle.manager import Lifecycle
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
@@ -119,13 +119,18 @@ class Router:
         tail = self._live.recent_tail_ms(entry.name)
         return predicted if tail is None else max(predicted, tail)
 
-    def _ranked(self, budget_ms: float) -> list[Candidate]:
-        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first."""
+    def _ranked(self, budget_ms: float, wanted: Wanted = NOTHING) -> list[Candidate]:
+        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first.
+        Only models that offer the extra outputs asked for (`wanted`) are candidates."""
         candidates = []
         for record, entry in auto_candidates(self._lifecycle.records.values()):
             assert entry.spec is not None and entry.spec.accuracy is not None
+            if not wanted.outputs <= set(entry.spec.output_names):
+                continue
             accuracy = entry.spec.accuracy.imagenet_top1
             candidates.append(Candidate(entry, record, accuracy, self.predict_ms(entry)))
+        if not candidates and wanted.any:
+            raise InvalidArgument(f"no model auto may choose offers {', '.join(sorted(wanted.outputs))}")
         if not candidates:
             raise NotReady(NO_AUTO_CANDIDATE)
         limit = budget_ms * self._settings.auto_headroom
@@ -173,7 +178,7 @@ class Router:
         self, images: Sequence[bytes], deadline: float, budget_ms: float, wanted: Wanted = NOTHING
     ) -> InferOutcome:
         self._arrivals.append(time.monotonic())
-        chosen = self._ranked(budget_ms)[0]
+        chosen = self._ranked(budget_ms, wanted)[0]
         fits = chosen.predicted_ms <= budget_ms * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
         outcome = await self._executor.run_images(chosen.record, None, images, deadline, wanted)

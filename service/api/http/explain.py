@@ -36,6 +36,9 @@ Variant = Annotated[
 ]
 Version = Annotated[int | None, Query(ge=1, description="model version; default: the newest ready version")]
 TimeoutMs = Annotated[int | None, Query(ge=1, le=600_000, description="deadline in milliseconds")]
+BudgetMs = Annotated[
+    float | None, Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds")
+]
 
 
 def _wants_binary(request: Request) -> bool:
@@ -61,11 +64,12 @@ def create_explain_router(
         version: Version = None,
         timeout_ms: TimeoutMs = None,
         normalize: Annotated[bool, Query(description="scale each vector to unit length")] = False,
+        budget_ms: BudgetMs = None,
     ) -> EmbedResponse | Response:
         start = time.monotonic()
         try:
             with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version))
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
                 images = await images_from_request(request, settings)
                 deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
                 outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
@@ -109,11 +113,12 @@ def create_explain_router(
         class_id: Annotated[
             int | None, Query(ge=0, description="the class to map; default: the top class")
         ] = None,
+        budget_ms: BudgetMs = None,
     ) -> Response:
         start = time.monotonic()
         try:
             with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version))
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
                 images = await images_from_request(request, settings)
                 if len(images) != 1:
                     raise InvalidArgument(f"/explain takes one image, got {len(images)}")
