@@ -190,25 +190,27 @@ def test_cascades_and_auto_say_which_model_answered(explain_server, real_photos)
     assert body["model"] == "cascade-small" and len(body["results"]) == 2
     answered = [image["answered_by"] for image in body["route"]["images"]]
     assert set(answered) <= {"lite0", "lite0-int8"}
-    for name, result in zip(("chelsea", "coffee"), body["results"], strict=True):
-        direct = _post(
-            explain_server, "/embed", real_photos[name], variant=answered[0 if name == "chelsea" else 1]
-        )
-        np.testing.assert_allclose(
-            result["vector"], direct.json()["results"][0]["vector"], rtol=1e-5, atol=1e-5
-        )
+    for name, result, model in zip(("chelsea", "coffee"), body["results"], answered, strict=True):
+        direct = _post(explain_server, "/embed", real_photos[name], variant=model).json()["results"][0]
+        np.testing.assert_allclose(result["vector"], direct["vector"], rtol=1e-5, atol=1e-5)
+    # auto chooses among the models that offer the outputs (never `old`), and says which it chose.
+    for _ in range(3):
+        chosen = _post(explain_server, "/embed", real_photos["chelsea"], variant="auto", budget_ms=10_000)
+        assert chosen.status_code == 200, chosen.text
+        assert chosen.json()["model"] in {"lite0", "lite0-int8"}
+        assert chosen.json()["route"]["model"] == chosen.json()["model"]
 
 
 def test_outputs_a_model_lacks_are_a_clear_4xx(explain_server, real_photos) -> None:
     photo = real_photos["chelsea"]
     old = _post(explain_server, "/embed", photo, variant="old")
-    assert old.status_code == 400
+    assert old.status_code == 422  # invalid_argument, as for any parameter a model cannot take
     message = old.json()["error"]["message"]
     assert "no output features" in message and "offers logits, probabilities" in message
-    assert _post(explain_server, "/classify", photo, variant="old", explain="true").status_code == 400
+    assert _post(explain_server, "/classify", photo, variant="old", explain="true").status_code == 422
     assert _post(explain_server, "/classify", photo, variant="old").status_code == 200  # still serves
     bad_class = _post(explain_server, "/explain", photo, variant="lite0", class_id=1000)
-    assert bad_class.status_code == 400 and "between 0 and 999" in bad_class.text
+    assert bad_class.status_code == 422 and "between 0 and 999" in bad_class.text
 
     with pytest.raises(grpc.RpcError) as caught:
         _grpc(explain_server, "Embed", pb.EmbedRequest(model="old", images=[photo]))
