@@ -130,6 +130,8 @@ def service_cost(bench: Bench, model: str = "b0") -> dict[str, Any]:
             }
             throughput: dict[str, list[float]] = {case: [] for case in SERVICE_CASES}
             p50: dict[str, list[float]] = {case: [] for case in SERVICE_CASES}
+            # Server CPU ms per image: what an image costs the server, whatever else runs on the machine.
+            cpu_ms: dict[str, list[float]] = {case: [] for case in SERVICE_CASES}
             for round_ in range(ROUNDS):
                 for case in SERVICE_CASES:
                     record = {
@@ -141,8 +143,13 @@ def service_cost(bench: Bench, model: str = "b0") -> dict[str, Any]:
                     throughput[case].append(float(entry["throughput"]))
                     if entry["p50_ms"] is not None:
                         p50[case].append(float(entry["p50_ms"]))
+                    server_cores = entry["cpu"].get("server")
+                    if server_cores and entry["throughput"]:
+                        cpu_ms[case].append(1000 * float(server_cores) / float(entry["throughput"]))
     medians = {case: statistics.median(values) for case, values in throughput.items()}
     base = medians["plain graph"]
+    cpu = {case: statistics.median(values) if values else 0.0 for case, values in cpu_ms.items()}
+    cpu_base = cpu["plain graph"]
     return {
         "concurrency": CONCURRENCY,
         "rounds": ROUNDS,
@@ -152,6 +159,8 @@ def service_cost(bench: Bench, model: str = "b0") -> dict[str, Any]:
                 "images_per_s": round(medians[case], 2),
                 "vs_plain": round(medians[case] / base, 4) if base else None,
                 "p50_ms": round(statistics.median(p50[case]), 2) if p50[case] else None,
+                "server_cpu_ms_per_image": round(cpu[case], 2) if cpu[case] else None,
+                "cpu_vs_plain": round(cpu[case] / cpu_base, 4) if cpu[case] and cpu_base else None,
                 "rounds_images_per_s": [round(v, 2) for v in throughput[case]],
             }
             for case in SERVICE_CASES
@@ -163,3 +172,37 @@ def explain_cost(bench: Bench, model: str = "b0") -> dict[str, Any]:
     spec = bench.spec(model)
     graph = graph_cost(bench.model_dir(model) / MODEL_FILE, spec.crop_size, bench.profile.ref_budget_s * 5)
     return {"model": model, "graph_1thread": graph, "service": service_cost(bench, model)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.explain [--profile quick]`: only this measurement, written to
+    bench/results/explain-<profile>.json (`make bench-quick` and `make bench` include it in their own
+    JSON under "explain")."""
+    import argparse
+    import json
+    import logging
+    import os
+
+    from bench.profiles import PROFILES
+    from bench.run import ROOT, Bench
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--repository", type=Path, default=ROOT / "models" / "repository")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    bench = Bench(PROFILES[args.profile], args.repository.resolve(), args.out)
+    load_before = os.getloadavg()
+    result = explain_cost(bench)
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    result["runs"] = bench.runs
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"explain-{args.profile}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
