@@ -208,6 +208,6 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.include_router(create_explain_router(engine, settings, metrics, HTTP))
+    app.include_router(create_explain_router(engine, settings, metrics, HTTP, _ERROR_RESPONSES))
     app.include_router(create_v2_router(engine, metrics))
     return app

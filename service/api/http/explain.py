@@ -48,13 +48,25 @@ def _wants_binary(request: Request) -> bool:
 
 
 def create_explain_router(
-    engine: Engine, settings: Settings, metrics: Metrics, codes: StatusCodes
+    engine: Engine,
+    settings: Settings,
+    metrics: Metrics,
+    codes: StatusCodes,
+    error_responses: dict[int | str, dict[str, object]],
 ) -> APIRouter:
     router = APIRouter()
+    binary_vectors = {
+        "content": {
+            "application/json": {},
+            OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "description": "JSON, or float32 little-endian N x C for Accept: application/octet-stream",
+    }
 
     @router.post(
         "/embed",
         response_model=EmbedResponse,
+        responses={200: binary_vectors, **error_responses},
         summary="The pooled feature vector of each image (JSON, or float32 by Accept)",
         openapi_extra=_IMAGE_BODY,
     )
@@ -101,7 +113,10 @@ def create_explain_router(
     @router.post(
         "/explain",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}}},
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **error_responses,
+        },
         summary="The photo with a class activation map over it (PNG)",
         openapi_extra=_IMAGE_BODY,
     )
