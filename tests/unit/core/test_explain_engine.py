@@ -87,3 +87,20 @@ async def test_explain_png_has_the_photos_size_and_orientation(
     assert image.format == "PNG" and image.size == (40, 60)  # as viewed, not as stored
     _, class_id, _ = await engine.explain(engine.admit("tiny"), png(BLUE), 3)
     assert class_id == 3
+
+
+async def test_a_model_json_listing_outputs_its_graph_lacks_fails_to_load(
+    tmp_path: Path, start_engine: EngineStarter
+) -> None:
+    """Its requests would fail whole batches (other callers' too): the load refuses it instead."""
+    from service.errors import LoadFailed
+    from service.model_spec import ModelSpec
+
+    write_model(tmp_path, "tiny", explain=True)
+    folder = write_model(tmp_path, "liar")
+    spec = ModelSpec.from_file(folder / "model.json")
+    claimed = ModelSpec.from_file(tmp_path / "tiny" / "1" / "model.json").outputs
+    (folder / "model.json").write_text(spec.model_copy(update={"outputs": claimed}).to_json())
+    engine = await start_engine(tmp_path, model_control="explicit", models="tiny")
+    with pytest.raises(LoadFailed, match="lacks output cam, cam_classes, features that model.json lists"):
+        await engine.load_model("liar")
