@@ -8,7 +8,7 @@ VARIANTS ?= all
 WEIGHTS ?= default
 PYTEST_ARGS ?=
 
-.PHONY: help venv proto models serve test browser-tools test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
+.PHONY: help venv proto models upgrade-models serve test browser-tools test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
 
 help:
 	@echo "make serve    set up (venv, dependencies, model repository) and serve HTTP :8000, gRPC :8001"
@@ -49,6 +49,10 @@ $(REPOSITORY)/.complete: $(STAMP)
 	touch $@
 
 models: $(REPOSITORY)/.complete
+
+# Give models exported before `features` and `cam` existed those outputs, in place, without torch.
+upgrade-models: $(STAMP)
+	$(PY) -m models.upgrade --repository $(REPOSITORY)
 
 serve: proto models
 	$(PY) -m service serve --repository $(REPOSITORY)

@@ -31,6 +31,7 @@ from models.architectures import (
 from models.calibration import user_photos
 from models.errors import ExportError
 from models.graph import OPSET, OUTPUT_NAMES, Reference, check_graph, export_onnx, reference_run, verify
+from models.heads import output_specs
 from models.photos import AGREEMENT_SET, agreement_set, calibration_set
 from models.precision import PRECISIONS, model_name
 from models.quantize import quantize_int8
@@ -370,7 +371,10 @@ def _write_spec(
         interpolation=pre.interpolation,  # type: ignore[arg-type]
         normalization=Normalization(mean=pre.mean, std=pre.std),
         inputs=(TensorSpec(name="pixels", dtype="uint8", shape=(-1, 3, pre.crop_size, pre.crop_size)),),
-        outputs=tuple(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
+        outputs=(
+            *(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
+            *output_specs(staging / MODEL_FILE),
+        ),
         num_classes=classes,
         weights=common.weights,
         parameters=common.parameters,

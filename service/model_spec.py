@@ -25,7 +25,9 @@ LABELS_FILE = "labels.txt"
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
-TensorDType = Literal["uint8", "float32", "float16"]
+TensorDType = Literal["uint8", "float32", "float16", "int64"]
+# Outputs whose dtype is not float32 (the class ids the activation maps belong to).
+INT64_OUTPUTS: Final = frozenset({"cam_classes"})
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -168,10 +170,15 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _precision_keeps_the_interface(self) -> ModelSpec:
-        """Whatever runs inside, clients see the same graph: uint8 `pixels` in, float32 out."""
+        """Whatever runs inside, clients see the same graph: uint8 `pixels` in, float32 out (int64 for
+        the class ids of the activation maps)."""
         if self.inputs[0].name != "pixels":
             raise ValueError(f"the graph input must be named 'pixels', got {self.inputs[0].name!r}")
-        wrong = [f"{o.name} {o.dtype}" for o in self.outputs if o.dtype != "float32"]
+        wrong = [
+            f"{o.name} {o.dtype}"
+            for o in self.outputs
+            if o.dtype != ("int64" if o.name in INT64_OUTPUTS else "float32")
+        ]
         if wrong:
             raise ValueError(f"{self.precision} model outputs must be float32, got {', '.join(wrong)}")
         if self.precision == "fp32":
@@ -192,6 +199,10 @@ class ModelSpec(_Frozen):
     @property
     def input(self) -> TensorSpec:
         return self.inputs[0]
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
 
     def to_json(self) -> str:
         # `measured` is left out when absent: a file without it stays readable by schema-2 servers.

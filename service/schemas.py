@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from service.model_spec import (
     Agreement,
@@ -19,6 +19,19 @@ class Prediction(BaseModel):
     class_id: int
     label: str
     score: float
+    cam: list[list[float]] | None = Field(
+        default=None,
+        description="explain=true: the class activation map of this class, rows of the last feature map's "
+        "grid (sum over channels of the class's weight times the feature map; its mean plus the bias is "
+        "the logit). Left out when not asked for.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_map(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if data.get("cam", 0) is None:
+            del data["cam"]
+        return data
 
 
 class ImageResult(BaseModel):
@@ -63,6 +76,20 @@ class ClassifyResponse(BaseModel):
     timings: Timings
     route: Route | None = Field(default=None, description="for auto and cascades: how the request was served")
     cached: bool = Field(False, description="every image was answered from the response cache")
+
+
+class EmbedResult(BaseModel):
+    vector: list[float] = Field(description="the pooled features before the classifier")
+
+
+class EmbedResponse(BaseModel):
+    model: str = Field(description="the model that answered (for auto and cascades: the one chosen)")
+    version: int
+    dimension: int
+    normalized: bool
+    results: list[EmbedResult] = Field(description="one per image, in request order")
+    timings: Timings
+    route: Route | None = None
 
 
 class BatcherInfo(BaseModel):

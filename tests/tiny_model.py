@@ -21,7 +21,8 @@ SIZE = 16
 CLASSES = 4
 
 
-DEFAULT_WEIGHTS = ((1, 0, 0, 0.5), (0, 1, 0, 0.5), (0, 0, 1, 0.5))
+TINY_WEIGHTS = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
+DEFAULT_WEIGHTS = tuple(tuple(float(v) for v in row) for row in TINY_WEIGHTS)
 
 
 def tiny_graph(
@@ -73,12 +74,19 @@ def write_model(
     gmacs: float = 0.001,
     labels: tuple[str, ...] = ("red", "green", "blue", "grey"),
     weights_rows: tuple[tuple[float, ...], ...] = DEFAULT_WEIGHTS,
+    explain: bool = False,
 ) -> Path:
     """A tiny model version folder; `accuracy` declares an ImageNet top-1 (for `auto`), `gmacs` sets the
-    size `auto` assumes before it has measured the model."""
+    size `auto` assumes before it has measured the model. `explain`: with `features` (the mean colour)
+    and class activation maps (models/heads.py; the "feature map" is the 16 x 16 pixels themselves)."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
-    data = tiny_graph(padding_bytes, weights_rows).SerializeToString()
+    graph = tiny_graph(padding_bytes, weights_rows)
+    if explain:
+        from models.heads import add_explain_outputs
+
+        graph, _ = add_explain_outputs(graph)
+    data = graph.SerializeToString()
     (folder / "model.onnx").write_bytes(data)
     (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     weights = (
@@ -99,6 +107,15 @@ def write_model(
         outputs=[
             {"name": "logits", "dtype": "float32", "shape": (-1, CLASSES)},
             {"name": "probabilities", "dtype": "float32", "shape": (-1, CLASSES)},
+            *(
+                [
+                    {"name": "features", "dtype": "float32", "shape": (-1, 3)},
+                    {"name": "cam", "dtype": "float32", "shape": (-1, -1, SIZE, SIZE)},
+                    {"name": "cam_classes", "dtype": "int64", "shape": (-1, -1)},
+                ]
+                if explain
+                else []
+            ),
         ],
         num_classes=CLASSES,
         weights=weights,

@@ -16,6 +16,7 @@ import numpy as np
 from service.core.cache import Lookup, ResponseCache
 from service.core.cache.keys import Options
 from service.core.cache.rows import Rows
+from service.core.explain import check_offers
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome, batch_timings, stack_rows
 from service.errors import Overloaded
@@ -25,16 +26,18 @@ from service.metrics import Metrics
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.pool import PreprocessPool
 from service.runtime.batcher import ItemResult
+from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
 
 
 @dataclass(frozen=True, slots=True)
 class RunOptions:
-    """How a request's images run: their queue priority, and the output options the cache keys on
-    (None: the request is not cacheable)."""
+    """How a request's images run: their queue priority, the output options the cache keys on
+    (None: the request is not cacheable), and the extra outputs (features, maps) they ask for."""
 
     priority: Priority = DEFAULT
     cache: Options | None = ()
+    wanted: Wanted = NOTHING
 
 
 DEFAULT_RUN = RunOptions()
@@ -65,10 +68,12 @@ class Executor:
         deadline: float,
         run: RunOptions = DEFAULT_RUN,
     ) -> InferOutcome:
-        """Encoded images -> the cache, then this model's preprocessing -> its batcher for the misses."""
+        """Encoded images -> the cache, then this model's preprocessing -> its batcher for the misses.
+        `run.wanted`: extra outputs (features, maps), checked against what this very version offers."""
         start = time.monotonic()
         entry = await self._leases.acquire(record, version, deadline)
         try:
+            check_offers(entry, run.wanted)
             lookup = await self._cache.lookup(entry, "image", images, run.cache)
             todo = lookup.misses if lookup is not None else list(range(len(images)))
             results: list[ItemResult] = []
@@ -84,7 +89,9 @@ class Executor:
                 preprocess_s = time.monotonic() - start
                 self._live.observe_preprocess(entry.name, preprocess_s / len(todo))
                 rows = [row for row, _ in done]
-                results = await entry.batcher.submit(rows, deadline=deadline, priority=run.priority)
+                results = await entry.batcher.submit(
+                    rows, deadline=deadline, priority=run.priority, wanted=run.wanted
+                )
             outcome = await self._answer(entry, lookup, todo, results, preprocess_s, start)
         finally:
             self._leases.release(entry)
@@ -104,6 +111,7 @@ class Executor:
         start = time.monotonic()
         entry = await self._leases.acquire(record, version, deadline)
         try:
+            check_offers(entry, run.wanted)
             assert entry.batcher is not None
             rows = [np.ascontiguousarray(row) for row in pixels]
             lookup = await self._cache.lookup(entry, "pixels", rows, run.cache)
@@ -111,7 +119,9 @@ class Executor:
             results: list[ItemResult] = []
             if todo:
                 todo_rows = [rows[i] for i in todo]
-                results = await entry.batcher.submit(todo_rows, deadline=deadline, priority=run.priority)
+                results = await entry.batcher.submit(
+                    todo_rows, deadline=deadline, priority=run.priority, wanted=run.wanted
+                )
             outcome = await self._answer(entry, lookup, todo, results, 0.0, start)
         finally:
             self._leases.release(entry)

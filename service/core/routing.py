@@ -20,13 +20,14 @@ from service.core.executor import DEFAULT_RUN, Executor, RunOptions
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome
 from service.core.target import AUTO, Target
-from service.errors import NotReady
+from service.errors import InvalidArgument, NotReady
 from service.lifecycle.manager import Lifecycle
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.metrics import Metrics
 from service.model_spec import ModelSpec
 from service.preprocess.pool import PreprocessPool
+from service.runtime.outputs import NOTHING, Wanted
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
 
@@ -148,9 +149,16 @@ class Router:
         tail = self._live.recent_tail_ms(entry.name)
         return predicted if tail is None else max(predicted, tail)
 
-    def _ranked(self, budget_ms: float) -> list[Candidate]:
-        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first."""
-        found = auto_candidates(self._lifecycle.records.values())
+    def _ranked(self, budget_ms: float, wanted: Wanted = NOTHING) -> list[Candidate]:
+        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first.
+        Only models that offer the extra outputs asked for (`wanted`) are candidates."""
+        found = [
+            (record, entry)
+            for record, entry in auto_candidates(self._lifecycle.records.values())
+            if entry.spec is not None and wanted.outputs <= set(entry.spec.output_names)
+        ]
+        if not found and wanted.any:
+            raise InvalidArgument(f"no model auto may choose offers {', '.join(sorted(wanted.outputs))}")
         specs = [entry.spec for _, entry in found if entry.spec is not None]
         accuracies, _ = ranking_accuracy(specs)
         candidates = [
@@ -204,7 +212,7 @@ class Router:
         self, images: Sequence[bytes], deadline: float, budget_ms: float, run: RunOptions
     ) -> InferOutcome:
         self._arrivals.append(time.monotonic())
-        chosen = self._ranked(budget_ms)[0]
+        chosen = self._ranked(budget_ms, run.wanted)[0]
         fits = chosen.predicted_ms <= budget_ms * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
         outcome = await self._executor.run_images(chosen.record, None, images, deadline, run)
@@ -222,7 +230,8 @@ class Router:
         self, record: ModelRecord, images: Sequence[bytes], deadline: float, run: RunOptions
     ) -> InferOutcome:
         """Each stage runs the images still unsure through the executor; an image leaves at the first
-        stage whose top probability reaches that stage's exit confidence."""
+        stage whose top probability reaches that stage's exit confidence. Extra outputs (`run.wanted`) are
+        asked of every stage (`run.wanted`), so each image's come from the stage that answered it."""
         start = time.monotonic()
         entry = record.versions[1]
         if not entry.ready or record.cascade is None:
@@ -264,7 +273,7 @@ class Router:
             pending = still
             if not pending:
                 break
-        outputs = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        outputs = {key: _stack([row[key] for row in rows]) for key in rows[0]}
         timings = Timings(
             preprocess_ms=round(preprocess_ms, 3),
             queue_ms=round(queue_ms, 3),
@@ -276,3 +285,14 @@ class Router:
             images=[CascadeImage(answered_by=answered_by[i], stages=logs[i]) for i in range(count)],
         )
         return InferOutcome(entry, outputs, timings, route, tuple(cached) if any(cached) else ())
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """One array of the images' rows; where stages differ in shape (a map grid, a feature size), an
+    object array holding each image's own row."""
+    if all(row.shape == rows[0].shape for row in rows):
+        return np.stack(rows)
+    out = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        out[index] = row
+    return out

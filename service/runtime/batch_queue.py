@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import DeadlineExceeded
+from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, LEVELS, Priority
 
 QUEUED, TAKEN, DROPPED, EXPIRED, FAILED = range(5)
@@ -30,7 +31,7 @@ class QueueObserver(Protocol):
 
 
 class Item:
-    __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "priority")
+    __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "priority", "wanted")
 
     def __init__(
         self,
@@ -39,8 +40,10 @@ class Item:
         enqueued_at: float,
         deadline: float | None,
         priority: Priority = DEFAULT,
+        wanted: Wanted = NOTHING,
     ) -> None:
         self.array = array
+        self.wanted = wanted  # extra outputs (features, maps) this item asks of its batch's run
         self.future = future
         self.enqueued_at = enqueued_at
         self.deadline = deadline

@@ -24,6 +24,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
 from service.runtime.batch_queue import BatchQueue, Item, QueueObserver
+from service.runtime.outputs import NOTHING, RunPlan, Wanted, item_rows, plan
 from service.runtime.priorities import DEFAULT, Priority, queue_limit
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,16 @@ class Batcher:
         return self._queue.depth + count <= queue_limit(self.config.max_queue_size, priority)
 
     async def submit(
-        self, items: Sequence[np.ndarray], deadline: float | None = None, priority: Priority = DEFAULT
+        self,
+        items: Sequence[np.ndarray],
+        deadline: float | None = None,
+        priority: Priority = DEFAULT,
+        wanted: Wanted = NOTHING,
     ) -> list[ItemResult]:
         """Queue `items` atomically at `priority` and return their results in order.
+
+        `wanted`: extra outputs (features, maps) these items ask for; they share batches with items
+        that ask for other ones or none (the run computes the union, each item gets its own).
 
         Raises Overloaded (queue full for that priority; nothing queued), DeadlineExceeded (`deadline`,
         a time.monotonic() value, passed before all items ran), InferenceFailed (a batch holding one of
@@ -190,7 +198,7 @@ class Batcher:
             queue.count_expired(n)
             raise DeadlineExceeded("deadline passed before the request was queued")
 
-        queued = [Item(array, loop.create_future(), now, deadline, priority) for array in items]
+        queued = [Item(array, loop.create_future(), now, deadline, priority, wanted) for array in items]
         queue.add(queued)
         waiter = self._waiter
         if waiter is not None and queue.depth >= self._wake_threshold and not waiter.done():
@@ -286,9 +294,10 @@ class Batcher:
         started = time.monotonic()
         self.batches_run += 1
         self.items_run += n
+        run_plan = plan([item.wanted for item in batch])
         try:
             outputs, inference_s = await self._loop.run_in_executor(
-                self._executor, self._run_batch, [item.array for item in batch]
+                self._executor, self._run_batch, [item.array for item in batch], run_plan
             )
         except asyncio.CancelledError:
             self._fail(batch, lambda: NotReady("shutting down"))
@@ -314,13 +323,20 @@ class Batcher:
         for i, item in enumerate(batch):
             future = item.future
             if not future.done():
-                rows = {key: value[i] for key, value in outputs.items()}
+                rows = item_rows(outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n))
 
-    def _run_batch(self, arrays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def _run_batch(
+        self, arrays: list[np.ndarray], run_plan: RunPlan | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """Worker thread: stack, run, check that every output has one row per item."""
         run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
-        if run_items is None:
+        if run_plan is not None and run_plan.extra:
+            if run_items is None:
+                raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
+            t0 = time.perf_counter()
+            outputs = run_items(arrays, run_plan.extra, run_plan.feeds)
+        elif run_items is None:
             batch = np.stack(arrays)
             t0 = time.perf_counter()
             outputs = self.runner.run(batch)

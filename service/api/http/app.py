@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.http.body import images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
+from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
@@ -175,6 +176,9 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         x_priority: Annotated[
             str | None, Header(max_length=16, description="the priority, as a header")
         ] = None,
+        explain: Annotated[
+            bool, Query(description="add each prediction's class activation map (a grid of numbers)")
+        ] = False,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         try:
@@ -184,7 +188,9 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
                 target = call.admitted(target)
                 images = await images_from_request(request, settings)
                 deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-                outcome = await unless_disconnected(request, engine.classify(target, images, deadline))
+                outcome = await unless_disconnected(
+                    request, engine.classify(target, images, deadline, explain=explain)
+                )
         except HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         assert outcome.model.spec is not None
@@ -232,5 +238,6 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    app.include_router(create_explain_router(engine, settings, metrics, HTTP, _ERROR_RESPONSES))
     app.include_router(create_v2_router(engine, metrics))
     return app

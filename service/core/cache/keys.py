@@ -29,8 +29,8 @@ KEY_PREFIX = "effnet:answer:v1:"
 _NOT_OUTPUT_OPTIONS = frozenset(
     {"name", "kind", "record", "version", "spec", "top_k", "budget_ms", "priority"}
 )
-# Output options the cache keys on (none yet: every row holds logits and probabilities). Issue 21's
-# extra outputs join here, each with how its value enters the key.
+# Output options the cache keys on (none: every stored row holds logits and probabilities only).
+# Requests that ask for extra outputs (features, maps) bypass the cache (Engine._run_options).
 KNOWN_OUTPUT_OPTIONS: frozenset[str] = frozenset()
 
 Options = tuple[tuple[str, str], ...]
