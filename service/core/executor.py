@@ -6,7 +6,8 @@ the same way (preprocess metrics, the live figures `auto` predicts from)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -45,12 +46,13 @@ class Executor:
             check_queue_room(entry, len(images))  # before spending CPU on decoding
             backend = entry.backend
             assert backend is not None and entry.batcher is not None
-            done = await self._pool.run(backend.prepare, [(data, self._limits) for data in images])
-            for _, seconds in done:
-                self._metrics.observe_preprocess(entry.name, seconds)
-            preprocess_s = time.monotonic() - start
-            self._live.observe_preprocess(entry.name, preprocess_s / len(images))
-            results = await entry.batcher.submit([row for row, _ in done], deadline=deadline)
+            with self._held(entry, len(images)):
+                done = await self._pool.run(backend.prepare, [(data, self._limits) for data in images])
+                for _, seconds in done:
+                    self._metrics.observe_preprocess(entry.name, seconds)
+                preprocess_s = time.monotonic() - start
+                self._live.observe_preprocess(entry.name, preprocess_s / len(images))
+                results = await entry.batcher.submit([row for row, _ in done], deadline=deadline)
         finally:
             self._leases.release(entry)
         self._live.observe_latency(entry.name, time.monotonic() - start)
@@ -65,11 +67,24 @@ class Executor:
         try:
             assert entry.batcher is not None
             rows = [np.ascontiguousarray(row) for row in pixels]
-            results = await entry.batcher.submit(rows, deadline=deadline)
+            with self._held(entry, len(rows)):
+                results = await entry.batcher.submit(rows, deadline=deadline)
         finally:
             self._leases.release(entry)
         # Not in the live latencies: `auto` predicts for encoded images, which these skipped.
         return InferOutcome(entry, stack_outputs(results), batch_timings(results, 0.0, start))
+
+    @contextmanager
+    def _held(self, entry: ModelEntry, images: int) -> Iterator[None]:
+        """Count `images` in the model's load ratio while this run holds them (preprocessing,
+        queued, running): what autoscaling reads (service/metrics.py, LoadRatio)."""
+        assert entry.batcher is not None
+        config = entry.batcher.config
+        self._metrics.load.enter(entry.name, images, config.max_batch_size * config.instances)
+        try:
+            yield
+        finally:
+            self._metrics.load.leave(entry.name, images)
 
 
 def check_queue_room(entry: ModelEntry, count: int = 1) -> None:
