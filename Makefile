@@ -182,3 +182,22 @@ check-image: proto
 	done; \
 	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 	$(PY) docker/check_image.py $(IMAGE_CHECK_ARGS)
+
+# Scale simulation (a few minutes per policy; root, like `make chaos`; not part of `make test`): pods are
+# real servers, each in a cgroup CPU slice the size of a pod's CPU limit, behind the repository's nginx
+# in a network namespace of its own; an open-loop ramp (base -> 4x one pod's capacity -> base) runs
+# once per policy while a simulated HPA controller (Kubernetes' algorithm, the behaviour of
+# docker/k8s/base/hpa.yaml) scrapes the pods and scales them: our load ratio vs CPU at 70 %.
+# Writes docs/scale-sim.json and docs/scale-sim.png (docs/deploy.md, "Autoscaling").
+.PHONY: scale-sim
+SCALE_ARGS ?=
+
+scale-sim: proto models
+	@missing=""; \
+	for pair in nginx:nginx ip:iproute2; do \
+		tool=$${pair%%:*}; package=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
+	$(PY) -m pip install --quiet -e '.[deploy,bench]'
+	$(PY) -m tests.scale.runner --repository $(REPOSITORY) $(SCALE_ARGS)

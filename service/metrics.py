@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,7 +15,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # Latency buckets from 1 ms to 30 s: CPU b0 runs in a few ms, b7 batches take seconds.
 _LATENCY_BUCKETS = (
@@ -21,6 +27,78 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class LoadRatio(Collector):
+    """The signal to autoscale on: images a model holds (being preprocessed, queued or running) over
+    the images it can run at once (max batch size x instances). 1.0 means every runner slot is taken;
+    above 1 work waits. Read at scrape time, so the gauges are exact at that instant; the counter is
+    their integral over time, so `rate(effnet_load_ratio_seconds_total[1m])` is the mean ratio of
+    the last minute whatever the scrape interval (a sampled gauge would alias under bursty load).
+    The pod-wide ratio is the busiest model's: one saturated model queues whatever the others do."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._capacity: dict[str, int] = {}
+        self._integral: dict[str, float] = {}
+        self._since: dict[str, float] = {}
+
+    def _advance(self, model: str, now: float) -> None:
+        """Add the ratio held since the last change to the model's integral (lock held)."""
+        capacity = self._capacity.get(model)
+        if capacity:
+            held = now - self._since.get(model, now)
+            self._integral[model] = self._integral.get(model, 0.0) + held * self._in_flight[model] / capacity
+        self._since[model] = now
+
+    def enter(self, model: str, images: int, capacity: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._in_flight.setdefault(model, 0)
+            self._advance(model, now)
+            self._in_flight[model] += images
+            self._capacity[model] = max(1, capacity)
+
+    def leave(self, model: str, images: int) -> None:
+        with self._lock:
+            self._advance(model, time.monotonic())
+            self._in_flight[model] -= images
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "effnet_in_flight_images",
+            "Images a model holds now: being preprocessed, queued or running",
+            labels=["model"],
+        )
+        ratio = GaugeMetricFamily(
+            "effnet_load_ratio",
+            "In-flight images over the images the model can run at once (max batch size x instances)",
+            labels=["model"],
+        )
+        integral = CounterMetricFamily(
+            "effnet_load_ratio_seconds",
+            "Time integral of effnet_load_ratio: rate() over a window is the window's mean load ratio",
+            labels=["model"],
+        )
+        with self._lock:
+            now = time.monotonic()
+            busiest = 0.0
+            for model in sorted(self._capacity):
+                self._advance(model, now)
+                value = self._in_flight[model] / self._capacity[model]
+                busiest = max(busiest, value)
+                in_flight.add_metric([model], self._in_flight[model])
+                ratio.add_metric([model], value)
+                integral.add_metric([model], self._integral.get(model, 0.0))
+        yield in_flight
+        yield ratio
+        yield integral
+        yield GaugeMetricFamily(
+            "effnet_pod_load_ratio",
+            "The busiest model's effnet_load_ratio: the pod-wide autoscaling signal",
+            value=busiest,
+        )
 
 
 class Metrics:
@@ -127,6 +205,8 @@ class Metrics:
             ["policy", "model", "fits"],
             registry=self.registry,
         )
+        self.load = LoadRatio()
+        self.registry.register(self.load)
         self.cascade_images = Counter(
             "effnet_cascade_stage_images_total",
             "Images that entered a cascade stage",

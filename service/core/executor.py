@@ -8,7 +8,8 @@ cached under the model that really ran."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,15 +84,16 @@ class Executor:
                 backend = entry.backend
                 assert backend is not None and entry.batcher is not None
                 jobs = [(images[i], self._limits) for i in todo]
-                done = await self._pool.run(backend.prepare, jobs, int(run.priority))
-                for _, seconds in done:
-                    self._metrics.observe_preprocess(entry.name, seconds)
-                preprocess_s = time.monotonic() - start
-                self._live.observe_preprocess(entry.name, preprocess_s / len(todo))
-                rows = [row for row, _ in done]
-                results = await entry.batcher.submit(
-                    rows, deadline=deadline, priority=run.priority, wanted=run.wanted
-                )
+                with self._held(entry, len(todo)):
+                    done = await self._pool.run(backend.prepare, jobs, int(run.priority))
+                    for _, seconds in done:
+                        self._metrics.observe_preprocess(entry.name, seconds)
+                    preprocess_s = time.monotonic() - start
+                    self._live.observe_preprocess(entry.name, preprocess_s / len(todo))
+                    rows = [row for row, _ in done]
+                    results = await entry.batcher.submit(
+                        rows, deadline=deadline, priority=run.priority, wanted=run.wanted
+                    )
             outcome = await self._answer(entry, lookup, todo, results, preprocess_s, start)
         finally:
             self._leases.release(entry)
@@ -119,9 +121,10 @@ class Executor:
             results: list[ItemResult] = []
             if todo:
                 todo_rows = [rows[i] for i in todo]
-                results = await entry.batcher.submit(
-                    todo_rows, deadline=deadline, priority=run.priority, wanted=run.wanted
-                )
+                with self._held(entry, len(todo_rows)):
+                    results = await entry.batcher.submit(
+                        todo_rows, deadline=deadline, priority=run.priority, wanted=run.wanted
+                    )
             outcome = await self._answer(entry, lookup, todo, results, 0.0, start)
         finally:
             self._leases.release(entry)
@@ -149,6 +152,18 @@ class Executor:
         cached = tuple(row is not None for row in lookup.rows)
         timings = batch_timings(results, preprocess_s, start)
         return InferOutcome(entry, stack_rows(merged), timings, cached=cached)
+
+    @contextmanager
+    def _held(self, entry: ModelEntry, images: int) -> Iterator[None]:
+        """Count `images` in the model's load ratio while this run holds them (preprocessing,
+        queued, running): what autoscaling reads (service/metrics.py, LoadRatio)."""
+        assert entry.batcher is not None
+        config = entry.batcher.config
+        self._metrics.load.enter(entry.name, images, config.max_batch_size * config.instances)
+        try:
+            yield
+        finally:
+            self._metrics.load.leave(entry.name, images)
 
 
 def check_queue_room(entry: ModelEntry, count: int = 1, priority: Priority = DEFAULT) -> None:

@@ -28,9 +28,11 @@ GPU = K8S / "overlays" / "gpu"
 HOT_RELOAD = K8S / "overlays" / "hot-reload"
 SHARED_CACHE = K8S / "overlays" / "shared-cache"
 KSERVE = K8S / "kserve"
+KEDA = K8S / "overlays" / "keda"
+ADAPTER = K8S / "components" / "prometheus-adapter"
 UPLOADER = HOT_RELOAD / "model-uploader.yaml"
-# Every kustomization a user applies with `kubectl apply -k`.
-KUSTOMIZATIONS = (BASE, GPU, HOT_RELOAD, KSERVE, SHARED_CACHE)
+# Every kustomization a user applies with `kubectl apply -k` (the autoscaling ones: test_autoscaling.py).
+KUSTOMIZATIONS = (BASE, GPU, HOT_RELOAD, KSERVE, SHARED_CACHE, KEDA, ADAPTER)
 # The newest schema the validator ships, and an older release that managed clusters still run.
 KUBERNETES_VERSIONS = ("1.37.0", "1.31.0")
 KSERVE_GROUP = "serving.kserve.io"
