@@ -112,7 +112,7 @@ def timm_checkpoint(path: Path, arch: str, weights: nn.Module, ema: nn.Module) -
 
 
 def export_timm(
-    work: Path, repository: Path, arch: str, labels: Path, *extra: str
+    work: Path, repository: Path, arch: str, labels: Path, *extra: str, crop: int | None = None
 ) -> tuple[nn.Module, nn.Module]:
     import timm
 
