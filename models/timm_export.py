@@ -196,9 +196,9 @@ def timm_source(
         state, named = read_timm_checkpoint(path, ema=ema)
         if named is not None and named.split(".", 1)[0] != arch.split(".", 1)[0]:
             raise CheckpointError(f"checkpoint {path.name} was trained as {named!r}, not {arch!r}")
-        classifier_key = timm.create_model(arch, pretrained=False).pretrained_cfg.get(
-            "classifier", "classifier"
-        )
+        from timm.models import get_pretrained_cfg_value
+
+        classifier_key = get_pretrained_cfg_value(arch, "classifier") or "classifier"
         classes = _num_classes(state, classifier_key, path, arch)
         if num_classes is not None and num_classes != classes:
             raise ExportError(f"--num-classes {num_classes} but the checkpoint has {classes} classes")
