@@ -246,7 +246,7 @@ def import_source(
     return Source(
         key="imported",
         architecture=f"imported ONNX graph ({producer}), {front.layout}, input {interface.input!r}",
-        pre=Preprocessing(crop, resize, interpolation, mean, std),  # type: ignore[arg-type]
+        pre=Preprocessing(crop, resize, interpolation, mean, std),
         classes=classes,
         labels=label_list,
         weights=WeightsProvenance(kind="imported", source=path.name, sha256=sha256_file(path)),

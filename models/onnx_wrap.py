@@ -20,7 +20,11 @@ from models.errors import ExportError
 from models.graph import INPUT_NAME, OUTPUT_NAMES
 
 Layout = Literal["nchw", "nhwc"]
-FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+FLOATS: dict[int, type[np.floating]] = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.DOUBLE: np.float64,
+}
 BATCH = "batch"
 _PREFIX = "effnet_import/"
 

@@ -20,7 +20,7 @@ class Variant:
     key: str
     family: Family
     builder: str  # torchvision.models function name, or the efficientnet_lite_pytorch model name
-    paper_params_m: float  # EfficientNet paper, Table 2 (lite: the Lite release notes)
+    paper_params_m: float  # EfficientNet paper, Table 2 (lite: the Lite release notes; V2: V2 paper Table 7)
     lite_crop: int | None = None  # Lite only: the input size its weights were trained and evaluated at
 
 
