@@ -68,6 +68,11 @@ def _run(session: object, feed: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(session.run(None, feed)[0])  # type: ignore[attr-defined]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _pixels(batch: int, crop: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, 3, crop, crop), dtype=np.uint8)
 
@@ -93,7 +98,12 @@ class ImportedGraphs:
 
     def _write(self, inner: onnx.ModelProto, path: Path) -> None:
         onnx.save(wrap(inner, self._interface, self._front, self._crop, self._classes), str(path))
-        check_graph(path, self._crop)
+        try:
+            check_graph(path, self._crop)
+        except ExportError:
+            raise
+        except Exception as e:  # the ONNX checker's own errors: the wrapped graph is not valid ONNX
+            raise ExportError(f"the wrapped graph fails the ONNX checker: {_first_line(e)}") from None
 
     def fp32(self, path: Path) -> float:
         self._write(self._model, path)
@@ -112,10 +122,14 @@ class ImportedGraphs:
         """The wrapped graph against the original one fed the front's arithmetic in numpy."""
         interface, fixed = self._interface, self._interface.fixed_batch
         pixels = _pixels(fixed or 2, self._crop, seed=1)
-        expected = _run(
-            _session(self._source), {interface.input: self._front.apply(pixels, FLOATS[interface.input_type])}
-        ).astype(np.float32)
-        wrapped = _session(path)
+        try:
+            expected = _run(
+                _session(self._source),
+                {interface.input: self._front.apply(pixels, FLOATS[interface.input_type])},
+            ).astype(np.float32)
+            wrapped = _session(path)
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime cannot run the wrapped graph: {_first_line(e)}") from None
         logits, probabilities = wrapped.run(["logits", "probabilities"], {"pixels": pixels})  # type: ignore[attr-defined]
         if interface.softmax_input is not None:
             error = float(np.abs(probabilities - expected).max())
@@ -140,8 +154,7 @@ def _probe(
     try:
         original = _run(_session(source), {interface.input: front.apply(pixels[: fixed or 3], dtype)})
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GraphRefused(f"{name} does not run on a {crop}x{crop} image batch: {reason}") from None
+        raise GraphRefused(f"{name} does not run on a {crop}x{crop} image batch: {_first_line(e)}") from None
     if original.ndim != 2:
         raise GraphRefused(f"{name}: output has shape {original.shape}; a classifier gives (batch, classes)")
     if fixed is None:
@@ -151,7 +164,7 @@ def _probe(
         rows = [_run(session, {interface.input: front.apply(pixels[i : i + 1], dtype)}) for i in range(2)]
         pair = _run(session, {interface.input: front.apply(pixels[:2], dtype)})
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _first_line(e)
         raise GraphRefused(
             f"{name} has a fixed batch of {fixed} that cannot be made dynamic: {reason}"
         ) from None
@@ -220,8 +233,7 @@ def import_source(
         model = onnx.load_from_string(source)
         onnx.checker.check_model(model)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GraphRefused(f"{path.name} is not a valid ONNX model: {reason}") from None
+        raise GraphRefused(f"{path.name} is not a valid ONNX model: {_first_line(e)}") from None
     interface = inspect(model, front.layout, path.name)
     crop = _crop(interface, front.layout, crop, path.name)
     resize = crop if resize is None else resize
