@@ -1,5 +1,6 @@
 """Class names from whatever a training run left behind: a text file (one per line), a JSON list, a JSON
-`{index: name}` map, or the training folder itself (one sub-folder per class).
+`{index: name}` map (or Keras' `{index: [wnid, name]}`), or the training folder itself (one sub-folder
+per class).
 
 Folder order is the class index order the training library gave them: torchvision's `ImageFolder` sorts
 the names as strings (`sorted`); timm's folder reader sorts them "naturally" (digit runs as numbers, case
@@ -70,6 +71,13 @@ def _from_json(path: Path, text: str) -> list[str]:
             indexed = {int(key): value for key, value in loaded.items()}
         except ValueError:
             raise ExportError(f"labels {path}: a JSON map needs integer keys (class index -> name)") from None
+        # Keras' imagenet_class_index.json: {"0": ["n01440764", "tench"], ...}: the name is the last item.
+        indexed = {
+            i: value[-1]
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+            else value
+            for i, value in indexed.items()
+        }
         if sorted(indexed) != list(range(len(indexed))):
             raise ExportError(f"labels {path}: the map's indices must be 0..{len(indexed) - 1}, each once")
         if not all(isinstance(value, str) and value.strip() for value in indexed.values()):

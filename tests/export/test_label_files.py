@@ -26,6 +26,9 @@ def test_json_list_and_index_map(tmp_path: Path) -> None:
     )  # keys out of order, as json.dump writes
     assert read_labels(listed) == ["cat", "dog"]
     assert read_labels(mapped) == ["cat", "dog", "fox"]
+    keras = tmp_path / "imagenet_class_index.json"
+    keras.write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}))
+    assert read_labels(keras) == ["tench", "goldfish"]
 
 
 def test_class_folders_in_torchvision_or_timm_order(tmp_path: Path) -> None:
