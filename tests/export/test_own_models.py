@@ -392,7 +392,7 @@ def test_imported_int8_and_its_cascade_are_served(
 
 def test_timm_checkpoint_derives_fp16(tmp_path: Path) -> None:
     """fp16 through the family's gate (100 % top-1 agreement on the real-photo set), with no fp32 asked
-    for: a scratch reference is made and discarded. timm's own init at 128 px, not the calibrated
+    for: a scratch reference is made and discarded. timm's own init at 96 px, not the calibrated
     weights above, whose answers on the gate's other photos and crops swing on rounding."""
     import timm
 
@@ -413,10 +413,10 @@ def test_timm_checkpoint_derives_fp16(tmp_path: Path) -> None:
         "--labels",
         str(labels),
     ]
-    argv += ["--input-size", "128", "--precision", "fp16", "--name", "t", "--repository", str(repository)]
+    argv += ["--input-size", "96", "--precision", "fp16", "--name", "t", "--repository", str(repository)]
     assert export_main(argv) == 0
     spec = ModelSpec.from_file(repository / "t-fp16" / "1" / SPEC_FILE)
-    assert spec.precision == "fp16" and spec.variant == "timm:efficientnet_b0" and spec.crop_size == 128
+    assert spec.precision == "fp16" and spec.variant == "timm:efficientnet_b0" and spec.crop_size == 96
     assert (
         spec.derived_from is not None and spec.derived_from.name == "t"
     )  # a scratch reference (no fp32 asked)
