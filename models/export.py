@@ -17,7 +17,7 @@ from models.graph import OPSET
 from models.pipeline import ExportResult, check_request, export, publish
 from models.precision import PRECISIONS, model_name, parse_precisions
 from models.timm_export import timm_source
-from models.timm_options import add_timm_arguments, timm_overrides
+from models.timm_options import add_timm_arguments, timm_only_flags, timm_overrides
 from models.variants import KNOWN, UnknownVariant, expand
 from models.weights import DEFAULT_SEED, WeightsResolver
 
@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _main_timm(args, precisions, err)
         if args.variant is None:
             raise ExportError("--variant is required (or --from timm --arch NAME)")
+        if timm_only_flags(args):
+            raise ExportError(f"{', '.join(timm_only_flags(args))} apply to --from timm only")
         variants = expand([key.strip() for keys in args.variant for key in keys.split(",") if key.strip()])
         if args.name and len(variants) > 1:
             raise ExportError("--name applies to a single variant")
@@ -232,6 +234,8 @@ def _main_timm(args: argparse.Namespace, precisions: tuple[Precision, ...], err:
         raise ExportError("--from timm needs --arch (a timm EfficientNet name, e.g. tf_efficientnet_b3)")
     if args.weights in ("default", "imagenet"):
         raise ExportError("--from timm needs --weights CHECKPOINT (or random); no model hub is asked")
+    base = args.name or args.arch.split(".", 1)[0].replace("_", "-")
+    wanted = check_request(args.repository, base, args.version, precisions)
     source = timm_source(
         args.arch,
         args.weights,
@@ -243,8 +247,6 @@ def _main_timm(args: argparse.Namespace, precisions: tuple[Precision, ...], err:
         accuracy=args.accuracy,
         folder_order=args.label_order,
     )
-    base = args.name or args.arch.split(".", 1)[0].replace("_", "-")
-    wanted = check_request(args.repository, base, args.version, precisions)
     publish(
         source,
         args.repository,

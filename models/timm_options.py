@@ -64,3 +64,18 @@ def timm_overrides(args: argparse.Namespace) -> Overrides:
         mean=args.mean,
         std=args.std,
     )
+
+
+def timm_only_flags(args: argparse.Namespace) -> list[str]:
+    """The timm flags given on the command line (they mean nothing for --from torchvision)."""
+    given = {
+        "--arch": args.arch,
+        "--ema": args.ema or None,
+        "--input-size": args.input_size,
+        "--crop-pct": args.crop_pct,
+        "--resize": args.resize,
+        "--interpolation": args.interpolation,
+        "--mean": args.mean,
+        "--std": args.std,
+    }
+    return [flag for flag, value in given.items() if value is not None]

@@ -294,3 +294,21 @@ def test_timm_label_count_and_missing_ema(
         timm_argv("efficientnet_b0", b0_checkpoints["bare"], labels, repository, "--variant", "b0")
     )
     refused(code, capsys, repository, "--variant is for --from torchvision")
+
+
+def test_timm_flags_are_refused_without_from_timm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repository = tmp_path / "repo"
+    code = export_main(
+        [
+            "--variant",
+            "b0",
+            "--weights",
+            "random",
+            "--ema",
+            "--input-size",
+            "128",
+            "--repository",
+            str(repository),
+        ]
+    )
+    refused(code, capsys, repository, "--ema, --input-size apply to --from timm only")
