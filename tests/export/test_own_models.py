@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,11 +201,14 @@ def keras_style(work: Path, repository: Path, labels: Path, crop: int = 128) -> 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     calibrate(module.features, (nchw.permute(0, 3, 1, 2).float() / 255 - mean) / std)
     graph = work / "keras-effnet.onnx"
-    # A fixed batch of 1, as many converted graphs have: the importer makes it dynamic.
-    torch.onnx.export(
-        module, (torch.zeros(1, crop, crop, 3),), str(graph), dynamo=False,
-        input_names=["input_1"], output_names=["predictions"], opset_version=17,
-    )  # fmt: skip
+    # A fixed batch of 1, as many converted graphs have: the importer makes it dynamic. (The TorchScript
+    # exporter, like tf2onnx, writes the fixed shapes it traced; its deprecation warning is not ours.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (torch.zeros(1, crop, crop, 3),), str(graph), dynamo=False,
+            input_names=["input_1"], output_names=["predictions"], opset_version=17,
+        )  # fmt: skip
     argv = [str(graph), "--name", "keras-b0", "--keras", "--crop", str(crop), "--labels", str(labels)]
     argv += ["--precision", "fp32,fp16,int8"]
     assert import_main([*argv, "--repository", str(repository)]) == 0
