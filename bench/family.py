@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from models.tune import replay
 from service.model_spec import MODEL_FILE, SPEC_FILE, ModelSpec
 from service.preprocess.images import PreprocessSpec, preprocess
 
@@ -112,14 +113,13 @@ def cascade_curve(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     cost_1, cost_2 = runs[STAGE_1]["ms"], runs[STAGE_2]["ms"]
     points = []
     for threshold in THRESHOLDS:
-        escalate = first.max(axis=1) < threshold
-        answer = np.where(escalate, second.argmax(axis=1), first.argmax(axis=1))
+        answer, reached = replay([first, second], threshold)  # the same replay as `models.cascade --tune`
         points.append(
             {
                 "threshold": threshold,
-                "escalation_rate": float(escalate.mean()),
+                "escalation_rate": reached[1],
                 "agreement_with_lite2": float((answer == reference).mean()),
-                "mean_ms": cost_1 + float(escalate.mean()) * cost_2,
+                "mean_ms": cost_1 + reached[1] * cost_2,
             }
         )
     singles = {

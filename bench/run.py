@@ -370,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     if profile.paper_chart:
         bench.chart_references()
     bench.service_b0()
+    from bench.explain import explain_cost
+
+    explain = explain_cost(bench)
+    log.info("explain outputs: %s", json.dumps(explain, indent=1))
     bench.naive("b0", profile.naive_concurrency)
     bench.naive("b0", profile.naive_concurrency, draft=True)
     bench.tuning()
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from bench.figures import figures
 
-    result = {"meta": meta, "references": bench.refs, "runs": bench.runs}
+    result = {"meta": meta, "references": bench.refs, "runs": bench.runs, "explain": explain}
     result["figures"] = figures(result)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{profile.name}.json"

@@ -40,12 +40,21 @@ class HttpClassify:
     """`POST /classify?variant=M` with a raw JPEG body (both our service and the naive server)."""
 
     def __init__(
-        self, base_url: str, model: str, bodies: Sequence[bytes], name: str = "http", timings: bool = False
+        self,
+        base_url: str,
+        model: str,
+        bodies: Sequence[bytes],
+        name: str = "http",
+        timings: bool = False,
+        *,
+        path: str = "/classify",
+        params: dict[str, str] | None = None,
     ) -> None:
-        """`timings`: keep each answer's own `timings.inference_ms` (our service's answers have them)."""
+        """`timings`: keep each answer's own `timings.inference_ms` (our service's answers have them).
+        `path` and `params`: another endpoint of the same shape (/embed) or more query parameters."""
         self.name = name
-        self._url = f"{base_url}/classify"
-        self._params = {"variant": model}
+        self._url = f"{base_url}{path}"
+        self._params = {"variant": model, **(params or {})}
         self._bodies = list(bodies)
         self._session: aiohttp.ClientSession | None = None
         self._timings = timings

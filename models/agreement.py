@@ -69,7 +69,12 @@ def run_graph(path: Path, pixels: np.ndarray) -> Outputs:
 
 
 def measure(
-    reference: Outputs, candidate: Outputs, photos: PhotoSet, precision: Precision, real_weights: bool
+    reference: Outputs,
+    candidate: Outputs,
+    photos: PhotoSet,
+    precision: Precision,
+    real_weights: bool,
+    image_set: str = AGREEMENT_SET,
 ) -> Agreement:
     """Compare, record and enforce the gate; raises AgreementFailed (naming the images) when it fails."""
     for label, out in (("fp32", reference), (precision, candidate)):
@@ -79,7 +84,7 @@ def measure(
     if not real_weights:
         return Agreement(
             images=len(photos.names),
-            image_set=AGREEMENT_SET,
+            image_set=image_set,
             max_abs_logit_delta=logit_delta,
             gate=RANDOM_GATE,
         )
@@ -91,7 +96,7 @@ def measure(
     confident = confidence >= CONFIDENT
     record = Agreement(
         images=len(photos.names),
-        image_set=AGREEMENT_SET,
+        image_set=image_set,
         top1_agreement=top1,
         max_abs_probability_delta=float(np.abs(candidate.probabilities - reference.probabilities).max()),
         max_abs_logit_delta=logit_delta,
@@ -112,6 +117,7 @@ def measure(
         )
         raise AgreementFailed(
             f"{precision} graph fails its agreement gate ({GATES[precision]}): top-1 agreement "
-            f"{top1:.1%} on {len(same)} real photos; changed (fp32 class, p -> {precision}): {flips}"
+            f"{top1:.1%} on {len(same)} photos ({image_set[:80]}); "
+            f"changed (fp32 class, p -> {precision}): {flips}"
         )
     return record

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.errors import ExportError
+from models.heads import CAM_CLASS_IDS, EXPLAIN_OUTPUTS, HeadNotFound, add_to_file
 
 OPSET = 18
 INPUT_NAME = "pixels"
@@ -44,6 +45,10 @@ def export_onnx(module: nn.Module, crop_size: int, path: Path) -> None:
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
+    try:
+        add_to_file(path)
+    except HeadNotFound as e:
+        raise ExportError(f"cannot add features and activation maps to {path.name}: {e}") from None
     check_graph(path, crop_size)
 
 
@@ -60,8 +65,8 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def _check_signature(model: onnx.ModelProto, crop_size: int) -> None:
-    inputs = list(model.graph.input)
-    outputs = [o.name for o in model.graph.output]
+    inputs = [i for i in model.graph.input if i.name != CAM_CLASS_IDS]
+    outputs = [o.name for o in model.graph.output if o.name not in EXPLAIN_OUTPUTS]
     if [i.name for i in inputs] != [INPUT_NAME] or outputs != list(OUTPUT_NAMES):
         raise ExportError(f"exported graph has inputs {[i.name for i in inputs]} and outputs {outputs}")
     pixels = inputs[0]
@@ -73,6 +78,8 @@ def _check_signature(model: onnx.ModelProto, crop_size: int) -> None:
     ):
         raise ExportError(f"exported input is not uint8 (batch, 3, {crop_size}, {crop_size}): {dims}")
     for out in model.graph.output:
+        if out.name == "cam_classes":
+            continue
         if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or not isinstance(_dims(out)[0], str):
             raise ExportError(f"exported output {out.name} is not float32 with a dynamic batch axis")
 

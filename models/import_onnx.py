@@ -27,6 +27,7 @@ from models.accuracy import stated_accuracy
 from models.architectures import Preprocessing
 from models.errors import ExportError
 from models.graph import check_graph
+from models.heads import HeadNotFound, add_to_file
 from models.labels import FolderOrder, check_count, read_labels
 from models.onnx_wrap import (
     FLOATS,
@@ -98,6 +99,12 @@ class ImportedGraphs:
 
     def _write(self, inner: onnx.ModelProto, path: Path) -> None:
         onnx.save(wrap(inner, self._interface, self._front, self._crop, self._classes), str(path))
+        try:
+            # Features and activation maps where the graph ends in an EfficientNet head (pool, linear);
+            # any other classifier is served without them.
+            add_to_file(path)
+        except HeadNotFound:
+            pass
         try:
             check_graph(path, self._crop)
         except ExportError:

@@ -25,10 +25,12 @@ from models.architectures import (
     parameter_count,
     preprocessing,
 )
+from models.calibration import user_photos
 from models.errors import ExportError
 from models.graph import OUTPUT_NAMES, check_graph
+from models.heads import output_specs
 from models.labels import read_labels
-from models.photos import agreement_set, calibration_set
+from models.photos import AGREEMENT_SET, agreement_set, calibration_set
 from models.precision import PRECISIONS, model_name
 from models.quantize import quantize_int8
 from models.repository import prepare, staged_version
@@ -97,13 +99,16 @@ def export(
     labels: Path | None = None,
     seed: int = DEFAULT_SEED,
     accuracy: float | None = None,
+    calibration: Path | None = None,
     resolver: WeightsResolver | None = None,
     step: Step | None = None,
     published: Callable[[ExportResult], None] | None = None,
 ) -> list[ExportResult]:
     """Export one variant in each of `precisions`; see `export_variant` and `publish`.
 
-    `resolver` is shared to warn about fallbacks once.
+    `resolver` is shared to warn about fallbacks once. `calibration`: the user's photos
+    (models.calibration): int8 is calibrated on most of them and every derived precision is gated on
+    the held-out rest, instead of the scikit-image sets.
     """
     started = time.monotonic()
     say = step or (lambda _msg: None)
@@ -143,7 +148,17 @@ def export(
         graphs=graphs,
         accuracy=lambda precision: declared_accuracy(spec_variant, loaded.provenance, precision, accuracy),
     )
-    return publish(source, repository, base, version, wanted, say=say, published=published, started=started)
+    return publish(
+        source,
+        repository,
+        base,
+        version,
+        wanted,
+        say=say,
+        published=published,
+        started=started,
+        calibration=calibration,
+    )
 
 
 def check_request(
@@ -174,6 +189,7 @@ def publish(
     say: Step = lambda _msg: None,
     published: Callable[[ExportResult], None] | None = None,
     started: float | None = None,
+    calibration: Path | None = None,
 ) -> list[ExportResult]:
     """Write `source` in each of `wanted` (from `check_request`); one result per model, fp32 first.
 
@@ -182,7 +198,7 @@ def publish(
     reference (it must come from the same source and weights); when there is none, a reference
     graph is written, used and discarded (`derived_from` then names a model not in the repository).
     `published` hears of each model as soon as it is in the repository (a later precision's failure
-    does not take back an earlier one).
+    does not take back an earlier one). `calibration`: see `export`.
     """
     started = time.monotonic() if started is None else started
     results: list[ExportResult] = []
@@ -201,9 +217,11 @@ def publish(
             pre = source.pre
             derived_from = DerivedFrom(name=base, version=version, onnx_sha256=sha256_file(fp32_path))
             preprocess_spec = PreprocessSpec(pre.crop_size, pre.resize_size, pre.interpolation)  # type: ignore[arg-type]
-            say("running the fp32 graph on the real-photo set")
-            photos = agreement_set(preprocess_spec)
+            say("running the fp32 graph on the agreement photos")
+            user = user_photos(calibration, preprocess_spec) if calibration is not None else None
+            photos = user.held_out if user is not None else agreement_set(preprocess_spec)
             fp32_outputs = run_graph(fp32_path, photos.pixels)
+            calibrated: str | None = None
             for precision in derived:
                 began = time.monotonic()
                 target = model_name(base, precision)
@@ -214,12 +232,14 @@ def publish(
                         source.graphs.fp16(onnx_path)
                     else:
                         say("quantising to int8 on the calibration photos")
-                        calibration = quantize_int8(
+                        calibrated = quantize_int8(
                             fp32_path,
-                            calibration_set(preprocess_spec).pixels,
+                            user.calibration if user is not None else calibration_set(preprocess_spec).pixels,
                             onnx_path,
                             vanishing_activations=source.weights.kind == "random",
                         )
+                        if user is not None:
+                            calibrated = user.describe(calibrated)
                         check_graph(onnx_path, pre.crop_size)
                     say(f"{precision} agreement gate")
                     agreement = measure(
@@ -228,6 +248,7 @@ def publish(
                         photos,
                         precision,
                         real_weights=source.weights.kind != "random",
+                        image_set=user.image_set if user is not None else AGREEMENT_SET,
                     )
                     spec = _write_spec(
                         staging,
@@ -237,7 +258,7 @@ def publish(
                         source,
                         derived_from=derived_from,
                         agreement=agreement,
-                        calibration=calibration if precision == "int8" else None,
+                        calibration=calibrated if precision == "int8" else None,
                     )
                     onnx_bytes = onnx_path.stat().st_size
                 results.append(
@@ -335,7 +356,10 @@ def _write_spec(
         interpolation=pre.interpolation,  # type: ignore[arg-type]
         normalization=Normalization(mean=pre.mean, std=pre.std),
         inputs=(TensorSpec(name="pixels", dtype="uint8", shape=(-1, 3, pre.crop_size, pre.crop_size)),),
-        outputs=tuple(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
+        outputs=(
+            *(TensorSpec(name=n, dtype="float32", shape=(-1, classes)) for n in OUTPUT_NAMES),
+            *output_specs(staging / MODEL_FILE),
+        ),
         num_classes=classes,
         weights=source.weights,
         parameters=source.parameters,

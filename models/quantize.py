@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import ExportError
+from models.heads import HeadNotFound, add_to_file, has_explain_outputs, strip_file
 
 PERCENTILE = 99.999
 CALIBRATION = f"activations calibrated by percentile {PERCENTILE} on the real-photo calibration views"
@@ -54,6 +55,10 @@ def quantize_int8(
 
     import onnx
 
+    # The quantiser sees the graph without the explain outputs; they are added back to the int8 graph
+    # (reading its dequantised weights), so their nodes stay float and its fused groups stay whole.
+    stripped = out_path.with_name(out_path.stem + ".stripped.onnx")
+    strip_file(fp32_path, stripped)
     prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
     # The quantiser prints progress and warnings on stdout and the root logger; keep our output clean.
     quiet = logging.getLogger()
@@ -62,7 +67,7 @@ def quantize_int8(
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             # Shape inference and graph optimisation first (ORT's recommendation for static quantisation).
-            quant_pre_process(str(fp32_path), str(prepared))
+            quant_pre_process(str(stripped), str(prepared))
             softmax = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
             quantize_static(
                 str(prepared),
@@ -86,4 +91,12 @@ def quantize_int8(
     finally:
         quiet.setLevel(level)
         prepared.unlink(missing_ok=True)
+        stripped.unlink(missing_ok=True)
+    # An imported graph whose head was not recognised has no explain outputs: its int8 graph neither.
+    explained = has_explain_outputs(onnx.load(str(fp32_path), load_external_data=False))
+    try:
+        if explained:
+            add_to_file(out_path)
+    except HeadNotFound as e:
+        raise ExportError(f"cannot add features and activation maps to the int8 graph: {e}") from None
     return MINMAX_CALIBRATION if vanishing_activations else CALIBRATION

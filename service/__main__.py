@@ -1,5 +1,6 @@
 """Command line: `python -m service serve ...` runs HTTP and gRPC in one event loop;
-`python -m service classify IMAGE...` is a small client."""
+`python -m service classify IMAGE...` is a small client; `python -m service eval DIR --model NAME`
+measures served models on labelled photos."""
 
 from __future__ import annotations
 
@@ -186,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         from service.client.cli import main as client_main
 
         return client_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from service.client.evaluate import main as eval_main
+
+        return eval_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("classify", help="classify images with a running server (see classify --help)")
+    sub.add_parser("eval", help="measure served models on your labelled photos (see eval --help)")
     args = parser.parse_args(argv)
     try:
         settings = build_settings(args)

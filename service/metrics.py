@@ -76,6 +76,12 @@ class Metrics:
         self.queue_depth_gauge = Gauge(
             "effnet_queue_depth", "Images waiting in the batcher queue", ["model"], registry=self.registry
         )
+        self.queue_depth_priority = Gauge(
+            "effnet_queue_depth_by_priority",
+            "Images waiting in the batcher queue, by request priority (high, normal, low)",
+            ["model", "priority"],
+            registry=self.registry,
+        )
         self.model_ready = Gauge(
             "effnet_model_ready",
             "1 when the model is loaded and warmed up",
@@ -134,6 +140,31 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_lookups_total = Counter(
+            "effnet_cache_lookups_total",
+            "Response cache lookups per image, by backend (memory, redis) and result (hit, miss)",
+            ["backend", "model", "result"],
+            registry=self.registry,
+        )
+        self.cache_stored_bytes = Counter(
+            "effnet_cache_stored_bytes_total",
+            "Bytes of answers written to the response cache",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "effnet_cache_bytes",
+            "Bytes the in-process response cache holds",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.cache_errors = Counter(
+            "effnet_cache_errors_total",
+            "Response cache calls that failed or timed out (the request was served without the cache)",
+            ["backend", "operation"],
+            registry=self.registry,
+        )
+
     # --- BatchObserver protocol (service.runtime.batcher) ---
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
         self.batch_size.labels(model).observe(size)
@@ -147,6 +178,25 @@ class Metrics:
 
     def items_expired(self, model: str, count: int) -> None:
         self.expired.labels(model).inc(count)
+
+    def priority_depth(self, model: str, priority: str, depth: int) -> None:
+        self.queue_depth_priority.labels(model, priority).set(depth)
+
+    # --- the response cache (service.core.cache) ---
+    def cache_lookups(self, backend: str, model: str, hits: int, misses: int) -> None:
+        if hits:
+            self.cache_lookups_total.labels(backend, model, "hit").inc(hits)
+        if misses:
+            self.cache_lookups_total.labels(backend, model, "miss").inc(misses)
+
+    def cache_stored(self, backend: str, size: int) -> None:
+        self.cache_stored_bytes.labels(backend).inc(size)
+
+    def cache_size(self, backend: str, size: int) -> None:
+        self.cache_bytes.labels(backend).set(size)
+
+    def cache_error(self, backend: str, operation: str) -> None:
+        self.cache_errors.labels(backend, operation).inc()
 
     # --- used by the engine and the protocol layers ---
     def observe_request(self, protocol: str, model: str, code: str | int, seconds: float) -> None:

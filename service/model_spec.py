@@ -13,7 +13,10 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # 2 added precision, derived_from, agreement and accuracy (all optional: version 1 files stay valid).
+# 3 adds `measured` (optional); files are written as 3 only when they carry it, so a server that knows
+# only 1 and 2 keeps reading every file that does not.
 SCHEMA_VERSION: Final = 2
+MEASURED_SCHEMA_VERSION: Final = 3
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 LABELS_FILE = "labels.txt"
@@ -22,7 +25,9 @@ LABELS_FILE = "labels.txt"
 MODEL_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
-TensorDType = Literal["uint8", "float32", "float16"]
+TensorDType = Literal["uint8", "float32", "float16", "int64"]
+# Outputs whose dtype is not float32 (the class ids the activation maps belong to).
+INT64_OUTPUTS: Final = frozenset({"cam_classes"})
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -106,10 +111,23 @@ class DeclaredAccuracy(_Frozen):
     source: str
 
 
-class ModelSpec(_Frozen):
-    """Contents of `model.json`, schema versions 1 and 2 (2 adds the optional precision fields)."""
+class MeasuredAccuracy(_Frozen):
+    """Top-1/top-5 measured on someone's own labelled photos (`python -m models.measure`), beside the
+    published figure. `auto` prefers it (service/core/routing.py)."""
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    dataset: str = Field(min_length=1, description="the name the measurer gave the photo set")
+    images: int = Field(gt=0)
+    top1: float = Field(ge=0.0, le=100.0, description="percent")
+    top5: float | None = Field(default=None, ge=0.0, le=100.0, description="percent")
+    measured_at: str | None = Field(default=None, description="UTC time, ISO 8601")
+    how: str | None = Field(default=None, description="what ran the photos (tool, runtime, preprocessing)")
+
+
+class ModelSpec(_Frozen):
+    """Contents of `model.json`, schema versions 1 to 3 (2 adds the optional precision fields, 3 the
+    measured accuracy)."""
+
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     name: str = Field(pattern=MODEL_NAME_PATTERN.pattern)
     version: int = Field(ge=1)
     variant: str
@@ -133,6 +151,9 @@ class ModelSpec(_Frozen):
     accuracy: DeclaredAccuracy | None = Field(
         default=None, description="published ImageNet top-1 of these weights; null when none is known"
     )
+    measured: MeasuredAccuracy | None = Field(
+        default=None, description="top-1/top-5 measured on the operator's own labelled photos"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -151,10 +172,15 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _precision_keeps_the_interface(self) -> ModelSpec:
-        """Whatever runs inside, clients see the same graph: uint8 `pixels` in, float32 out."""
+        """Whatever runs inside, clients see the same graph: uint8 `pixels` in, float32 out (int64 for
+        the class ids of the activation maps)."""
         if self.inputs[0].name != "pixels":
             raise ValueError(f"the graph input must be named 'pixels', got {self.inputs[0].name!r}")
-        wrong = [f"{o.name} {o.dtype}" for o in self.outputs if o.dtype != "float32"]
+        wrong = [
+            f"{o.name} {o.dtype}"
+            for o in self.outputs
+            if o.dtype != ("int64" if o.name in INT64_OUTPUTS else "float32")
+        ]
         if wrong:
             raise ValueError(f"{self.precision} model outputs must be float32, got {', '.join(wrong)}")
         if self.precision == "fp32":
@@ -164,14 +190,25 @@ class ModelSpec(_Frozen):
             raise ValueError(f"a {self.precision} model must record derived_from and agreement")
         if self.schema_version == 1 and (self.precision != "fp32" or self.accuracy is not None):
             raise ValueError("precision and accuracy need schema_version 2")
+        if self.measured is not None and self.schema_version < MEASURED_SCHEMA_VERSION:
+            raise ValueError(f"a measured accuracy needs schema_version {MEASURED_SCHEMA_VERSION}")
         return self
+
+    def with_measured(self, measured: MeasuredAccuracy) -> ModelSpec:
+        """This spec with `measured` recorded (replacing an earlier one), at the schema that carries it."""
+        return self.model_copy(update={"measured": measured, "schema_version": MEASURED_SCHEMA_VERSION})
 
     @property
     def input(self) -> TensorSpec:
         return self.inputs[0]
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        # `measured` is left out when absent: a file without it stays readable by schema-2 servers.
+        return self.model_dump_json(indent=2, exclude={"measured"} if self.measured is None else None) + "\n"
 
     @classmethod
     def from_file(cls, path: Path) -> ModelSpec:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from service.model_spec import (
     Agreement,
     DeclaredAccuracy,
     Interpolation,
+    MeasuredAccuracy,
     Normalization,
     TensorSpec,
     WeightsProvenance,
@@ -18,10 +19,24 @@ class Prediction(BaseModel):
     class_id: int
     label: str
     score: float
+    cam: list[list[float]] | None = Field(
+        default=None,
+        description="explain=true: the class activation map of this class, rows of the last feature map's "
+        "grid (sum over channels of the class's weight times the feature map; its mean plus the bias is "
+        "the logit). Left out when not asked for.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_map(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if data.get("cam", 0) is None:
+            del data["cam"]
+        return data
 
 
 class ImageResult(BaseModel):
     predictions: list[Prediction] = Field(description="top-k, highest score first")
+    cached: bool = Field(False, description="answered from the response cache (not decoded, not run)")
 
 
 class Timings(BaseModel):
@@ -62,6 +77,21 @@ class ClassifyResponse(BaseModel):
     results: list[ImageResult] = Field(description="one per image, in request order")
     timings: Timings
     route: Route | None = Field(default=None, description="for auto and cascades: how the request was served")
+    cached: bool = Field(False, description="every image was answered from the response cache")
+
+
+class EmbedResult(BaseModel):
+    vector: list[float] = Field(description="the pooled features before the classifier")
+
+
+class EmbedResponse(BaseModel):
+    model: str = Field(description="the model that answered (for auto and cascades: the one chosen)")
+    version: int
+    dimension: int
+    normalized: bool
+    results: list[EmbedResult] = Field(description="one per image, in request order")
+    timings: Timings
+    route: Route | None = None
 
 
 class BatcherInfo(BaseModel):
@@ -118,11 +148,20 @@ class ModelInfo(BaseModel):
     opset: int | None = None
     precision: str | None = Field(default=None, description="fp32, fp16 or int8")
     accuracy: DeclaredAccuracy | None = Field(default=None, description="published ImageNet top-1, if any")
+    measured: MeasuredAccuracy | None = Field(
+        default=None, description="top-1/top-5 measured on the operator's labelled photos; auto prefers it"
+    )
     agreement: Agreement | None = Field(default=None, description="fp16/int8: agreement with its fp32 source")
     stages: list[StageInfo] = Field(default_factory=list, description="cascade: its stages in order")
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
     versions: list[VersionInfo] = Field(default_factory=list, description="every known version")
+
+
+class ModelLabels(BaseModel):
+    model: str
+    version: int
+    labels: list[str] = Field(description="class names, by class index")
 
 
 class ModelList(BaseModel):

@@ -116,6 +116,30 @@ class Settings(BaseSettings):
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")
+    priority_aging_ms: float = Field(
+        1000.0,
+        gt=0,
+        le=600_000,
+        description="an image that has waited this long is decoded and batched before any younger one, "
+        "whatever the priorities (high > normal > low otherwise): low priority never starves",
+    )
+
+    # --- response cache (models opt in with `"response_cache": true` in their config.json) ---
+    cache_url: str | None = Field(
+        None,
+        description="redis://host:port/db: a response cache shared by every replica; unset: in this process",
+    )
+    cache_size_mb: float = Field(
+        256.0, ge=0, description="in-process response cache: the most memory its answers take; 0: off"
+    )
+    cache_ttl_s: int = Field(86_400, ge=1, description="Redis response cache: seconds an answer is kept")
+    cache_timeout_ms: float = Field(
+        200.0,
+        gt=0,
+        le=10_000,
+        description="Redis response cache: the longest a lookup or store may take; slower or down: served "
+        "without the cache",
+    )
 
     # --- preprocessing and limits ---
     preprocess_workers: int = Field(0, ge=0, description="decode/resize threads; 0: the number of cores")
@@ -193,7 +217,7 @@ class Settings(BaseSettings):
         64, ge=1, description="JPEGs decoded together in one nvImageCodec call (images waiting at once)"
     )
 
-    @field_validator("hash_cache", mode="before")
+    @field_validator("hash_cache", "cache_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

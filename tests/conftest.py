@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.redis_process import RedisProcess
 
 JPEG_QUALITY = 95
 RANDOM_SEED = 0
@@ -92,3 +95,11 @@ def parse_classification(item: bytes | str) -> tuple[float, int, str]:
     text = item.decode() if isinstance(item, bytes) else item
     score, index, *label = text.split(":", 2)
     return float(score), int(index), label[0] if label else ""
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server on a free port for one test (tests/redis_process.py); killed at the end."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()

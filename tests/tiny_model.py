@@ -21,10 +21,17 @@ SIZE = 16
 CLASSES = 4
 
 
-def tiny_graph(padding_bytes: int = 0) -> onnx.ModelProto:
+TINY_WEIGHTS = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
+DEFAULT_WEIGHTS = tuple(tuple(float(v) for v in row) for row in TINY_WEIGHTS)
+
+
+def tiny_graph(
+    padding_bytes: int = 0, weights_rows: tuple[tuple[float, ...], ...] = DEFAULT_WEIGHTS
+) -> onnx.ModelProto:
     """uint8 (N,3,S,S) -> mean colour per channel -> a fixed 3x4 linear layer -> logits, softmax.
-    `padding_bytes` adds an unused initializer, making the file (and what a load holds) that much bigger."""
-    weights = np.array([[1, 0, 0, 0.5], [0, 1, 0, 0.5], [0, 0, 1, 0.5]], dtype=np.float32)
+    `padding_bytes` adds an unused initializer, making the file (and what a load holds) that much bigger;
+    `weights_rows` replaces the linear layer (smaller weights: less confident answers)."""
+    weights = np.array(weights_rows, dtype=np.float32)
     nodes = [
         helper.make_node("Cast", ["pixels"], ["as_float"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["as_float", "axes"], ["pooled"], keepdims=0),
@@ -66,12 +73,20 @@ def write_model(
     accuracy: float | None = None,
     gmacs: float = 0.001,
     labels: tuple[str, ...] = ("red", "green", "blue", "grey"),
+    weights_rows: tuple[tuple[float, ...], ...] = DEFAULT_WEIGHTS,
+    explain: bool = False,
 ) -> Path:
     """A tiny model version folder; `accuracy` declares an ImageNet top-1 (for `auto`), `gmacs` sets the
-    size `auto` assumes before it has measured the model."""
+    size `auto` assumes before it has measured the model. `explain`: with `features` (the mean colour)
+    and class activation maps (models/heads.py; the "feature map" is the 16 x 16 pixels themselves)."""
     folder = repository / name / str(version)
     folder.mkdir(parents=True)
-    data = tiny_graph(padding_bytes).SerializeToString()
+    graph = tiny_graph(padding_bytes, weights_rows)
+    if explain:
+        from models.heads import add_explain_outputs
+
+        graph, _ = add_explain_outputs(graph)
+    data = graph.SerializeToString()
     (folder / "model.onnx").write_bytes(data)
     (folder / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
     weights = (
@@ -92,6 +107,15 @@ def write_model(
         outputs=[
             {"name": "logits", "dtype": "float32", "shape": (-1, CLASSES)},
             {"name": "probabilities", "dtype": "float32", "shape": (-1, CLASSES)},
+            *(
+                [
+                    {"name": "features", "dtype": "float32", "shape": (-1, 3)},
+                    {"name": "cam", "dtype": "float32", "shape": (-1, -1, SIZE, SIZE)},
+                    {"name": "cam_classes", "dtype": "int64", "shape": (-1, -1)},
+                ]
+                if explain
+                else []
+            ),
         ],
         num_classes=CLASSES,
         weights=weights,

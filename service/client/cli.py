@@ -29,6 +29,9 @@ from service.client.retry_policy import channel_options
 
 DEFAULT_HTTP_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_URL = "127.0.0.1:8001"
+# The server's levels (service/runtime/priorities.py); a bulk job yields to interactive requests.
+PRIORITIES = ("high", "normal", "low")
+BULK_PRIORITY = "low"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TABLE_LIMIT = 50  # without --output, print a table of results for at most this many images
 OVERLOAD_RETRIES = 3  # an overloaded server says when to come back; a bulk client should listen
@@ -48,9 +51,18 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    def __init__(self, url: str, model: str | None, top_k: int, timeout: float, headers: dict[str, str]):
+    def __init__(
+        self,
+        url: str,
+        model: str | None,
+        top_k: int,
+        timeout: float,
+        headers: dict[str, str],
+        priority: str = BULK_PRIORITY,
+    ):
         self._url = f"{url.rstrip('/')}/classify"
         self._params: dict[str, str | int] = {"top_k": top_k, **({"variant": model} if model else {})}
+        self._params["priority"] = priority
         self._client = httpx.AsyncClient(
             timeout=timeout, headers={**headers, "Content-Type": "application/octet-stream"}
         )
@@ -78,14 +90,25 @@ class HttpTransport:
 
 
 class GrpcTransport:
-    def __init__(self, address: str, model: str | None, top_k: int, timeout: float, headers: dict[str, str]):
+    def __init__(
+        self,
+        address: str,
+        model: str | None,
+        top_k: int,
+        timeout: float,
+        headers: dict[str, str],
+        priority: str = BULK_PRIORITY,
+    ):
         self._channel = grpc.aio.insecure_channel(address, options=channel_options())
         self._stub = classifier_pb2_grpc.ClassifierStub(self._channel)
         self._model, self._top_k, self._timeout = model or "", top_k, timeout
+        self._priority = priority
         self._metadata = tuple((key.lower(), value) for key, value in headers.items())
 
     async def classify(self, data: bytes, name: str) -> Outcome:
-        request = classifier_pb2.ClassifyRequest(model=self._model, top_k=self._top_k, images=[data])
+        request = classifier_pb2.ClassifyRequest(
+            model=self._model, top_k=self._top_k, images=[data], priority=self._priority
+        )
         try:
             reply = await self._stub.Classify(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
@@ -193,6 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="predictions per image (default 5)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)")
     p.add_argument("-c", "--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    p.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default=BULK_PRIORITY,
+        help="queue priority of these requests (default low: a person on the page goes first)",
+    )
     p.add_argument("-o", "--output", type=Path, help="write one result per image here ('-': stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"], help="output format (default: from the extension)")
     p.add_argument("--api-key", default=os.environ.get("EFFNET_API_KEY"), help="[EFFNET_API_KEY]")
@@ -220,8 +249,9 @@ def main(argv: list[str]) -> int:
     def connect() -> Transport:
         if args.grpc:
             address = (args.url or DEFAULT_GRPC_URL).removeprefix("grpc://")
-            return GrpcTransport(address, args.model, args.top_k, args.timeout, headers)
-        return HttpTransport(args.url or DEFAULT_HTTP_URL, args.model, args.top_k, args.timeout, headers)
+            return GrpcTransport(address, args.model, args.top_k, args.timeout, headers, args.priority)
+        url = args.url or DEFAULT_HTTP_URL
+        return HttpTransport(url, args.model, args.top_k, args.timeout, headers, args.priority)
 
     to_stdout = args.output is not None and str(args.output) == "-"
     stream: IO[str] | None = None

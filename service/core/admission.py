@@ -20,6 +20,7 @@ from service.lifecycle.manager import Lifecycle
 from service.lifecycle.records import ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.names import match_name, unknown_name_message
+from service.runtime.priorities import DEFAULT, Priority
 from service.settings import Settings
 
 MAX_BUDGET_MS = 600_000
@@ -70,9 +71,10 @@ class Admission:
         *,
         top_k: int | None = None,
         budget_ms: float | None = None,
+        priority: Priority = DEFAULT,
     ) -> Target:
         """The one decision of what serves a request. Raises UnknownModel, NotReady, InvalidArgument,
-        Overloaded (the model's queue is full: refused before the body is read)."""
+        Overloaded (the model's queue is full for this priority: refused before the body is read)."""
         if not name:
             name = self.default_model
             if name is None:
@@ -84,12 +86,22 @@ class Admission:
             target = self._auto(version)
         else:
             record = self._lifecycle.records[canonical]
-            routed = record.is_cascade_folder
-            target = self._cascade(record, version) if routed else self._model(record, version)
-        return self.refine(target, top_k=top_k, budget_ms=budget_ms)
+            if record.is_cascade_folder:
+                target = self._cascade(record, version, priority)
+            else:
+                target = self._model(record, version, priority)
+        return self.refine(target, top_k=top_k, budget_ms=budget_ms, priority=priority)
 
-    def refine(self, target: Target, *, top_k: int | None = None, budget_ms: float | None = None) -> Target:
-        """`target` with the request's options, checked against it (for protocols that learn them late)."""
+    def refine(
+        self,
+        target: Target,
+        *,
+        top_k: int | None = None,
+        budget_ms: float | None = None,
+        priority: Priority | None = None,
+    ) -> Target:
+        """`target` with the request's options, checked against it (for protocols that learn them late;
+        a priority of None keeps the target's)."""
         if budget_ms is not None and target.kind != "auto":
             raise InvalidArgument(f"budget_ms applies to '{AUTO}', not to the {target.kind} '{target.name}'")
         if target.kind == "auto":
@@ -100,14 +112,15 @@ class Admission:
             upper = min(self._classes(target), self._settings.max_top_k)
             if not 1 <= top_k <= upper:
                 raise InvalidArgument(f"top_k must be between 1 and {upper}, got {top_k}")
-        return dataclasses.replace(target, top_k=top_k, budget_ms=budget_ms)
+        priority = target.priority if priority is None else priority
+        return dataclasses.replace(target, top_k=top_k, budget_ms=budget_ms, priority=priority)
 
     def _auto(self, version: int | None) -> Target:
         if version is not None:
             raise InvalidArgument(f"'{AUTO}' has no versions; leave the version out")
         return Target(AUTO, "auto", None)
 
-    def _cascade(self, record: ModelRecord, version: int | None) -> Target:
+    def _cascade(self, record: ModelRecord, version: int | None, priority: Priority) -> Target:
         if version is not None:
             raise InvalidArgument(f"'{record.name}' has no versions; leave the version out")
         entry = record.versions.get(1)
@@ -116,14 +129,14 @@ class Admission:
         first = self._lifecycle.records.get(record.cascade.stages[0].model)
         serving = first.serving() if first is not None else None
         if serving is not None:
-            check_queue_room(serving)
+            check_queue_room(serving, 1, priority)
         return Target(record.name, "cascade", record, spec=entry.spec)
 
-    def _model(self, record: ModelRecord, version: int | None) -> Target:
+    def _model(self, record: ModelRecord, version: int | None, priority: Priority) -> Target:
         if version is None and self._settings.precision != "fp32":
             record = self._precision_choice(record)
         entry = self._lifecycle.leases.hint(record, version)
-        check_queue_room(entry)
+        check_queue_room(entry, 1, priority)
         return Target(record.name, "model", record, version, spec=entry.spec)
 
     def _precision_choice(self, record: ModelRecord) -> ModelRecord:

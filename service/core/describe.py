@@ -64,6 +64,8 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
                 opset=spec.opset,
                 precision=spec.precision,
                 accuracy=spec.accuracy,
+                # A cascade's spec is its last stage's: that stage's measurement is not the cascade's.
+                measured=spec.measured if record.kind != "cascade" else None,
                 agreement=spec.agreement,
             )
         )

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.core.admission import Admission
+from service.core.cache import ResponseCache
+from service.core.cache.keys import output_options
 from service.core.describe import describe_model
-from service.core.executor import Executor
+from service.core.executor import Executor, RunOptions
+from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
 from service.core.live import LiveFigures
 from service.core.outcomes import ClassifyOutcome, InferOutcome, classified
 from service.core.routing import Router, auto_candidates
@@ -31,8 +34,11 @@ from service.lifecycle.views import readiness, repository_index
 from service.metrics import Metrics
 from service.names import unknown_name_message
 from service.preprocess.formats import DecodeLimits
-from service.preprocess.images import configure_pillow
+from service.preprocess.images import PreprocessSpec, configure_pillow
+from service.preprocess.overlay import overlay_png
 from service.preprocess.pool import PreprocessPool
+from service.runtime.outputs import NOTHING, Wanted
+from service.runtime.priorities import DEFAULT, Priority
 from service.schemas import ModelInfo, ModelList
 from service.settings import Settings
 
@@ -46,10 +52,17 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.lifecycle = Lifecycle(settings, metrics)
-        self.pool = PreprocessPool(settings.effective_preprocess_workers, settings.max_pending_preprocess)
+        self.pool = PreprocessPool(
+            settings.effective_preprocess_workers,
+            settings.max_pending_preprocess,
+            aging_s=settings.priority_aging_ms / 1000,
+        )
         self.live = LiveFigures()
-        limits = DecodeLimits(max_pixels=settings.max_image_pixels)
-        self.executor = Executor(self.lifecycle.leases, self.pool, limits, metrics, self.live)
+        self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)
+        self.cache = ResponseCache(settings, metrics)
+        self.executor = Executor(
+            self.lifecycle.leases, self.pool, self.limits, metrics, self.live, self.cache
+        )
         self.router = Router(self.executor, self.lifecycle, self.pool, self.live, settings, metrics)
         self.admission = Admission(self.lifecycle, settings)
         self.poller = Poller(self.lifecycle, settings) if settings.model_control == "poll" else None
@@ -61,6 +74,8 @@ class Engine:
     async def start(self) -> None:
         """Discover models and begin loading them in the background; `wait_loaded` waits for that."""
         configure_pillow()
+        backend = self.cache.backend.name if self.cache.backend is not None else "off"
+        log.info("event=response_cache backend=%s (models opt in with config.json response_cache)", backend)
         await self.lifecycle.start()
         if not self.lifecycle.records:
             log.warning("event=no_models repository=%s", self.settings.repository)
@@ -98,6 +113,7 @@ class Engine:
             await self.poller.stop()
         await self.lifecycle.stop()
         self.pool.close()
+        await self.cache.close()
 
     # ------------------------------------------------------------------ state
     @property
@@ -108,10 +124,7 @@ class Engine:
     def ready(self) -> bool:
         lifecycle = self.lifecycle
         return (
-            not self.draining
-            and lifecycle.started
-            and bool(lifecycle.records)
-            and lifecycle.required_ready()
+            not self.draining and lifecycle.started and bool(lifecycle.records) and lifecycle.required_ready()
         )
 
     def readiness(self) -> dict[str, str]:
@@ -138,36 +151,65 @@ class Engine:
         *,
         top_k: int | None = None,
         budget_ms: float | None = None,
+        priority: Priority = DEFAULT,
     ) -> Target:
         """Decide once what serves a request (core/admission.py). Cheap: call it before reading a body.
         While draining, requests the protocols let in (already in flight at the signal) still run."""
         if not self._accepting:
             raise NotReady("server is shutting down")
-        return self.admission.admit(model, version, top_k=top_k, budget_ms=budget_ms)
+        return self.admission.admit(model, version, top_k=top_k, budget_ms=budget_ms, priority=priority)
 
-    def refine(self, target: Target, *, top_k: int | None = None, budget_ms: float | None = None) -> Target:
-        """The admitted `target` with options learnt from the request body (V2)."""
-        return self.admission.refine(target, top_k=top_k, budget_ms=budget_ms)
+    def refine(
+        self,
+        target: Target,
+        *,
+        top_k: int | None = None,
+        budget_ms: float | None = None,
+        priority: Priority | None = None,
+    ) -> Target:
+        """`target` with the request's options learnt from the request body (V2)."""
+        return self.admission.refine(target, top_k=top_k, budget_ms=budget_ms, priority=priority)
 
     async def classify(
-        self, target: Target, images: Sequence[bytes], deadline: float | None = None
+        self, target: Target, images: Sequence[bytes], deadline: float | None = None, *, explain: bool = False
     ) -> ClassifyOutcome:
-        outcome = await self.infer_images(target, images, deadline)
-        return classified(outcome, target.top_k or DEFAULT_TOP_K)
+        """Top-k per image; with `explain`, each prediction carries its class activation map."""
+        k = target.top_k or DEFAULT_TOP_K
+        outcome = await self.infer_images(target, images, deadline, top_maps(k) if explain else NOTHING)
+        result = classified(outcome, k)
+        return with_maps(result, outcome) if explain else result
+
+    async def embed(
+        self, target: Target, images: Sequence[bytes], deadline: float | None = None
+    ) -> InferOutcome:
+        """The pooled features of each image (`outputs["features"]`), from the model that answered."""
+        return await self.infer_images(target, images, deadline, EMBED)
+
+    async def explain(
+        self, target: Target, image: bytes, class_id: int | None, deadline: float | None = None
+    ) -> tuple[InferOutcome, int, bytes]:
+        """The map of `class_id` (None: the best class) over the photo: (outcome, class id, PNG)."""
+        outcome = await self.infer_images(target, [image], deadline, class_map(class_id))
+        mapped, cam = one_map(outcome)
+        assert outcome.model.spec is not None
+        spec = PreprocessSpec.from_model_spec(outcome.model.spec)
+        ((png, _),) = await self.pool.run(overlay_png, [(image, cam, spec, self.limits)])
+        return outcome, mapped, png
 
     async def infer_images(
-        self, target: Target, images: Sequence[bytes], deadline: float | None = None
+        self, target: Target, images: Sequence[bytes], deadline: float | None = None, wanted: Wanted = NOTHING
     ) -> InferOutcome:
         """Encoded images -> the router (`auto`, cascades) or the executor (one model)."""
         self._check_count(len(images))
         deadline = self._deadline(deadline)
+        run = self._run_options(target, wanted)
         if target.routed:
-            return await self.router.run(target, images, deadline)
+            return await self.router.run(target, images, deadline, run)
         assert target.record is not None
-        return await self.executor.run_images(target.record, target.version, images, deadline)
+        return await self.executor.run_images(target.record, target.version, images, deadline, run)
 
     async def infer_pixels(
-        self, target: Target, pixels: np.ndarray, deadline: float | None = None
+        self, target: Target, pixels: np.ndarray, deadline: float | None = None, wanted: Wanted = NOTHING
     ) -> InferOutcome:
         """Already-preprocessed uint8 (N, 3, S, S) at the model's crop size -> the executor."""
         if target.routed:
@@ -182,7 +224,14 @@ class Engine:
                 f"got {pixels.dtype} {list(pixels.shape)}"
             )
         self._check_count(pixels.shape[0])
-        return await self.executor.run_pixels(target.record, target.version, pixels, self._deadline(deadline))
+        return await self.executor.run_pixels(
+            target.record, target.version, pixels, self._deadline(deadline), self._run_options(target, wanted)
+        )
+
+    @staticmethod
+    def _run_options(target: Target, wanted: Wanted = NOTHING) -> RunOptions:
+        # Extra outputs (features, maps) are not cached: the cache holds classification rows only.
+        return RunOptions(target.priority, None if wanted.any else output_options(target), wanted)
 
     def _deadline(self, deadline: float | None) -> float:
         """The request's own deadline, else `request_timeout_s` from now."""

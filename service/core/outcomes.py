@@ -21,6 +21,11 @@ class InferOutcome:
     outputs: dict[str, np.ndarray]
     timings: Timings
     route: Route | None = None  # set by `auto` and cascades
+    cached: tuple[bool, ...] = ()  # per image: answered from the response cache (empty: none were)
+
+    @property
+    def all_cached(self) -> bool:
+        return bool(self.cached) and all(self.cached)
 
 
 @dataclass
@@ -29,12 +34,17 @@ class ClassifyOutcome:
     predictions: list[list[Prediction]]
     timings: Timings
     route: Route | None = None
+    cached: tuple[bool, ...] = ()
+
+    @property
+    def all_cached(self) -> bool:
+        return bool(self.cached) and all(self.cached)
 
 
 def classified(outcome: InferOutcome, top_k: int) -> ClassifyOutcome:
     probabilities = outcome.outputs["probabilities"]
     predictions = [top_k_predictions(row, outcome.model.labels, top_k) for row in probabilities]
-    return ClassifyOutcome(outcome.model, predictions, outcome.timings, outcome.route)
+    return ClassifyOutcome(outcome.model, predictions, outcome.timings, outcome.route, outcome.cached)
 
 
 def top_k_predictions(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
@@ -45,15 +55,17 @@ def top_k_predictions(probabilities: np.ndarray, labels: list[str], k: int) -> l
     return [Prediction(class_id=i, label=labels[i], score=float(probabilities[i])) for i in order]
 
 
-def stack_outputs(results: list[ItemResult]) -> dict[str, np.ndarray]:
-    names = results[0].outputs.keys()
-    return {name: np.stack([r.outputs[name] for r in results]) for name in names}
+def stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-image output rows -> one array per output, one row per image."""
+    names = rows[0].keys()
+    return {name: np.stack([row[name] for row in rows]) for name in names}
 
 
 def batch_timings(results: list[ItemResult], preprocess_s: float, start: float) -> Timings:
+    """Where the time went; queue and inference are 0 when every image came from the cache."""
     return Timings(
         preprocess_ms=round(preprocess_s * 1000, 3),
-        queue_ms=round(max(r.queue_s for r in results) * 1000, 3),
-        inference_ms=round(max(r.inference_s for r in results) * 1000, 3),
+        queue_ms=round(max((r.queue_s for r in results), default=0.0) * 1000, 3),
+        inference_ms=round(max((r.inference_s for r in results), default=0.0) * 1000, 3),
         total_ms=round((time.monotonic() - start) * 1000, 3),
     )

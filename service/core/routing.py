@@ -16,16 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.executor import Executor
+from service.core.executor import DEFAULT_RUN, Executor, RunOptions
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome
 from service.core.target import AUTO, Target
-from service.errors import NotReady
+from service.errors import InvalidArgument, NotReady
 from service.lifecycle.manager import Lifecycle
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.metrics import Metrics
+from service.model_spec import ModelSpec
 from service.preprocess.pool import PreprocessPool
+from service.runtime.outputs import NOTHING, Wanted
 from service.schemas import CascadeImage, Route, StageConfidence, Timings
 from service.settings import Settings
 
@@ -47,8 +49,8 @@ _RATE_RECOVERY_S = 60.0
 _OVERLOAD_MIN_SAMPLES = 20
 
 NO_AUTO_CANDIDATE = (
-    f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy "
-    "(model.json `accuracy`; models with random weights never do)"
+    f"'{AUTO}' has no model to choose from: no ready model declares its ImageNet accuracy or carries a "
+    "measured one (model.json `accuracy` or `measured`; models with random weights declare none)"
 )
 
 
@@ -61,13 +63,40 @@ class Candidate:
 
 
 def auto_candidates(records: Iterable[ModelRecord]) -> list[tuple[ModelRecord, ModelEntry]]:
-    """Ready models (not cascades) that declare an accuracy: what `auto` may choose from."""
+    """Ready models (not cascades) that declare an accuracy or carry a measured one: what `auto` may
+    choose from."""
     found = []
     for record in records:
         entry = None if record.is_cascade_folder else record.serving()
-        if entry is not None and entry.spec is not None and entry.spec.accuracy is not None:
+        spec = entry.spec if entry is not None else None
+        if (
+            entry is not None
+            and spec is not None
+            and (spec.accuracy is not None or spec.measured is not None)
+        ):
             found.append((record, entry))
     return found
+
+
+def ranking_accuracy(specs: Sequence[ModelSpec]) -> tuple[list[float], str]:
+    """The top-1 `auto` ranks these candidates by, and which figure that is.
+
+    Measured accuracy wins when every candidate was measured on the same photo set (figures from one
+    set compare; a measured top-1 beside someone else's published ImageNet figure does not). Otherwise
+    the declared ImageNet top-1, and a measured figure only for a model that declares none.
+    """
+    measured = [spec.measured for spec in specs]
+    datasets = {m.dataset for m in measured if m is not None}
+    if specs and all(m is not None for m in measured) and len(datasets) == 1:
+        return [m.top1 for m in measured if m is not None], f"measured on {datasets.pop()}"
+    figures = []
+    for spec in specs:
+        if spec.accuracy is not None:
+            figures.append(spec.accuracy.imagenet_top1)
+        else:
+            assert spec.measured is not None
+            figures.append(spec.measured.top1)
+    return figures, "declared"
 
 
 class Router:
@@ -89,12 +118,16 @@ class Router:
         self._arrivals: deque[float] = deque(maxlen=100_000)
         self._overloaded_at: dict[str, tuple[float, float]] = {}  # model -> (auto req/s, when)
 
-    async def run(self, target: Target, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def run(
+        self, target: Target, images: Sequence[bytes], deadline: float, run: RunOptions = DEFAULT_RUN
+    ) -> InferOutcome:
+        """Route, then run each chosen model through the executor (which asks the response cache under
+        that model: `auto` and cascades cache under the model that answered)."""
         if target.kind == "auto":
             assert target.budget_ms is not None
-            return await self._auto(images, deadline, target.budget_ms)
+            return await self._auto(images, deadline, target.budget_ms, run)
         assert target.record is not None
-        return await self._cascade(target.record, images, deadline)
+        return await self._cascade(target.record, images, deadline, run)
 
     # ----------------------------------------------------------------------------------------- auto
     def predict_ms(self, entry: ModelEntry) -> float:
@@ -116,13 +149,22 @@ class Router:
         tail = self._live.recent_tail_ms(entry.name)
         return predicted if tail is None else max(predicted, tail)
 
-    def _ranked(self, budget_ms: float) -> list[Candidate]:
-        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first."""
-        candidates = []
-        for record, entry in auto_candidates(self._lifecycle.records.values()):
-            assert entry.spec is not None and entry.spec.accuracy is not None
-            accuracy = entry.spec.accuracy.imagenet_top1
-            candidates.append(Candidate(entry, record, accuracy, self.predict_ms(entry)))
+    def _ranked(self, budget_ms: float, wanted: Wanted = NOTHING) -> list[Candidate]:
+        """Candidates predicted to fit the budget, most accurate first; then the rest, fastest first.
+        Only models that offer the extra outputs asked for (`wanted`) are candidates."""
+        found = [
+            (record, entry)
+            for record, entry in auto_candidates(self._lifecycle.records.values())
+            if entry.spec is not None and wanted.outputs <= set(entry.spec.output_names)
+        ]
+        if not found and wanted.any:
+            raise InvalidArgument(f"no model auto may choose offers {', '.join(sorted(wanted.outputs))}")
+        specs = [entry.spec for _, entry in found if entry.spec is not None]
+        accuracies, _ = ranking_accuracy(specs)
+        candidates = [
+            Candidate(entry, record, accuracy, self.predict_ms(entry))
+            for (record, entry), accuracy in zip(found, accuracies, strict=True)
+        ]
         if not candidates:
             raise NotReady(NO_AUTO_CANDIDATE)
         limit = budget_ms * self._settings.auto_headroom
@@ -166,12 +208,14 @@ class Router:
         allowed = overloaded_rate * _RATE_MARGIN * (1 + (time.monotonic() - since) / _RATE_RECOVERY_S)
         return rate >= allowed
 
-    async def _auto(self, images: Sequence[bytes], deadline: float, budget_ms: float) -> InferOutcome:
+    async def _auto(
+        self, images: Sequence[bytes], deadline: float, budget_ms: float, run: RunOptions
+    ) -> InferOutcome:
         self._arrivals.append(time.monotonic())
-        chosen = self._ranked(budget_ms)[0]
+        chosen = self._ranked(budget_ms, run.wanted)[0]
         fits = chosen.predicted_ms <= budget_ms * self._settings.auto_headroom
         self._metrics.route_chosen(AUTO, chosen.entry.name, fits)
-        outcome = await self._executor.run_images(chosen.record, None, images, deadline)
+        outcome = await self._executor.run_images(chosen.record, None, images, deadline, run)
         outcome.route = Route(
             policy=AUTO,
             budget_ms=budget_ms,
@@ -182,9 +226,12 @@ class Router:
         return outcome
 
     # -------------------------------------------------------------------------------------- cascade
-    async def _cascade(self, record: ModelRecord, images: Sequence[bytes], deadline: float) -> InferOutcome:
+    async def _cascade(
+        self, record: ModelRecord, images: Sequence[bytes], deadline: float, run: RunOptions
+    ) -> InferOutcome:
         """Each stage runs the images still unsure through the executor; an image leaves at the first
-        stage whose top probability reaches that stage's exit confidence."""
+        stage whose top probability reaches that stage's exit confidence. Extra outputs (`run.wanted`) are
+        asked of every stage (`run.wanted`), so each image's come from the stage that answered it."""
         start = time.monotonic()
         entry = record.versions[1]
         if not entry.ready or record.cascade is None:
@@ -194,13 +241,14 @@ class Router:
         logs: list[list[StageConfidence]] = [[] for _ in range(count)]
         answered_by: list[str] = [""] * count
         rows: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        cached = [False] * count
         pending = list(range(count))
         queue_ms = inference_ms = preprocess_ms = 0.0
         for index, stage in enumerate(stages):
             last = index == len(stages) - 1
             stage_record = self._lifecycle.record(stage.model)
             outcome = await self._executor.run_images(
-                stage_record, None, [images[j] for j in pending], deadline
+                stage_record, None, [images[j] for j in pending], deadline, run
             )
             queue_ms = max(queue_ms, outcome.timings.queue_ms)
             inference_ms += outcome.timings.inference_ms
@@ -220,11 +268,12 @@ class Router:
                 else:
                     answered_by[image_index] = outcome.model.name
                     rows[image_index] = {k: v[position] for k, v in outcome.outputs.items()}
+                    cached[image_index] = bool(outcome.cached) and outcome.cached[position]
             self._metrics.cascade_stage(record.name, stage.model, entered=len(pending), escalated=len(still))
             pending = still
             if not pending:
                 break
-        outputs = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        outputs = {key: _stack([row[key] for row in rows]) for key in rows[0]}
         timings = Timings(
             preprocess_ms=round(preprocess_ms, 3),
             queue_ms=round(queue_ms, 3),
@@ -235,4 +284,15 @@ class Router:
             policy="cascade",
             images=[CascadeImage(answered_by=answered_by[i], stages=logs[i]) for i in range(count)],
         )
-        return InferOutcome(entry, outputs, timings, route)
+        return InferOutcome(entry, outputs, timings, route, tuple(cached) if any(cached) else ())
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """One array of the images' rows; where stages differ in shape (a map grid, a feature size), an
+    object array holding each image's own row."""
+    if all(row.shape == rows[0].shape for row in rows):
+        return np.stack(rows)
+    out = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        out[index] = row
+    return out

@@ -8,6 +8,7 @@ from typing import Literal
 
 from service.lifecycle.records import ModelRecord
 from service.model_spec import ModelSpec
+from service.runtime.priorities import DEFAULT, Priority
 
 AUTO = "auto"
 Kind = Literal["model", "cascade", "auto"]
@@ -20,7 +21,8 @@ class Target:
     `name` is the served name (a model after the precision choice, a cascade, or `auto`) and the
     request's metrics label. `record` is the model or cascade (None for `auto`, which chooses per
     request). `spec` describes what the answer will look like (classes, crop size) where one model
-    does; `top_k` and `budget_ms` are the checked options (`budget_ms` only for `auto`).
+    does; `top_k` and `budget_ms` are the checked options (`budget_ms` only for `auto`); `priority`
+    orders its images in the batch queues (service/runtime/priorities.py).
     """
 
     name: str
@@ -30,6 +32,7 @@ class Target:
     spec: ModelSpec | None = None
     top_k: int | None = None
     budget_ms: float | None = None
+    priority: Priority = DEFAULT
 
     @property
     def routed(self) -> bool:

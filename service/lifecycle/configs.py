@@ -59,6 +59,8 @@ class ModelConfig(_Strict):
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
     instances: int | None = Field(default=None, ge=1, le=64)
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=60_000)
+    # Keep answers in the response cache (service/core/answers.py); the cache's size is global.
+    response_cache: bool = False
 
 
 DEFAULT_CONFIG = ModelConfig()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service.lifecycle.budget import rss_bytes
 from service.lifecycle.configs import CascadeSpec, ModelConfig
-from service.lifecycle.files import HashCache, validate_files
+from service.lifecycle.files import HashCache, ModelLoadError, validate_files
 from service.lifecycle.records import ModelRecord
 from service.metrics import Metrics
 from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
@@ -53,6 +53,11 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     before = rss_bytes()
     spec, labels = validate_files(folder, hashes)
     runner = OrtRunner(folder / MODEL_FILE, RuntimeOptions.from_settings(settings), OUTPUT_NAMES)
+    # model.json's outputs are what requests may ask for: one the graph lacks would fail a whole batch.
+    missing = set(spec.output_names) - {o.name for o in runner.session.get_outputs()}
+    if missing:
+        lacking = ", ".join(sorted(missing))
+        raise ModelLoadError(f"{folder / MODEL_FILE} lacks output {lacking} that model.json lists")
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)
     if settings.single_thread_overlap:
         runner.add_overlap_sessions(batching.instances - 1)
@@ -77,6 +82,7 @@ def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs
         instances=instances,
         max_queue_delay_s=delay_ms / 1000,
         max_queue_size=queue_size(settings, max_batch, instances),
+        priority_aging_s=settings.priority_aging_ms / 1000,
     )
 
 

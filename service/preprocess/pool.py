@@ -1,6 +1,11 @@
 """The preprocessing thread pool: decoding and resizing run here, off the event loop, overlapping the
 batch that is running. Bounded across all requests and models: beyond `max_pending_preprocess` images
-waiting or being worked on, a request is refused at once (503) instead of queueing without end."""
+waiting or being worked on, a request is refused at once (503) instead of queueing without end.
+
+Images reach the threads in priority order (the rule of service/runtime/priorities.py: a smaller
+priority first, oldest first within one, and an image that has waited `aging_s` before any younger
+one): at most one image per thread is handed to the executor at a time, the rest wait in `_Slots`. So
+a request of a person is decoded next, not after a bulk job's backlog."""
 
 from __future__ import annotations
 
@@ -13,30 +18,82 @@ from typing import Any, TypeVar
 from service.errors import Overloaded, ServiceError
 
 T = TypeVar("T")
+DEFAULT_PRIORITY = 1  # service/runtime/priorities.py: 0 high, 1 normal, 2 low
+
+
+class _Waiter:
+    __slots__ = ("priority", "since", "future")
+
+    def __init__(self, priority: int, future: asyncio.Future[None]) -> None:
+        self.priority = priority
+        self.since = time.monotonic()
+        self.future = future
+
+
+class _Slots:
+    """`count` slots handed out in priority order (see the module); event loop only."""
+
+    def __init__(self, count: int, aging_s: float) -> None:
+        self._free = count
+        self._aging_s = aging_s
+        self._waiting: list[_Waiter] = []
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter = _Waiter(priority, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            elif waiter.future.done() and not waiter.future.cancelled():
+                self.release()  # handed a slot in the same moment it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            now = time.monotonic()
+            aged = [w for w in self._waiting if now - w.since >= self._aging_s]
+            if aged:
+                chosen = min(aged, key=lambda w: w.since)
+            else:
+                chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
+            self._waiting.remove(chosen)
+            if not chosen.future.done():
+                chosen.future.set_result(None)
+                return
+        self._free += 1
 
 
 class PreprocessPool:
-    def __init__(self, workers: int, max_pending: int) -> None:
+    def __init__(self, workers: int, max_pending: int, aging_s: float = 1.0) -> None:
         self.workers = workers
         self._max_pending = max_pending
         self._pending = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        self._slots = _Slots(workers, aging_s)
 
     @property
     def backlog(self) -> int:
         """Images being preprocessed or waiting for a thread, across all models."""
         return self._pending
 
-    async def run(self, function: Callable[..., T], jobs: list[tuple[Any, ...]]) -> list[tuple[T, float]]:
-        """`function(*job)` for each job, in order, each with its seconds. The first error by image order
-        is raised, naming the image when there are several. Raises Overloaded beyond the bound."""
+    async def run(
+        self, function: Callable[..., T], jobs: list[tuple[Any, ...]], priority: int = DEFAULT_PRIORITY
+    ) -> list[tuple[T, float]]:
+        """`function(*job)` for each job, in order, each with its seconds, at `priority` (smaller first).
+        The first error by image order is raised, naming the image when there are several. Raises
+        Overloaded beyond the bound."""
         if self._pending + len(jobs) > self._max_pending:
             raise Overloaded(f"{self._pending} images are waiting to be decoded", retry_after=1.0)
-        loop = asyncio.get_running_loop()
         self._pending += len(jobs)
         try:
-            futures = [loop.run_in_executor(self._executor, _timed, function, job) for job in jobs]
-            done = await asyncio.gather(*futures, return_exceptions=True)
+            done = await asyncio.gather(
+                *(self._one(function, job, priority) for job in jobs), return_exceptions=True
+            )
         finally:
             self._pending -= len(jobs)
         results: list[tuple[T, float]] = []
@@ -50,6 +107,13 @@ class PreprocessPool:
                 raise item
             results.append(item)
         return results
+
+    async def _one(self, function: Callable[..., T], job: tuple[Any, ...], priority: int) -> tuple[T, float]:
+        await self._slots.acquire(priority)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _timed, function, job)
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,10 @@
-"""The queue of one model's batcher: items in arrival order, each with its caller's future, its deadline
-and a state. Bookkeeping is single-threaded (event loop only): whoever moves an item out of QUEUED (the
-batch loop taking it, the caller's cancellation, its deadline timer, shutdown) adjusts the depth.
-Dropped items stay in the deque as tombstones and are skipped when the loop reaches them."""
+"""The queue of one model's batcher: items in arrival order per priority level, each with its caller's
+future, its deadline and a state. Bookkeeping is single-threaded (event loop only): whoever moves an item
+out of QUEUED (the batch loop taking it, the caller's cancellation, its deadline timer, shutdown) adjusts
+the depth. Dropped items stay in their deque as tombstones and are skipped when the loop reaches them.
+
+Which items the next batch takes is priorities.py's rule: aged items first (oldest first), then the
+highest level first, oldest first within a level."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import DeadlineExceeded
+from service.runtime.outputs import NOTHING, Wanted
+from service.runtime.priorities import DEFAULT, LEVELS, Priority
 
 QUEUED, TAKEN, DROPPED, EXPIRED, FAILED = range(5)
 
@@ -22,54 +27,84 @@ class QueueObserver(Protocol):
     def item_dequeued(self, model: str, queue_s: float) -> None: ...
     def queue_depth(self, model: str, depth: int) -> None: ...
     def items_expired(self, model: str, count: int) -> None: ...
+    def priority_depth(self, model: str, priority: str, depth: int) -> None: ...
 
 
 class Item:
-    __slots__ = ("array", "future", "enqueued_at", "deadline", "state")
+    __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "priority", "wanted")
 
     def __init__(
-        self, array: np.ndarray, future: asyncio.Future[object], enqueued_at: float, deadline: float | None
+        self,
+        array: np.ndarray,
+        future: asyncio.Future[object],
+        enqueued_at: float,
+        deadline: float | None,
+        priority: Priority = DEFAULT,
+        wanted: Wanted = NOTHING,
     ) -> None:
         self.array = array
+        self.wanted = wanted  # extra outputs (features, maps) this item asks of its batch's run
         self.future = future
         self.enqueued_at = enqueued_at
         self.deadline = deadline
         self.state = QUEUED
+        self.priority = priority
 
 
 class BatchQueue:
-    def __init__(self, name: str, max_size: int, observer: QueueObserver | None) -> None:
+    def __init__(
+        self, name: str, max_size: int, observer: QueueObserver | None, aging_s: float = 1.0
+    ) -> None:
         self.name = name
         self.max_size = max_size
+        self.aging_s = aging_s
         self._observer = observer
-        self._items: deque[Item] = deque()
+        self._levels: dict[Priority, deque[Item]] = {level: deque() for level in LEVELS}
         self.depth = 0  # items in state QUEUED
+        self.depths = dict.fromkeys(LEVELS, 0)  # the same, per level
         self.items_expired = 0
         self.items_cancelled = 0
 
     def add(self, items: list[Item]) -> None:
-        self._items.extend(items)
+        for item in items:
+            self._levels[item.priority].append(item)
+            self.depths[item.priority] += 1
         self.depth += len(items)
-        if len(self._items) > 2 * self.max_size + 64:
-            self._items = deque(item for item in self._items if item.state == QUEUED)
+        for level, queued in self._levels.items():
+            if len(queued) > 2 * self.max_size + 64:
+                self._levels[level] = deque(item for item in queued if item.state == QUEUED)
         self._publish_depth()
 
-    def oldest(self) -> Item | None:
-        items = self._items
+    def _head(self, level: Priority) -> Item | None:
+        items = self._levels[level]
         while items and items[0].state != QUEUED:
             items.popleft()
         return items[0] if items else None
 
+    def oldest(self) -> Item | None:
+        heads = [head for level in LEVELS if (head := self._head(level)) is not None]
+        return min(heads, key=lambda item: item.enqueued_at) if heads else None
+
+    def _next(self, now: float) -> Item | None:
+        """The item the rule (priorities.py) takes next, popped from its level; None when all are empty."""
+        heads = [head for level in LEVELS if (head := self._head(level)) is not None]
+        if not heads:
+            return None
+        aged = [head for head in heads if now - head.enqueued_at >= self.aging_s]
+        chosen = min(aged, key=lambda item: item.enqueued_at) if aged else heads[0]
+        self._levels[chosen.priority].popleft()
+        return chosen
+
     def take(self, limit: int) -> list[Item]:
-        """Pop up to `limit` live items; expire or skip the dead ones met on the way."""
-        items = self._items
+        """Pop up to `limit` live items in priority order; expire or skip the dead ones met on the way."""
         batch: list[Item] = []
         now = time.monotonic()
         expired = cancelled = 0
-        while items and len(batch) < limit:
-            item = items.popleft()
-            if item.state != QUEUED:
-                continue
+        while len(batch) < limit:
+            item = self._next(now)
+            if item is None:
+                break
+            self.depths[item.priority] -= 1
             future = item.future
             if future.done():  # caller cancelled; its task has not run its handler yet
                 item.state = DROPPED
@@ -97,6 +132,7 @@ class BatchQueue:
             if item.state == QUEUED:
                 item.state = DROPPED
                 item.future.cancel()
+                self.depths[item.priority] -= 1
                 dropped += 1
         if dropped:
             self.depth -= dropped
@@ -109,6 +145,7 @@ class BatchQueue:
         for item in items:
             if item.state != QUEUED:
                 continue
+            self.depths[item.priority] -= 1
             if item.future.done():  # caller cancelled; its handler has not run yet
                 item.state = DROPPED
                 cancelled += 1
@@ -123,13 +160,15 @@ class BatchQueue:
             self._publish_depth()
 
     def fail_all(self, make_error: Callable[[], Exception]) -> None:
-        for item in self._items:
-            if item.state == QUEUED:
-                item.state = FAILED
-                if not item.future.done():
-                    item.future.set_exception(make_error())
-        self._items.clear()
+        for queued in self._levels.values():
+            for item in queued:
+                if item.state == QUEUED:
+                    item.state = FAILED
+                    if not item.future.done():
+                        item.future.set_exception(make_error())
+            queued.clear()
         self.depth = 0
+        self.depths = dict.fromkeys(LEVELS, 0)
         self._publish_depth()
 
     def count_expired(self, count: int) -> None:
@@ -141,3 +180,5 @@ class BatchQueue:
     def _publish_depth(self) -> None:
         if self._observer is not None:
             self._observer.queue_depth(self.name, self.depth)
+            for level, depth in self.depths.items():
+                self._observer.priority_depth(self.name, level.label, depth)

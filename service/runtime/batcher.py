@@ -24,6 +24,8 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
 from service.runtime.batch_queue import BatchQueue, Item, QueueObserver
+from service.runtime.outputs import NOTHING, RunPlan, Wanted, item_rows, plan
+from service.runtime.priorities import DEFAULT, Priority, queue_limit
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class BatcherConfig:
     max_queue_delay_s: float = 0.0
     max_queue_size: int = 64
     instances: int = 1  # batches that may run at once, each on its own worker thread
+    priority_aging_s: float = 1.0  # a queued item this old is taken before younger ones (priorities.py)
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -61,6 +64,8 @@ class BatcherConfig:
             raise ValueError("max_queue_delay_s must not be negative")
         if self.max_queue_size < 1:
             raise ValueError("max_queue_size must be at least 1")
+        if self.priority_aging_s <= 0:
+            raise ValueError("priority_aging_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,7 @@ class Batcher:
         self.runner = runner  # public: tests and reloads may swap it
         self.config = config
         self._observer = observer
-        self._queue = BatchQueue(name, config.max_queue_size, observer)
+        self._queue = BatchQueue(name, config.max_queue_size, observer, config.priority_aging_s)
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,12 +152,25 @@ class Batcher:
             return _UNKNOWN_RETRY_AFTER_S
         return max(_MIN_RETRY_AFTER_S, (self._queue.depth + extra_items) * self._item_s)
 
-    async def submit(self, items: Sequence[np.ndarray], deadline: float | None = None) -> list[ItemResult]:
-        """Queue `items` atomically and return their results in order.
+    def room(self, count: int = 1, priority: Priority = DEFAULT) -> bool:
+        """Whether `count` more items of `priority` fit in the queue now (priorities.queue_limit)."""
+        return self._queue.depth + count <= queue_limit(self.config.max_queue_size, priority)
 
-        Raises Overloaded (queue full; nothing queued), DeadlineExceeded (`deadline`, a time.monotonic()
-        value, passed before all items ran), InferenceFailed (a batch holding one of them failed),
-        NotReady (not started or shutting down). On any failure the request's still-queued items
+    async def submit(
+        self,
+        items: Sequence[np.ndarray],
+        deadline: float | None = None,
+        priority: Priority = DEFAULT,
+        wanted: Wanted = NOTHING,
+    ) -> list[ItemResult]:
+        """Queue `items` atomically at `priority` and return their results in order.
+
+        `wanted`: extra outputs (features, maps) these items ask for; they share batches with items
+        that ask for other ones or none (the run computes the union, each item gets its own).
+
+        Raises Overloaded (queue full for that priority; nothing queued), DeadlineExceeded (`deadline`,
+        a time.monotonic() value, passed before all items ran), InferenceFailed (a batch holding one of
+        them failed), NotReady (not started or shutting down). On any failure the request's still-queued items
         are dropped.
         """
         loop = self._loop
@@ -169,7 +187,7 @@ class Batcher:
         if self._item_shape is not None:
             self._check_items(items)
         queue = self._queue
-        if queue.depth + n > cfg.max_queue_size:
+        if not self.room(n, priority):
             self.items_rejected += n
             raise Overloaded(
                 f"model {self.name!r} is overloaded: {queue.depth} of {cfg.max_queue_size} queue slots taken",
@@ -180,7 +198,7 @@ class Batcher:
             queue.count_expired(n)
             raise DeadlineExceeded("deadline passed before the request was queued")
 
-        queued = [Item(array, loop.create_future(), now, deadline) for array in items]
+        queued = [Item(array, loop.create_future(), now, deadline, priority, wanted) for array in items]
         queue.add(queued)
         waiter = self._waiter
         if waiter is not None and queue.depth >= self._wake_threshold and not waiter.done():
@@ -276,9 +294,10 @@ class Batcher:
         started = time.monotonic()
         self.batches_run += 1
         self.items_run += n
+        run_plan = plan([item.wanted for item in batch])
         try:
             outputs, inference_s = await self._loop.run_in_executor(
-                self._executor, self._run_batch, [item.array for item in batch]
+                self._executor, self._run_batch, [item.array for item in batch], run_plan
             )
         except asyncio.CancelledError:
             self._fail(batch, lambda: NotReady("shutting down"))
@@ -304,13 +323,20 @@ class Batcher:
         for i, item in enumerate(batch):
             future = item.future
             if not future.done():
-                rows = {key: value[i] for key, value in outputs.items()}
+                rows = item_rows(outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n))
 
-    def _run_batch(self, arrays: list[np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def _run_batch(
+        self, arrays: list[np.ndarray], run_plan: RunPlan | None = None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """Worker thread: stack, run, check that every output has one row per item."""
         run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
-        if run_items is None:
+        if run_plan is not None and run_plan.extra:
+            if run_items is None:
+                raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
+            t0 = time.perf_counter()
+            outputs = run_items(arrays, run_plan.extra, run_plan.feeds)
+        elif run_items is None:
             batch = np.stack(arrays)
             t0 = time.perf_counter()
             outputs = self.runner.run(batch)

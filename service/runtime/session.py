@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -233,11 +234,17 @@ class OrtRunner:
             self._overlap.put(spare)
         return count
 
-    def run_items(self, items: Items) -> dict[str, np.ndarray]:
+    def run_items(
+        self, items: Items, extra: Sequence[str] = (), feeds: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run a batch given as its rows (host arrays or CUDA device arrays) or as one stacked array.
 
         Buckets on: padded up to the next warmed size, outputs sliced back to len(items) rows.
+        `extra`: outputs beyond the usual ones (features, maps), with the inputs they take in `feeds`;
+        such a run goes through the plain session call (its own shapes; no bound buffers).
         """
+        if extra:
+            return self._run_extra(items, extra, feeds or {})
         n = len(items)
         size = bucket_for(n, self.buckets) if self.use_buckets else n
         if self.use_io_binding or (not isinstance(items, np.ndarray) and any(map(is_device_array, items))):
@@ -263,6 +270,19 @@ class OrtRunner:
             with self._running_lock:
                 self._running -= 1
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
+
+    def _run_extra(
+        self, items: Items, extra: Sequence[str], feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        if self._graph_lock is not None:
+            raise RuntimeError("features and activation maps are not served with CUDA graphs on")
+        if isinstance(items, np.ndarray):
+            batch = items
+        else:  # device rows (CuPy) come back to the host: this run is not on the bound fast path
+            batch = np.stack([row.get() if is_device_array(row) else row for row in items])
+        names = [*self.output_names, *extra]
+        outputs = self.session.run(names, {self.input_name: batch, **feeds}, self._run_options)
+        return dict(zip(names, outputs, strict=True))
 
     def _run_bound(self, items: Items, size: int) -> dict[str, np.ndarray]:
         buffers = self._take_set()

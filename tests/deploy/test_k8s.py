@@ -26,10 +26,11 @@ K8S = ROOT / "docker" / "k8s"
 BASE = K8S / "base"
 GPU = K8S / "overlays" / "gpu"
 HOT_RELOAD = K8S / "overlays" / "hot-reload"
+SHARED_CACHE = K8S / "overlays" / "shared-cache"
 KSERVE = K8S / "kserve"
 UPLOADER = HOT_RELOAD / "model-uploader.yaml"
 # Every kustomization a user applies with `kubectl apply -k`.
-KUSTOMIZATIONS = (BASE, GPU, HOT_RELOAD, KSERVE)
+KUSTOMIZATIONS = (BASE, GPU, HOT_RELOAD, KSERVE, SHARED_CACHE)
 # The newest schema the validator ships, and an older release that managed clusters still run.
 KUBERNETES_VERSIONS = ("1.37.0", "1.31.0")
 KSERVE_GROUP = "serving.kserve.io"
@@ -135,7 +136,7 @@ def assert_valid(resources: list[dict[str, Any]], tmp_path: Path, name: str, ver
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("kustomization", [BASE, GPU, HOT_RELOAD], ids=lambda p: p.name)
+@pytest.mark.parametrize("kustomization", [BASE, GPU, HOT_RELOAD, SHARED_CACHE], ids=lambda p: p.name)
 def test_rendered_manifests_validate(tmp_path: Path, kustomization: Path, version: str) -> None:
     resources = render(kustomization)
     assert {"Deployment", "Service"} <= {r["kind"] for r in resources}

@@ -37,11 +37,16 @@ COUNTERS = {
     "effnet_route_choices_total": ("policy", "model", "fits"),
     "effnet_cascade_stage_images_total": ("cascade", "stage"),
     "effnet_cascade_escalations_total": ("cascade", "stage"),
+    "effnet_cache_lookups_total": ("backend", "model", "result"),
+    "effnet_cache_stored_bytes_total": ("backend",),
+    "effnet_cache_errors_total": ("backend", "operation"),
 }
 GAUGES = {
     "effnet_queue_depth": ("model",),
     "effnet_model_ready": ("model",),
     "effnet_model_memory_bytes": ("model", "version"),
+    "effnet_queue_depth_by_priority": ("model", "priority"),
+    "effnet_cache_bytes": ("backend",),
 }
 SERVICE_LABELS: dict[str, tuple[str, ...]] = {
     **COUNTERS,

@@ -1,15 +1,19 @@
-"""The compose topology as plain processes: two replicas behind nginx running the repo's own config.
+"""The compose topology as plain processes: two replicas behind nginx running the repo's own config,
+sharing a real Redis as their response cache (compose's `redis` service; lite0 opts in).
 
 Load goes through nginx over HTTP (/classify with a real photo) and gRPC (Classify, with the published
 retry policy of service/client/retry_policy.py); it must spread over both replicas. Replicas are SIGKILLed
 mid-load and restarted, several times: every request must still get the correct answer, none fails,
-none hangs, none is wrong.
+none hangs, none is wrong. Redis is killed mid-load and restarted: nothing fails either, and the
+replicas share answers again once it is back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.client.retry_policy import channel_options
 from tests.e2e.conftest import free_ports
+from tests.redis_process import RedisProcess
 
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
@@ -110,6 +115,7 @@ class Topology:
     grpc_port: int
     repository: Path
     log_dir: Path
+    redis: RedisProcess
     restarts: int = 0
 
     def restart(self, index: int) -> Replica:
@@ -117,7 +123,9 @@ class Topology:
         old = self.replicas[index]
         self.restarts += 1
         ports = (old.http_port, old.grpc_port)
-        replica = start_replica(self.repository, self.log_dir, index, ports, attempt=self.restarts)
+        replica = start_replica(
+            self.repository, self.log_dir, index, ports, attempt=self.restarts, cache_url=self.redis.url
+        )
         self.replicas[index] = replica
         return replica
 
@@ -140,7 +148,12 @@ class Topology:
 
 
 def start_replica(
-    repository: Path, log_dir: Path, index: int, ports: tuple[int, int] | None = None, attempt: int = 0
+    repository: Path,
+    log_dir: Path,
+    index: int,
+    ports: tuple[int, int] | None = None,
+    attempt: int = 0,
+    cache_url: str | None = None,
 ) -> Replica:
     http_port, grpc_port = ports or tuple(free_ports(2))
     log_path = log_dir / f"replica-{index}-{attempt}.log"
@@ -156,6 +169,7 @@ def start_replica(
         "PYTHONUNBUFFERED": "1",
         "EFFNET_HOST": "127.0.0.1",
         "EFFNET_DRAIN_TIMEOUT_S": str(DRAIN_S),
+        **({"EFFNET_CACHE_URL": cache_url} if cache_url else {}),
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -187,17 +201,22 @@ def topology(deploy_model_repository: Path, tmp_path_factory: pytest.TempPathFac
     if not (ROOT / "service" / "__main__.py").exists():
         unavailable("the service has no entry point (service/__main__.py) yet")
     log_dir = tmp_path_factory.mktemp("topology")
+    # As compose configures it: lite0 opts in to the response cache, which lives in Redis.
+    repository = tmp_path_factory.mktemp("topology-models")
+    shutil.copytree(deploy_model_repository / MODEL, repository / MODEL)
+    (repository / MODEL / "config.json").write_text(json.dumps({"response_cache": True}))
+    redis = RedisProcess(tmp_path_factory.mktemp("topology-redis")).start()
     # nginx workers run unprivileged when started as root: the prefix must be traversable by them.
     prefix = Path(tempfile.mkdtemp(prefix="effnet-nginx-"))
     os.chmod(prefix, 0o755)
-    replicas = [start_replica(deploy_model_repository, log_dir, i) for i in range(2)]
+    replicas = [start_replica(repository, log_dir, i, cache_url=redis.url) for i in range(2)]
     started: list[Process] = list(replicas)
     try:
         for replica in replicas:
             wait_until(replica.ready, 180, "replica ready", replica.log)
         lb, http_port, grpc_port = start_nginx(nginx, prefix, replicas)
         started.append(lb)
-        topology = Topology(replicas, lb, http_port, grpc_port, deploy_model_repository, log_dir)
+        topology = Topology(replicas, lb, http_port, grpc_port, repository, log_dir, redis)
 
         def lb_up() -> bool:
             try:
@@ -213,6 +232,7 @@ def topology(deploy_model_repository: Path, tmp_path_factory: pytest.TempPathFac
         for process in reversed([*started, *(r for r in replicas if r not in started)]):
             process.stop(timeout=DRAIN_S + 15)
         subprocess.run(["rm", "-rf", str(prefix)], check=False)
+        redis.kill()
 
 
 @pytest.fixture(scope="module")
@@ -426,6 +446,46 @@ def test_killing_replicas_mid_load_fails_no_request(
             assert classify(client, topology.url, photo).status_code == 200
     served = [r.http_requests() - b for r, b in zip(topology.replicas, before, strict=True)]
     assert min(served) > 0, served
+
+
+def test_replicas_share_answers_through_redis(topology: Topology, real_photos: dict[str, bytes]) -> None:
+    """An image one replica answered is a cache hit on the other: one Redis, shared."""
+    image = real_photos["coffee"]
+    with httpx.Client() as client:
+        first = classify(client, topology.replicas[0].url, image)
+        second = classify(client, topology.replicas[1].url, image)
+    assert first.status_code == second.status_code == 200, first.text
+    assert first.json()["cached"] is False and second.json()["cached"] is True
+    assert same_answer(top_k(second), top_k(first))
+
+
+def test_killing_redis_mid_load_fails_no_request(
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]]
+) -> None:
+    """Redis SIGKILLed under load and restarted: every request is answered, and correctly (without the
+    cache while it is gone); afterwards the replicas answer from it again."""
+
+    def faults() -> list[float]:
+        time.sleep(2.0)
+        topology.redis.kill()
+        killed = time.monotonic()
+        time.sleep(3.0)
+        topology.redis.start()
+        return [killed]
+
+    result = run_load(topology, photo, reference, faults)
+    print(f"redis killed once; outcomes: {result.outcomes}")
+    assert result.failed() == {"http": Counter(), "grpc": Counter()}, result.outcomes
+    assert sum(result.outcomes["http"].values()) >= 20
+    logs = "".join(replica.log() for replica in topology.replicas)
+    assert "cache_unavailable" in logs and "cache_available" in logs
+
+    def cached_again() -> bool:
+        with httpx.Client() as client:
+            answers = [classify(client, replica.url, photo) for replica in topology.replicas]
+        return all(a.status_code == 200 and a.json()["cached"] for a in answers)
+
+    wait_until(cached_again, 30, "both replicas answering from Redis again", lambda: logs)
 
 
 def test_surviving_replica_stops_gracefully(topology: Topology) -> None:

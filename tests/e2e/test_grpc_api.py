@@ -110,7 +110,7 @@ async def test_list_models(live_server) -> None:
     lite0 = models["lite0"]
     assert lite0.ready and lite0.resolution == 224 and lite0.num_classes == 1000
     assert lite0.weights.kind == "imagenet" and models["b0"].weights.kind == "random"
-    assert [t.name for t in lite0.outputs] == ["logits", "probabilities"]
+    assert [t.name for t in lite0.outputs] == ["logits", "probabilities", "features", "cam", "cam_classes"]
     assert lite0.batcher.max_batch_size >= 1
 
 

@@ -51,7 +51,9 @@ def test_health_and_metadata(live_server) -> None:
         ("pixels", "UINT8", (-1, 3, 224, 224)),
         ("image", "BYTES", (-1,)),
     }
-    assert [t["name"] for t in meta["outputs"]] == ["logits", "probabilities"]
+    names = [t["name"] for t in meta["outputs"]]
+    assert names == ["logits", "probabilities", "features", "cam", "cam_classes"]
+    assert meta["outputs"][4]["datatype"] == "INT64" and meta["outputs"][3]["shape"] == [-1, -1, 7, 7]
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("nope")
 

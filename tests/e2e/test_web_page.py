@@ -317,3 +317,60 @@ def test_drop_paste_big_bodies_and_new_fields(
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
     route = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done'] .route").text
     assert route == "route: cascade · lite0 (0.42) → b3 (0.91) · answered by b3 · new_field 7", route
+
+
+def test_heatmap_and_embedding_in_the_browser(
+    browser, proxied: PrefixProxy, real_photos, tmp_path: Path
+) -> None:
+    """Clicking a prediction draws its class activation map over the thumbnail; "embed" fetches the
+    vector, shows its size and copies it. The screenshot shows the map (test-artifacts/web-heatmap.png;
+    EFFNET_UPDATE_SCREENSHOT=1 also writes docs/heatmap-screenshot.png)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(proxied.url)
+    driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
+    driver.refresh()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
+    Select(driver.find_element(By.ID, "model")).select_by_value("lite0")
+    cat = tmp_path / "chelsea.jpg"
+    cat.write_bytes(real_photos["chelsea"])
+    driver.find_element(By.ID, "files").send_keys(str(cat))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
+    card = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done']")
+    bars = card.find_elements(By.CSS_SELECTOR, ".bar.mappable")
+    assert len(bars) == 5, "every prediction carries its map"
+    assert not card.find_elements(By.CSS_SELECTOR, ".heat")
+
+    bars[0].click()
+    wait.until(lambda d: card.get_attribute("data-map") == "shown")
+    painted = driver.execute_script(
+        """
+        const canvas = arguments[0].querySelector('.heat');
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let opaque = 0, red = 0;
+        for (let i = 0; i < data.length; i += 4) {
+          if (data[i + 3] > 0) opaque += 1;
+          if (data[i] > 180 && data[i + 2] < 80 && data[i + 3] > 0) red += 1;
+        }
+        return [opaque, red, canvas.width * canvas.height];
+        """,
+        card,
+    )
+    opaque, red, total = painted
+    assert opaque > total / 2 and red > 0, painted  # the map covers the crop, and it has a hot spot
+    assert "mapped" in bars[0].get_attribute("class")
+
+    card.find_element(By.CSS_SELECTOR, "button.embed").click()
+    wait.until(lambda d: "-d vector" in card.find_element(By.CSS_SELECTOR, ".embedding").text)
+    assert card.find_element(By.CSS_SELECTOR, ".embedding").text.startswith("1280-d vector from lite0")
+    vector = driver.execute_script("return JSON.parse(arguments[0].dataset.embedding)", card)
+    assert len(vector) == 1280 and any(value != 0 for value in vector)
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "web-heatmap.png"
+    assert card.screenshot(str(shot)) and shot.stat().st_size > 5_000
+    if os.environ.get("EFFNET_UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, ROOT / "docs" / "heatmap-screenshot.png")

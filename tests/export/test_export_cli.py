@@ -77,7 +77,7 @@ def test_custom_checkpoint_with_labels_under_its_own_name(
     assert code == 0
     spec = ModelSpec.from_file(repository / "dogs" / "3" / SPEC_FILE)
     assert (spec.name, spec.variant, spec.version, spec.num_classes) == ("dogs", "b0", 3, 3)
-    assert [o.shape for o in spec.outputs] == [(-1, 3), (-1, 3)]
+    assert [o.shape for o in spec.outputs] == [(-1, 3), (-1, 3)]  # a stand-in graph: no explain outputs
     assert spec.weights.kind == "custom" and spec.weights.source == "dogs.pt"
     assert (repository / "dogs" / "3" / LABELS_FILE).read_text().split() == ["corgi", "beagle", "pug"]
 

@@ -97,7 +97,8 @@ def test_model_json_validates_and_describes_the_graph(model_repository: Path, na
     assert (spec.name, spec.variant, spec.version) == (name, name, 1)
     assert (spec.crop_size, spec.resize_size) == (224, 256)
     assert spec.inputs == (Spec(name="pixels", dtype="uint8", shape=(-1, 3, 224, 224)),)
-    assert [o.shape for o in spec.outputs] == [(-1, 1000), (-1, 1000)]
+    assert [o.shape for o in spec.outputs] == [(-1, 1000), (-1, 1000), (-1, 1280), (-1, -1, 7, 7), (-1, -1)]
+    assert [o.name for o in spec.outputs] == ["logits", "probabilities", "features", "cam", "cam_classes"]
     assert spec.weights.kind == ("random" if name == "b0" else "imagenet")
     assert spec.opset == 18 and spec.exporter["torch"].startswith("2.")
     assert 0.37 < spec.gmacs < 0.41

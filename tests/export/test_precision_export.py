@@ -87,12 +87,17 @@ def test_graph_keeps_uint8_in_float32_out_and_computes_in_its_precision(
     precision_repository: Path, precision: str
 ) -> None:
     graph = onnx.load(str(folder(precision_repository, f"lite0-{precision}") / MODEL_FILE)).graph
+    # The explain outputs (models/heads.py) and their optional input come along in every precision.
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
-        ("pixels", onnx.TensorProto.UINT8)
+        ("pixels", onnx.TensorProto.UINT8),
+        ("cam_class_ids", onnx.TensorProto.INT64),
     ]
     assert [(o.name, o.type.tensor_type.elem_type) for o in graph.output] == [
         ("logits", onnx.TensorProto.FLOAT),
         ("probabilities", onnx.TensorProto.FLOAT),
+        ("features", onnx.TensorProto.FLOAT),
+        ("cam", onnx.TensorProto.FLOAT),
+        ("cam_classes", onnx.TensorProto.INT64),
     ]
     conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
     if precision == "fp16":

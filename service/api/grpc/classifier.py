@@ -12,8 +12,10 @@ from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.api.grpc.calls import answer, deadline_of
 from service.api.observe import Observation, grpc_codes, observed
 from service.core.engine import DEFAULT_TOP_K, Engine
+from service.core.explain import vectors
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
+from service.runtime.priorities import parse_priority
 from service.schemas import ModelInfo, Route
 
 GRPC = grpc_codes("grpc")
@@ -44,8 +46,11 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             request.version or None,
             top_k=request.top_k or DEFAULT_TOP_K,
             budget_ms=request.budget_ms or None,
+            priority=parse_priority(request.priority),
         )
-        outcome = await self._engine.classify(call.admitted(target), list(request.images), deadline)
+        outcome = await self._engine.classify(
+            call.admitted(target), list(request.images), deadline, explain=request.explain
+        )
         model = outcome.model
         assert model.spec is not None
         t = outcome.timings
@@ -57,11 +62,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             results=[
                 classifier_pb2.ImageResult(
                     predictions=[
-                        classifier_pb2.Prediction(class_id=p.class_id, label=p.label, score=p.score)
+                        classifier_pb2.Prediction(
+                            class_id=p.class_id, label=p.label, score=p.score, cam=map_message(p.cam)
+                        )
                         for p in predictions
-                    ]
+                    ],
+                    cached=bool(outcome.cached) and outcome.cached[i],
                 )
-                for predictions in outcome.predictions
+                for i, predictions in enumerate(outcome.predictions)
             ],
             timings=classifier_pb2.Timings(
                 preprocess_ms=t.preprocess_ms,
@@ -70,6 +78,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 total_ms=t.total_ms,
             ),
             route=route_message(outcome.route) if outcome.route is not None else None,
+            cached=outcome.all_cached,
         )
 
     async def ClassifyStream(
@@ -129,6 +138,36 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 ),
             )
 
+    async def Embed(
+        self, request: classifier_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.EmbedResponse:
+        deadline = deadline_of(context)
+
+        async def work(call: Observation) -> classifier_pb2.EmbedResponse:
+            target = self._engine.admit(
+                request.model or None, request.version or None, budget_ms=request.budget_ms or None
+            )
+            outcome = await self._engine.embed(call.admitted(target), list(request.images), deadline)
+            found = vectors(outcome, request.normalize)
+            t = outcome.timings
+            return classifier_pb2.EmbedResponse(
+                id=request.id,
+                model=outcome.model.name,
+                version=outcome.model.version or 0,
+                dimension=int(found.shape[1]),
+                normalized=request.normalize,
+                embeddings=[classifier_pb2.Embedding(vector=row) for row in found],
+                timings=classifier_pb2.Timings(
+                    preprocess_ms=t.preprocess_ms,
+                    queue_ms=t.queue_ms,
+                    inference_ms=t.inference_ms,
+                    total_ms=t.total_ms,
+                ),
+                route=route_message(outcome.route) if outcome.route is not None else None,
+            )
+
+        return await answer(self._metrics, GRPC, self._engine.label(request.model), context, work)
+
     async def ListModels(
         self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ListModelsResponse:
@@ -138,6 +177,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             models=[model_info_message(info) for info in listing.models],
             policies=listing.policies,
         )
+
+
+def map_message(cam: list[list[float]] | None) -> classifier_pb2.ActivationMap | None:
+    if cam is None:
+        return None
+    values = [value for row in cam for value in row]
+    return classifier_pb2.ActivationMap(height=len(cam), width=len(cam[0]) if cam else 0, values=values)
 
 
 def route_message(route: Route) -> classifier_pb2.Route:
@@ -184,6 +230,10 @@ def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
         precision=info.precision,
         accuracy_top1=info.accuracy.imagenet_top1 if info.accuracy else None,
         accuracy_source=info.accuracy.source if info.accuracy else None,
+        measured_dataset=info.measured.dataset if info.measured else None,
+        measured_images=info.measured.images if info.measured else None,
+        measured_top1=info.measured.top1 if info.measured else None,
+        measured_top5=info.measured.top5 if info.measured else None,
         stages=[stage.model for stage in info.stages],
         inputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.inputs],
         outputs=[classifier_pb2.TensorSpec(name=t.name, dtype=t.dtype, shape=t.shape) for t in info.outputs],

@@ -6,13 +6,14 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.http.body import images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
+from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
@@ -24,11 +25,14 @@ from service.errors import (
     status_for,
 )
 from service.metrics import CONTENT_TYPE, Metrics
+from service.runtime.priorities import NAMES as PRIORITY_NAMES
+from service.runtime.priorities import parse_priority
 from service.schemas import (
     ClassifyResponse,
     ErrorResponse,
     ImageResult,
     ModelInfo,
+    ModelLabels,
     ModelList,
     Readiness,
 )
@@ -161,14 +165,32 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             float | None,
             Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds"),
         ] = None,
+        priority: Annotated[
+            str | None,
+            Query(
+                max_length=16,
+                description=f"{PRIORITY_NAMES} (default normal): higher levels are batched first; "
+                "overrides the X-Priority header",
+            ),
+        ] = None,
+        x_priority: Annotated[
+            str | None, Header(max_length=16, description="the priority, as a header")
+        ] = None,
+        explain: Annotated[
+            bool, Query(description="add each prediction's class activation map (a grid of numbers)")
+        ] = False,
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         try:
             with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms))
+                level = parse_priority(priority if priority is not None else x_priority)
+                target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
+                target = call.admitted(target)
                 images = await images_from_request(request, settings)
                 deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
-                outcome = await unless_disconnected(request, engine.classify(target, images, deadline))
+                outcome = await unless_disconnected(
+                    request, engine.classify(target, images, deadline, explain=explain)
+                )
         except HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         assert outcome.model.spec is not None
@@ -176,9 +198,13 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             model=outcome.model.name,
             version=outcome.model.version or 0,
             weights=outcome.model.spec.weights.kind,
-            results=[ImageResult(predictions=p) for p in outcome.predictions],
+            results=[
+                ImageResult(predictions=p, cached=bool(outcome.cached) and outcome.cached[i])
+                for i, p in enumerate(outcome.predictions)
+            ],
             timings=outcome.timings,
             route=outcome.route,
+            cached=outcome.all_cached,
         )
 
     @app.get("/v1/models", response_model=ModelList, summary="Every configured model with its metadata")
@@ -188,6 +214,16 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     @app.get("/v1/models/{name}", response_model=ModelInfo, responses=_ERROR_RESPONSES)
     async def get_model(name: str) -> ModelInfo:
         return engine.describe(engine.lookup(name))
+
+    @app.get(
+        "/v1/models/{name}/labels",
+        response_model=ModelLabels,
+        responses=_ERROR_RESPONSES,
+        summary="The class names of a ready model, by class index (what `python -m service eval` maps to)",
+    )
+    async def get_labels(name: str) -> ModelLabels:
+        entry = engine.ready_version(name)
+        return ModelLabels(model=entry.name, version=entry.version or 0, labels=entry.labels)
 
     @app.get("/healthz", summary="Liveness: 200 while the process serves")
     async def healthz() -> dict[str, str]:
@@ -202,5 +238,6 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    app.include_router(create_explain_router(engine, settings, metrics, HTTP, _ERROR_RESPONSES))
     app.include_router(create_v2_router(engine, metrics))
     return app

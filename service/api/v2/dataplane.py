@@ -10,6 +10,10 @@ A model takes one of two inputs:
 - `image`: BYTES [N] (or [N, 1]) of encoded images, preprocessed by the server as /classify does.
 It has two outputs, `logits` and `probabilities` (FP32 [N, num_classes]); a requested output with the
 parameter `classification: k` becomes BYTES [N, k] of "score:index:label", highest score first.
+Models exported with them also offer, when asked by name (a request that names no output gets only
+the two above): `features` (FP32 [N, C]), `cam` (FP32 [N, k, h, w], the class activation maps of the
+top k classes, parameter `k`, default 1; or of one class, parameter `class_id`) and `cam_classes`
+(INT64 [N, k], which classes those maps are of).
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from service.core.outcomes import InferOutcome, top_k_predictions
 from service.core.target import Target
 from service.errors import InvalidArgument, ServiceError, UnknownModel
 from service.lifecycle.records import ModelEntry
+from service.runtime.outputs import EXTRA_OUTPUTS, NOTHING, Wanted
+from service.runtime.priorities import parse_priority
 from service.schemas import Timings
 
 PIXELS = "pixels"
 IMAGE = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
+KNOWN_OUTPUTS = (*OUTPUT_NAMES, *EXTRA_OUTPUTS)
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "effnet-serve"
 EXTENSIONS = ("classification", "binary_tensor_data")
@@ -92,8 +99,9 @@ class InferResponse:
     id: str
     outputs: list[OutputTensor]
     timings: Timings
-    # Response parameters: `route` (JSON text) for auto and cascades.
-    parameters: dict[str, str] = field(default_factory=dict)
+    # Response parameters: `route` (JSON text) for auto and cascades; `cached` (true) when every input
+    # was answered from the response cache.
+    parameters: dict[str, str | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
         outputs = tuple(
             TensorMetadata(o.name, _spec_datatype(o.dtype), tuple(o.shape))
             for o in entry.spec.outputs
-            if o.name in OUTPUT_NAMES
+            if o.name in KNOWN_OUTPUTS
         )
         return ModelMetadata(entry.name, tuple(versions), "ensemble", image_only, outputs)
     spec = entry.spec
@@ -179,13 +187,13 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
     outputs = tuple(
         TensorMetadata(o.name, _spec_datatype(o.dtype), tuple(o.shape))
         for o in spec.outputs
-        if o.name in OUTPUT_NAMES
+        if o.name in KNOWN_OUTPUTS
     )
     return ModelMetadata(entry.name, tuple(versions), PLATFORM, (pixels, image), outputs)
 
 
 def _spec_datatype(dtype: str) -> str:
-    return {"uint8": "UINT8", "float32": "FP32", "float16": "FP16"}[dtype]
+    return {"uint8": "UINT8", "float32": "FP32", "float16": "FP16", "int64": "INT64"}[dtype]
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -204,11 +212,15 @@ async def infer(
     """Run `request` on the admitted `target`: its options are checked against the target here,
     once the body is known (`Engine.refine`), then its one input goes to the engine."""
     requested = _check_outputs(target, request.outputs)
+    wanted = _wanted(requested)
     top_k = max((r.classification for r in requested), default=0) or None
     budget = request.parameters.get("budget_ms")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
         raise InvalidArgument("parameter 'budget_ms' must be a number of milliseconds")
-    target = engine.refine(target, top_k=top_k, budget_ms=budget)
+    # `priority`: a level's name, or Triton's integer (0 default, 1 highest): service/runtime/priorities.py
+    priority = request.parameters.get("priority")
+    level = parse_priority(priority) if priority is not None else None
+    target = engine.refine(target, top_k=top_k, budget_ms=budget, priority=level)
     if len(request.inputs) != 1:
         raise InvalidArgument(
             f"expected exactly one input, '{PIXELS}' (UINT8 [N, 3, S, S]) or '{IMAGE}' (BYTES [N]); "
@@ -219,20 +231,24 @@ async def infer(
     if tensor.name == PIXELS:
         if tensor.datatype != "UINT8" or isinstance(tensor.data, list):
             raise InvalidArgument(f"input '{PIXELS}' must be UINT8, got {tensor.datatype[:32]}")
-        outcome = await engine.infer_pixels(target, tensor.data, deadline)
+        outcome = await engine.infer_pixels(target, tensor.data, deadline, wanted)
     elif tensor.name == IMAGE:
         if tensor.datatype != BYTES or not isinstance(tensor.data, list):
             raise InvalidArgument(f"input '{IMAGE}' must be BYTES, got {tensor.datatype[:32]}")
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise InvalidArgument(f"input '{IMAGE}' must have shape [N] or [N, 1], got {list(tensor.shape)}")
-        outcome = await engine.infer_images(target, tensor.data, deadline)
+        outcome = await engine.infer_images(target, tensor.data, deadline, wanted)
     else:
         raise InvalidArgument(
             f"unknown input '{tensor.name[:64]}'; model '{target.name}' takes '{PIXELS}' or '{IMAGE}'"
         )
     ran = outcome.model  # a new version may have taken over since admission: answer with the one that ran
     outputs = [_build_output(outcome, ran, r) for r in requested]
-    parameters = {"route": outcome.route.model_dump_json(exclude_none=True)} if outcome.route else {}
+    parameters: dict[str, str | bool] = {}
+    if outcome.route:
+        parameters["route"] = outcome.route.model_dump_json(exclude_none=True)
+    if outcome.all_cached:
+        parameters["cached"] = True
     return InferResponse(ran.name, str(ran.version), request.id, outputs, outcome.timings, parameters)
 
 
@@ -240,10 +256,17 @@ def _check_outputs(target: Target, outputs: list[RequestedOutput]) -> list[Reque
     if not outputs:
         return [RequestedOutput(name) for name in OUTPUT_NAMES]
     seen: set[str] = set()
+    # One model: what its version offers (an older export lacks the extra outputs). auto and cascades:
+    # the model that answers is checked when it is known (core/explain.py names it).
+    offered = target.spec.output_names if target.kind == "model" and target.spec else KNOWN_OUTPUTS
     for output in outputs:
-        if output.name not in OUTPUT_NAMES:
+        if output.name not in offered:
             raise InvalidArgument(
-                f"unknown output '{output.name[:64]}'; model '{target.name}' has {', '.join(OUTPUT_NAMES)}"
+                f"unknown output '{output.name[:64]}'; model '{target.name}' has {', '.join(offered)}"
+            )
+        if output.classification and output.name not in OUTPUT_NAMES:
+            raise InvalidArgument(
+                f"output '{output.name}': parameter 'classification' is for logits/probabilities"
             )
         if output.name in seen:
             raise InvalidArgument(f"output '{output.name}' is requested twice")
@@ -251,8 +274,39 @@ def _check_outputs(target: Target, outputs: list[RequestedOutput]) -> list[Reque
     return outputs
 
 
+def _count(requested: RequestedOutput, key: str) -> int | None:
+    value = requested.parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"output '{requested.name}': parameter '{key}' must be a whole number >= 0")
+    return value
+
+
+def _wanted(requested: list[RequestedOutput]) -> Wanted:
+    """The extra outputs asked for; maps: parameter `class_id` (one class) or `k` (the top k, default 1)."""
+    extras = [r for r in requested if r.name in EXTRA_OUTPUTS]
+    if not extras:
+        return NOTHING
+    class_ids: tuple[int, ...] = ()
+    for r in extras:
+        class_id, k = _count(r, "class_id"), _count(r, "k")
+        if class_id is not None:
+            class_ids = (class_id,)
+        elif k:
+            class_ids = (-1,) * k
+    return Wanted.of(
+        [r.name for r in extras], class_ids or (-1,) if any(r.name != "features" for r in extras) else ()
+    )
+
+
 def _build_output(outcome: InferOutcome, entry: ModelEntry, requested: RequestedOutput) -> OutputTensor:
     values = outcome.outputs[requested.name]
+    if values.dtype == object:  # a cascade's stages answered with different grids or feature sizes
+        raise InvalidArgument(
+            f"the images were answered by models whose '{requested.name}' differ in shape; "
+            "send them in separate requests"
+        )
     k = requested.classification
     if not k:
         return OutputTensor(requested.name, datatype_of(values), tuple(values.shape), values, requested)

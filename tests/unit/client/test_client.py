@@ -100,3 +100,10 @@ def test_writers_and_summary() -> None:
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "classified 1 of 3 images in 2.00 s (0.5 images/s); 2 failed" in text
     assert "2 x bad_image: HTTP 400: not an image (b.jpg, b.jpg)" in text
+
+
+def test_the_bulk_cli_sends_low_priority_unless_told() -> None:
+    from service.client.cli import _parser
+
+    assert _parser().parse_args(["photos"]).priority == "low"
+    assert _parser().parse_args(["photos", "--priority", "high"]).priority == "high"

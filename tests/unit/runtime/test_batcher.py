@@ -96,6 +96,9 @@ class RecordingObserver:
     def items_expired(self, model: str, count: int) -> None:
         self.expired += count
 
+    def priority_depth(self, model: str, priority: str, depth: int) -> None:
+        assert priority in ("high", "normal", "low") and depth >= 0
+
 
 @asynccontextmanager
 async def running(

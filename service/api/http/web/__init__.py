@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 WEB_DIR = Path(__file__).resolve().parent
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
-PAGE_FILES = {"app.js": "text/javascript", "app.css": "text/css"}
+PAGE_FILES = {"app.js": "text/javascript", "explain.js": "text/javascript", "app.css": "text/css"}
 DOCS_ASSETS_PATH = "/docs-assets"
 # The page changes with the service: let browsers revalidate instead of caching it blindly.
 _REVALIDATE = {"Cache-Control": "no-cache"}

@@ -182,6 +182,10 @@ function showModel() {
     if (typeof entry.gmacs === "number") rows.push(["compute", `${entry.gmacs.toFixed(2)} GMACs per image`]);
     if (entry.weights) rows.push(["weights", provenance(entry.weights)]);
     if (entry.accuracy !== undefined) rows.push(["accuracy", fmtValue(entry.accuracy)]);
+    if (entry.measured) {
+      const m = entry.measured;
+      rows.push(["measured", `top-1 ${m.top1}% on ${m.images} photos of ${m.dataset}`]);
+    }
     if (entry.versions !== undefined) rows.push(["versions", fmtValue(entry.versions)]);
     else if (entry.version !== null && entry.version !== undefined) rows.push(["version", String(entry.version)]);
     if (entry.stages !== undefined) rows.push(["stages", fmtValue(entry.stages)]);
@@ -252,8 +256,10 @@ function pump() {
 }
 
 async function classify({ file, model, card }) {
-  const params = new URLSearchParams({ top_k: String(TOP_K) });
+  // A person is waiting on this answer: ahead of bulk jobs in the batch queue.
+  const params = new URLSearchParams({ top_k: String(TOP_K), priority: "high" });
   if (model) params.set("variant", model);
+  if (explainable(models.get(model))) params.set("explain", "true"); // maps: explain.js
   const started = performance.now();
   try {
     // Raw bytes as octet-stream: the server, not the browser's guess of a type, judges the file.
@@ -267,7 +273,7 @@ async function classify({ file, model, card }) {
       fail(card, await describeFailure(response));
       return;
     }
-    showResult(card, await response.json(), roundTrip);
+    showResult(card, await response.json(), roundTrip, file);
   } catch (error) {
     fail(card, `could not send the request: ${error.message}`);
   }
@@ -279,7 +285,7 @@ function fail(card, message) {
   card.querySelector(".error").textContent = message;
 }
 
-function showResult(card, body, roundTrip) {
+function showResult(card, body, roundTrip, file) {
   card.classList.remove("pending");
   card.dataset.state = "done";
   const meta = card.querySelector(".meta");
@@ -292,9 +298,13 @@ function showResult(card, body, roundTrip) {
   }
   const bars = card.querySelector(".bars");
   const result = (body.results || [])[0] || { predictions: [] };
+  const entry = models.get(body.model);
   for (const prediction of result.predictions) {
-    bars.append(bar(prediction));
+    const item = bar(prediction);
+    attachMap(card, item, prediction, entry);
+    bars.append(item);
   }
+  if (file && explainable(entry)) addEmbedButton(card, file, body.model, authHeaders, describeFailure);
   const t = body.timings || {};
   card.querySelector(".timings").textContent =
     `preprocess ${fmtMs(t.preprocess_ms)} · queue ${fmtMs(t.queue_ms)} · ` +

@@ -1,0 +1,159 @@
+"""`POST /embed` (the pooled feature vectors) and `POST /explain` (a PNG: the photo with one class's
+activation map over it). Thin: the engine runs them in the same batches as classifications."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from service.api.http.body import images_from_request
+from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
+from service.api.observe import StatusCodes, observed
+from service.core.engine import Engine
+from service.core.explain import vectors
+from service.errors import InvalidArgument
+from service.metrics import Metrics
+from service.schemas import EmbedResponse, EmbedResult
+from service.settings import Settings
+
+OCTET_STREAM = "application/octet-stream"
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "One encoded image as the raw body, or multipart/form-data with image files.",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+Variant = Annotated[
+    str | None, Query(max_length=64, description="model name, a cascade, or 'auto'; default model if omitted")
+]
+Version = Annotated[int | None, Query(ge=1, description="model version; default: the newest ready version")]
+TimeoutMs = Annotated[int | None, Query(ge=1, le=600_000, description="deadline in milliseconds")]
+BudgetMs = Annotated[
+    float | None, Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds")
+]
+
+
+def _wants_binary(request: Request) -> bool:
+    """`Accept: application/octet-stream` (and no preference for JSON) asks for raw float32."""
+    accept = request.headers.get("accept", "").lower()
+    return OCTET_STREAM in accept and "application/json" not in accept
+
+
+def create_explain_router(
+    engine: Engine,
+    settings: Settings,
+    metrics: Metrics,
+    codes: StatusCodes,
+    error_responses: dict[int | str, dict[str, object]],
+) -> APIRouter:
+    router = APIRouter()
+    binary_vectors = {
+        "content": {
+            "application/json": {},
+            OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}},
+        },
+        "description": "JSON, or float32 little-endian N x C for Accept: application/octet-stream",
+    }
+
+    @router.post(
+        "/embed",
+        response_model=EmbedResponse,
+        responses={200: binary_vectors, **error_responses},
+        summary="The pooled feature vector of each image (JSON, or float32 by Accept)",
+        openapi_extra=_IMAGE_BODY,
+    )
+    async def embed(
+        request: Request,
+        variant: Variant = None,
+        version: Version = None,
+        timeout_ms: TimeoutMs = None,
+        normalize: Annotated[bool, Query(description="scale each vector to unit length")] = False,
+        budget_ms: BudgetMs = None,
+    ) -> EmbedResponse | Response:
+        start = time.monotonic()
+        try:
+            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
+                images = await images_from_request(request, settings)
+                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
+        except codes.gone_errors:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        found = vectors(outcome, normalize)
+        model, version_served = outcome.model.name, outcome.model.version or 0
+        if _wants_binary(request):
+            return Response(
+                found.astype("<f4").tobytes(),
+                media_type=OCTET_STREAM,
+                headers={
+                    "X-Model": model,
+                    "X-Model-Version": str(version_served),
+                    "X-Embedding-Shape": f"{found.shape[0]},{found.shape[1]}",
+                    "X-Embedding-Dtype": "float32-le",
+                },
+            )
+        return EmbedResponse(
+            model=model,
+            version=version_served,
+            dimension=int(found.shape[1]),
+            normalized=normalize,
+            results=[EmbedResult(vector=row.tolist()) for row in found],
+            timings=outcome.timings,
+            route=outcome.route,
+        )
+
+    @router.post(
+        "/explain",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **error_responses,
+        },
+        summary="The photo with a class activation map over it (PNG)",
+        openapi_extra=_IMAGE_BODY,
+    )
+    async def explain(
+        request: Request,
+        variant: Variant = None,
+        version: Version = None,
+        timeout_ms: TimeoutMs = None,
+        class_id: Annotated[
+            int | None, Query(ge=0, description="the class to map; default: the top class")
+        ] = None,
+        budget_ms: BudgetMs = None,
+    ) -> Response:
+        start = time.monotonic()
+        try:
+            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
+                images = await images_from_request(request, settings)
+                if len(images) != 1:
+                    raise InvalidArgument(f"/explain takes one image, got {len(images)}")
+                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                outcome, mapped, png = await unless_disconnected(
+                    request, engine.explain(target, images[0], class_id, deadline)
+                )
+        except codes.gone_errors:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        labels = outcome.model.labels
+        return Response(
+            png,
+            media_type="image/png",
+            headers={
+                "X-Model": outcome.model.name,
+                "X-Model-Version": str(outcome.model.version or 0),
+                "X-Class-Id": str(mapped),
+                # Header values are latin-1: a label outside it is left out rather than mangled.
+                **({"X-Class-Label": labels[mapped]} if labels[mapped].isascii() else {}),
+            },
+        )
+
+    return router

@@ -1,0 +1,90 @@
+"""The preprocessing pool hands images to its threads in priority order: while its one thread is busy,
+a high image queued after low ones is decoded first; an aged image goes before younger ones."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from service.preprocess.pool import PreprocessPool
+from tests.waiting import until
+
+HIGH, NORMAL, LOW = 0, 1, 2
+
+
+async def test_waiting_images_run_high_first_then_aged_first() -> None:
+    pool = PreprocessPool(workers=1, max_pending=64, aging_s=60.0)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(tag: str) -> str:
+        if tag == "first":
+            gate.wait(10)
+        order.append(tag)
+        return tag
+
+    try:
+        first = asyncio.create_task(pool.run(work, [("first",)]))
+        await until(lambda: pool.backlog == 1)
+        tasks = [
+            asyncio.create_task(pool.run(work, [(tag,)], priority))
+            for tag, priority in (("low-1", LOW), ("low-2", LOW), ("normal", NORMAL), ("high", HIGH))
+        ]
+        await until(lambda: pool.backlog == 5)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *tasks), 10)
+    finally:
+        gate.set()
+        pool.close()
+    assert [r[0][0] for r in results] == ["first", "low-1", "low-2", "normal", "high"]
+    assert order == ["first", "high", "normal", "low-1", "low-2"]
+
+
+async def test_an_aged_image_passes_younger_high_ones() -> None:
+    pool = PreprocessPool(workers=1, max_pending=64, aging_s=0.05)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(tag: str) -> None:
+        if tag == "first":
+            gate.wait(10)
+        order.append(tag)
+
+    try:
+        first = asyncio.create_task(pool.run(work, [("first",)]))
+        await until(lambda: pool.backlog == 1)
+        old = asyncio.create_task(pool.run(work, [("old-low",)], LOW))
+        await asyncio.sleep(0.1)  # older than aging_s before the high one arrives
+        young = asyncio.create_task(pool.run(work, [("young-high",)], HIGH))
+        await until(lambda: pool.backlog == 3)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, old, young), 10)
+    finally:
+        gate.set()
+        pool.close()
+    assert order == ["first", "old-low", "young-high"]
+
+
+async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
+    pool = PreprocessPool(workers=1, max_pending=64)
+    gate = threading.Event()
+
+    def work(tag: str) -> str:
+        if tag == "first":
+            gate.wait(10)
+        return tag
+
+    try:
+        first = asyncio.create_task(pool.run(work, [("first",)]))
+        await until(lambda: pool.backlog == 1)
+        gone = asyncio.create_task(pool.run(work, [("gone",)], HIGH))
+        kept = asyncio.create_task(pool.run(work, [("kept",)], LOW))
+        await until(lambda: pool.backlog == 3)
+        gone.cancel()
+        gate.set()
+        assert (await asyncio.wait_for(kept, 10))[0][0] == "kept"
+        await first
+    finally:
+        gate.set()
+        pool.close()
+    assert pool.backlog == 0
