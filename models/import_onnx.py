@@ -395,7 +395,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             label_order=args.label_order,
         )
         wanted = check_request(args.repository, args.name, args.version, precisions)
-        for result in publish(source, args.repository, args.name, args.version, wanted, started=started):
+        results = publish(
+            source,
+            args.repository,
+            args.name,
+            args.version,
+            wanted,
+            started=started,
+            calibration=args.calibration,
+        )
+        for result in results:
             spec = result.spec
             print(
                 f"{spec.name}: {spec.precision}, imported from {args.onnx.name}, {spec.num_classes} classes, "
