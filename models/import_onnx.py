@@ -356,6 +356,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--accuracy", type=float, default=None, metavar="TOP1", help="ImageNet top-1 you state"
     )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR|CSV",
+        help="your photos: int8 calibrated on most of them, derived precisions gated on the held-out rest",
+    )
     return parser
 
 
