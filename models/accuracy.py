@@ -28,17 +28,24 @@ LITE_TOP1: dict[str, tuple[float, float]] = {
 }
 
 
+def stated_accuracy(operator_top1: float | None, precision: Precision) -> DeclaredAccuracy | None:
+    """What the operator states (`--accuracy`) for weights nobody published: fp32 and fp16 only."""
+    if operator_top1 is None:
+        return None
+    if not 0.0 < operator_top1 <= 100.0:
+        raise ExportError(f"--accuracy is an ImageNet top-1 in percent (0-100], got {operator_top1}")
+    if precision == "int8":
+        return None
+    return DeclaredAccuracy(
+        imagenet_top1=operator_top1, source="stated by the operator at export (--accuracy)"
+    )
+
+
 def declared_accuracy(
     variant: Variant, weights: WeightsProvenance, precision: Precision, operator_top1: float | None = None
 ) -> DeclaredAccuracy | None:
     if operator_top1 is not None:
-        if not 0.0 < operator_top1 <= 100.0:
-            raise ExportError(f"--accuracy is an ImageNet top-1 in percent (0-100], got {operator_top1}")
-        if precision == "int8":
-            return None
-        return DeclaredAccuracy(
-            imagenet_top1=operator_top1, source="stated by the operator at export (--accuracy)"
-        )
+        return stated_accuracy(operator_top1, precision)
     if weights.kind != "imagenet":
         return None
     if variant.family == "lite":

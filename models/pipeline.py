@@ -1,13 +1,12 @@
 """One export, end to end: weights -> torch module -> verified ONNX -> atomically published version.
 
-`models.export` is the CLI and the small public API around this.
+`models.export` is the CLI and the small public API around this. `publish` is the part every source
+shares (torchvision/Lite variants here, timm checkpoints in `models.timm_export`, imported ONNX files in
+`models.import_onnx`): fp32 first, then the derived precisions checked against it.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +19,6 @@ from models.accuracy import declared_accuracy
 from models.agreement import measure, run_graph
 from models.architectures import (
     IMAGENET_CLASSES,
-    PixelClassifier,
-    Preprocessing,
     architecture_name,
     build_classifier,
     imagenet_categories,
@@ -30,13 +27,15 @@ from models.architectures import (
 )
 from models.calibration import user_photos
 from models.errors import ExportError
-from models.graph import OPSET, OUTPUT_NAMES, Reference, check_graph, export_onnx, reference_run, verify
+from models.graph import OUTPUT_NAMES, check_graph
 from models.heads import output_specs
+from models.labels import read_labels
 from models.photos import AGREEMENT_SET, agreement_set, calibration_set
 from models.precision import PRECISIONS, model_name
 from models.quantize import quantize_int8
 from models.repository import prepare, staged_version
-from models.variants import UnknownVariant, Variant, get_variant
+from models.sources import Source, TorchGraphs, torch_exporter_versions
+from models.variants import UnknownVariant, get_variant
 from models.weights import DEFAULT_SEED, Weights, WeightsResolver, load_into, sha256_file
 from service.model_spec import (
     LABELS_FILE,
@@ -49,7 +48,6 @@ from service.model_spec import (
     Normalization,
     Precision,
     TensorSpec,
-    WeightsProvenance,
 )
 from service.preprocess.images import PreprocessSpec
 
@@ -66,26 +64,19 @@ class ExportResult:
     verify_error: float | None
 
 
-def _read_labels(path: Path) -> list[str]:
-    try:
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportError(f"cannot read labels {path}: {e}") from None
-    labels = [label for label in labels if label]
-    if not labels:
-        raise ExportError(f"labels file {path} is empty")
-    return labels
-
-
 def _classes_and_labels(
     weights: Weights, num_classes: int | None, labels_file: Path | None
 ) -> tuple[int, list[str] | None]:
-    labels = _read_labels(labels_file) if labels_file is not None else None
+    labels = read_labels(labels_file) if labels_file is not None else None
     if num_classes is not None and num_classes <= 0:
         raise ExportError(f"--num-classes must be positive, got {num_classes}")
     if num_classes is not None and labels is not None and len(labels) != num_classes:
         raise ExportError(f"{labels_file} has {len(labels)} labels but --num-classes is {num_classes}")
     classes = num_classes or (len(labels) if labels else None) or weights.num_classes() or IMAGENET_CLASSES
+    if labels is not None and weights.num_classes() not in (None, len(labels)):
+        raise ExportError(
+            f"{labels_file} has {len(labels)} labels but the checkpoint has {weights.num_classes()} classes"
+        )
     if weights.provenance.kind == "imagenet" and classes != IMAGENET_CLASSES:
         raise ExportError(
             f"ImageNet weights have {IMAGENET_CLASSES} classes, not {classes}; "
@@ -94,28 +85,6 @@ def _classes_and_labels(
     if labels is None and classes != IMAGENET_CLASSES:
         raise ExportError(f"a {classes}-class model needs --labels FILE (one class name per line)")
     return classes, labels
-
-
-def _exporter_versions(variant: Variant) -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torchvision
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "exporter": "torch.onnx.export(dynamo=True)",
-    }
-    packages = ["onnxscript"] + (["efficientnet-lite-pytorch"] if variant.family == "lite" else [])
-    for package in packages:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def export(
@@ -135,16 +104,11 @@ def export(
     step: Step | None = None,
     published: Callable[[ExportResult], None] | None = None,
 ) -> list[ExportResult]:
-    """Export one variant in each of `precisions`; see `export_variant`. One result per model, fp32 first.
+    """Export one variant in each of `precisions`; see `export_variant` and `publish`.
 
-    fp16 and int8 models are checked against the fp32 graph (`models.agreement`). When fp32 is not
-    requested, the fp32 model already in the repository under the base name and version is the
-    reference (it must come from the same variant and weights); when there is none, a reference
-    graph is exported, used and discarded (`derived_from` then names a model not in the repository).
-    `resolver` is shared to warn about fallbacks once; `published` hears of each model as soon as it
-    is in the repository (a later precision's failure does not take back an earlier one).
-    `calibration`: the user's photos (models.calibration): int8 is calibrated on most of them and every
-    derived precision is gated on the held-out rest, instead of the scikit-image sets.
+    `resolver` is shared to warn about fallbacks once. `calibration`: the user's photos
+    (models.calibration): int8 is calibrated on most of them and every derived precision is gated on
+    the held-out rest, instead of the scikit-image sets.
     """
     started = time.monotonic()
     say = step or (lambda _msg: None)
@@ -152,18 +116,8 @@ def export(
         spec_variant = get_variant(variant)
     except UnknownVariant as e:
         raise ExportError(str(e)) from None
-    wanted = [p for p in PRECISIONS if p in precisions]
-    if not wanted:
-        raise ExportError("nothing to export: no precision requested")
     base = name or spec_variant.key
-    for precision in wanted:
-        if not MODEL_NAME_PATTERN.match(model_name(base, precision)):
-            raise ExportError(
-                f"model name {model_name(base, precision)!r} must match {MODEL_NAME_PATTERN.pattern}"
-            )
-    if version < 1:
-        raise ExportError(f"version must be at least 1, got {version}")
-    prepare(repository)
+    wanted = check_request(repository, base, version, precisions)
     resolver = resolver or WeightsResolver(seed=seed)
 
     say("loading weights")
@@ -178,33 +132,89 @@ def export(
     if loaded.state_dict is not None:
         load_into(classifier, loaded.state_dict, loaded.provenance.source or weights)
     pre = preprocessing(spec_variant)
-    module = PixelClassifier(copy.deepcopy(classifier), pre.mean, pre.std).eval()
-    reference = reference_run(module, pre.crop_size)
-    common = _CommonFields(
-        variant=spec_variant,
-        version=version,
+    graphs = TorchGraphs(classifier, pre)
+    source = Source(
+        key=spec_variant.key,
+        architecture=architecture_name(spec_variant),
         pre=pre,
         classes=classes,
         labels=label_list,
         weights=loaded.provenance,
         parameters=parameter_count(classifier),
-        gmacs=round(reference.macs / 1e9, 4),
-        operator_top1=accuracy,
+        gmacs=graphs.gmacs,
+        exporter=torch_exporter_versions(
+            ["efficientnet-lite-pytorch"] if spec_variant.family == "lite" else []
+        ),
+        graphs=graphs,
+        accuracy=lambda precision: declared_accuracy(spec_variant, loaded.provenance, precision, accuracy),
+    )
+    return publish(
+        source,
+        repository,
+        base,
+        version,
+        wanted,
+        say=say,
+        published=published,
+        started=started,
+        calibration=calibration,
     )
 
+
+def check_request(
+    repository: Path, base: str, version: int, precisions: Sequence[Precision]
+) -> list[Precision]:
+    """The precisions to write, in canonical order, once names, version and repository are known good."""
+    wanted = [p for p in PRECISIONS if p in precisions]
+    if not wanted:
+        raise ExportError("nothing to export: no precision requested")
+    for precision in wanted:
+        if not MODEL_NAME_PATTERN.match(model_name(base, precision)):
+            raise ExportError(
+                f"model name {model_name(base, precision)!r} must match {MODEL_NAME_PATTERN.pattern}"
+            )
+    if version < 1:
+        raise ExportError(f"version must be at least 1, got {version}")
+    prepare(repository)
+    return wanted
+
+
+def publish(
+    source: Source,
+    repository: Path,
+    base: str,
+    version: int,
+    wanted: Sequence[Precision],
+    *,
+    say: Step = lambda _msg: None,
+    published: Callable[[ExportResult], None] | None = None,
+    started: float | None = None,
+    calibration: Path | None = None,
+) -> list[ExportResult]:
+    """Write `source` in each of `wanted` (from `check_request`); one result per model, fp32 first.
+
+    fp16 and int8 models are checked against the fp32 graph (`models.agreement`). When fp32 is not
+    requested, the fp32 model already in the repository under the base name and version is the
+    reference (it must come from the same source and weights); when there is none, a reference
+    graph is written, used and discarded (`derived_from` then names a model not in the repository).
+    `published` hears of each model as soon as it is in the repository (a later precision's failure
+    does not take back an earlier one). `calibration`: see `export`.
+    """
+    started = time.monotonic() if started is None else started
     results: list[ExportResult] = []
     with tempfile.TemporaryDirectory(prefix=".reference-", dir=repository) as scratch:
         if "fp32" in wanted:
-            results.append(_export_fp32(repository, base, module, reference, common, say, started))
+            results.append(_export_fp32(repository, base, version, source, say, started))
             if published:
                 published(results[-1])
             fp32_path = results[0].path / MODEL_FILE
         else:
-            fp32_path = _existing_reference(repository, base, common) or _scratch_reference(
-                Path(scratch), module, reference, common, say
+            fp32_path = _existing_reference(repository, base, version, source) or _scratch_reference(
+                Path(scratch), source, say
             )
         derived = [p for p in wanted if p != "fp32"]
         if derived:
+            pre = source.pre
             derived_from = DerivedFrom(name=base, version=version, onnx_sha256=sha256_file(fp32_path))
             preprocess_spec = PreprocessSpec(pre.crop_size, pre.resize_size, pre.interpolation)  # type: ignore[arg-type]
             say("running the fp32 graph on the agreement photos")
@@ -219,15 +229,14 @@ def export(
                     onnx_path = staging / MODEL_FILE
                     if precision == "fp16":
                         say("exporting fp16 ONNX")
-                        half = PixelClassifier(copy.deepcopy(classifier), pre.mean, pre.std, half=True).eval()
-                        export_onnx(half, pre.crop_size, onnx_path)
+                        source.graphs.fp16(onnx_path)
                     else:
                         say("quantising to int8 on the calibration photos")
                         calibrated = quantize_int8(
                             fp32_path,
                             user.calibration if user is not None else calibration_set(preprocess_spec).pixels,
                             onnx_path,
-                            vanishing_activations=common.weights.kind == "random",
+                            vanishing_activations=source.weights.kind == "random",
                         )
                         if user is not None:
                             calibrated = user.describe(calibrated)
@@ -238,14 +247,15 @@ def export(
                         run_graph(onnx_path, photos.pixels),
                         photos,
                         precision,
-                        real_weights=common.weights.kind != "random",
+                        real_weights=source.weights.kind != "random",
                         image_set=user.image_set if user is not None else AGREEMENT_SET,
                     )
                     spec = _write_spec(
                         staging,
                         target,
+                        version,
                         precision,
-                        common,
+                        source,
                         derived_from=derived_from,
                         agreement=agreement,
                         calibration=calibrated if precision == "int8" else None,
@@ -265,40 +275,17 @@ def export(
     return results
 
 
-@dataclass(frozen=True)
-class _CommonFields:
-    """What every precision of one export shares."""
-
-    variant: Variant
-    version: int
-    pre: Preprocessing
-    classes: int
-    labels: list[str]
-    weights: WeightsProvenance
-    parameters: int
-    gmacs: float
-    operator_top1: float | None
-
-
 def _export_fp32(
-    repository: Path,
-    base: str,
-    module: PixelClassifier,
-    reference: Reference,
-    common: _CommonFields,
-    say: Step,
-    started: float,
+    repository: Path, base: str, version: int, source: Source, say: Step, started: float
 ) -> ExportResult:
-    with staged_version(repository, base, common.version) as staging:
-        say("exporting ONNX")
+    with staged_version(repository, base, version) as staging:
+        say("exporting ONNX and verifying it with ONNX Runtime")
         onnx_path = staging / MODEL_FILE
-        export_onnx(module, common.pre.crop_size, onnx_path)
-        say("verifying with ONNX Runtime")
-        error = verify(onnx_path, reference)
-        spec = _write_spec(staging, base, "fp32", common)
+        error = source.graphs.fp32(onnx_path)
+        spec = _write_spec(staging, base, version, "fp32", source)
         onnx_bytes = onnx_path.stat().st_size
     return ExportResult(
-        path=repository / base / str(common.version),
+        path=repository / base / str(version),
         spec=spec,
         seconds=time.monotonic() - started,
         onnx_bytes=onnx_bytes,
@@ -306,13 +293,13 @@ def _export_fp32(
     )
 
 
-def _existing_reference(repository: Path, base: str, common: _CommonFields) -> Path | None:
-    """The fp32 model already published under `base` from the same variant and weights, if there is one.
+def _existing_reference(repository: Path, base: str, version: int, source: Source) -> Path | None:
+    """The fp32 model already published under `base` from the same source and weights, if there is one.
 
     One published under that name from other weights is an error: the new model would claim to be
     derived from it while it is not.
     """
-    folder = repository / base / str(common.version)
+    folder = repository / base / str(version)
     if not (folder / SPEC_FILE).exists():
         return None
     try:
@@ -321,9 +308,9 @@ def _existing_reference(repository: Path, base: str, common: _CommonFields) -> P
         raise ExportError(f"cannot read {folder / SPEC_FILE} to use it as the fp32 reference: {e}") from None
     same = (
         spec.precision == "fp32"
-        and spec.variant == common.variant.key
-        and spec.weights == common.weights
-        and spec.num_classes == common.classes
+        and spec.variant == source.key
+        and spec.weights == source.weights
+        and spec.num_classes == source.classes
         and sha256_file(folder / MODEL_FILE) == spec.onnx_sha256
     )
     if not same:
@@ -334,38 +321,36 @@ def _existing_reference(repository: Path, base: str, common: _CommonFields) -> P
     return folder / MODEL_FILE
 
 
-def _scratch_reference(
-    scratch: Path, module: PixelClassifier, reference: Reference, common: _CommonFields, say: Step
-) -> Path:
+def _scratch_reference(scratch: Path, source: Source, say: Step) -> Path:
     say("exporting the fp32 reference graph")
     path = scratch / MODEL_FILE
-    export_onnx(module, common.pre.crop_size, path)
-    verify(path, reference)
+    source.graphs.fp32(path)
     return path
 
 
 def _write_spec(
     staging: Path,
     name: str,
+    version: int,
     precision: Precision,
-    common: _CommonFields,
+    source: Source,
     *,
     derived_from: DerivedFrom | None = None,
     agreement: Agreement | None = None,
     calibration: str | None = None,
 ) -> ModelSpec:
-    pre, classes = common.pre, common.classes
-    exporter = _exporter_versions(common.variant)
+    pre, classes = source.pre, source.classes
+    exporter = dict(source.exporter)
     if calibration is not None:
         exporter["quantizer"] = f"onnxruntime.quantization.quantize_static(QDQ, per-channel, {calibration})"
     elif precision == "fp16":
         exporter["exporter"] += ", float16 classifier with float32 normalisation and softmax"
-    (staging / LABELS_FILE).write_text("\n".join(common.labels) + "\n", encoding="utf-8")
+    (staging / LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
     spec = ModelSpec(
         name=name,
-        version=common.version,
-        variant=common.variant.key,
-        architecture=architecture_name(common.variant),
+        version=version,
+        variant=source.key,
+        architecture=source.architecture,
         crop_size=pre.crop_size,
         resize_size=pre.resize_size,
         interpolation=pre.interpolation,  # type: ignore[arg-type]
@@ -376,16 +361,16 @@ def _write_spec(
             *output_specs(staging / MODEL_FILE),
         ),
         num_classes=classes,
-        weights=common.weights,
-        parameters=common.parameters,
-        gmacs=common.gmacs,
-        opset=OPSET,
+        weights=source.weights,
+        parameters=source.parameters,
+        gmacs=source.gmacs,
+        opset=source.opset,
         exporter=exporter,
         onnx_sha256=sha256_file(staging / MODEL_FILE),
         precision=precision,
         derived_from=derived_from,
         agreement=agreement,
-        accuracy=declared_accuracy(common.variant, common.weights, precision, common.operator_top1),
+        accuracy=source.accuracy(precision),
     )
     (staging / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
     return spec

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import ExportError
-from models.heads import HeadNotFound, add_to_file, strip_file
+from models.heads import HeadNotFound, add_to_file, has_explain_outputs, strip_file
 
 PERCENTILE = 99.999
 CALIBRATION = f"activations calibrated by percentile {PERCENTILE} on the real-photo calibration views"
@@ -92,8 +92,11 @@ def quantize_int8(
         quiet.setLevel(level)
         prepared.unlink(missing_ok=True)
         stripped.unlink(missing_ok=True)
+    # An imported graph whose head was not recognised has no explain outputs: its int8 graph neither.
+    explained = has_explain_outputs(onnx.load(str(fp32_path), load_external_data=False))
     try:
-        add_to_file(out_path)
+        if explained:
+            add_to_file(out_path)
     except HeadNotFound as e:
         raise ExportError(f"cannot add features and activation maps to the int8 graph: {e}") from None
     return MINMAX_CALIBRATION if vanishing_activations else CALIBRATION

@@ -20,7 +20,7 @@ class Variant:
     key: str
     family: Family
     builder: str  # torchvision.models function name, or the efficientnet_lite_pytorch model name
-    paper_params_m: float  # EfficientNet paper, Table 2 (lite: the Lite release notes)
+    paper_params_m: float  # EfficientNet paper, Table 2 (lite: the Lite release notes; V2: V2 paper Table 7)
     lite_crop: int | None = None  # Lite only: the input size its weights were trained and evaluated at
 
 
@@ -38,9 +38,17 @@ VARIANTS: dict[str, Variant] = {
         Variant("lite0", "lite", "efficientnet-lite0", 4.7, lite_crop=224),
         Variant("lite1", "lite", "efficientnet-lite1", 5.4, lite_crop=240),
         Variant("lite2", "lite", "efficientnet-lite2", 6.1, lite_crop=260),
+        # EfficientNetV2 (torchvision; paper Table 7). Exported on request only: `all` leaves them out
+        # (v2-l alone is 118 M parameters and 56 GFLOPs at 480 px, too heavy for a default repository).
+        Variant("v2-s", "torchvision", "efficientnet_v2_s", 22.0),
+        Variant("v2-m", "torchvision", "efficientnet_v2_m", 54.0),
+        Variant("v2-l", "torchvision", "efficientnet_v2_l", 120.0),
     )
 }
-ALL = tuple(VARIANTS)
+V2 = ("v2-s", "v2-m", "v2-l")
+# What `all` means: B0-B7 and Lite0-2.
+ALL = tuple(key for key in VARIANTS if key not in V2)
+KNOWN = tuple(VARIANTS)
 
 
 class UnknownVariant(ValueError):
@@ -51,7 +59,7 @@ def get_variant(key: str) -> Variant:
     try:
         return VARIANTS[key]
     except KeyError:
-        raise UnknownVariant(f"unknown variant {key!r}; choose from {', '.join(ALL)} or 'all'") from None
+        raise UnknownVariant(f"unknown variant {key!r}; choose from {', '.join(KNOWN)} or 'all'") from None
 
 
 def expand(keys: list[str] | tuple[str, ...]) -> list[Variant]:

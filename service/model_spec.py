@@ -49,10 +49,12 @@ class WeightsProvenance(_Frozen):
     - ``imagenet``: published ImageNet-trained weights; ``source`` names them, ``sha256`` is the
       checkpoint file's digest.
     - ``custom``: a user's local checkpoint (``source`` is its file name); ``sha256`` its digest.
+    - ``imported``: an ONNX classifier imported as it was (``source`` its file name, ``sha256`` the digest
+      of that file, before our uint8 front was added).
     - ``random``: random initialisation with ``seed``; fit for shape, speed and protocol tests only.
     """
 
-    kind: Literal["imagenet", "custom", "random"]
+    kind: Literal["imagenet", "custom", "imported", "random"]
     source: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     seed: int | None = None

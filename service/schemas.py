@@ -71,7 +71,9 @@ class Route(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     version: int
-    weights: str = Field(description="imagenet, custom or random (random weights give meaningless labels)")
+    weights: str = Field(
+        description="imagenet, custom, imported or random (random weights give meaningless labels)"
+    )
     results: list[ImageResult] = Field(description="one per image, in request order")
     timings: Timings
     route: Route | None = Field(default=None, description="for auto and cascades: how the request was served")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import models.pipeline as pipeline_module
+import models.sources as sources_module
 import models.weights as weights_module
 from models import export as export_module
 from models.architectures import build_classifier
@@ -30,8 +30,8 @@ def fake_graph(monkeypatch: pytest.MonkeyPatch) -> None:
     def write(_module: object, _crop: int, path: Path) -> None:
         path.write_bytes(b"not really onnx")
 
-    monkeypatch.setattr(pipeline_module, "export_onnx", write)
-    monkeypatch.setattr(pipeline_module, "verify", lambda _path, _reference: 0.0)
+    monkeypatch.setattr(sources_module, "export_onnx", write)
+    monkeypatch.setattr(sources_module, "verify", lambda _path, _reference: 0.0)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_failed_export_leaves_nothing_behind(
         path.write_bytes(b"half a graph")
         raise ExportError("exporter crashed half-way")
 
-    monkeypatch.setattr(pipeline_module, "export_onnx", crash)
+    monkeypatch.setattr(sources_module, "export_onnx", crash)
     code, err = run(["--variant", "b0", "--repository", str(tmp_path), "--weights", "random"], capsys)
     assert code == 2 and "crashed half-way" in err
     assert list(tmp_path.iterdir()) == []

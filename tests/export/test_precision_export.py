@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import models.pipeline as pipeline_module
+import models.sources as sources_module
 from models.agreement import AgreementFailed, Outputs, measure, run_graph
 from models.export import export_variant, main
 from models.photos import PHOTOS, PhotoSet, agreement_set, calibration_set
@@ -210,7 +210,7 @@ def test_a_failed_gate_publishes_nothing(
     def export_doctored(_module: object, _crop: int, path: Path) -> None:
         doctored(good, path)
 
-    monkeypatch.setattr(pipeline_module, "export_onnx", export_doctored)
+    monkeypatch.setattr(sources_module, "export_onnx", export_doctored)
     code = main(
         [
             "--variant",

@@ -59,3 +59,32 @@ def test_all_expands_to_the_eleven_variants_in_order() -> None:
 def test_unknown_variant_names_the_choices() -> None:
     with pytest.raises(UnknownVariant, match="unknown variant 'b9'.*lite0"):
         expand(["b9"])
+
+
+# torchvision IMAGENET1K_V1 of EfficientNetV2: (resize, crop, interpolation, mean), and acc@1.
+V2_TRANSFORMS = {
+    "v2-s": (384, 384, "bilinear", (0.485, 0.456, 0.406), 84.228),
+    "v2-m": (480, 480, "bilinear", (0.485, 0.456, 0.406), 85.112),
+    "v2-l": (480, 480, "bicubic", (0.5, 0.5, 0.5), 85.808),
+}
+
+
+@pytest.mark.parametrize("key", list(V2_TRANSFORMS))
+def test_v2_members_follow_torchvision_and_declare_its_accuracy(key: str) -> None:
+    from models.accuracy import declared_accuracy
+    from service.model_spec import WeightsProvenance
+
+    resize, crop, interpolation, mean, top1 = V2_TRANSFORMS[key]
+    pre = preprocessing(get_variant(key))
+    assert (pre.resize_size, pre.crop_size) == (resize, crop)
+    assert (pre.interpolation, pre.mean) == (interpolation, mean)
+    imagenet = WeightsProvenance(kind="imagenet", source="torchvision", sha256="0" * 64)
+    accuracy = declared_accuracy(get_variant(key), imagenet, "fp32")
+    assert accuracy is not None and accuracy.imagenet_top1 == pytest.approx(top1)
+
+
+def test_v2_members_are_known_but_not_part_of_all() -> None:
+    assert [v.key for v in expand(["all"])] == list(ALL) and not any(k.startswith("v2") for k in ALL)
+    assert [v.key for v in expand(["v2-s", "b0"])] == ["b0", "v2-s"]
+    with pytest.raises(UnknownVariant, match="v2-l"):
+        get_variant("v3")
