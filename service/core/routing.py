@@ -63,8 +63,10 @@ class Candidate:
 
 
 def auto_candidates(records: Iterable[ModelRecord]) -> list[tuple[ModelRecord, ModelEntry]]:
-    """Ready models (not cascades) that declare an accuracy or carry a measured one: what `auto` may
-    choose from."""
+    """Ready models (not cascades) that declare an accuracy or carry a measured one, and share one label
+    set: what `auto` may choose from. Models of several label sets (ImageNet beside a 10-class model of
+    your own) never stand in for each other: `auto` keeps the set most of them share (on a tie, the set
+    of the first such model by name)."""
     found = []
     for record in records:
         entry = None if record.is_cascade_folder else record.serving()
@@ -75,7 +77,20 @@ def auto_candidates(records: Iterable[ModelRecord]) -> list[tuple[ModelRecord, M
             and (spec.accuracy is not None or spec.measured is not None)
         ):
             found.append((record, entry))
-    return found
+    return _one_label_set(found)
+
+
+def _one_label_set(
+    found: list[tuple[ModelRecord, ModelEntry]],
+) -> list[tuple[ModelRecord, ModelEntry]]:
+    groups: dict[tuple[str, ...], list[tuple[ModelRecord, ModelEntry]]] = {}
+    for record, entry in sorted(found, key=lambda pair: pair[0].name):
+        groups.setdefault(tuple(entry.labels), []).append((record, entry))
+    if len(groups) <= 1:
+        return found
+    largest = max(groups.values(), key=len)  # max keeps the first of equal sizes: insertion order
+    kept = {id(entry) for _, entry in largest}
+    return [pair for pair in found if id(pair[1]) in kept]
 
 
 def ranking_accuracy(specs: Sequence[ModelSpec]) -> tuple[list[float], str]:

@@ -49,6 +49,17 @@ async def test_auto_picks_the_most_accurate_model_that_fits(
     assert chosen >= 1
 
 
+async def test_auto_never_answers_with_a_model_of_another_label_set(
+    family: Path, start_engine: EngineStarter
+) -> None:
+    # The most accurate model of all, but of other classes: two models share the colour labels, so
+    # auto keeps to them and never answers a colour question with "cat".
+    write_model(family, "pets", accuracy=99.0, labels=("cat", "dog", "fish", "bird"))
+    engine = await start_engine(family)
+    outcome = await classify(engine, "auto", [png(CONFIDENT)], 1, budget_ms=10_000)
+    assert outcome.model.name == "big" and outcome.predictions[0][0].label == "red"
+
+
 async def test_auto_takes_the_fastest_when_nothing_fits_and_says_so(
     family: Path, start_engine: EngineStarter
 ) -> None:
