@@ -52,6 +52,12 @@ def check_offers(entry: ModelEntry, wanted: Wanted) -> None:
             f"it offers {', '.join(offered)} (exported before features and maps existed: re-export it "
             "with `make models`, or add them with `python -m models.upgrade`)"
         )
+    if entry.runner is not None and not entry.runner.serves_extra_outputs:
+        # Refused here, per request, rather than in the run, where it would fail the whole batch.
+        raise InvalidArgument(
+            f"model '{entry.name}' serves no features or maps while CUDA graphs are on "
+            "(EFFNET_CUDA_GRAPHS=false serves them)"
+        )
     classes = spec.num_classes
     if len(wanted.cam_classes) > classes:
         raise InvalidArgument(

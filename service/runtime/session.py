@@ -271,6 +271,11 @@ class OrtRunner:
                 self._running -= 1
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
 
+    @property
+    def serves_extra_outputs(self) -> bool:
+        """Whether runs may ask for features and maps: not while CUDA graphs replay fixed outputs."""
+        return self._graph_lock is None
+
     def _run_extra(
         self, items: Items, extra: Sequence[str], feeds: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from service.core.explain import vectors
 from service.errors import InvalidArgument
+from service.runtime.session import OrtRunner
 from tests.tiny_model import SIZE, TINY_WEIGHTS, png, write_model
 from tests.unit.conftest import EngineStarter
 
@@ -65,6 +66,19 @@ async def test_a_model_without_the_outputs_says_what_it_offers(
     assert outcome.predictions[0][0].label == "red"
     with pytest.raises(InvalidArgument, match="class_id must be between 0 and 3"):
         await engine.explain(engine.admit("tiny"), png(RED), class_id=4)
+
+
+async def test_with_cuda_graphs_extra_outputs_are_refused_per_request(
+    explain_repository: Path, start_engine: EngineStarter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CUDA graphs replay fixed outputs (a GPU-only setting): stand in for a runner that has them on.
+    monkeypatch.setattr(OrtRunner, "serves_extra_outputs", property(lambda self: False))
+    engine = await start_engine(explain_repository)
+    with pytest.raises(InvalidArgument, match="no features or maps while CUDA graphs are on"):
+        await engine.embed(engine.admit("tiny"), [png(RED)])
+    # Refused before it joined a batch: plain classification of the same model still answers.
+    outcome = await engine.classify(engine.admit("tiny", top_k=1), [png(RED)])
+    assert outcome.predictions[0][0].label == "red"
 
 
 def _jpeg_rotated(size: tuple[int, int]) -> bytes:
