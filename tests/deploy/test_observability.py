@@ -40,6 +40,7 @@ COUNTERS = {
     "effnet_cache_lookups_total": ("backend", "model", "result"),
     "effnet_cache_stored_bytes_total": ("backend",),
     "effnet_cache_errors_total": ("backend", "operation"),
+    "effnet_load_ratio_seconds_total": ("model",),
 }
 GAUGES = {
     "effnet_queue_depth": ("model",),
@@ -47,6 +48,9 @@ GAUGES = {
     "effnet_model_memory_bytes": ("model", "version"),
     "effnet_queue_depth_by_priority": ("model", "priority"),
     "effnet_cache_bytes": ("backend",),
+    "effnet_in_flight_images": ("model",),
+    "effnet_load_ratio": ("model",),
+    "effnet_pod_load_ratio": (),
 }
 SERVICE_LABELS: dict[str, tuple[str, ...]] = {
     **COUNTERS,
@@ -166,6 +170,9 @@ def test_the_metric_list_matches_service_metrics() -> None:
         if isinstance(value, MetricWrapperBase):
             # prometheus_client keeps a collector's label names only in this attribute.
             registered[value._name] = (value._type, tuple(value._labelnames))
+        elif hasattr(value, "collect"):  # a custom collector (the load ratio): its families as scraped
+            for family in value.collect():
+                registered[family.name] = (family.type, tuple(getattr(family, "_labelnames", ())))
     suffix = {"counter": "_total", "gauge": "", "histogram": "_count"}
     ours = {
         **{n.removesuffix("_total"): ("counter", labels) for n, labels in COUNTERS.items()},
