@@ -26,7 +26,7 @@ from models.architectures import Preprocessing, parameter_count
 from models.errors import CheckpointError, ExportError
 from models.labels import FolderOrder, check_count, read_labels
 from models.sources import Source, TorchGraphs, torch_exporter_versions
-from models.weights import DEFAULT_SEED, sha256_file
+from models.weights import DEFAULT_SEED, open_checkpoint, sha256_file
 from service.model_spec import Precision, WeightsProvenance
 
 # The EfficientNet families timm builds: B0-B8/L2 and their TF ports ('same' padding), Lite, V2 (timm's
@@ -84,15 +84,7 @@ def _load_file(path: Path) -> Any:
 
 def read_timm_checkpoint(path: Path, *, ema: bool = False) -> tuple[dict[str, torch.Tensor], str | None]:
     """(state_dict, the architecture the checkpoint names under `arch`, if it does)."""
-    try:
-        loaded = _load_file(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file") from None
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    loaded = open_checkpoint(path, _load_file)
     named = None
     if isinstance(loaded, Mapping):
         arch = loaded.get("arch")

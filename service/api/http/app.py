@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.http.body import images_from_request, retry_headers
+from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
@@ -126,24 +126,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         response_model=ClassifyResponse,
         responses=_ERROR_RESPONSES,
         summary="Classify one or more images",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "description": "One encoded image as the raw body, or multipart/form-data with image files.",
-                "content": {
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                            },
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=IMAGE_BODY_OPENAPI,
     )
     async def classify(
         request: Request,

@@ -22,6 +22,25 @@ from service.settings import Settings
 
 # Bodies we read as one encoded image. curl --data-binary sends form-urlencoded unless told otherwise.
 _RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
+# How the routes that take images document their body in OpenAPI (read_images accepts all three).
+IMAGE_BODY_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": "One encoded image as the raw body, or multipart/form-data with image files.",
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from service.api.http.body import images_from_request
+from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.observe import StatusCodes, observed
 from service.core.engine import Engine
@@ -20,17 +20,6 @@ from service.schemas import EmbedResponse, EmbedResult
 from service.settings import Settings
 
 OCTET_STREAM = "application/octet-stream"
-_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "One encoded image as the raw body, or multipart/form-data with image files.",
-        "content": {
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-
 Variant = Annotated[
     str | None, Query(max_length=64, description="model name, a cascade, or 'auto'; default model if omitted")
 ]
@@ -68,7 +57,7 @@ def create_explain_router(
         response_model=EmbedResponse,
         responses={200: binary_vectors, **error_responses},
         summary="The pooled feature vector of each image (JSON, or float32 by Accept)",
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=IMAGE_BODY_OPENAPI,
     )
     async def embed(
         request: Request,
@@ -118,7 +107,7 @@ def create_explain_router(
             **error_responses,
         },
         summary="The photo with a class activation map over it (PNG)",
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=IMAGE_BODY_OPENAPI,
     )
     async def explain(
         request: Request,
