@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request, retry_headers
+from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
@@ -170,7 +170,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
                 target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
                 target = call.admitted(target)
                 images = await images_from_request(request, settings)
-                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                deadline = deadline_after(start, timeout_ms)
                 outcome = await unless_disconnected(
                     request, engine.classify(target, images, deadline, explain=explain)
                 )

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request
+from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_from_request
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.observe import StatusCodes, observed
 from service.core.engine import Engine
@@ -72,7 +72,7 @@ def create_explain_router(
             with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
                 target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
                 images = await images_from_request(request, settings)
-                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                deadline = deadline_after(start, timeout_ms)
                 outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
         except codes.gone_errors:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -126,7 +126,7 @@ def create_explain_router(
                 images = await images_from_request(request, settings)
                 if len(images) != 1:
                     raise InvalidArgument(f"/explain takes one image, got {len(images)}")
-                deadline = start + timeout_ms / 1000 if timeout_ms is not None else None
+                deadline = deadline_after(start, timeout_ms)
                 outcome, mapped, png = await unless_disconnected(
                     request, engine.explain(target, images[0], class_id, deadline)
                 )
