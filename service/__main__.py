@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +96,6 @@ async def _start_grpc(engine: Engine, settings: Settings, metrics: Metrics) -> g
         log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
         return None
     return server
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop for `uvloop` (or `auto` where uvloop is installed), else asyncio's default."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise SystemExit("error: event_loop uvloop asked for, but uvloop is not installed") from None
-        return None
-    return uvloop.new_event_loop
 
 
 async def serve(settings: Settings) -> int:
@@ -218,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_json)
     try:
-        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            return runner.run(serve(settings))
+        return asyncio.run(serve(settings))
     except (ModelLoadError, RuntimeUnavailable) as exc:
         log.error("event=startup_failed reason=%r", str(exc))
         return 1

@@ -43,7 +43,6 @@ class LoadRatio(Collector):
         self._capacity: dict[str, int] = {}
         self._integral: dict[str, float] = {}
         self._since: dict[str, float] = {}
-        self._total = 0
 
     def _advance(self, model: str, now: float) -> None:
         """Add the ratio held since the last change to the model's integral (lock held)."""
@@ -59,18 +58,12 @@ class LoadRatio(Collector):
             self._in_flight.setdefault(model, 0)
             self._advance(model, now)
             self._in_flight[model] += images
-            self._total += images
             self._capacity[model] = max(1, capacity)
 
     def leave(self, model: str, images: int) -> None:
         with self._lock:
             self._advance(model, time.monotonic())
             self._in_flight[model] -= images
-            self._total -= images
-
-    def total(self) -> int:
-        """Images every model of the process holds now (the batchers ask: are the cores shared?)."""
-        return self._total
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(

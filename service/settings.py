@@ -109,10 +109,10 @@ class Settings(BaseSettings):
     )
     single_thread_overlap: bool = Field(
         True,
-        description="on CPU, a batch that starts while another runs, or while other images wait to be "
-        "decoded or batched, uses a one-thread session of the model (no barrier between threads at every "
-        "operator: the cores stay busy at saturation), while a batch that has the process to itself keeps "
-        "every intra-op thread (the latency of one client); costs one session's memory per instance",
+        description="on CPU, a batch that starts while another runs uses a one-thread session of the model "
+        "(no barrier between threads at every operator: the cores stay busy at saturation), while a batch "
+        "that runs alone keeps every intra-op thread (the latency of one client); costs one session's "
+        "memory per extra instance",
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")
@@ -164,12 +164,6 @@ class Settings(BaseSettings):
     grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert")
     grpc_tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle: with TLS on, require client certificates it signed (mTLS)"
-    )
-
-    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
-        "auto",
-        description="the event loop HTTP, gRPC and the batchers share: uvloop (libuv; less CPU per "
-        "request on the loop's thread) or asyncio's own; auto: uvloop where it is installed",
     )
 
     # --- logging ---

@@ -60,7 +60,7 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
         raise ModelLoadError(f"{folder / MODEL_FILE} lacks output {lacking} that model.json lists")
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)
     if settings.single_thread_overlap:
-        runner.add_overlap_sessions(batching.instances)  # under load every running batch takes one
+        runner.add_overlap_sessions(batching.instances - 1)
     sizes = warmup_batch_sizes(batching.max_batch_size)
     runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs)
     seconds = time.monotonic() - start
@@ -99,9 +99,7 @@ def assemble(name: str, loaded: LoadedGraph, settings: Settings, metrics: Metric
     provider the session really got. Call inside the event loop."""
     spec, runner = loaded.spec, loaded.runner
     shape = (3, spec.crop_size, spec.crop_size)
-    batcher = Batcher(
-        name, runner, loaded.batching, observer=metrics, item_shape=shape, held=metrics.load.total
-    )
+    batcher = Batcher(name, runner, loaded.batching, observer=metrics, item_shape=shape)
     batcher.start()
     preprocess = PreprocessSpec.from_model_spec(spec)
     backend = create_backend(settings, preprocess, runner.provider, name)

@@ -93,16 +93,10 @@ class Batcher:
         *,
         item_shape: tuple[int, ...] | None = None,
         item_dtype: str = "uint8",
-        held: Callable[[], int] | None = None,
     ) -> None:
         """With `item_shape`, submit rejects items of another shape or dtype (InvalidArgument), so one
-        caller's malformed input cannot fail the batch it would share with others.
-
-        `held`: how many images the whole process holds now (being decoded, queued or running, every
-        model). More than the batch about to run means the cores are not this batch's alone, and a
-        runner that offers `run_items(..., shared=True)` is told so (a one-thread run on the CPU)."""
+        caller's malformed input cannot fail the batch it would share with others."""
         self.name = name
-        self._held = held
         self._item_shape = item_shape
         self._item_dtype = np.dtype(item_dtype)
         self.runner = runner  # public: tests and reloads may swap it
@@ -301,10 +295,9 @@ class Batcher:
         self.batches_run += 1
         self.items_run += n
         run_plan = plan([item.wanted for item in batch])
-        shared = self._held is not None and self._held() > n
         try:
             outputs, inference_s = await self._loop.run_in_executor(
-                self._executor, self._run_batch, [item.array for item in batch], run_plan, shared
+                self._executor, self._run_batch, [item.array for item in batch], run_plan
             )
         except asyncio.CancelledError:
             self._fail(batch, lambda: NotReady("shutting down"))
@@ -334,7 +327,7 @@ class Batcher:
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n))
 
     def _run_batch(
-        self, arrays: list[np.ndarray], run_plan: RunPlan | None = None, shared: bool = False
+        self, arrays: list[np.ndarray], run_plan: RunPlan | None = None
     ) -> tuple[dict[str, np.ndarray], float]:
         """Worker thread: stack, run, check that every output has one row per item."""
         run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
@@ -349,7 +342,7 @@ class Batcher:
             outputs = self.runner.run(batch)
         else:
             t0 = time.perf_counter()
-            outputs = run_items(arrays, shared=True) if shared else run_items(arrays)
+            outputs = run_items(arrays)
         inference_s = time.perf_counter() - t0
         for key, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != len(arrays):

@@ -21,6 +21,7 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 _GRAPH_OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -220,12 +221,10 @@ class OrtRunner:
 
     def add_overlap_sessions(self, count: int) -> int:
         """On the CPU provider: `count` one-thread sessions of the same graph, for batches that start
-        while another batch runs or while other work waits (`run_items(shared=True)`): one per instance,
-        so that under load every running batch has one. A batch that has the process to itself keeps
-        every thread of the main session (the latency of one client); the others each run on one
-        thread, with no barrier between threads at every operator, which is what keeps the cores busy
-        at saturation. Returns how many were added (none on CUDA, with IO binding, or when the main
-        session has one thread anyway)."""
+        while another batch runs. A batch that runs alone keeps every thread of the main session (the
+        latency of one client); overlapping batches each run on one thread, with no barrier between
+        threads at every operator, which is what keeps the cores busy at saturation. Returns how many
+        were added (none on CUDA, with IO binding, or when the main session has one thread anyway)."""
         if self.provider != CPU or self.use_io_binding or self.options.intra_op_threads <= 1:
             return 0
         single = _session_options(replace(self.options, intra_op_threads=1))
@@ -236,20 +235,13 @@ class OrtRunner:
         return count
 
     def run_items(
-        self,
-        items: Items,
-        extra: Sequence[str] = (),
-        feeds: dict[str, np.ndarray] | None = None,
-        *,
-        shared: bool = False,
+        self, items: Items, extra: Sequence[str] = (), feeds: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
         """Run a batch given as its rows (host arrays or CUDA device arrays) or as one stacked array.
 
         Buckets on: padded up to the next warmed size, outputs sliced back to len(items) rows.
         `extra`: outputs beyond the usual ones (features, maps), with the inputs they take in `feeds`;
         such a run goes through the plain session call (its own shapes; no bound buffers).
-        `shared`: other work of the process is waiting (the caller knows), so the cores are not free for
-        this batch alone: on the CPU it runs on a one-thread session, as when another batch runs.
         """
         if extra:
             return self._run_extra(items, extra, feeds or {})
@@ -263,7 +255,7 @@ class OrtRunner:
             batch = np.zeros((size, *np.shape(items[0])), dtype=np.uint8)
             batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
         with self._running_lock:
-            alone = self._running == 0 and not shared
+            alone = self._running == 0
             self._running += 1
         spare = None
         if not alone and self._overlap_all:

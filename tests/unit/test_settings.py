@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import _serve_parser, build_settings, loop_factory
+from service.__main__ import _serve_parser, build_settings
 from service.settings import Settings
 
 
@@ -57,21 +57,3 @@ def test_invalid_values_are_rejected() -> None:
         Settings(http_port=70000)
     with pytest.raises(ValueError, match="device"):
         Settings(device="tpu")  # type: ignore[arg-type]
-
-
-def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
-    import asyncio
-
-    import uvloop
-
-    assert loop_factory("asyncio") is None
-    for choice in ("auto", "uvloop"):
-        factory = loop_factory(choice)
-        assert factory is not None
-        loop = factory()
-        try:
-            assert isinstance(loop, uvloop.Loop)
-        finally:
-            loop.close()
-    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
-        assert runner.run(asyncio.sleep(0, result=7)) == 7

@@ -583,35 +583,3 @@ async def test_close_waits_for_batches_still_running_on_other_instances() -> Non
     runner.release()
     await asyncio.wait_for(closing, 5)
     assert [row_ident(r[0]) for r in await asyncio.gather(*calls)] == [1, 2]
-
-
-# --- the shared-cores hint ---
-
-
-class SharedHintRunner(FakeRunner):
-    """A runner that offers run_items and records the `shared` hint of each batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hints: list[bool] = []
-
-    def run_items(self, arrays: list[np.ndarray], *, shared: bool = False) -> dict[str, np.ndarray]:
-        self.hints.append(shared)
-        return self.run(np.stack(arrays))
-
-
-async def test_a_batch_is_told_the_cores_are_shared_when_the_process_holds_more_images() -> None:
-    runner = SharedHintRunner()
-    held = [1]
-    batcher = Batcher(MODEL, runner, BatcherConfig(max_batch_size=4), held=lambda: held[0])
-    batcher.start()
-    try:
-        await batcher.submit([item(1)])  # the process holds this image only: the cores are its own
-        held[0] = 5
-        await batcher.submit([item(2)])  # four more images are being decoded or queued elsewhere
-        held[0] = 2
-        await batcher.submit([item(3), item(4)])  # both held images are in this batch
-    finally:
-        await batcher.close()
-    assert runner.hints == [False, True, False]
-    assert runner.batches == [[1], [2], [3, 4]]

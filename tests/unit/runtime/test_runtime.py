@@ -291,20 +291,3 @@ def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
         ["probabilities"],
     )
     assert bound.add_overlap_sessions(1) == 0
-
-
-def test_a_batch_told_the_cores_are_shared_runs_single_threaded_even_alone(tmp_path: Path) -> None:
-    folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(
-        folder / "model.onnx", replace(cpu_options("cpu"), intra_op_threads=2), ["probabilities"]
-    )
-    assert runner.add_overlap_sessions(1) == 1
-    seen: list[str] = []
-    runner.session = _Recording(runner.session, "main", seen)  # type: ignore[assignment]
-    spare = runner._overlap.get()
-    runner._overlap_all = [spare]
-    runner._overlap.put(_Recording(spare, "single", seen))  # type: ignore[arg-type]
-    rows = [np.zeros((3, SIZE, SIZE), np.uint8)]
-    runner.run_items(rows, shared=True)
-    runner.run_items(rows)
-    assert seen == ["single", "main"]
