@@ -36,7 +36,7 @@ from tests.scale.cluster import Cluster, Pod
 from tests.scale.hpa import SYNC_PERIOD_S, Controller, HpaSpec, Target, proposal
 from tests.scale.ramp import arrivals, drive
 from tests.scale.report import quantile, summarize, write_outputs
-from tests.scale.slices import find_hierarchy, reserve
+from tests.scale.slices import find_hierarchy, remove_groups, reserve
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_HTTP, NGINX_GRPC = 8000, 8001
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([*command, *forwarded, *pinned], cwd=ROOT, check=False).returncode
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
+        remove_groups()
 
 
 if __name__ == "__main__":

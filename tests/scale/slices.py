@@ -48,6 +48,30 @@ def find_hierarchy() -> Hierarchy:
     raise SystemExit("no writable CPU cgroup controller (v1 cpu+cpuacct or v2 cpu): cannot size replicas")
 
 
+def remove_groups() -> list[Path]:
+    """After a run, from outside its namespace: remove the simulation's cgroups that are empty (the
+    harness group the runner moved itself into, pods that are gone, then the parent). A group with a
+    process still in it stays. Returns what was removed."""
+    removed: list[Path] = []
+    sys_root = Path("/sys/fs/cgroup")
+    for top in (sys_root / "cpu", sys_root / "cpuacct", sys_root):
+        parent = top / ROOT_NAME
+        if not parent.is_dir():
+            continue
+        for group in sorted((p for p in parent.iterdir() if p.is_dir()), reverse=True):
+            try:
+                group.rmdir()
+                removed.append(group)
+            except OSError:
+                pass
+        try:
+            parent.rmdir()
+            removed.append(parent)
+        except OSError:
+            pass
+    return removed
+
+
 def reserve(hierarchy: Hierarchy, weight: int) -> Path:
     """Give the simulation's parent group `weight` (v1 cpu.shares) and move this process (and so
     nginx and the load generator it starts) into a child of it without a quota. A kubelet does the same
