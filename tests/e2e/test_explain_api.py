@@ -228,3 +228,25 @@ def test_outputs_a_model_lacks_are_a_clear_4xx(explain_server, real_photos) -> N
     outputs = {m["name"]: [o["name"] for o in m["outputs"]] for m in listing["models"]}
     assert outputs["old"] == ["logits", "probabilities"]
     assert outputs["lite0-int8"] == ["logits", "probabilities", "features", "cam", "cam_classes"]
+
+
+def test_embed_and_explain_take_a_priority_as_classify_does(explain_server, real_photos) -> None:
+    photo = real_photos["chelsea"]
+    for path in ("/embed", "/explain"):
+        high = _post(explain_server, path, photo, variant="lite0", priority="high")
+        assert high.status_code == 200, high.text
+        bad = _post(explain_server, path, photo, variant="lite0", priority="urgent")
+        assert bad.status_code == 422, bad.text
+        assert "high, normal, low" in bad.json()["error"]["message"]
+        by_header = httpx.post(
+            f"{explain_server.http_url}{path}",
+            params={"variant": "lite0"},
+            content=photo,
+            headers={"content-type": "image/jpeg", "x-priority": "low"},
+            timeout=120,
+        )
+        assert by_header.status_code == 200, by_header.text
+    schema = httpx.get(f"{explain_server.http_url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/classify", "/embed", "/explain"):
+        names = {p["name"].lower() for p in schema[path]["post"]["parameters"]}
+        assert {"priority", "x-priority"} <= names, (path, names)

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,6 +15,7 @@ from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_fro
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
+from service.api.http.params import PriorityHeader, PriorityQuery, request_priority
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
 from service.api.v2.over_http import create_v2_router
@@ -25,8 +26,6 @@ from service.errors import (
     status_for,
 )
 from service.metrics import CONTENT_TYPE, Metrics
-from service.runtime.priorities import NAMES as PRIORITY_NAMES
-from service.runtime.priorities import parse_priority
 from service.schemas import (
     ClassifyResponse,
     ErrorResponse,
@@ -148,17 +147,8 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
             float | None,
             Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds"),
         ] = None,
-        priority: Annotated[
-            str | None,
-            Query(
-                max_length=16,
-                description=f"{PRIORITY_NAMES} (default normal): higher levels are batched first; "
-                "overrides the X-Priority header",
-            ),
-        ] = None,
-        x_priority: Annotated[
-            str | None, Header(max_length=16, description="the priority, as a header")
-        ] = None,
+        priority: PriorityQuery = None,
+        x_priority: PriorityHeader = None,
         explain: Annotated[
             bool, Query(description="add each prediction's class activation map (a grid of numbers)")
         ] = False,
@@ -166,7 +156,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         start = time.monotonic()
         try:
             with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
-                level = parse_priority(priority if priority is not None else x_priority)
+                level = request_priority(priority, x_priority)
                 target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
                 target = call.admitted(target)
                 images = await images_from_request(request, settings)

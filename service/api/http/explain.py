@@ -11,6 +11,15 @@ from fastapi.responses import Response
 
 from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_from_request
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
+from service.api.http.params import (
+    BudgetMs,
+    PriorityHeader,
+    PriorityQuery,
+    TimeoutMs,
+    Variant,
+    Version,
+    request_priority,
+)
 from service.api.observe import StatusCodes, observed
 from service.core.engine import Engine
 from service.core.explain import vectors
@@ -20,14 +29,6 @@ from service.schemas import EmbedResponse, EmbedResult
 from service.settings import Settings
 
 OCTET_STREAM = "application/octet-stream"
-Variant = Annotated[
-    str | None, Query(max_length=64, description="model name, a cascade, or 'auto'; default model if omitted")
-]
-Version = Annotated[int | None, Query(ge=1, description="model version; default: the newest ready version")]
-TimeoutMs = Annotated[int | None, Query(ge=1, le=600_000, description="deadline in milliseconds")]
-BudgetMs = Annotated[
-    float | None, Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds")
-]
 
 
 def _wants_binary(request: Request) -> bool:
@@ -66,11 +67,14 @@ def create_explain_router(
         timeout_ms: TimeoutMs = None,
         normalize: Annotated[bool, Query(description="scale each vector to unit length")] = False,
         budget_ms: BudgetMs = None,
+        priority: PriorityQuery = None,
+        x_priority: PriorityHeader = None,
     ) -> EmbedResponse | Response:
         start = time.monotonic()
         try:
             with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
+                level = request_priority(priority, x_priority)
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
                 images = await images_from_request(request, settings)
                 deadline = deadline_after(start, timeout_ms)
                 outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
@@ -118,11 +122,14 @@ def create_explain_router(
             int | None, Query(ge=0, description="the class to map; default: the top class")
         ] = None,
         budget_ms: BudgetMs = None,
+        priority: PriorityQuery = None,
+        x_priority: PriorityHeader = None,
     ) -> Response:
         start = time.monotonic()
         try:
             with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms))
+                level = request_priority(priority, x_priority)
+                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
                 images = await images_from_request(request, settings)
                 if len(images) != 1:
                     raise InvalidArgument(f"/explain takes one image, got {len(images)}")
