@@ -246,6 +246,14 @@ def test_embed_and_explain_take_a_priority_as_classify_does(explain_server, real
             timeout=120,
         )
         assert by_header.status_code == 200, by_header.text
+    high = _grpc(
+        explain_server, "Embed", pb.EmbedRequest(model="lite0", images=[photo], priority="high")
+    )
+    assert high.dimension > 0
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        _grpc(explain_server, "Embed", pb.EmbedRequest(model="lite0", images=[photo], priority="urgent"))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "high, normal, low" in (caught.value.details() or "")
     schema = httpx.get(f"{explain_server.http_url}/openapi.json", timeout=10).json()["paths"]
     for path in ("/classify", "/embed", "/explain"):
         names = {p["name"].lower() for p in schema[path]["post"]["parameters"]}

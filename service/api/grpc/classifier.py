@@ -145,7 +145,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
         async def work(call: Observation) -> classifier_pb2.EmbedResponse:
             target = self._engine.admit(
-                request.model or None, request.version or None, budget_ms=request.budget_ms or None
+                request.model or None,
+                request.version or None,
+                budget_ms=request.budget_ms or None,
+                priority=parse_priority(request.priority),
             )
             outcome = await self._engine.embed(call.admitted(target), list(request.images), deadline)
             found = vectors(outcome, request.normalize)
