@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.model_spec import ModelSpec
+from service.runtime.session import RuntimeOptions
 from service.settings import Settings
 
 SIZE = 16
@@ -144,3 +145,16 @@ def tiny_settings(repository: Path, **overrides: Any) -> Settings:
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def cpu_options(device: str = "cpu") -> RuntimeOptions:
+    """ONNX Runtime options for the tiny graph in tests: one thread, no spinning."""
+    return RuntimeOptions(
+        device=device,
+        intra_op_threads=1,
+        inter_op_threads=1,
+        allow_spinning=False,
+        graph_optimization="all",
+        cuda_device_id=0,
+        cudnn_conv_algo_search="HEURISTIC",
+    )

@@ -11,22 +11,13 @@ import numpy as np
 
 from service.runtime.batcher import Batcher, BatcherConfig
 from service.runtime.outputs import NOTHING, Wanted, plan
-from service.runtime.session import OrtRunner, RuntimeOptions
-from tests.tiny_model import SIZE, TINY_WEIGHTS, write_model
+from service.runtime.session import OrtRunner
+from tests.tiny_model import SIZE, TINY_WEIGHTS, cpu_options, write_model
 
 
 def _runner(tmp_path: Path) -> OrtRunner:
     folder = write_model(tmp_path, "tiny", explain=True)
-    options = RuntimeOptions(
-        device="cpu",
-        intra_op_threads=1,
-        inter_op_threads=1,
-        allow_spinning=False,
-        graph_optimization="all",
-        cuda_device_id=0,
-        cudnn_conv_algo_search="HEURISTIC",
-    )
-    return OrtRunner(folder / "model.onnx", options, ["logits", "probabilities"])
+    return OrtRunner(folder / "model.onnx", cpu_options(), ["logits", "probabilities"])
 
 
 def _solid(colour: tuple[int, int, int]) -> np.ndarray:

@@ -26,19 +26,7 @@ from service.runtime.session import (
     warmup_batch_sizes,
 )
 from service.settings import Settings
-from tests.tiny_model import SIZE, write_model
-
-
-def cpu_options(device: str) -> RuntimeOptions:
-    return RuntimeOptions(
-        device=device,
-        intra_op_threads=1,
-        inter_op_threads=1,
-        allow_spinning=False,
-        graph_optimization="all",
-        cuda_device_id=0,
-        cudnn_conv_algo_search="HEURISTIC",
-    )
+from tests.tiny_model import SIZE, cpu_options, write_model
 
 
 def test_cpu_is_asked_for_cpu_only() -> None:
