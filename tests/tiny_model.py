@@ -147,8 +147,8 @@ def tiny_settings(repository: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def cpu_options(device: str = "cpu") -> RuntimeOptions:
-    """ONNX Runtime options for the tiny graph in tests: one thread, no spinning."""
+def ort_options(device: str = "cpu") -> RuntimeOptions:
+    """ONNX Runtime options for tests of one session: one thread, no spinning, on `device`."""
     return RuntimeOptions(
         device=device,
         intra_op_threads=1,

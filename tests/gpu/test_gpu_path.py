@@ -18,7 +18,7 @@ import pytest
 
 from service.runtime.session import CUDA, OrtRunner, RuntimeOptions, nvidia_gpu_present
 from tests.engine_calls import classify
-from tests.tiny_model import SIZE, write_model
+from tests.tiny_model import SIZE, ort_options, write_model
 
 pytestmark = pytest.mark.gpu
 
@@ -50,17 +50,7 @@ OUTPUTS = ["logits", "probabilities"]
 
 
 def cuda_options(**changes: object) -> RuntimeOptions:
-    base = RuntimeOptions(
-        device="cuda",
-        intra_op_threads=1,
-        inter_op_threads=1,
-        allow_spinning=False,
-        graph_optimization="all",
-        cuda_device_id=0,
-        cudnn_conv_algo_search="HEURISTIC",
-        buffer_sets=2,
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return replace(ort_options("cuda"), buffer_sets=2, **changes)  # type: ignore[arg-type]
 
 
 def gpu_memory_mib() -> float:

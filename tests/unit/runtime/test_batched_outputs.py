@@ -12,12 +12,12 @@ import numpy as np
 from service.runtime.batcher import Batcher, BatcherConfig
 from service.runtime.outputs import NOTHING, Wanted, plan
 from service.runtime.session import OrtRunner
-from tests.tiny_model import SIZE, TINY_WEIGHTS, cpu_options, write_model
+from tests.tiny_model import SIZE, TINY_WEIGHTS, ort_options, write_model
 
 
 def _runner(tmp_path: Path) -> OrtRunner:
     folder = write_model(tmp_path, "tiny", explain=True)
-    return OrtRunner(folder / "model.onnx", cpu_options(), ["logits", "probabilities"])
+    return OrtRunner(folder / "model.onnx", ort_options(), ["logits", "probabilities"])
 
 
 def _solid(colour: tuple[int, int, int]) -> np.ndarray:

@@ -26,26 +26,26 @@ from service.runtime.session import (
     warmup_batch_sizes,
 )
 from service.settings import Settings
-from tests.tiny_model import SIZE, cpu_options, write_model
+from tests.tiny_model import SIZE, ort_options, write_model
 
 
 def test_cpu_is_asked_for_cpu_only() -> None:
-    assert _providers(cpu_options("cpu")) == [CPU]
+    assert _providers(ort_options("cpu")) == [CPU]
 
 
 @pytest.mark.skipif(nvidia_gpu_present(), reason="this machine has a GPU")
 def test_auto_without_a_gpu_uses_cpu_and_cuda_fails_loudly(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    assert _providers(cpu_options("auto")) == [CPU]
-    runner = OrtRunner(folder / "model.onnx", cpu_options("auto"), ["logits", "probabilities"])
+    assert _providers(ort_options("auto")) == [CPU]
+    runner = OrtRunner(folder / "model.onnx", ort_options("auto"), ["logits", "probabilities"])
     assert runner.provider == CPU
     with pytest.raises(RuntimeUnavailable, match="cuda"):
-        OrtRunner(folder / "model.onnx", cpu_options("cuda"), ["logits", "probabilities"])
+        OrtRunner(folder / "model.onnx", ort_options("cuda"), ["logits", "probabilities"])
 
 
 def test_run_returns_named_outputs_per_row(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["logits", "probabilities"])
     batch = np.zeros((3, 3, SIZE, SIZE), np.uint8)
     outputs = runner.run(batch)
     assert outputs["logits"].shape == (3, 4) and outputs["probabilities"].shape == (3, 4)
@@ -66,11 +66,11 @@ def test_warmup_covers_powers_of_two_up_to_the_batch_size() -> None:
 def fast_path_options(device: str = "cpu", **changes: object) -> RuntimeOptions:
     base = dict(batch_buckets="on", io_binding="on", buffer_sets=2)
     base.update(changes)
-    return replace(cpu_options(device), **base)  # type: ignore[arg-type]
+    return replace(ort_options(device), **base)  # type: ignore[arg-type]
 
 
 def reference(folder: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
-    return OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"]).run(batch)
+    return OrtRunner(folder / "model.onnx", ort_options("cpu"), ["logits", "probabilities"]).run(batch)
 
 
 def test_bucket_is_the_smallest_warmed_size_that_holds_the_batch() -> None:
@@ -81,13 +81,13 @@ def test_bucket_is_the_smallest_warmed_size_that_holds_the_batch() -> None:
 
 
 def test_cpu_defaults_keep_todays_path() -> None:
-    runner_options = cpu_options("cpu")
+    runner_options = ort_options("cpu")
     assert (runner_options.batch_buckets, runner_options.io_binding) == ("auto", "auto")
 
 
 def test_cpu_default_runner_neither_pads_nor_binds(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["logits", "probabilities"])
+    runner = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
     assert not runner.use_buckets and not runner.use_io_binding and runner.buckets == []
 
@@ -158,22 +158,22 @@ def test_cuda_provider_options_come_from_settings() -> None:
     )
     assert cuda["gpu_mem_limit"] == 512 * 1024 * 1024
     assert cuda["arena_extend_strategy"] == "kNextPowerOfTwo" and cuda["enable_cuda_graph"] == "1"
-    plain = cuda_provider_options(cpu_options("cuda"))
+    plain = cuda_provider_options(ort_options("cuda"))
     assert "gpu_mem_limit" not in plain and "enable_cuda_graph" not in plain
 
 
 def test_tf32_is_set_explicitly_either_way() -> None:
-    assert cuda_provider_options(cpu_options("cuda"))["use_tf32"] == "1"  # ORT's own default, now visible
-    assert cuda_provider_options(replace(cpu_options("cuda"), cuda_tf32=False))["use_tf32"] == "0"
+    assert cuda_provider_options(ort_options("cuda"))["use_tf32"] == "1"  # ORT's own default, now visible
+    assert cuda_provider_options(replace(ort_options("cuda"), cuda_tf32=False))["use_tf32"] == "0"
     assert RuntimeOptions.from_settings(Settings(cuda_tf32=False)).cuda_tf32 is False
     assert Settings().cuda_tf32 is True
 
 
 def test_cuda_graphs_force_buckets_and_io_binding_on() -> None:
-    graphs_off_buckets = replace(cpu_options("cuda"), cuda_graphs=True, batch_buckets="off", io_binding="off")
+    graphs_off_buckets = replace(ort_options("cuda"), cuda_graphs=True, batch_buckets="off", io_binding="off")
     assert fast_path(graphs_off_buckets, CUDA) == (True, True, True)
-    assert fast_path(replace(cpu_options("cuda"), batch_buckets="off"), CUDA) == (False, True, False)
-    assert fast_path(replace(cpu_options("cpu"), cuda_graphs=True), CPU) == (
+    assert fast_path(replace(ort_options("cuda"), batch_buckets="off"), CUDA) == (False, True, False)
+    assert fast_path(replace(ort_options("cpu"), cuda_graphs=True), CPU) == (
         False,
         False,
         False,
@@ -216,7 +216,7 @@ def test_spinning_policy_reaches_the_session_options(
     allow: bool, between: bool, spinning: str, forced_stop: str | None
 ) -> None:
     """With spinning allowed: spin while a batch runs, stop when the last running batch returns."""
-    options = replace(cpu_options("cpu"), allow_spinning=allow, spin_between_runs=between)
+    options = replace(ort_options("cpu"), allow_spinning=allow, spin_between_runs=between)
     session_options = _session_options(options)
     assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
     stop = "session.force_spinning_stop"
@@ -247,7 +247,7 @@ class _Recording:
 def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_threaded(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(
-        folder / "model.onnx", replace(cpu_options("cpu"), intra_op_threads=2), ["probabilities"]
+        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
     )
     assert runner.add_overlap_sessions(1) == 1
     seen: list[str] = []
@@ -271,11 +271,11 @@ def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_thr
 
 def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    one_thread = OrtRunner(folder / "model.onnx", cpu_options("cpu"), ["probabilities"])
+    one_thread = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["probabilities"])
     assert one_thread.add_overlap_sessions(1) == 0  # its batches run on one thread anyway
     bound = OrtRunner(
         folder / "model.onnx",
-        replace(cpu_options("cpu"), intra_op_threads=2, io_binding="on"),
+        replace(ort_options("cpu"), intra_op_threads=2, io_binding="on"),
         ["probabilities"],
     )
     assert bound.add_overlap_sessions(1) == 0
