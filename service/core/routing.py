@@ -83,14 +83,14 @@ def auto_candidates(records: Iterable[ModelRecord]) -> list[tuple[ModelRecord, M
 def _one_label_set(
     found: list[tuple[ModelRecord, ModelEntry]],
 ) -> list[tuple[ModelRecord, ModelEntry]]:
-    groups: dict[tuple[str, ...], list[tuple[ModelRecord, ModelEntry]]] = {}
-    for record, entry in sorted(found, key=lambda pair: pair[0].name):
-        groups.setdefault(tuple(entry.labels), []).append((record, entry))
-    if len(groups) <= 1:
+    sizes: dict[tuple[str, ...], int] = {}
+    for _, entry in sorted(found, key=lambda pair: pair[0].name):
+        labels = tuple(entry.labels)
+        sizes[labels] = sizes.get(labels, 0) + 1
+    if len(sizes) <= 1:
         return found
-    largest = max(groups.values(), key=len)  # max keeps the first of equal sizes: insertion order
-    kept = {id(entry) for _, entry in largest}
-    return [pair for pair in found if id(pair[1]) in kept]
+    kept = max(sizes, key=lambda labels: sizes[labels])  # the first of equal sizes: insertion order
+    return [pair for pair in found if tuple(pair[1].labels) == kept]
 
 
 def ranking_accuracy(specs: Sequence[ModelSpec]) -> tuple[list[float], str]:

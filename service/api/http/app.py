@@ -11,11 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_from_request, retry_headers
+from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.explain import create_explain_router
 from service.api.http.gate import RequestGate
-from service.api.http.params import PriorityHeader, PriorityQuery, request_priority
+from service.api.http.params import (
+    BudgetMs,
+    PriorityHeader,
+    PriorityQuery,
+    TimeoutMs,
+    Variant,
+    Version,
+    deadline_after,
+    request_priority,
+)
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
 from service.api.v2.over_http import create_v2_router
@@ -129,24 +138,11 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     )
     async def classify(
         request: Request,
-        variant: Annotated[
-            str | None,
-            Query(
-                max_length=64,
-                description="model name (b0..b7, lite0, ...), a cascade, or 'auto'; default model if omitted",
-            ),
-        ] = None,
+        variant: Variant = None,
         top_k: Annotated[int, Query(description="predictions per image (1 to min(classes, max_top_k))")] = 5,
-        timeout_ms: Annotated[
-            int | None, Query(ge=1, le=600_000, description="deadline for this request in milliseconds")
-        ] = None,
-        version: Annotated[
-            int | None, Query(ge=1, description="model version; default: the newest ready version")
-        ] = None,
-        budget_ms: Annotated[
-            float | None,
-            Query(gt=0, le=600_000, description="variant=auto: the latency budget in milliseconds"),
-        ] = None,
+        timeout_ms: TimeoutMs = None,
+        version: Version = None,
+        budget_ms: BudgetMs = None,
         priority: PriorityQuery = None,
         x_priority: PriorityHeader = None,
         explain: Annotated[

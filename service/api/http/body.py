@@ -24,11 +24,6 @@ from service.settings import Settings
 _RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
 
 
-def deadline_after(start: float, timeout_ms: int | None) -> float | None:
-    """The request's deadline (time.monotonic()) from its `timeout_ms`, counted from `start`."""
-    return start + timeout_ms / 1000 if timeout_ms is not None else None
-
-
 # How the routes that take images document their body in OpenAPI (read_images accepts all three).
 IMAGE_BODY_OPENAPI = {
     "requestBody": {

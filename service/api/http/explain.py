@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from service.api.http.body import IMAGE_BODY_OPENAPI, deadline_after, images_from_request
+from service.api.http.body import IMAGE_BODY_OPENAPI, images_from_request
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.http.params import (
     BudgetMs,
@@ -18,6 +18,7 @@ from service.api.http.params import (
     TimeoutMs,
     Variant,
     Version,
+    deadline_after,
     request_priority,
 )
 from service.api.observe import StatusCodes, observed
