@@ -1,9 +1,9 @@
 """The executor: one run of one model for one request. Lease the ready version, ask the response cache
 (core/cache) for the inputs it has seen, check the queue has room for the rest, preprocess each of them
-with *that version's* backend on the pool, submit the rows to its batcher at the request's priority,
-keep the new answers, release the lease. Direct requests and every cascade stage run through here, so
-each run is observed the same way (preprocess metrics, the live figures `auto` predicts from) and
-cached under the model that really ran."""
+with *that version's* backend (on the CPU in the thread that runs its batch, else on the pool first),
+submit them to its batcher at the request's priority, keep the new answers, release the lease. Direct
+requests and every cascade stage run through here, so each run is observed the same way (preprocess
+metrics, the live figures `auto` predicts from) and cached under the model that really ran."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -20,13 +21,14 @@ from service.core.cache.rows import Rows
 from service.core.explain import check_offers
 from service.core.live import LiveFigures
 from service.core.outcomes import InferOutcome, batch_timings, stack_rows
-from service.errors import Overloaded
+from service.errors import Overloaded, ServiceError
 from service.lifecycle.leases import Leases
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.metrics import Metrics
+from service.preprocess.backends import PreprocessBackend
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.pool import PreprocessPool
-from service.runtime.batcher import ItemResult
+from service.runtime.batcher import Encoded, ItemResult
 from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
 
@@ -81,25 +83,45 @@ class Executor:
             preprocess_s = 0.0
             if todo:
                 check_queue_room(entry, len(todo), run.priority)  # before spending CPU on decoding
-                backend = entry.backend
-                assert backend is not None and entry.batcher is not None
-                jobs = [(images[i], self._limits) for i in todo]
                 with self._held(entry, len(todo)):
-                    done = await self._pool.run(backend.prepare, jobs, int(run.priority))
-                    for _, seconds in done:
-                        self._metrics.observe_preprocess(entry.name, seconds)
-                    preprocess_s = time.monotonic() - start
-                    self._live.observe_preprocess(entry.name, preprocess_s / len(todo))
-                    rows = [row for row, _ in done]
-                    results = await entry.batcher.submit(
-                        rows, deadline=deadline, priority=run.priority, wanted=run.wanted
-                    )
+                    results, preprocess_s = await self._prepare_and_run(entry, images, todo, deadline, run)
             outcome = await self._answer(entry, lookup, todo, results, preprocess_s, start)
         finally:
             self._leases.release(entry)
         if todo:  # cache hits say nothing of what a run of this model takes
             self._live.observe_latency(entry.name, time.monotonic() - start)
         return outcome
+
+    async def _prepare_and_run(
+        self, entry: ModelEntry, images: Sequence[bytes], todo: list[int], deadline: float, run: RunOptions
+    ) -> tuple[list[ItemResult], float]:
+        """Preprocess and run the images `todo`; returns their results and the preprocessing seconds."""
+        backend, batcher = entry.backend, entry.batcher
+        assert backend is not None and batcher is not None
+        limits = self._limits
+        if backend.in_batch:
+            several = len(images) > 1
+            encoded = [
+                Encoded(images[i], partial(_prepare, backend, limits, i if several else None)) for i in todo
+            ]
+            results = await batcher.submit(
+                encoded, deadline=deadline, priority=run.priority, wanted=run.wanted
+            )
+            seconds = [result.prepare_s for result in results]
+            preprocess_s = sum(seconds)
+        else:
+            start = time.monotonic()
+            jobs = [(images[i], limits) for i in todo]
+            done = await self._pool.run(backend.prepare, jobs, int(run.priority))
+            seconds = [s for _, s in done]
+            preprocess_s = time.monotonic() - start
+            results = await batcher.submit(
+                [row for row, _ in done], deadline=deadline, priority=run.priority, wanted=run.wanted
+            )
+        for one in seconds:
+            self._metrics.observe_preprocess(entry.name, one)
+        self._live.observe_preprocess(entry.name, sum(seconds) / len(seconds))
+        return results, preprocess_s
 
     async def run_pixels(
         self,
@@ -164,6 +186,17 @@ class Executor:
             yield
         finally:
             self._metrics.load.leave(entry.name, images)
+
+
+def _prepare(backend: PreprocessBackend, limits: DecodeLimits, index: int | None, data: bytes) -> np.ndarray:
+    """One image of a request, in the batch's thread; an error names the image when there are several."""
+    try:
+        return backend.prepare(data, limits)
+    except ServiceError as exc:
+        if index is not None:
+            exc.message = f"image {index}: {exc.message}"
+            exc.args = (exc.message,)
+        raise
 
 
 def check_queue_room(entry: ModelEntry, count: int = 1, priority: Priority = DEFAULT) -> None:

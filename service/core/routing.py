@@ -150,8 +150,12 @@ class Router:
         batch run, from the model's live batcher figures; never below its recent measured tail."""
         assert entry.spec is not None
         preprocess = self._live.preprocess_ms(entry.name) or _PRIOR_PREPROCESS_MS
-        preprocess *= 1 + self._pool.backlog / self._pool.workers
         batcher = entry.batcher
+        if entry.backend is not None and entry.backend.in_batch and batcher is not None:
+            # the batch threads decode the queued images, each just before its batch runs
+            preprocess *= 1 + batcher.queue_depth / batcher.config.instances
+        else:
+            preprocess *= 1 + self._pool.backlog / self._pool.workers
         batch_s = batcher.recent_batch_s if batcher is not None else None
         if batch_s is None:
             batch_ms = _PRIOR_MS_BASE + _PRIOR_MS_PER_GMAC * entry.spec.gmacs

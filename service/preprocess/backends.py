@@ -26,7 +26,7 @@ from service.preprocess.gpu_jpeg import BatchingJpegDecoder, load_nvimgcodec
 from service.preprocess.images import PreprocessSpec, decode_rgb, preprocess
 from service.preprocess.resize_graph import ResizeGraphRunner
 from service.runtime.device import DeviceContext
-from service.runtime.providers import CUDA
+from service.runtime.providers import CPU, CUDA
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ _GPU_JPEG_MODES = frozenset({"RGB", "L"})
 
 class PreprocessBackend(Protocol):
     name: str
+    # True: the batcher's own thread prepares each image just before running its batch (Encoded items);
+    # False: the preprocessing pool does, overlapping the batch that runs.
+    in_batch: bool
 
     def prepare(self, data: bytes, limits: DecodeLimits) -> Any:
         """One encoded image -> (3, crop, crop) uint8, host or device array. Raises service.errors."""
@@ -72,8 +75,9 @@ def choose_backend(
 class PillowBackend:
     name = "pillow"
 
-    def __init__(self, spec: PreprocessSpec) -> None:
+    def __init__(self, spec: PreprocessSpec, in_batch: bool = False) -> None:
         self.spec = spec
+        self.in_batch = in_batch
 
     def prepare(self, data: bytes, limits: DecodeLimits) -> Any:
         return preprocess(data, self.spec, limits)
@@ -90,6 +94,7 @@ class GraphBackend:
         self.resize = resize
         self.jpeg = jpeg
         self.name = f"{'nvimgcodec' if jpeg else 'pillow'}+graph({resize.device})"
+        self.in_batch = False  # device rows are gathered across many decoding threads
         self.gpu_decoded = 0
         self.pillow_fallbacks = 0
 
@@ -133,8 +138,11 @@ def create_backend(settings: Settings, spec: PreprocessSpec, provider: str, mode
             model, provider,
         )  # fmt: skip
     backend: PreprocessBackend
+    # On the CPU, the thread that runs a batch decodes its images: decoding and inference then never
+    # compete for a core, and no image passes between threads (bench/README.md, "One thread per image").
+    in_batch = provider == CPU and settings.preprocess_in_batch
     if choice.resize == "pillow":
-        backend = PillowBackend(spec)
+        backend = PillowBackend(spec, in_batch)
     else:
         device = "cuda" if provider == CUDA else "cpu"
         # One stream for decode and resize: the graph runs on it, the decoder decodes on it.
@@ -153,8 +161,10 @@ def create_backend(settings: Settings, spec: PreprocessSpec, provider: str, mode
             except Exception as exc:  # the library loaded but could not start on this device
                 log.error("event=nvimgcodec_failed model=%s error=%r fallback=pillow", model, str(exc))
         if jpeg is None and settings.resize != "graph":
-            backend = PillowBackend(spec)
+            backend = PillowBackend(spec, in_batch)
         else:
             backend = GraphBackend(spec, resize, jpeg)
-    log.info("event=preprocess_backend model=%s backend=%s", model, backend.name)
+    log.info(
+        "event=preprocess_backend model=%s backend=%s in_batch=%s", model, backend.name, backend.in_batch
+    )
     return backend

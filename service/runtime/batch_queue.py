@@ -30,12 +30,26 @@ class QueueObserver(Protocol):
     def priority_depth(self, model: str, priority: str, depth: int) -> None: ...
 
 
+class Encoded:
+    """An image still encoded, and how to make it a row: `prepare(data)` -> (3, crop, crop) uint8.
+    Raises service.errors types for a bad image."""
+
+    __slots__ = ("data", "prepare")
+
+    def __init__(self, data: bytes, prepare: Callable[[bytes], np.ndarray]) -> None:
+        self.data = data
+        self.prepare = prepare
+
+
+Payload = np.ndarray | Encoded
+
+
 class Item:
     __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "priority", "wanted")
 
     def __init__(
         self,
-        array: np.ndarray,
+        array: Payload,
         future: asyncio.Future[object],
         enqueued_at: float,
         deadline: float | None,

@@ -5,6 +5,10 @@ that is not full, counted from its oldest item's arrival); a full queue rejects 
 deadline passes while queued, or whose caller was cancelled, is dropped and never run; a failing batch
 fails only its own callers. Inference runs in one worker thread the batcher owns, never on the loop.
 
+An item is either a ready row or an `Encoded` image: the worker thread that runs its batch prepares it
+first (decode, resize, crop), so on the CPU one thread carries an image from bytes to scores with no
+hand-off between threads, and an image that fails to decode fails only its own caller.
+
 The queue's bookkeeping (item states, deadlines, tombstones) is batch_queue.py's; this module forms
 batches from it and runs them.
 """
@@ -12,6 +16,7 @@ batches from it and runs them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -22,8 +27,15 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
-from service.runtime.batch_queue import BatchQueue, Item, QueueObserver
+from service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidArgument,
+    NotReady,
+    Overloaded,
+    ServiceError,
+)
+from service.runtime.batch_queue import BatchQueue, Encoded, Item, Payload, QueueObserver
 from service.runtime.outputs import NOTHING, RunPlan, Wanted, item_rows, plan
 from service.runtime.priorities import DEFAULT, Priority, queue_limit
 
@@ -74,6 +86,17 @@ class ItemResult:
     queue_s: float  # from submit to its batch starting
     inference_s: float  # its batch's run time
     batch_size: int
+    prepare_s: float = 0.0  # preparing this item in the batch's thread (Encoded items only)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ran:
+    """What a worker thread did with one batch: the outputs of the items that prepared (in order),
+    and for each item either its preparation seconds or the error that failed it."""
+
+    outputs: dict[str, np.ndarray]
+    inference_s: float
+    prepared: list[float | BaseException]
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -158,20 +181,21 @@ class Batcher:
 
     async def submit(
         self,
-        items: Sequence[np.ndarray],
+        items: Sequence[Payload],
         deadline: float | None = None,
         priority: Priority = DEFAULT,
         wanted: Wanted = NOTHING,
     ) -> list[ItemResult]:
         """Queue `items` atomically at `priority` and return their results in order.
 
+        `items`: ready rows, or Encoded images that the batch's thread prepares first.
         `wanted`: extra outputs (features, maps) these items ask for; they share batches with items
         that ask for other ones or none (the run computes the union, each item gets its own).
 
         Raises Overloaded (queue full for that priority; nothing queued), DeadlineExceeded (`deadline`,
         a time.monotonic() value, passed before all items ran), InferenceFailed (a batch holding one of
-        them failed), NotReady (not started or shutting down). On any failure the request's still-queued items
-        are dropped.
+        them failed), an Encoded item's own error (it could not be prepared), NotReady (not started or
+        shutting down). On any failure the request's still-queued items are dropped.
         """
         loop = self._loop
         if self._closing:
@@ -216,9 +240,11 @@ class Batcher:
             if timer is not None:
                 timer.cancel()
 
-    def _check_items(self, items: Sequence[np.ndarray]) -> None:
+    def _check_items(self, items: Sequence[Payload]) -> None:
         shape, dtype = self._item_shape, self._item_dtype
         for index, array in enumerate(items):
+            if isinstance(array, Encoded):
+                continue  # its row is made to the model's shape
             if array.shape != shape or array.dtype != dtype:
                 raise InvalidArgument(
                     f"input {index} is {array.dtype} {array.shape}; model {self.name!r} takes {dtype} {shape}"
@@ -296,7 +322,7 @@ class Batcher:
         self.items_run += n
         run_plan = plan([item.wanted for item in batch])
         try:
-            outputs, inference_s = await self._loop.run_in_executor(
+            ran = await self._loop.run_in_executor(
                 self._executor, self._run_batch, [item.array for item in batch], run_plan
             )
         except asyncio.CancelledError:
@@ -309,6 +335,16 @@ class Batcher:
             message = f"inference failed on model {self.name!r} (error id {error_id})"
             self._fail(batch, lambda: InferenceFailed(message))
             return
+        prepared: list[tuple[Item, float]] = []
+        for item, outcome in zip(batch, ran.prepared, strict=True):
+            if isinstance(outcome, BaseException):
+                if not item.future.done():
+                    item.future.set_exception(outcome)
+            else:
+                prepared.append((item, outcome))
+        if not prepared:
+            return
+        n, inference_s = len(prepared), ran.inference_s
         per_item = inference_s / n
         self._item_s = (
             per_item if self._item_s is None else self._item_s + _EWMA_ALPHA * (per_item - self._item_s)
@@ -320,16 +356,56 @@ class Batcher:
         )
         if self._observer is not None:
             self._observer.batch_completed(self.name, n, inference_s)
-        for i, item in enumerate(batch):
+        for i, (item, prepare_s) in enumerate(prepared):
             future = item.future
             if not future.done():
-                rows = item_rows(outputs, i, item.wanted)
-                future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n))
+                rows = item_rows(ran.outputs, i, item.wanted)
+                future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n, prepare_s))
 
-    def _run_batch(
-        self, arrays: list[np.ndarray], run_plan: RunPlan | None = None
+    def _run_batch(self, payloads: list[Payload], run_plan: RunPlan | None = None) -> _Ran:
+        """Worker thread: prepare the Encoded items, then stack and run the rows, and check that every
+        output has one row per row run."""
+        arrays, prepared = self._prepare(payloads)
+        if not arrays:
+            return _Ran({}, 0.0, prepared)
+        outputs, inference_s = self._run_rows(arrays, run_plan)
+        return _Ran(outputs, inference_s, prepared)
+
+    def _prepare(self, payloads: list[Payload]) -> tuple[list[np.ndarray], list[float | BaseException]]:
+        if not any(isinstance(payload, Encoded) for payload in payloads):
+            return [p for p in payloads if not isinstance(p, Encoded)], [0.0] * len(payloads)
+        preparing = getattr(self.runner, "preparing", None)  # tells the runner this core is busy
+        with preparing() if preparing is not None else contextlib.nullcontext():
+            return self._prepare_each(payloads)
+
+    def _prepare_each(
+        self, payloads: list[Payload]
+    ) -> tuple[list[np.ndarray], list[float | BaseException]]:
+        arrays: list[np.ndarray] = []
+        prepared: list[float | BaseException] = []
+        for payload in payloads:
+            if not isinstance(payload, Encoded):
+                arrays.append(payload)
+                prepared.append(0.0)
+                continue
+            start = time.perf_counter()
+            try:
+                arrays.append(payload.prepare(payload.data))
+            except ServiceError as exc:  # a bad image: its caller's error, not the batch's
+                prepared.append(exc)
+                continue
+            except Exception as exc:
+                error_id = secrets.token_hex(4)
+                log.error("preprocessing failed model=%s error_id=%s", self.name, error_id, exc_info=exc)
+                message = f"preprocessing failed on model {self.name!r} (error id {error_id})"
+                prepared.append(InferenceFailed(message))
+                continue
+            prepared.append(time.perf_counter() - start)
+        return arrays, prepared
+
+    def _run_rows(
+        self, arrays: list[np.ndarray], run_plan: RunPlan | None
     ) -> tuple[dict[str, np.ndarray], float]:
-        """Worker thread: stack, run, check that every output has one row per item."""
         run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
         if run_plan is not None and run_plan.extra:
             if run_items is None:

@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -218,6 +218,18 @@ class OrtRunner:
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.run_items(batch)
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Held while a batch's own thread decodes its images (batcher, Encoded items): that core is
+        busy, so a batch that starts running meanwhile is not alone and takes a one-thread session."""
+        with self._running_lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     def add_overlap_sessions(self, count: int) -> int:
         """On the CPU provider: `count` one-thread sessions of the same graph, for batches that start

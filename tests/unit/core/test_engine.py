@@ -11,7 +11,7 @@ import pytest
 
 from service.core.engine import Engine
 from service.core.outcomes import top_k_predictions
-from service.errors import InvalidArgument, NotReady, Overloaded, UnknownModel
+from service.errors import BadRequest, InvalidArgument, NotReady, Overloaded, UnknownModel
 from service.metrics import Metrics
 from tests.engine_calls import classify, infer_pixels
 from tests.tiny_model import CLASSES, SIZE, png, tiny_settings
@@ -89,9 +89,29 @@ async def test_missing_configured_model_is_not_ready(
 
 
 async def test_overload_rejects_before_decoding(tiny_repository: Path, start_engine: EngineStarter) -> None:
-    engine = await start_engine(tiny_repository, max_pending_preprocess=2)
-    with pytest.raises(Overloaded):
+    engine = await start_engine(tiny_repository, max_pending_preprocess=2, preprocess_in_batch=False)
+    with pytest.raises(Overloaded, match="waiting to be decoded"):
         await classify(engine, "tiny", [png((1, 2, 3))] * 3, top_k=1)
+
+
+async def test_overload_rejects_before_decoding_in_the_batch_threads(
+    tiny_repository: Path, start_engine: EngineStarter
+) -> None:
+    engine = await start_engine(tiny_repository, max_queue_size=2, max_batch_size=1, instances=1)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await classify(engine, "tiny", [png((1, 2, 3))] * 3, top_k=1)
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+async def test_a_bad_image_among_several_is_named_by_its_place(
+    tiny_repository: Path, start_engine: EngineStarter, in_batch: bool
+) -> None:
+    engine = await start_engine(tiny_repository, preprocess_in_batch=in_batch)
+    entry = engine.lifecycle.records["tiny"].serving()
+    assert entry is not None and entry.backend is not None and entry.backend.in_batch is in_batch
+    with pytest.raises(BadRequest, match="^image 1: "):
+        await classify(engine, "tiny", [png((1, 2, 3)), b"\x89PNG\r\n\x1a\nbroken", png((4, 5, 6))], top_k=1)
+    assert len((await classify(engine, "tiny", [png((1, 2, 3)), png((4, 5, 6))], top_k=1)).predictions) == 2
 
 
 async def test_after_stop_requests_are_refused(tiny_repository: Path, start_engine: EngineStarter) -> None:

@@ -14,8 +14,15 @@ from contextlib import asynccontextmanager
 import numpy as np
 import pytest
 
-from service.errors import DeadlineExceeded, InferenceFailed, InvalidArgument, NotReady, Overloaded
-from service.runtime.batcher import Batcher, BatcherConfig, ItemResult
+from service.errors import (
+    BadImage,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidArgument,
+    NotReady,
+    Overloaded,
+)
+from service.runtime.batcher import Batcher, BatcherConfig, Encoded, ItemResult
 
 MODEL = "fake"
 
@@ -583,3 +590,74 @@ async def test_close_waits_for_batches_still_running_on_other_instances() -> Non
     runner.release()
     await asyncio.wait_for(closing, 5)
     assert [row_ident(r[0]) for r in await asyncio.gather(*calls)] == [1, 2]
+
+
+# --- encoded items: prepared by the thread that runs their batch ---
+
+
+def encoded(ident: int, threads: list[str] | None = None) -> Encoded:
+    """An item whose bytes are its id; preparing it records the thread that did, and fails for an id
+    below zero (a bad image) or of 666 (a bug in preparation)."""
+
+    def prepare(data: bytes) -> np.ndarray:
+        if threads is not None:
+            threads.append(threading.current_thread().name)
+        value = int(data.decode())
+        if value < 0:
+            raise BadImage(f"cannot decode image {value}")
+        if value == 666:
+            raise ZeroDivisionError("a bug")
+        time.sleep(0.002)
+        return item(value)
+
+    return Encoded(str(ident).encode(), prepare)
+
+
+async def test_encoded_items_are_prepared_in_the_batch_thread_then_run() -> None:
+    runner, threads = FakeRunner(), []
+    async with running(runner, max_batch_size=4) as batcher:
+        results = await batcher.submit([encoded(i, threads) for i in (5, 6, 7)])
+    assert [row_ident(r) for r in results] == [5, 6, 7]
+    assert runner.seen == [5, 6, 7]
+    assert threads and all(name.startswith(f"batcher-{MODEL}") for name in threads)
+    assert all(r.prepare_s >= 0.002 for r in results)
+
+
+async def test_an_image_that_fails_to_prepare_fails_only_its_own_caller() -> None:
+    runner = FakeRunner(gated=True)
+    async with running(runner, max_batch_size=8) as batcher:
+        blocker = await start_blocker(batcher, runner)
+        good = asyncio.create_task(batcher.submit([encoded(1), item(2)]))
+        bad = asyncio.create_task(batcher.submit([encoded(-3)]))
+        await settle()
+        runner.release()
+        assert [row_ident(r) for r in await good] == [1, 2]
+        with pytest.raises(BadImage, match="cannot decode image -3"):
+            await bad
+        await blocker
+    assert runner.batches[1] == [1, 2]  # shared the batch; the bad image never reached the run
+    assert batcher.batches_failed == 0
+
+
+async def test_a_bug_in_preparation_is_logged_with_an_id_and_fails_its_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = FakeRunner()
+    with caplog.at_level(logging.ERROR):
+        async with running(runner) as batcher:
+            with pytest.raises(
+                InferenceFailed, match=r"preprocessing failed on model 'fake' \(error id (\w+)\)"
+            ):
+                await batcher.submit([encoded(666)])
+            assert [row_ident(r) for r in await batcher.submit([encoded(4)])] == [4]
+    assert "preprocessing failed model=fake" in caplog.text and "ZeroDivisionError" in caplog.text
+    assert runner.seen == [4]
+
+
+async def test_a_batch_of_only_failed_images_runs_nothing() -> None:
+    runner = FakeRunner()
+    async with running(runner) as batcher:
+        with pytest.raises(BadImage):
+            await batcher.submit([encoded(-1), encoded(-2)])
+        assert [row_ident(r) for r in await batcher.submit([encoded(9)])] == [9]
+    assert runner.batches == [[9]]

@@ -269,6 +269,24 @@ def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_thr
     assert seen[-1] == "main"
 
 
+def test_a_batch_that_runs_while_another_decodes_is_not_alone(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(
+        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
+    )
+    runner.add_overlap_sessions(1)
+    seen: list[str] = []
+    runner.session = _Recording(runner.session, "main", seen)  # type: ignore[assignment]
+    spare = runner._overlap.get()
+    runner._overlap_all = [spare]
+    runner._overlap.put(_Recording(spare, "single", seen))  # type: ignore[arg-type]
+    batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
+    with runner.preparing():  # another batch's thread is decoding its images
+        runner.run(batch)
+    runner.run(batch)
+    assert seen == ["single", "main"]
+
+
 def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     one_thread = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["probabilities"])
