@@ -39,7 +39,7 @@ QUICK = Profile(
     grpc_concurrency=(1, 16),
     naive_concurrency=(1, 16),
     open_loop_fractions=(0.3, 0.6, 0.9),
-    tuning=({"intra_op_threads": "1"},),
+    tuning=({"preprocess_in_batch": "false"}, {"intra_op_threads": "1"}),
     quiet_wait_s=5.0,
 )
 
@@ -54,6 +54,7 @@ FULL = Profile(
     naive_concurrency=(1, 4, 16, 32),
     open_loop_fractions=(0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1),
     tuning=(
+        {"preprocess_in_batch": "false"},
         {"intra_op_threads": "1"},
         {"preprocess_workers": "1"},
         {"preprocess_workers": "3"},

@@ -221,6 +221,15 @@ class Bench:
                 self.measure(HttpClassify(server.base_url, model, self.full_hd), self.closed(c, duration),
                              record, server, model)  # fmt: skip
 
+    def floor(self, model: str, concurrencies: tuple[int, ...]) -> None:
+        """The overhead floor (bench/floor_server.py): the pipeline limit less what HTTP costs."""
+        server = servers.floor(self.model_dir(model), self.logs / f"floor-{model}.log")
+        record = {"server": "floor", "settings": {}, "input": "1080p"}
+        with server:
+            for c in concurrencies:
+                target = HttpClassify(server.base_url, model, self.full_hd)
+                self.measure(target, self.closed(c), record, server, model)
+
     # ------------------------------------------------------------------ tuning
     def tuning(self) -> None:
         p = self.profile
@@ -376,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("explain outputs: %s", json.dumps(explain, indent=1))
     bench.naive("b0", profile.naive_concurrency)
     bench.naive("b0", profile.naive_concurrency, draft=True)
+    bench.floor("b0", (profile.saturation_concurrency,))
     bench.tuning()
     bench.variants()
     meta["duration_s"] = round(time.time() - started, 1)

@@ -115,6 +115,16 @@ def naive(model_dir: Path, log: Path, draft: bool = False) -> ServerProcess:
     return ServerProcess(argv, env, port, "/healthz", log)
 
 
+def floor(model_dir: Path, log: Path) -> ServerProcess:
+    """The overhead-floor reference server (bench/floor_server.py)."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "uvicorn", "--factory", "bench.floor_server:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    return ServerProcess(argv, {"EFFNET_FLOOR_MODEL_DIR": str(model_dir)}, port, "/healthz", log)
+
+
 def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
     """Per-bucket (not cumulative) batch counts between two scrapes, keyed by batch size bound."""
 

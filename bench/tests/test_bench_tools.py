@@ -101,10 +101,17 @@ def test_figures_compute_efficiency_and_speedup() -> None:
                 "bare_ort": {"best_images_per_s": 300.0, "batches": {"1": {"ms_per_batch": 4.0}}},
             }
         },
-        "runs": [run("service", 1, 50.0), run("service", 16, 170.0), run("naive", 16, 68.0)],
+        "runs": [
+            run("service", 1, 50.0),
+            run("service", 16, 170.0),
+            run("naive", 16, 68.0),
+            run("floor", 16, 180.0),
+        ],
     }
     f = figures(result)
     assert f["efficiency"]["b0"]["efficiency"] == pytest.approx(0.85)
     assert f["efficiency"]["b0"]["efficiency_excluding_client_cpu"] == pytest.approx(170 / 180, abs=1e-3)
     assert f["speedup_vs_naive"]["b0"]["16"] == pytest.approx(2.5)
     assert f["latency_c1_b0"]["added_ms"] == pytest.approx(11.0)
+    assert f["goals_b0"]["floor_efficiency_16"] == pytest.approx(0.9)
+    assert f["goals_b0"]["service_over_floor_16"] == pytest.approx(170 / 180, abs=1e-3)
