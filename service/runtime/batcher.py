@@ -131,7 +131,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._wake_threshold = 1
-        self._item_s: float | None = None  # moving average of inference seconds per item
+        self._item_s: float | None = None  # moving average of a worker's seconds per item (run + prepare)
         self._batch_s: float | None = None  # moving average of inference seconds per batch
         self._executor = ThreadPoolExecutor(
             max_workers=config.instances, thread_name_prefix=f"batcher-{name}"
@@ -345,7 +345,8 @@ class Batcher:
         if not prepared:
             return
         n, inference_s = len(prepared), ran.inference_s
-        per_item = inference_s / n
+        # A queued item costs its batch's thread its share of the run and its own preparation.
+        per_item = (inference_s + sum(seconds for _, seconds in prepared)) / n
         self._item_s = (
             per_item if self._item_s is None else self._item_s + _EWMA_ALPHA * (per_item - self._item_s)
         )
