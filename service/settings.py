@@ -109,10 +109,10 @@ class Settings(BaseSettings):
     )
     single_thread_overlap: bool = Field(
         True,
-        description="on CPU, a batch that starts while another runs uses a one-thread session of the model "
-        "(no barrier between threads at every operator: the cores stay busy at saturation), while a batch "
-        "that runs alone keeps every intra-op thread (the latency of one client); costs one session's "
-        "memory per extra instance",
+        description="on CPU, a batch that starts while another runs or decodes uses a one-thread session "
+        "of the model (no barrier between threads at every operator: the cores stay busy at saturation), "
+        "while a batch that runs alone keeps every intra-op thread (the latency of one client); all "
+        "overlapping batches share that one session, which costs one session's memory per model",
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")

@@ -59,8 +59,8 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
         lacking = ", ".join(sorted(missing))
         raise ModelLoadError(f"{folder / MODEL_FILE} lacks output {lacking} that model.json lists")
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)
-    if settings.single_thread_overlap:
-        runner.add_overlap_sessions(batching.instances - 1)
+    if settings.single_thread_overlap and batching.instances > 1:
+        runner.add_overlap_session()
     sizes = warmup_batch_sizes(batching.max_batch_size)
     runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs)
     seconds = time.monotonic() - start

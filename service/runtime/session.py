@@ -204,9 +204,8 @@ class OrtRunner:
         self._sets_lock = threading.Lock()
         # CUDA graph replay of one session is not safe from two threads at once.
         self._graph_lock = threading.Lock() if graphs else None
-        # CPU: one-thread sessions for batches that start while another runs (add_overlap_sessions).
-        self._overlap: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        self._overlap_all: list[ort.InferenceSession] = []
+        # CPU: the one-thread session for batches that start while another runs (add_overlap_session).
+        self._single: ort.InferenceSession | None = None
         self._running = 0
         self._running_lock = threading.Lock()
         log.info(
@@ -231,20 +230,19 @@ class OrtRunner:
             with self._running_lock:
                 self._running -= 1
 
-    def add_overlap_sessions(self, count: int) -> int:
-        """On the CPU provider: `count` one-thread sessions of the same graph, for batches that start
-        while another batch runs. A batch that runs alone keeps every thread of the main session (the
-        latency of one client); overlapping batches each run on one thread, with no barrier between
-        threads at every operator, which is what keeps the cores busy at saturation. Returns how many
-        were added (none on CUDA, with IO binding, or when the main session has one thread anyway)."""
+    def add_overlap_session(self) -> bool:
+        """On the CPU provider: a one-thread session of the same graph, for batches that start while
+        another batch runs or decodes. A batch that runs alone keeps every thread of the main session
+        (the latency of one client); overlapping batches each run on one thread, with no barrier between
+        threads at every operator, which is what keeps the cores busy at saturation. They all share
+        this one session: ONNX Runtime runs a session from several threads at once, and with one
+        intra-op thread each run computes on its caller's thread. Returns whether it was added (not on
+        CUDA, with IO binding, or when the main session has one thread anyway)."""
         if self.provider != CPU or self.use_io_binding or self.options.intra_op_threads <= 1:
-            return 0
+            return False
         single = _session_options(replace(self.options, intra_op_threads=1))
-        for _ in range(count):
-            spare = ort.InferenceSession(str(self._model_path), sess_options=single, providers=[CPU])
-            self._overlap_all.append(spare)
-            self._overlap.put(spare)
-        return count
+        self._single = ort.InferenceSession(str(self._model_path), sess_options=single, providers=[CPU])
+        return True
 
     def run_items(
         self, items: Items, extra: Sequence[str] = (), feeds: dict[str, np.ndarray] | None = None
@@ -269,16 +267,10 @@ class OrtRunner:
         with self._running_lock:
             alone = self._running == 0
             self._running += 1
-        spare = None
-        if not alone and self._overlap_all:
-            with contextlib.suppress(queue.Empty):
-                spare = self._overlap.get_nowait()
         try:
-            session = spare if spare is not None else self.session
+            session = self.session if alone or self._single is None else self._single
             outputs = session.run(self.output_names, {self.input_name: batch}, self._run_options)
         finally:
-            if spare is not None:
-                self._overlap.put(spare)
             with self._running_lock:
                 self._running -= 1
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
@@ -358,9 +350,9 @@ class OrtRunner:
                 batch = rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8)
                 for _ in range(runs):
                     self.run(batch)
-                for spare in self._overlap_all:  # first runs allocate memory and pick kernels there too
+                if self._single is not None:  # first runs allocate memory and pick kernels there too
                     for _ in range(runs):
-                        spare.run(self.output_names, {self.input_name: batch}, self._run_options)
+                        self._single.run(self.output_names, {self.input_name: batch}, self._run_options)
             return time.monotonic() - start
         # CUDA graphs are captured after a few ordinary runs of each graph id: do them all here.
         runs = max(runs, 3) if self._graph_lock is not None else max(1, runs)

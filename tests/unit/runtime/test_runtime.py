@@ -249,22 +249,24 @@ def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_thr
     runner = OrtRunner(
         folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
     )
-    assert runner.add_overlap_sessions(1) == 1
+    assert runner.add_overlap_session()
     seen: list[str] = []
     release = threading.Event()
     main = runner.session = _Recording(runner.session, "main", seen, hold=release)  # type: ignore[assignment]
-    spare = runner._overlap.get()
-    runner._overlap_all = [spare]
-    runner._overlap.put(_Recording(spare, "single", seen))  # type: ignore[arg-type]
+    single = runner._single = _Recording(runner._single, "single", seen, hold=release)  # type: ignore[assignment]
     batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         first = pool.submit(runner.run, batch)
         assert main.entered.wait(10)
         second = pool.submit(runner.run, batch)  # starts while the first runs
-        second.result(timeout=10)
+        assert single.entered.wait(10)
+        single.entered.clear()
+        third = pool.submit(runner.run, batch)  # while both run: the one-thread session, run twice at once
+        assert single.entered.wait(10)
         release.set()
-        first.result(timeout=10)
-    assert seen == ["main", "single"]
+        for run in (first, second, third):
+            assert run.result(timeout=10)["probabilities"].shape[0] == 1
+    assert seen == ["main", "single", "single"]
     runner.run(batch)  # alone again: the main session
     assert seen[-1] == "main"
 
@@ -274,12 +276,10 @@ def test_a_batch_that_runs_while_another_decodes_is_not_alone(tmp_path: Path) ->
     runner = OrtRunner(
         folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
     )
-    runner.add_overlap_sessions(1)
+    assert runner.add_overlap_session()
     seen: list[str] = []
     runner.session = _Recording(runner.session, "main", seen)  # type: ignore[assignment]
-    spare = runner._overlap.get()
-    runner._overlap_all = [spare]
-    runner._overlap.put(_Recording(spare, "single", seen))  # type: ignore[arg-type]
+    runner._single = _Recording(runner._single, "single", seen)  # type: ignore[assignment]
     batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
     with runner.preparing():  # another batch's thread is decoding its images
         runner.run(batch)
@@ -290,10 +290,10 @@ def test_a_batch_that_runs_while_another_decodes_is_not_alone(tmp_path: Path) ->
 def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     one_thread = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["probabilities"])
-    assert one_thread.add_overlap_sessions(1) == 0  # its batches run on one thread anyway
+    assert not one_thread.add_overlap_session()  # its batches run on one thread anyway
     bound = OrtRunner(
         folder / "model.onnx",
         replace(ort_options("cpu"), intra_op_threads=2, io_binding="on"),
         ["probabilities"],
     )
-    assert bound.add_overlap_sessions(1) == 0
+    assert not bound.add_overlap_session()
