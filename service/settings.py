@@ -147,8 +147,8 @@ class Settings(BaseSettings):
         True,
         description="on the CPU provider, each image is decoded and resized by the thread that runs its "
         "batch, just before the run (one thread per image, no hand-offs; measured on b0 at 16 clients: "
-        "2-7 % less CPU per image); off: by the preprocessing threads, overlapping the running batch. "
-        "Models on CUDA always use the preprocessing threads",
+        "2.5-10 % less CPU per image in six A/B rounds); off: by the preprocessing threads, overlapping "
+        "the running batch. Models on CUDA always use the preprocessing threads",
     )
     max_pending_preprocess: int = Field(
         256, ge=1, description="images being decoded or waiting to be, across models, before 503"
