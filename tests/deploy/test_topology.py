@@ -36,6 +36,7 @@ from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.client.retry_policy import channel_options
 from tests.e2e.conftest import free_ports
 from tests.redis_process import RedisProcess
+from tests.waiting import until_sync
 
 from . import nginx_setup
 from .test_observability import PROMETHEUS_SERIES, SERVICE_SERIES, dashboard, metric_names, queries
@@ -307,7 +308,10 @@ def test_grpc_load_spreads_over_both_replicas(topology: Topology) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         outcomes = Counter(health_check(stub) for _ in range(40))
     assert outcomes == Counter({"ok": 40}), outcomes
-    by_addr = topology.upstreams("/grpc.health.v1.Health/Check")
+    # nginx logs an HTTP/2 stream when it closes it, which can come after the client has its answer.
+    path = "/grpc.health.v1.Health/Check"
+    until_sync(lambda: sum(topology.upstreams(path).values()) >= 40, 5.0, "nginx's log of all 40 checks")
+    by_addr = topology.upstreams(path)
     per_replica = [by_addr[f"127.0.0.1:{r.grpc_port}"] for r in topology.replicas]
     assert sum(per_replica) == 40 and min(per_replica) >= 10, by_addr
 
