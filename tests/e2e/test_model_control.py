@@ -198,7 +198,10 @@ def test_unload_releases_memory_over_twenty_cycles(server_factory, model_reposit
         client.infer("b0", [pixels])
         client.unload_model("b0")
         samples.append(process.memory_info().rss)
-    growth = samples[-1] - samples[4]
+    # The allocator keeps some freed blocks for a while, so one reading after an unload swings by
+    # +-25 MB; a leak lifts every reading. Compare the lowest of the last five with the lowest of
+    # cycles 5-9.
+    growth = min(samples[-5:]) - min(samples[4:9])
     print(f"RSS after unload, cycles 5..20: {[round(s / 2**20) for s in samples[4:]]} MB")
     assert growth < 24 << 20, f"RSS grew {growth / 2**20:.0f} MB over 15 load/unload cycles"
 
