@@ -215,20 +215,27 @@ class Bench:
     ) -> None:
         label = "naive+draft" if draft else "naive"
         server = servers.naive(self.model_dir(model), self.logs / f"{label}-{model}.log", draft)
-        record = {"server": label, "settings": {}, "input": "1080p"}
-        with server:
-            for c in concurrencies:
-                self.measure(HttpClassify(server.base_url, model, self.full_hd), self.closed(c, duration),
-                             record, server, model)  # fmt: skip
+        self._reference(server, label, model, concurrencies, duration)
 
     def floor(self, model: str, concurrencies: tuple[int, ...]) -> None:
         """The overhead floor (bench/floor_server.py): the pipeline limit less what HTTP costs."""
         server = servers.floor(self.model_dir(model), self.logs / f"floor-{model}.log")
-        record = {"server": "floor", "settings": {}, "input": "1080p"}
+        self._reference(server, "floor", model, concurrencies)
+
+    def _reference(
+        self,
+        server: servers.ServerProcess,
+        label: str,
+        model: str,
+        concurrencies: tuple[int, ...],
+        duration: float | None = None,
+    ) -> None:
+        """A reference server's closed-loop runs with 1080p JPEGs over HTTP."""
+        record = {"server": label, "settings": {}, "input": "1080p"}
         with server:
             for c in concurrencies:
                 target = HttpClassify(server.base_url, model, self.full_hd)
-                self.measure(target, self.closed(c), record, server, model)
+                self.measure(target, self.closed(c, duration), record, server, model)
 
     # ------------------------------------------------------------------ tuning
     def tuning(self) -> None:

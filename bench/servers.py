@@ -104,25 +104,25 @@ def service(
     return ServerProcess(argv, env, http_port, "/readyz", log), grpc_port
 
 
-def naive(model_dir: Path, log: Path, draft: bool = False) -> ServerProcess:
-    """The naive reference server; `draft`: with JPEG draft decoding ("naive + draft")."""
+def _uvicorn_app(factory: str, env: dict[str, str], log: Path) -> ServerProcess:
+    """A reference server: an app factory of ours under uvicorn, on a free port."""
     port = free_port()
     argv = [
-        sys.executable, "-m", "uvicorn", "--factory", "bench.naive_server:create_app",
+        sys.executable, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    env = {"EFFNET_NAIVE_MODEL_DIR": str(model_dir), "EFFNET_NAIVE_DRAFT": "1" if draft else "0"}
     return ServerProcess(argv, env, port, "/healthz", log)
+
+
+def naive(model_dir: Path, log: Path, draft: bool = False) -> ServerProcess:
+    """The naive reference server; `draft`: with JPEG draft decoding ("naive + draft")."""
+    env = {"EFFNET_NAIVE_MODEL_DIR": str(model_dir), "EFFNET_NAIVE_DRAFT": "1" if draft else "0"}
+    return _uvicorn_app("bench.naive_server:create_app", env, log)
 
 
 def floor(model_dir: Path, log: Path) -> ServerProcess:
     """The overhead-floor reference server (bench/floor_server.py)."""
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "uvicorn", "--factory", "bench.floor_server:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    return ServerProcess(argv, {"EFFNET_FLOOR_MODEL_DIR": str(model_dir)}, port, "/healthz", log)
+    return _uvicorn_app("bench.floor_server:create_app", {"EFFNET_FLOOR_MODEL_DIR": str(model_dir)}, log)
 
 
 def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:

@@ -20,6 +20,11 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
+    def about_image(self, index: int) -> None:
+        """Name the image of a request of several that this error is about."""
+        self.message = f"image {index}: {self.message}"
+        self.args = (self.message,)
+
 
 class BadRequest(ServiceError):
     code = "bad_request"

@@ -194,8 +194,7 @@ def _prepare(backend: PreprocessBackend, limits: DecodeLimits, index: int | None
         return backend.prepare(data, limits)
     except ServiceError as exc:
         if index is not None:
-            exc.message = f"image {index}: {exc.message}"
-            exc.args = (exc.message,)
+            exc.about_image(index)
         raise
 
 

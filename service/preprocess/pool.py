@@ -100,8 +100,7 @@ class PreprocessPool:
         for index, item in enumerate(done):
             if isinstance(item, ServiceError):
                 if len(jobs) > 1:
-                    item.message = f"image {index}: {item.message}"
-                    item.args = (item.message,)
+                    item.about_image(index)
                 raise item
             if isinstance(item, BaseException):
                 raise item

@@ -373,36 +373,26 @@ class Batcher:
         return _Ran(outputs, inference_s, prepared)
 
     def _prepare(self, payloads: list[Payload]) -> tuple[list[np.ndarray], list[float | BaseException]]:
-        if not any(isinstance(payload, Encoded) for payload in payloads):
-            return [p for p in payloads if not isinstance(p, Encoded)], [0.0] * len(payloads)
-        preparing = getattr(self.runner, "preparing", None)  # tells the runner this core is busy
-        with preparing() if preparing is not None else contextlib.nullcontext():
-            return self._prepare_each(payloads)
+        """The rows to run, and per payload its preparation seconds or the error that failed it."""
+        busy = getattr(self.runner, "busy", None)  # tells the runner this core is decoding
+        encoded = any(isinstance(payload, Encoded) for payload in payloads)
+        with busy() if busy is not None and encoded else contextlib.nullcontext():
+            done = [self._prepare_one(payload) for payload in payloads]
+        return [row for row, _ in done if row is not None], [outcome for _, outcome in done]
 
-    def _prepare_each(
-        self, payloads: list[Payload]
-    ) -> tuple[list[np.ndarray], list[float | BaseException]]:
-        arrays: list[np.ndarray] = []
-        prepared: list[float | BaseException] = []
-        for payload in payloads:
-            if not isinstance(payload, Encoded):
-                arrays.append(payload)
-                prepared.append(0.0)
-                continue
-            start = time.perf_counter()
-            try:
-                arrays.append(payload.prepare(payload.data))
-            except ServiceError as exc:  # a bad image: its caller's error, not the batch's
-                prepared.append(exc)
-                continue
-            except Exception as exc:
-                error_id = secrets.token_hex(4)
-                log.error("preprocessing failed model=%s error_id=%s", self.name, error_id, exc_info=exc)
-                message = f"preprocessing failed on model {self.name!r} (error id {error_id})"
-                prepared.append(InferenceFailed(message))
-                continue
-            prepared.append(time.perf_counter() - start)
-        return arrays, prepared
+    def _prepare_one(self, payload: Payload) -> tuple[np.ndarray | None, float | BaseException]:
+        if not isinstance(payload, Encoded):
+            return payload, 0.0
+        start = time.perf_counter()
+        try:
+            row = payload.prepare(payload.data)
+        except ServiceError as exc:  # a bad image: its caller's error, not the batch's
+            return None, exc
+        except Exception as exc:
+            error_id = secrets.token_hex(4)
+            log.error("preprocessing failed model=%s error_id=%s", self.name, error_id, exc_info=exc)
+            return None, InferenceFailed(f"preprocessing failed on model {self.name!r} (error id {error_id})")
+        return row, time.perf_counter() - start
 
     def _run_rows(
         self, arrays: list[np.ndarray], run_plan: RunPlan | None

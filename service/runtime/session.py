@@ -219,13 +219,15 @@ class OrtRunner:
         return self.run_items(batch)
 
     @contextlib.contextmanager
-    def preparing(self) -> Iterator[None]:
-        """Held while a batch's own thread decodes its images (batcher, Encoded items): that core is
-        busy, so a batch that starts running meanwhile is not alone and takes a one-thread session."""
+    def busy(self) -> Iterator[bool]:
+        """Held while a batch runs, or while its own thread decodes its images (batcher, Encoded items):
+        that core is busy, so a batch that starts running meanwhile is not alone and takes a one-thread
+        session. Yields whether nothing else was busy."""
         with self._running_lock:
+            alone = self._running == 0
             self._running += 1
         try:
-            yield
+            yield alone
         finally:
             with self._running_lock:
                 self._running -= 1
@@ -264,15 +266,9 @@ class OrtRunner:
         else:
             batch = np.zeros((size, *np.shape(items[0])), dtype=np.uint8)
             batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
-        with self._running_lock:
-            alone = self._running == 0
-            self._running += 1
-        try:
+        with self.busy() as alone:
             session = self.session if alone or self._single is None else self._single
             outputs = session.run(self.output_names, {self.input_name: batch}, self._run_options)
-        finally:
-            with self._running_lock:
-                self._running -= 1
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
 
     @property

@@ -244,16 +244,24 @@ class _Recording:
         return self.inner.run(*args)  # type: ignore[attr-defined]
 
 
-def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_threaded(tmp_path: Path) -> None:
+def _recorded_runner(
+    tmp_path: Path, seen: list[str], hold: threading.Event | None = None
+) -> tuple[OrtRunner, _Recording, _Recording]:
+    """A two-thread CPU runner with its one-thread session, both sessions recorded into `seen`."""
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(
         folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
     )
     assert runner.add_overlap_session()
+    main = runner.session = _Recording(runner.session, "main", seen, hold)  # type: ignore[assignment]
+    single = runner._single = _Recording(runner._single, "single", seen, hold)  # type: ignore[assignment]
+    return runner, main, single
+
+
+def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_threaded(tmp_path: Path) -> None:
     seen: list[str] = []
     release = threading.Event()
-    main = runner.session = _Recording(runner.session, "main", seen, hold=release)  # type: ignore[assignment]
-    single = runner._single = _Recording(runner._single, "single", seen, hold=release)  # type: ignore[assignment]
+    runner, main, single = _recorded_runner(tmp_path, seen, hold=release)
     batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(runner.run, batch)
@@ -272,16 +280,10 @@ def test_a_batch_alone_keeps_every_thread_and_an_overlapping_one_runs_single_thr
 
 
 def test_a_batch_that_runs_while_another_decodes_is_not_alone(tmp_path: Path) -> None:
-    folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(
-        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
-    )
-    assert runner.add_overlap_session()
     seen: list[str] = []
-    runner.session = _Recording(runner.session, "main", seen)  # type: ignore[assignment]
-    runner._single = _Recording(runner._single, "single", seen)  # type: ignore[assignment]
+    runner, _, _ = _recorded_runner(tmp_path, seen)
     batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)
-    with runner.preparing():  # another batch's thread is decoding its images
+    with runner.busy():  # another batch's thread is decoding its images
         runner.run(batch)
     runner.run(batch)
     assert seen == ["single", "main"]
