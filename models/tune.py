@@ -71,21 +71,26 @@ def tune(repository: Path, stages: list[str], source: Path, max_drop: float) -> 
         for model, p, cost, g in zip(models, probs, ms, gmacs, strict=True)
     }
     reference = singles[last.name]["top1"]
-    points = []
+    points, exact_ms = [], []
     for threshold in GRID:
         answer, reached = replay(probs, threshold)
+        cost = sum(r * c for r, c in zip(reached, ms, strict=True))
+        exact_ms.append(cost)
         points.append(
             {
                 "threshold": threshold,
                 "top1": _percent(hits(answer, truth)),
                 "reached": [round(r, 4) for r in reached],
-                "ms_per_image": round(sum(r * c for r, c in zip(reached, ms, strict=True)), 3),
+                "ms_per_image": round(cost, 3),
                 "gmacs_per_image": round(sum(r * g for r, g in zip(reached, gmacs, strict=True)), 4),
             }
         )
     floor = reference - max_drop
-    good = [p for p in points if p["top1"] >= floor - 1e-9]
-    chosen = min(good, key=lambda p: (p["ms_per_image"], -p["threshold"])) if good else None
+    good = [i for i, p in enumerate(points) if p["top1"] >= floor - 1e-9]
+    # Chosen on the unrounded cost: a stage that costs under the rounding step must not tie with
+    # skipping it (the tie would then go to the higher threshold, sending images on for nothing).
+    best = min(good, key=lambda i: (exact_ms[i], -points[i]["threshold"])) if good else None
+    chosen = points[best] if best is not None else None
     return {
         "stages": stages,
         "dataset": str(source),
