@@ -34,6 +34,7 @@ from bench.profiles import ALL_VARIANTS, PROFILES, Profile
 from bench.targets import GrpcClassify, HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
 from service.model_spec import ModelSpec
 from service.preprocess.images import PreprocessSpec, preprocess
+from service.settings import Settings
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +147,9 @@ class Bench:
             "bare_ort_1thread": references.bare_ort(path, spec.crop_size, batch_sizes, 1, False, budget),
             # The same threads spinning between back-to-back runs: bare ORT's fastest batch of one.
             "bare_ort_spinning": references.bare_ort(path, spec.crop_size, (1,), self.cores, True, budget),
+            # Whether the service's default spins on this machine (it does unless a CPU quota is set):
+            # the one-client inference goal compares it with the bare run of the same policy.
+            "service_spinning": Settings().effective_allow_spinning,
         }
         one_thread = ref["bare_ort_1thread"]["batches"].values()
         core_ms = min(b["ms_per_image"] for b in one_thread)

@@ -115,3 +115,9 @@ def test_figures_compute_efficiency_and_speedup() -> None:
     assert f["latency_c1_b0"]["added_ms"] == pytest.approx(11.0)
     assert f["goals_b0"]["floor_efficiency_16"] == pytest.approx(0.9)
     assert f["goals_b0"]["service_over_floor_16"] == pytest.approx(170 / 180, abs=1e-3)
+    assert f["goals_b0"]["bare_bs1_same_threads_ms"] == 4.0 and not f["goals_b0"]["bare_bs1_spins"]
+    # A service that spins is held to the bare run that spins.
+    b0 = result["references"]["b0"]
+    b0["bare_ort_spinning"] = {"batches": {"1": {"ms_per_batch": 3.0}}}
+    b0["service_spinning"] = True
+    assert figures(result)["goals_b0"]["bare_bs1_same_threads_ms"] == 3.0

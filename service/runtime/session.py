@@ -59,7 +59,7 @@ class RuntimeOptions:
             device=settings.device,
             intra_op_threads=settings.effective_intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
-            allow_spinning=settings.allow_spinning,
+            allow_spinning=settings.effective_allow_spinning,
             spin_between_runs=settings.spin_between_runs,
             graph_optimization=settings.graph_optimization,
             cuda_device_id=settings.cuda_device_id,

@@ -226,7 +226,7 @@ def test_spinning_policy_reaches_the_session_options(
     else:
         assert session_options.get_session_config_entry(stop) == forced_stop
     defaults = Settings()
-    assert not defaults.allow_spinning and not defaults.spin_between_runs
+    assert defaults.allow_spinning is None and not defaults.spin_between_runs  # None: decided by quota
 
 
 class _Recording:

@@ -1,0 +1,81 @@
+"""The cgroup CPU quota (a pod's or container's CPU limit) and the spinning default it decides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import service.settings as settings_module
+from service.runtime.cpu_quota import cpu_quota_cores
+from service.settings import Settings
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_v2_quota_of_the_process_cgroup_and_its_tightest_ancestor(tmp_path: Path) -> None:
+    proc = tmp_path / "proc_cgroup"
+    _write(proc, "0::/kubepods/pod1/ctr\n")
+    root = tmp_path / "cgroup"
+    _write(root / "kubepods/pod1/ctr/cpu.max", "max 100000\n")
+    _write(root / "kubepods/pod1/cpu.max", "50000 100000\n")
+    _write(root / "kubepods/cpu.max", "800000 100000\n")
+    assert cpu_quota_cores(proc, root) == 0.5
+
+
+def test_v2_without_a_limit_reads_none(tmp_path: Path) -> None:
+    proc = tmp_path / "proc_cgroup"
+    _write(proc, "0::/user.slice\n")
+    _write(tmp_path / "cgroup/user.slice/cpu.max", "max 100000\n")
+    assert cpu_quota_cores(proc, tmp_path / "cgroup") is None
+
+
+def test_v1_quota_in_a_container_that_sees_its_own_cgroup_at_the_mount_root(tmp_path: Path) -> None:
+    proc = tmp_path / "proc_cgroup"
+    # The host's path in /proc, while the container's cgroup is mounted at the controller's root.
+    _write(proc, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    mount = tmp_path / "cgroup/cpu,cpuacct"
+    _write(mount / "cpu.cfs_quota_us", "20000\n")
+    _write(mount / "cpu.cfs_period_us", "100000\n")
+    assert cpu_quota_cores(proc, tmp_path / "cgroup") == pytest.approx(0.2)
+
+
+def test_v1_unlimited_and_unreadable_read_none(tmp_path: Path) -> None:
+    proc = tmp_path / "proc_cgroup"
+    _write(proc, "1:cpu:/\n")
+    _write(tmp_path / "cgroup/cpu/cpu.cfs_quota_us", "-1\n")
+    _write(tmp_path / "cgroup/cpu/cpu.cfs_period_us", "100000\n")
+    assert cpu_quota_cores(proc, tmp_path / "cgroup") is None
+    assert cpu_quota_cores(tmp_path / "missing", tmp_path / "cgroup") is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "quota", "spins"),
+    [
+        (None, None, True),  # no limit: spin while a batch runs
+        (None, 0.2, False),  # a 200m pod: spinning would spend its quota
+        (None, 2.0, False),  # 2 of the 4 cores: rationed
+        (None, 4.0, True),  # a quota of all the cores rations nothing
+        (False, None, False),  # an explicit setting wins either way
+        (True, 0.2, True),
+    ],
+)
+def test_spinning_default_follows_the_quota(
+    monkeypatch: pytest.MonkeyPatch, setting: bool | None, quota: float | None, spins: bool
+) -> None:
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid: set(range(4)))
+    monkeypatch.setattr(settings_module, "cpu_quota_cores", lambda: quota)
+    assert Settings(allow_spinning=setting).effective_allow_spinning is spins
+
+
+@pytest.mark.parametrize(("quota", "cores"), [(None, 16), (2.0, 2), (0.2, 1), (2.5, 3), (32.0, 16)])
+def test_thread_pools_are_sized_by_the_quota_rounded_up(
+    monkeypatch: pytest.MonkeyPatch, quota: float | None, cores: int
+) -> None:
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(settings_module, "cpu_quota_cores", lambda: quota)
+    assert settings_module.cpu_count() == cores
+    assert Settings().effective_intra_op_threads == cores == Settings().effective_preprocess_workers
