@@ -43,7 +43,6 @@ class LoadRatio(Collector):
         self._capacity: dict[str, int] = {}
         self._integral: dict[str, float] = {}
         self._since: dict[str, float] = {}
-        self._demand: dict[str, float] = {}
 
     def _advance(self, model: str, now: float) -> None:
         """Add the ratio held since the last change to the model's integral (lock held)."""
@@ -66,10 +65,6 @@ class LoadRatio(Collector):
             self._advance(model, time.monotonic())
             self._in_flight[model] -= images
 
-    def add_demand(self, model: str, seconds: float) -> None:
-        with self._lock:
-            self._demand[model] = self._demand.get(model, 0.0) + seconds
-
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
             "effnet_in_flight_images",
@@ -86,17 +81,8 @@ class LoadRatio(Collector):
             "Time integral of effnet_load_ratio: rate() over a window is the window's mean load ratio",
             labels=["model"],
         )
-        demand = CounterMetricFamily(
-            "effnet_demand_ratio_seconds",
-            "Work asked of a model (images queued or refused, times its recent seconds per image over its "
-            "instances): rate() over a window is the share of its runners' time that the arriving images "
-            "need, above 1 when more arrives than it can run",
-            labels=["model"],
-        )
         with self._lock:
             now = time.monotonic()
-            for model in sorted(self._demand):
-                demand.add_metric([model], self._demand[model])
             busiest = 0.0
             for model in sorted(self._capacity):
                 self._advance(model, now)
@@ -108,7 +94,6 @@ class LoadRatio(Collector):
         yield in_flight
         yield ratio
         yield integral
-        yield demand
         yield GaugeMetricFamily(
             "effnet_pod_load_ratio",
             "The busiest model's effnet_load_ratio: the pod-wide autoscaling signal",
@@ -267,9 +252,6 @@ class Metrics:
 
     def item_dequeued(self, model: str, queue_s: float) -> None:
         self.queue_duration.labels(model).observe(queue_s)
-
-    def work_offered(self, model: str, seconds: float) -> None:
-        self.load.add_demand(model, seconds)
 
     def queue_depth(self, model: str, depth: int) -> None:
         self.queue_depth_gauge.labels(model).set(depth)

@@ -205,7 +205,6 @@ def check_queue_room(entry: ModelEntry, count: int = 1, priority: Priority = DEF
     if batcher is None:  # not loaded yet: it will be empty
         return
     if not batcher.room(count, priority):
-        batcher.offer(count)  # refused here, so submit never counts them: demand all the same
         raise Overloaded(
             f"model '{batcher.name}' queue is full for {priority.label} priority "
             f"({batcher.queue_depth} images waiting)",

@@ -58,11 +58,6 @@ class Runner(Protocol):
 class BatchObserver(QueueObserver, Protocol):
     def batch_completed(self, model: str, size: int, inference_s: float) -> None: ...
 
-    def work_offered(self, model: str, seconds: float) -> None:
-        """Images asked of the model (queued or refused) times its recent seconds per image over its
-        instances: the work arriving, as a share of its runners' time (the demand ratio)."""
-        ...
-
 
 @dataclass(frozen=True)
 class BatcherConfig:
@@ -159,11 +154,6 @@ class Batcher:
         return self._queue.items_cancelled
 
     @property
-    def recent_item_s(self) -> float | None:
-        """Moving average of a worker's seconds per item, run and preparation (None before the first)."""
-        return self._item_s
-
-    @property
     def recent_batch_s(self) -> float | None:
         """Moving average of one batch's inference time (None before the first batch)."""
         return self._batch_s
@@ -184,12 +174,6 @@ class Batcher:
         if self._item_s is None:
             return _UNKNOWN_RETRY_AFTER_S
         return max(_MIN_RETRY_AFTER_S, (self._queue.depth + extra_items) * self._item_s)
-
-    def offer(self, count: int) -> None:
-        """Count `count` images asked of this model, queued or refused (see BatchObserver.work_offered).
-        Nothing before the first batch: there is no measured cost per image yet."""
-        if self._item_s is not None and self._observer is not None:
-            self._observer.work_offered(self.name, count * self._item_s / self.config.instances)
 
     def room(self, count: int = 1, priority: Priority = DEFAULT) -> bool:
         """Whether `count` more items of `priority` fit in the queue now (priorities.queue_limit)."""
@@ -227,7 +211,6 @@ class Batcher:
         if self._item_shape is not None:
             self._check_items(items)
         queue = self._queue
-        self.offer(n)
         if not self.room(n, priority):
             self.items_rejected += n
             raise Overloaded(

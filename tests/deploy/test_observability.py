@@ -41,7 +41,6 @@ COUNTERS = {
     "effnet_cache_stored_bytes_total": ("backend",),
     "effnet_cache_errors_total": ("backend", "operation"),
     "effnet_load_ratio_seconds_total": ("model",),
-    "effnet_demand_ratio_seconds_total": ("model",),
 }
 GAUGES = {
     "effnet_queue_depth": ("model",),

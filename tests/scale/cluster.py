@@ -33,7 +33,6 @@ class Sample:
     at: float
     cpu_s: float
     load_integral: dict[str, float]  # effnet_load_ratio_seconds_total by model
-    demand_integral: dict[str, float]  # effnet_demand_ratio_seconds_total by model
 
 
 @dataclass
@@ -58,14 +57,11 @@ class Pod:
         cpu = self.slice.usage_s()
         text = client.get(f"{self.url}/metrics", timeout=5).text
         integral: dict[str, float] = {}
-        demand: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "effnet_load_ratio_seconds_total":
                     integral[sample.labels["model"]] = sample.value
-                elif sample.name == "effnet_demand_ratio_seconds_total":
-                    demand[sample.labels["model"]] = sample.value
-        found = Sample(time.monotonic(), cpu, integral, demand)
+        found = Sample(time.monotonic(), cpu, integral)
         self.samples.append(found)
         return found
 

@@ -41,7 +41,6 @@ from tests.scale.slices import find_hierarchy, remove_groups, reserve
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_HTTP, NGINX_GRPC = 8000, 8001
 LOAD_METRIC = "effnet_load_ratio"
-DEMAND_METRIC = "effnet_demand_ratio"
 # Both signals are means over 30 s: metrics-server's CPU rate and the adapter rule's rate()[30s].
 WINDOW_S = 30.0
 CPU_TARGET = 70.0  # the policy compared against
@@ -50,19 +49,16 @@ PRE_STOP_S = 5.0  # docker/k8s/base/deployment.yaml
 RAMP = ((0, 0.0), (60, 0.0), (300, 1.0), (480, 1.0), (720, 0.0), (840, 0.0))
 
 
-def policies(load_target: float, demand_target: float) -> dict[str, HpaSpec]:
+def policies(load_target: float) -> dict[str, HpaSpec]:
     """Ours, as rendered from the base, with the load-ratio target calibrated for the simulated pod's
-    size (the base's is for its own pods); CPU at 70 % with the same bounds and behaviour, so only
-    the signal differs (the base HPA before this change scaled on CPU at 70 % alone); and ours with the
-    demand ratio in the load ratio's place."""
+    size (the base's is for its own pods); and CPU at 70 % with the same bounds and behaviour, so only
+    the signal differs (the base HPA before this change scaled on CPU at 70 % alone)."""
     hpa = by_kind(render(BASE))["HorizontalPodAutoscaler"]
     rendered = HpaSpec.parse(hpa)
     targets = tuple(Target(t.metric, load_target) if t.metric == LOAD_METRIC else t for t in rendered.targets)
     ours = HpaSpec(rendered.min_replicas, rendered.max_replicas, targets, rendered.up, rendered.down)
     cpu_only = HpaSpec(ours.min_replicas, ours.max_replicas, (Target("cpu", CPU_TARGET),), ours.up, ours.down)
-    demand = tuple(Target(DEMAND_METRIC, demand_target) if t.metric == LOAD_METRIC else t for t in targets)
-    on_demand = HpaSpec(ours.min_replicas, ours.max_replicas, demand, ours.up, ours.down)
-    return {"load-ratio": ours, "cpu-70": cpu_only, "demand-ratio": on_demand}
+    return {"load-ratio": ours, "cpu-70": cpu_only}
 
 
 def compressed(spec: HpaSpec, factor: float) -> HpaSpec:
@@ -145,14 +141,11 @@ def calibrate(
             ratio = max(
                 (v - before.load_integral.get(m, 0.0)) / elapsed for m, v in after.load_integral.items()
             )
-            asked = after.demand_integral.items()
-            demand = max(((v - before.demand_integral.get(m, 0.0)) / elapsed for m, v in asked), default=0.0)
             steps.append(
                 {
                     "share_of_capacity": share,
                     "rps": round(len(records) / seconds, 1),
                     "load_ratio": round(ratio, 3),
-                    "demand_ratio": round(demand, 3),
                     "p99_ms": round(1000 * quantile([r["latency"] for r in records], 0.99), 1),  # type: ignore[misc]
                     "cpu": round(
                         100 * (after.cpu_s - before.cpu_s) / elapsed / (cluster.millicores / 1000), 1
@@ -165,25 +158,21 @@ def calibrate(
         if step["p99_ms"] > objective_ms:
             break
         within.append(step["load_ratio"])
+    # The ratio the pod shows at the CPU policy's utilisation (linear between the steps around it).
+    by_cpu = sorted((s["cpu"], s["load_ratio"]) for s in steps)
+    at_cpu = by_cpu[-1][1] if by_cpu[-1][0] < CPU_TARGET else by_cpu[0][1]
+    for (c0, r0), (c1, r1) in zip(by_cpu, by_cpu[1:], strict=False):
+        if c0 <= CPU_TARGET <= c1:
+            at_cpu = r0 + (r1 - r0) * (CPU_TARGET - c0) / (c1 - c0) if c1 > c0 else r1
+            break
     return {
         "capacity_rps": round(capacity, 1),
         "one_client_p50_ms": round(1000 * quantile(quiet, 0.5), 1),
         "one_client_p99_ms": round(1000 * quantile(quiet, 0.99), 1),
         "steps": steps,
         "objective_rule_target": round(max(within) if within else steps[0]["load_ratio"], 2),
-        "cpu_rule_target": round(at_cpu(steps, "load_ratio"), 2),
-        "demand_cpu_rule_target": round(at_cpu(steps, "demand_ratio"), 2),
+        "cpu_rule_target": round(at_cpu, 2),
     }
-
-
-def at_cpu(steps: list[dict[str, Any]], key: str) -> float:
-    """The value of `key` the pod shows at the CPU policy's utilisation (linear between the steps
-    around it; the nearest end outside them)."""
-    by_cpu = sorted((s["cpu"], s[key]) for s in steps)
-    for (c0, r0), (c1, r1) in zip(by_cpu, by_cpu[1:], strict=False):
-        if c0 <= CPU_TARGET <= c1:
-            return float(r0 + (r1 - r0) * (CPU_TARGET - c0) / (c1 - c0) if c1 > c0 else r1)
-    return float(by_cpu[-1][1] if by_cpu[-1][0] < CPU_TARGET else by_cpu[0][1])
 
 
 def pod_values(pod: Pod, target: Target, millicores: int, window_s: float) -> float | None:
@@ -194,11 +183,7 @@ def pod_values(pod: Pod, target: Target, millicores: int, window_s: float) -> fl
     elapsed = new.at - old.at
     if target.metric == "cpu":
         return 100.0 * (new.cpu_s - old.cpu_s) / elapsed / (millicores / 1000)
-    if target.metric == DEMAND_METRIC:
-        old_values, new_values = old.demand_integral, new.demand_integral
-    else:
-        old_values, new_values = old.load_integral, new.load_integral
-    ratios = [(v - old_values.get(m, 0.0)) / elapsed for m, v in new_values.items()]
+    ratios = [(v - old.load_integral.get(m, 0.0)) / elapsed for m, v in new.load_integral.items()]
     return max(ratios, default=0.0)
 
 
@@ -362,8 +347,7 @@ def run_inside(args: argparse.Namespace) -> int:
     )
     results = {}
     load_target = args.load_target or calibration[f"{args.target_rule}_rule_target"]
-    demand_target = args.demand_target or calibration["demand_cpu_rule_target"]
-    for name, spec in policies(load_target, demand_target).items():
+    for name, spec in policies(load_target).items():
         if args.policies and name not in args.policies.split(","):
             continue
         print(f"policy {name}: {spec.targets}", flush=True)
@@ -376,7 +360,6 @@ def run_inside(args: argparse.Namespace) -> int:
         "startup_millicores": args.startup_millicores,
         "target_rule": args.target_rule,
         "load_ratio_target_used": load_target,
-        "demand_ratio_target_used": demand_target,
         "reserve_shares": args.reserve_shares,
         "cfs_period_us": args.period_us,
         "cgroup": f"v{hierarchy.version}",
@@ -417,9 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objective-ms", type=float, default=500.0, help="the p99 latency objective")
     parser.add_argument("--load-target", type=float, default=0.0, help="0: calibrated for the pod size")
     parser.add_argument(
-        "--demand-target", type=float, default=0.0, help="0: the demand ratio one pod shows at 70 %% CPU"
-    )
-    parser.add_argument(
         "--target-rule",
         choices=("objective", "cpu"),
         default="objective",
@@ -427,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bucket-s", type=float, default=20.0, help="Kubernetes seconds per latency window")
     parser.add_argument("--calibrate-s", type=float, default=10.0, help="seconds per calibration step")
-    parser.add_argument(
-        "--policies", default="", help="comma-separated subset of load-ratio,cpu-70,demand-ratio"
-    )
+    parser.add_argument("--policies", default="", help="comma-separated subset of load-ratio,cpu-70")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, default=ROOT / "docs" / "scale-sim.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale-sim.png")

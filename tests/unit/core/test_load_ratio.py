@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.core.engine import Engine
@@ -128,40 +127,5 @@ async def test_rejected_and_failed_requests_leave_no_load_behind(tiny_repository
         runner.gate.set()
         await running
         assert samples(metrics)[("effnet_load_ratio", "tiny")] == 0
-    finally:
-        await engine.stop()
-
-
-async def test_demand_ratio_counts_every_image_asked_refused_ones_too(tiny_repository: Path) -> None:
-    """effnet_demand_ratio_seconds_total: each image asked of a model, queued or refused, adds its
-    measured seconds per image over the instances, so rate() reads above 1 when more arrives than the
-    model can run, where the load ratio only counts what the queue holds."""
-    metrics = Metrics(process_metrics=False)
-    engine = Engine(tiny_settings(tiny_repository, max_batch_size=1, instances=1, max_queue_size=1), metrics)
-    await engine.start()
-    await engine.wait_loaded()
-    try:
-        batcher = engine.ready_version("tiny").batcher
-        assert batcher is not None
-        await classify(engine, "tiny", [png((250, 0, 0))], top_k=1)  # measures the cost per image
-        before = samples(metrics).get(("effnet_demand_ratio_seconds_total", "tiny"), 0.0)
-        runner = GatedRunner(batcher.runner)
-        batcher.runner = runner
-        per_image = batcher.recent_item_s
-        assert per_image is not None and per_image > 0
-        running = asyncio.create_task(classify(engine, "tiny", [png((250, 0, 0))], top_k=1))
-        await until(runner.entered.is_set, what="the batch running")
-        waiting = asyncio.create_task(classify(engine, "tiny", [png((250, 0, 0))], top_k=1))
-        await until(lambda: batcher.queue_depth == 1, what="the queue full")
-        refused = await asyncio.gather(
-            *(classify(engine, "tiny", [png((250, 0, 0))], top_k=1) for _ in range(3)), return_exceptions=True
-        )
-        assert all(isinstance(r, Exception) for r in refused)
-        asked = samples(metrics)
-        assert asked[("effnet_demand_ratio_seconds_total", "tiny")] - before == pytest.approx(5 * per_image)
-        assert asked[("effnet_in_flight_images", "tiny")] == 2, "refused images are demand, not load"
-        assert ("effnet_demand_ratio_seconds_total", "noise") not in asked, "per model: noise was never asked"
-        runner.gate.set()
-        await asyncio.gather(running, waiting)
     finally:
         await engine.stop()

@@ -88,7 +88,6 @@ class RecordingObserver:
         self.batches: list[int] = []
         self.dequeued: list[float] = []
         self.depths: list[int] = []
-        self.offered: list[float] = []
         self.expired = 0
 
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
@@ -97,9 +96,6 @@ class RecordingObserver:
 
     def item_dequeued(self, model: str, queue_s: float) -> None:
         self.dequeued.append(queue_s)
-
-    def work_offered(self, model: str, seconds: float) -> None:
-        self.offered.append(seconds)
 
     def queue_depth(self, model: str, depth: int) -> None:
         self.depths.append(depth)
@@ -506,31 +502,6 @@ async def test_observer_sees_batches_dequeues_and_depth() -> None:
     assert observer.batches == [1, 4, 1]
     assert len(observer.dequeued) == 6 and min(observer.dequeued) >= 0
     assert observer.depths[-1] == 0
-
-
-async def test_work_offered_counts_queued_and_refused_items_per_instance() -> None:
-    runner = FakeRunner(gated=True)
-    observer = RecordingObserver()
-    async with running(runner, observer, max_batch_size=1, max_queue_size=1, instances=2) as batcher:
-        runner.release()
-        await batcher.submit([item(0)])
-        assert observer.offered == [], "no cost per item is known before the first batch"
-        per_item = batcher.recent_item_s
-        assert per_item is not None and per_item >= 0
-        runner.gate.clear()
-        blocker = asyncio.create_task(batcher.submit([item(1)]))
-        await until(lambda: len(runner.batches) == 2)
-        second = asyncio.create_task(batcher.submit([item(2)]))  # the other instance takes it
-        await until(lambda: len(runner.batches) == 3)
-        queued = asyncio.create_task(batcher.submit([item(3)]))
-        await until(lambda: batcher.queue_depth == 1)
-        with pytest.raises(Overloaded):
-            await batcher.submit([item(4)])
-        # Four images asked after the first batch (two running, one queued, one refused), each at
-        # the measured seconds per item shared over the two instances.
-        assert observer.offered == pytest.approx([per_item / 2] * 4)
-        runner.release()
-        await asyncio.gather(blocker, second, queued)
 
 
 # --- stress ---
