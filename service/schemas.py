@@ -40,7 +40,10 @@ class ImageResult(BaseModel):
 
 
 class Timings(BaseModel):
-    preprocess_ms: float = Field(description="decode and resize (wall time for all images)")
+    preprocess_ms: float = Field(
+        description="decode and resize: on CPU models the sum over the images (each is decoded by the "
+        "thread that runs its batch); on CUDA models the wall time of the preprocessing pool for all images"
+    )
     queue_ms: float = Field(description="longest wait in the batcher queue")
     inference_ms: float = Field(description="longest ONNX Runtime batch run among this request's images")
     total_ms: float
