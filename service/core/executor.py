@@ -112,7 +112,9 @@ class Executor:
         else:
             start = time.monotonic()
             jobs = [(images[i], limits) for i in todo]
-            done = await self._pool.run(backend.prepare, jobs, int(run.priority))
+            # An error names the image by its place in the request, cached ones counted.
+            places = todo if len(images) > 1 else ()
+            done = await self._pool.run(backend.prepare, jobs, int(run.priority), places)
             seconds = [s for _, s in done]
             preprocess_s = time.monotonic() - start
             results = await batcher.submit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -82,11 +82,18 @@ class PreprocessPool:
         return self._pending
 
     async def run(
-        self, function: Callable[..., T], jobs: list[tuple[Any, ...]], priority: int = DEFAULT_PRIORITY
+        self,
+        function: Callable[..., T],
+        jobs: list[tuple[Any, ...]],
+        priority: int = DEFAULT_PRIORITY,
+        places: Sequence[int] | None = None,
     ) -> list[tuple[T, float]]:
         """`function(*job)` for each job, in order, each with its seconds, at `priority` (smaller first).
-        The first error by image order is raised, naming the image when there are several. Raises
+        The first error by image order is raised, naming the image by `places` (each job's place in its
+        request; default: its place among `jobs` when there are several; empty: unnamed). Raises
         Overloaded beyond the bound."""
+        if places is None:
+            places = range(len(jobs)) if len(jobs) > 1 else ()
         if self._pending + len(jobs) > self._max_pending:
             raise Overloaded(f"{self._pending} images are waiting to be decoded", retry_after=1.0)
         self._pending += len(jobs)
@@ -99,8 +106,8 @@ class PreprocessPool:
         results: list[tuple[T, float]] = []
         for index, item in enumerate(done):
             if isinstance(item, ServiceError):
-                if len(jobs) > 1:
-                    item.about_image(index)
+                if places:
+                    item.about_image(places[index])
                 raise item
             if isinstance(item, BaseException):
                 raise item

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from service.core.outcomes import top_k_predictions
 from service.errors import BadRequest, InvalidArgument, NotReady, Overloaded, UnknownModel
 from service.metrics import Metrics
 from tests.engine_calls import classify, infer_pixels
-from tests.tiny_model import CLASSES, SIZE, png, tiny_settings
+from tests.tiny_model import CLASSES, SIZE, png, tiny_settings, write_model
 from tests.unit.conftest import EngineStarter
 from tests.waiting import until
 
@@ -112,6 +113,18 @@ async def test_a_bad_image_among_several_is_named_by_its_place(
     with pytest.raises(BadRequest, match="^image 1: "):
         await classify(engine, "tiny", [png((1, 2, 3)), b"\x89PNG\r\n\x1a\nbroken", png((4, 5, 6))], top_k=1)
     assert len((await classify(engine, "tiny", [png((1, 2, 3)), png((4, 5, 6))], top_k=1)).predictions) == 2
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+async def test_a_bad_image_after_a_cached_one_is_named_by_its_place_in_the_request(
+    tmp_path: Path, start_engine: EngineStarter, in_batch: bool
+) -> None:
+    write_model(tmp_path, "tiny")
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps({"response_cache": True}))
+    engine = await start_engine(tmp_path, preprocess_in_batch=in_batch)
+    await classify(engine, "tiny", [png((1, 2, 3))], top_k=1)  # now cached: only images 1 and 2 decode
+    with pytest.raises(BadRequest, match="^image 2: "):
+        await classify(engine, "tiny", [png((1, 2, 3)), png((4, 5, 6)), b"\x89PNG\r\n\x1a\nbroken"], top_k=1)
 
 
 async def test_after_stop_requests_are_refused(tiny_repository: Path, start_engine: EngineStarter) -> None:
