@@ -11,44 +11,38 @@ from service.runtime.cpu_quota import cpu_quota_cores
 from service.settings import Settings
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def _quota(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> float | None:
+    """cpu_quota_cores over a made-up /proc/self/cgroup and cgroup filesystem."""
+    proc, root = tmp_path / "proc_cgroup", tmp_path / "cgroup"
+    proc.write_text(proc_cgroup)
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return cpu_quota_cores(proc, root)
 
 
 def test_v2_quota_of_the_process_cgroup_and_its_tightest_ancestor(tmp_path: Path) -> None:
-    proc = tmp_path / "proc_cgroup"
-    _write(proc, "0::/kubepods/pod1/ctr\n")
-    root = tmp_path / "cgroup"
-    _write(root / "kubepods/pod1/ctr/cpu.max", "max 100000\n")
-    _write(root / "kubepods/pod1/cpu.max", "50000 100000\n")
-    _write(root / "kubepods/cpu.max", "800000 100000\n")
-    assert cpu_quota_cores(proc, root) == 0.5
+    files = {
+        "kubepods/pod1/ctr/cpu.max": "max 100000\n",
+        "kubepods/pod1/cpu.max": "50000 100000\n",
+        "kubepods/cpu.max": "800000 100000\n",
+    }
+    assert _quota(tmp_path, "0::/kubepods/pod1/ctr\n", files) == 0.5
 
 
 def test_v2_without_a_limit_reads_none(tmp_path: Path) -> None:
-    proc = tmp_path / "proc_cgroup"
-    _write(proc, "0::/user.slice\n")
-    _write(tmp_path / "cgroup/user.slice/cpu.max", "max 100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "cgroup") is None
+    assert _quota(tmp_path, "0::/user.slice\n", {"user.slice/cpu.max": "max 100000\n"}) is None
 
 
 def test_v1_quota_in_a_container_that_sees_its_own_cgroup_at_the_mount_root(tmp_path: Path) -> None:
-    proc = tmp_path / "proc_cgroup"
     # The host's path in /proc, while the container's cgroup is mounted at the controller's root.
-    _write(proc, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
-    mount = tmp_path / "cgroup/cpu,cpuacct"
-    _write(mount / "cpu.cfs_quota_us", "20000\n")
-    _write(mount / "cpu.cfs_period_us", "100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "cgroup") == pytest.approx(0.2)
+    files = {"cpu,cpuacct/cpu.cfs_quota_us": "20000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}
+    assert _quota(tmp_path, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n", files) == pytest.approx(0.2)
 
 
 def test_v1_unlimited_and_unreadable_read_none(tmp_path: Path) -> None:
-    proc = tmp_path / "proc_cgroup"
-    _write(proc, "1:cpu:/\n")
-    _write(tmp_path / "cgroup/cpu/cpu.cfs_quota_us", "-1\n")
-    _write(tmp_path / "cgroup/cpu/cpu.cfs_period_us", "100000\n")
-    assert cpu_quota_cores(proc, tmp_path / "cgroup") is None
+    files = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert _quota(tmp_path, "1:cpu:/\n", files) is None
     assert cpu_quota_cores(tmp_path / "missing", tmp_path / "cgroup") is None
 
 
