@@ -190,14 +190,25 @@ def test_process_uids_and_the_non_root_rule() -> None:
         check_image.process_uids("Name:\tpython\n")
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_descendants_finds_grandchildren() -> None:
     parent = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
     try:
+        # A child forked by sh shows sh's command line until it has exec'd sleep: wait for both.
+        def sleeping(pids: list[int]) -> bool:
+            return len(pids) == 2 and all(_cmdline(pid).startswith(b"sleep") for pid in pids)
+
         deadline = time.monotonic() + 10
-        while len(found := check_image.descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+        while not sleeping(found := check_image.descendants(parent.pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(found) == 2
-        assert all(Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep") for pid in found)
+        assert sleeping(found)
         assert parent.pid not in found
     finally:
         for pid in check_image.descendants(parent.pid):
