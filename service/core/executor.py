@@ -99,8 +99,9 @@ class Executor:
         backend, batcher = entry.backend, entry.batcher
         assert backend is not None and batcher is not None
         limits = self._limits
+        # An error names the image by its place in the request (cached ones counted) when it has several.
+        several = len(images) > 1
         if backend.in_batch:
-            several = len(images) > 1
             encoded = [
                 Encoded(images[i], partial(_prepare, backend, limits, i if several else None)) for i in todo
             ]
@@ -112,9 +113,7 @@ class Executor:
         else:
             start = time.monotonic()
             jobs = [(images[i], limits) for i in todo]
-            # An error names the image by its place in the request, cached ones counted.
-            places = todo if len(images) > 1 else ()
-            done = await self._pool.run(backend.prepare, jobs, int(run.priority), places)
+            done = await self._pool.run(backend.prepare, jobs, int(run.priority), todo if several else ())
             seconds = [s for _, s in done]
             preprocess_s = time.monotonic() - start
             results = await batcher.submit(

@@ -86,14 +86,11 @@ class PreprocessPool:
         function: Callable[..., T],
         jobs: list[tuple[Any, ...]],
         priority: int = DEFAULT_PRIORITY,
-        places: Sequence[int] | None = None,
+        places: Sequence[int] = (),
     ) -> list[tuple[T, float]]:
         """`function(*job)` for each job, in order, each with its seconds, at `priority` (smaller first).
         The first error by image order is raised, naming the image by `places` (each job's place in its
-        request; default: its place among `jobs` when there are several; empty: unnamed). Raises
-        Overloaded beyond the bound."""
-        if places is None:
-            places = range(len(jobs)) if len(jobs) > 1 else ()
+        request; empty: unnamed). Raises Overloaded beyond the bound."""
         if self._pending + len(jobs) > self._max_pending:
             raise Overloaded(f"{self._pending} images are waiting to be decoded", retry_after=1.0)
         self._pending += len(jobs)
