@@ -62,7 +62,7 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     if settings.single_thread_overlap and batching.instances > 1:
         runner.add_overlap_session()
     sizes = warmup_batch_sizes(batching.max_batch_size)
-    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs)
+    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs, batching.instances)
     seconds = time.monotonic() - start
     # RSS can even shrink when the load reuses memory freed by an earlier unload: never report less
     # than the graph's own weights.

@@ -331,11 +331,15 @@ class OrtRunner:
             self.options.cuda_device_id, graph_id, buffers.context,
         )  # fmt: skip
 
-    def warm_up(self, input_shape: tuple[int, int, int], batch_sizes: list[int], runs: int) -> float:
+    def warm_up(
+        self, input_shape: tuple[int, int, int], batch_sizes: list[int], runs: int, concurrent: int = 1
+    ) -> float:
         """Run each batch size `runs` times (first runs allocate memory and pick kernels).
 
         With buckets on, `batch_sizes` become the buckets; with IO binding, each concurrent buffer set
         is bound and run at every size here, so no request meets a first-time shape or address.
+        `concurrent`: the batches that may run at once (the batcher's instances); the overlap session
+        runs that many of the largest at once, so its memory arena reaches under load no more than here.
         Returns the seconds it took."""
         start = time.monotonic()
         rng = np.random.default_rng(0)
@@ -349,6 +353,9 @@ class OrtRunner:
                 if self._single is not None:  # first runs allocate memory and pick kernels there too
                     for _ in range(runs):
                         self._single.run(self.output_names, {self.input_name: batch}, self._run_options)
+            if self._single is not None and concurrent > 1 and runs > 0:
+                largest = rng.integers(0, 256, size=(max(batch_sizes), *input_shape), dtype=np.uint8)
+                self._run_overlapping(self._single, largest, concurrent)
             return time.monotonic() - start
         # CUDA graphs are captured after a few ordinary runs of each graph id: do them all here.
         runs = max(runs, 3) if self._graph_lock is not None else max(1, runs)
@@ -363,6 +370,29 @@ class OrtRunner:
                     bound.run(self.session, size)
             self._sets.put(buffers)
         return time.monotonic() - start
+
+    def _run_overlapping(self, session: ort.InferenceSession, batch: np.ndarray, count: int) -> None:
+        """`count` runs of `batch` on `session` at once, from threads started together. ORT's CPU arena
+        grows when the runs in flight need more than it holds, and never shrinks: left to the load, the
+        first time that many batches overlapped would grow the process by tens of MB, long after
+        start-up (and after the model's memory was measured)."""
+        barrier = threading.Barrier(count)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                barrier.wait()
+                session.run(self.output_names, {self.input_name: batch}, self._run_options)
+            except BaseException as exc:  # re-raised in the loading thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, name=f"warm-up-{i}") for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
 
 
 def _row_shape(items: Items) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -299,3 +300,39 @@ def test_no_overlap_sessions_where_they_would_not_help(tmp_path: Path) -> None:
         ["probabilities"],
     )
     assert not bound.add_overlap_session()
+
+
+class _Overlap:
+    """Stands in front of an ORT session: counts the runs in flight at once (each run of the largest
+    batch lasts long enough for runs started together to overlap)."""
+
+    def __init__(self, inner: object, largest: int) -> None:
+        self.inner, self.largest = inner, largest
+        self.active = self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], *args: object) -> object:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            if next(iter(feeds.values())).shape[0] == self.largest:
+                time.sleep(0.2)
+            return self.inner.run(names, feeds, *args)  # type: ignore[attr-defined]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("instances", [1, 3])
+def test_warm_up_runs_the_overlap_session_as_many_at_once_as_the_instances(
+    tmp_path: Path, instances: int
+) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(
+        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
+    )
+    assert runner.add_overlap_session()
+    single = runner._single = _Overlap(runner._single, largest=4)  # type: ignore[assignment]
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=instances)
+    assert single.most == instances and single.active == 0
