@@ -16,6 +16,9 @@ from service.runtime.providers import CUDA
 Device = Literal["auto", "cpu", "cuda"]
 # Above this many GMACs per image (b4-b7), CPU batches of more than one image cost more per image.
 CPU_BATCHING_MAX_GMACS = 3.0
+# Up to this many GMACs per image (b0, lite0), a CPU batch is short enough that the waits between
+# batches (for the GIL, for the event loop) leave cores idle with two batch threads: a third fills them.
+CPU_SPARE_INSTANCE_MAX_GMACS = 0.5
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
@@ -326,12 +329,16 @@ class Settings(BaseSettings):
     def instances_for(self, provider: str, gmacs: float = 0.0) -> int:
         """On CUDA two batches run at once, so one's copy-in overlaps the other's compute. On CPU two for
         the small variants (with single_thread_overlap the second runs on one thread while the first
-        keeps its threads: measured on b0, 1080p, 16 clients, +13 % images/s over one batch at a time);
-        the big ones (b4-b7) run one batch at a time, a session's memory each being hundreds of MB."""
+        keeps its threads: measured on b0, 1080p, 16 clients, +13 % images/s over one batch at a time),
+        three for the smallest (b0 +3 %, lite0 +6 % images/s at 16 clients; b1 even, b3 -3 %: their
+        batches keep two threads busy; bench/README.md); the big ones (b4-b7) run one batch at a time,
+        a session's memory each being hundreds of MB. Extra instances share the same two sessions."""
         if self.instances:
             return self.instances
         if provider == CUDA:
             return 2
+        if gmacs <= CPU_SPARE_INSTANCE_MAX_GMACS:
+            return 3
         return 2 if gmacs <= CPU_BATCHING_MAX_GMACS else 1
 
 

@@ -28,7 +28,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.batch_size_for("CUDAExecutionProvider", gmacs=37.75) == 32  # b7
     assert settings.batch_size_for("CUDAExecutionProvider", gmacs=0.39) == 256  # b0
     assert settings.instances_for("CUDAExecutionProvider", gmacs=37.75) == 2
-    assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == 2  # b0: one overlapping batch
+    assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == 3  # b0: a spare batch thread
+    assert settings.instances_for("CPUExecutionProvider", gmacs=0.70) == 2  # b1: one overlapping batch
     assert settings.instances_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7: one at a time
     assert Settings(instances=3).instances_for("CPUExecutionProvider", gmacs=37.75) == 3
     assert Settings(max_batch_size=8).batch_size_for("CPUExecutionProvider", gmacs=37.75) == 8
