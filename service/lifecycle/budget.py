@@ -22,10 +22,14 @@ from service.model_spec import MODEL_FILE
 log = logging.getLogger(__name__)
 
 # Before a model's first load its resident size is estimated from its graph file: the weights plus ORT's
-# arenas and warm-up buffers. Measured on CPU (bench/lifecycle.py): b0 147 MB for a 20 MB graph, b7
-# 898 MB for 266 MB, lite0 92 MB for 19 MB. After a load the measured figure replaces the estimate.
+# arenas, sized for the batches that may run at once, grown at warm-up. Measured on CPU with the default
+# batches and instances (2026-12-03): lite0 236 MB for a 19 MB graph, b0 394 MB for 22 MB, b3 1,005 MB
+# for 50 MB (300 px, two batches of 4 at once), b7 873 MB for 266 MB (one image at a time). The file
+# alone cannot tell these apart: this under-estimates b0-b3 (by 3x for b3), and a model that loads
+# on an estimate can take the process over its budget until the next load evicts. After a load, the
+# measured figure replaces the estimate.
 _ESTIMATE_FACTOR = 3.0
-_ESTIMATE_BASE = 96 << 20
+_ESTIMATE_BASE = 192 << 20
 
 Evict = Callable[[ModelRecord], Awaitable[None]]
 

@@ -149,7 +149,8 @@ def test_eval_loads_a_model_a_lazy_server_has_not_loaded(
 
     repository = tmp_path / "lazy"
     write_model(repository, "strong", weights_rows=STRONG_WEIGHTS)
-    server = server_factory(repository, "--memory-budget-mb", "100")  # loads each model on first use
+    # A budget loads each model on first use; a first load is estimated at 192 MB and more.
+    server = server_factory(repository, "--memory-budget-mb", "400")
     labels = httpx.get(f"{server.http_url}/v1/models/strong/labels")
     assert labels.status_code == 503
     out = tmp_path / "eval.json"
