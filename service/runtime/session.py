@@ -387,10 +387,17 @@ class OrtRunner:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run, name=f"warm-up-{i}") for i in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        started: list[threading.Thread] = []
+        try:
+            for thread in threads:
+                thread.start()
+                started.append(thread)
+        except RuntimeError:  # no thread to be had: release the ones waiting at the barrier
+            barrier.abort()
+            raise
+        finally:
+            for thread in started:
+                thread.join()
         if errors:
             raise errors[0]
 

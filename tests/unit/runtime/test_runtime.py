@@ -336,3 +336,27 @@ def test_warm_up_runs_the_overlap_session_as_many_at_once_as_the_instances(
     single = runner._single = _Overlap(runner._single, largest=4)  # type: ignore[assignment]
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=instances)
     assert single.most == instances and single.active == 0
+
+
+def test_warm_up_without_threads_fails_the_load_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(
+        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
+    )
+    assert runner.add_overlap_session()
+    start = threading.Thread.start
+    calls = []
+
+    def start_once(thread: threading.Thread) -> None:
+        calls.append(thread.name)
+        if len(calls) > 1:
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once)
+    with pytest.raises(RuntimeError, match="new thread"):
+        runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=3)
+    monkeypatch.undo()
+    assert not [t for t in threading.enumerate() if t.name.startswith("warm-up-")]  # none left waiting
