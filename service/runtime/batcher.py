@@ -320,10 +320,12 @@ class Batcher:
         started = time.monotonic()
         self.batches_run += 1
         self.items_run += n
-        run_plan = plan([item.wanted for item in batch])
         try:
             ran = await self._loop.run_in_executor(
-                self._executor, self._run_batch, [item.array for item in batch], run_plan
+                self._executor,
+                self._run_batch,
+                [item.array for item in batch],
+                [item.wanted for item in batch],
             )
         except asyncio.CancelledError:
             self._fail(batch, lambda: NotReady("shutting down"))
@@ -363,12 +365,21 @@ class Batcher:
                 rows = item_rows(ran.outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n, prepare_s))
 
-    def _run_batch(self, payloads: list[Payload], run_plan: RunPlan | None = None) -> _Ran:
+    def _run_batch(self, payloads: list[Payload], wanted: list[Wanted] | None = None) -> _Ran:
         """Worker thread: prepare the Encoded items, then stack and run the rows, and check that every
-        output has one row per row run."""
+        output has one row per row run. The extra outputs are planned for the rows that run: an item
+        whose image failed to decode has no row, and must not have one in the maps' class ids either."""
         arrays, prepared = self._prepare(payloads)
         if not arrays:
             return _Ran({}, 0.0, prepared)
+        run_plan = None
+        if wanted is not None:
+            kept = [
+                w
+                for w, outcome in zip(wanted, prepared, strict=True)
+                if not isinstance(outcome, BaseException)
+            ]
+            run_plan = plan(kept)
         outputs, inference_s = self._run_rows(arrays, run_plan)
         return _Ran(outputs, inference_s, prepared)
 

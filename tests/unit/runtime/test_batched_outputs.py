@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.runtime.batcher import Batcher, BatcherConfig
+from service.errors import BadImage
+from service.runtime.batcher import Batcher, BatcherConfig, Encoded
 from service.runtime.outputs import NOTHING, Wanted, plan
 from service.runtime.session import OrtRunner
 from tests.tiny_model import SIZE, TINY_WEIGHTS, ort_options, write_model
@@ -55,3 +56,28 @@ async def test_mixed_asks_run_in_one_batch(tmp_path: Path) -> None:
         expected = TINY_WEIGHTS[:, [best, 3]].T @ np.array(colour, np.float32)
         assert item.outputs["cam"].shape == (2, SIZE, SIZE)
         np.testing.assert_allclose(item.outputs["cam"].mean(axis=(1, 2)), expected, rtol=1e-5)
+
+
+async def test_maps_of_a_batch_where_one_image_failed_to_decode(tmp_path: Path) -> None:
+    """The failed image has no row in the run: the maps' class ids must not have one either."""
+
+    def decoded(data: bytes) -> np.ndarray:
+        if data == b"broken":
+            raise BadImage("cannot decode image")
+        return _solid((250, 5, 5))
+
+    batcher = Batcher("tiny", _runner(tmp_path), BatcherConfig(max_batch_size=4))
+    batcher.start()
+    wanted = Wanted.of(["cam"], (-1,))
+    calls = [
+        batcher.submit([Encoded(b"broken", decoded)], wanted=wanted),
+        batcher.submit([Encoded(b"red", decoded)], wanted=wanted),
+    ]
+    broken, red = await asyncio.gather(
+        *(asyncio.ensure_future(call) for call in calls), return_exceptions=True
+    )
+    await batcher.close()
+    assert batcher.batches_run == 1 and batcher.batches_failed == 0
+    assert isinstance(broken, BadImage)
+    assert not isinstance(red, BaseException)
+    assert red[0].outputs["cam_classes"].tolist() == [0] and red[0].outputs["cam"].shape == (1, SIZE, SIZE)
