@@ -365,22 +365,17 @@ class Batcher:
                 rows = item_rows(ran.outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n, prepare_s))
 
-    def _run_batch(self, payloads: list[Payload], wanted: list[Wanted] | None = None) -> _Ran:
+    def _run_batch(self, payloads: list[Payload], wanted: list[Wanted]) -> _Ran:
         """Worker thread: prepare the Encoded items, then stack and run the rows, and check that every
         output has one row per row run. The extra outputs are planned for the rows that run: an item
         whose image failed to decode has no row, and must not have one in the maps' class ids either."""
         arrays, prepared = self._prepare(payloads)
         if not arrays:
             return _Ran({}, 0.0, prepared)
-        run_plan = None
-        if wanted is not None:
-            kept = [
-                w
-                for w, outcome in zip(wanted, prepared, strict=True)
-                if not isinstance(outcome, BaseException)
-            ]
-            run_plan = plan(kept)
-        outputs, inference_s = self._run_rows(arrays, run_plan)
+        kept = [
+            w for w, outcome in zip(wanted, prepared, strict=True) if not isinstance(outcome, BaseException)
+        ]
+        outputs, inference_s = self._run_rows(arrays, plan(kept))
         return _Ran(outputs, inference_s, prepared)
 
     def _prepare(self, payloads: list[Payload]) -> tuple[list[np.ndarray], list[float | BaseException]]:
@@ -405,11 +400,9 @@ class Batcher:
             return None, InferenceFailed(f"preprocessing failed on model {self.name!r} (error id {error_id})")
         return row, time.perf_counter() - start
 
-    def _run_rows(
-        self, arrays: list[np.ndarray], run_plan: RunPlan | None
-    ) -> tuple[dict[str, np.ndarray], float]:
+    def _run_rows(self, arrays: list[np.ndarray], run_plan: RunPlan) -> tuple[dict[str, np.ndarray], float]:
         run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
-        if run_plan is not None and run_plan.extra:
+        if run_plan.extra:
             if run_items is None:
                 raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
             t0 = time.perf_counter()
