@@ -99,6 +99,12 @@ class EmbedResponse(BaseModel):
 
 class BatcherInfo(BaseModel):
     max_batch_size: int
+    instances: int = Field(description="batches of this version that may run at once")
+    overlap_run_size: int | None = Field(
+        default=None,
+        description="CPU: images per run when a batch overlaps another on the one-thread session "
+        "(measured at warm-up unless EFFNET_OVERLAP_RUN_SIZE sets it); null where there is no such session",
+    )
     max_queue_delay_ms: float
     max_queue_size: int
     queue_depth: int

@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     instances: int = Field(
         0,
         ge=0,
-        description="batches run at once per model (each on its own thread); 0: on CPU 2 for models up to "
-        "3 GMACs (b0-b3), else 1; on CUDA 2",
+        description="batches run at once per model (each on its own thread); 0: on CPU 3 for models up to "
+        "0.5 GMACs (b0, lite0), 2 up to 3 GMACs (b1-b3), else 1; on CUDA 2",
     )
     single_thread_overlap: bool = Field(
         True,
@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         "of the model (no barrier between threads at every operator: the cores stay busy at saturation), "
         "while a batch that runs alone keeps every intra-op thread (the latency of one client); all "
         "overlapping batches share that one session, which costs one session's memory per model",
+    )
+    overlap_run_size: int = Field(
+        0,
+        ge=0,
+        description="on CPU, an overlapping batch runs on the one-thread session in runs of at most this "
+        "many images; 0: measured at warm-up, the largest batch size whose CPU time per image is within "
+        "3 % of the cheapest (where a model's activations at batch 4 outgrow the core's cache, one image "
+        "at a time costs less per image)",
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")

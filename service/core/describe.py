@@ -73,6 +73,8 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
     if batcher is not None:
         info.batcher = BatcherInfo(
             max_batch_size=batcher.config.max_batch_size,
+            instances=batcher.config.instances,
+            overlap_run_size=getattr(batcher.runner, "overlap_run_size", None),
             max_queue_delay_ms=batcher.config.max_queue_delay_s * 1000,
             max_queue_size=batcher.config.max_queue_size,
             queue_depth=batcher.queue_depth,

@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from service.runtime.buffers import BoundBatch, Items, bucket_for, is_device_array
 from service.runtime.device import DeviceContext
+from service.runtime.overlap import OverlapSession
 from service.runtime.providers import CPU, CUDA, nvidia_gpu_present
 from service.settings import Settings
 
@@ -52,6 +53,7 @@ class RuntimeOptions:
     cuda_graphs: bool = False
     cuda_tf32: bool = True  # ORT's own default; set explicitly either way
     buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
+    overlap_run_size: int = 0  # images per run on the one-thread session; 0: measured at warm-up
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -71,6 +73,7 @@ class RuntimeOptions:
             cuda_graphs=settings.cuda_graphs,
             cuda_tf32=settings.cuda_tf32,
             buffer_sets=settings.instances or 2,
+            overlap_run_size=settings.overlap_run_size,
         )
 
 
@@ -205,7 +208,7 @@ class OrtRunner:
         # CUDA graph replay of one session is not safe from two threads at once.
         self._graph_lock = threading.Lock() if graphs else None
         # CPU: the one-thread session for batches that start while another runs (add_overlap_session).
-        self._single: ort.InferenceSession | None = None
+        self._single: OverlapSession | None = None
         self._running = 0
         self._running_lock = threading.Lock()
         log.info(
@@ -234,17 +237,23 @@ class OrtRunner:
 
     def add_overlap_session(self) -> bool:
         """On the CPU provider: a one-thread session of the same graph, for batches that start while
-        another batch runs or decodes. A batch that runs alone keeps every thread of the main session
-        (the latency of one client); overlapping batches each run on one thread, with no barrier between
-        threads at every operator, which is what keeps the cores busy at saturation. They all share
-        this one session: ONNX Runtime runs a session from several threads at once, and with one
-        intra-op thread each run computes on its caller's thread. Returns whether it was added (not on
-        CUDA, with IO binding, or when the main session has one thread anyway)."""
+        another batch runs or decodes (overlap.py). Returns whether it was added (not on CUDA, with IO
+        binding, or when the main session has one thread anyway)."""
         if self.provider != CPU or self.use_io_binding or self.options.intra_op_threads <= 1:
             return False
-        single = _session_options(replace(self.options, intra_op_threads=1))
-        self._single = ort.InferenceSession(str(self._model_path), sess_options=single, providers=[CPU])
+        options = _session_options(replace(self.options, intra_op_threads=1))
+        session = ort.InferenceSession(str(self._model_path), sess_options=options, providers=[CPU])
+        run_size = self.options.overlap_run_size or None
+        self._single = OverlapSession(
+            session, self.output_names, self._run_options, run_size, self._model_path
+        )
         return True
+
+    @property
+    def overlap_run_size(self) -> int | None:
+        """Images per run of an overlapping batch; None without a one-thread session (or before warm-up
+        measured it)."""
+        return None if self._single is None else self._single.run_size
 
     def run_items(
         self, items: Items, extra: Sequence[str] = (), feeds: dict[str, np.ndarray] | None = None
@@ -267,8 +276,10 @@ class OrtRunner:
             batch = np.zeros((size, *np.shape(items[0])), dtype=np.uint8)
             batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
         with self.busy() as alone:
-            session = self.session if alone or self._single is None else self._single
-            outputs = session.run(self.output_names, {self.input_name: batch}, self._run_options)
+            if alone or self._single is None:
+                outputs = self.session.run(self.output_names, {self.input_name: batch}, self._run_options)
+            else:
+                outputs = self._single.run(batch)
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
 
     @property
@@ -338,24 +349,22 @@ class OrtRunner:
 
         With buckets on, `batch_sizes` become the buckets; with IO binding, each concurrent buffer set
         is bound and run at every size here, so no request meets a first-time shape or address.
-        `concurrent`: the batches that may run at once (the batcher's instances); the overlap session
-        runs that many of the largest at once, so its memory arena reaches under load no more than here.
-        Returns the seconds it took."""
+        `concurrent`: the batches that may run at once (the batcher's instances). The one-thread session
+        measures its run size and runs that many pieces of it at once, so its memory arena reaches under
+        load no more than here (overlap.py). Returns the seconds it took."""
         start = time.monotonic()
         rng = np.random.default_rng(0)
         if self.use_buckets:
             self.buckets = sorted(set(batch_sizes))
         if not self.use_io_binding:
-            for size in batch_sizes:
-                batch = rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8)
+            batches = [
+                rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8) for size in batch_sizes
+            ]
+            for batch in batches:
                 for _ in range(runs):
                     self.run(batch)
-                if self._single is not None:  # first runs allocate memory and pick kernels there too
-                    for _ in range(runs):
-                        self._single.run(self.output_names, {self.input_name: batch}, self._run_options)
-            if self._single is not None and concurrent > 1 and runs > 0:
-                largest = rng.integers(0, 256, size=(max(batch_sizes), *input_shape), dtype=np.uint8)
-                self._run_overlapping(self._single, largest, concurrent)
+            if self._single is not None:  # first runs allocate memory and pick kernels there too
+                self._single.warm_up(batches, runs, concurrent)
             return time.monotonic() - start
         # CUDA graphs are captured after a few ordinary runs of each graph id: do them all here.
         runs = max(runs, 3) if self._graph_lock is not None else max(1, runs)
@@ -370,36 +379,6 @@ class OrtRunner:
                     bound.run(self.session, size)
             self._sets.put(buffers)
         return time.monotonic() - start
-
-    def _run_overlapping(self, session: ort.InferenceSession, batch: np.ndarray, count: int) -> None:
-        """`count` runs of `batch` on `session` at once, from threads started together. ORT's CPU arena
-        grows when the runs in flight need more than it holds, and never shrinks: left to the load, the
-        first time that many batches overlapped would grow the process by tens of MB, long after
-        start-up (and after the model's memory was measured)."""
-        barrier = threading.Barrier(count)
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                barrier.wait()
-                session.run(self.output_names, {self.input_name: batch}, self._run_options)
-            except BaseException as exc:  # re-raised in the loading thread below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=run, name=f"warm-up-{i}") for i in range(count)]
-        started: list[threading.Thread] = []
-        try:
-            for thread in threads:
-                thread.start()
-                started.append(thread)
-        except RuntimeError:  # no thread to be had: release the ones waiting at the barrier
-            barrier.abort()
-            raise
-        finally:
-            for thread in started:
-                thread.join()
-        if errors:
-            raise errors[0]
 
 
 def _row_shape(items: Items) -> tuple[int, ...]:

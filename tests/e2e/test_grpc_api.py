@@ -112,6 +112,10 @@ async def test_list_models(live_server) -> None:
     assert lite0.weights.kind == "imagenet" and models["b0"].weights.kind == "random"
     assert [t.name for t in lite0.outputs] == ["logits", "probabilities", "features", "cam", "cam_classes"]
     assert lite0.batcher.max_batch_size >= 1
+    for name, model in models.items():  # the batcher as HTTP describes it (0: no one-thread session)
+        described = next(m["batcher"] for m in http["models"] if m["name"] == name)
+        assert model.batcher.instances == described["instances"] >= 1
+        assert model.batcher.overlap_run_size == (described["overlap_run_size"] or 0)
 
 
 async def test_health_overall_and_per_model(live_server) -> None:

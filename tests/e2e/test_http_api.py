@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import time
 
@@ -152,6 +153,8 @@ def test_models_endpoint_describes_each_model(live_server) -> None:
     assert b0["weights"]["kind"] == "random" and lite0["weights"]["kind"] == "imagenet"
     assert b0["provider"] == "CPUExecutionProvider" and b0["ready"] is True
     assert b0["batcher"]["max_batch_size"] >= 1 and b0["parameters"] > 5_000_000
+    if b0["batcher"]["instances"] > 1 and (os.cpu_count() or 1) > 1:  # a one-thread session for overlaps
+        assert b0["batcher"]["overlap_run_size"] in (1, 2, b0["batcher"]["max_batch_size"])
     assert b0["inputs"][0]["name"] == "pixels" and b0["inputs"][0]["dtype"] == "uint8"
 
 

@@ -272,6 +272,8 @@ def model_info_message(info: ModelInfo) -> classifier_pb2.ModelInfo:
                 max_queue_delay_ms=b.max_queue_delay_ms,
                 max_queue_size=b.max_queue_size,
                 queue_depth=b.queue_depth,
+                instances=b.instances,
+                overlap_run_size=b.overlap_run_size or 0,
             )
         )
     return message

@@ -255,7 +255,8 @@ def _recorded_runner(
     )
     assert runner.add_overlap_session()
     main = runner.session = _Recording(runner.session, "main", seen, hold)  # type: ignore[assignment]
-    single = runner._single = _Recording(runner._single, "single", seen, hold)  # type: ignore[assignment]
+    assert runner._single is not None
+    single = runner._single.session = _Recording(runner._single.session, "single", seen, hold)  # type: ignore[assignment]
     return runner, main, single
 
 
@@ -324,18 +325,90 @@ class _Overlap:
                 self.active -= 1
 
 
-@pytest.mark.parametrize("instances", [1, 3])
+@pytest.mark.parametrize(("instances", "run_size"), [(1, 4), (3, 4), (3, 2)])
 def test_warm_up_runs_the_overlap_session_as_many_at_once_as_the_instances(
-    tmp_path: Path, instances: int
+    tmp_path: Path, instances: int, run_size: int
 ) -> None:
+    """...each with as many images as a run there takes under load."""
     folder = write_model(tmp_path, "tiny")
-    runner = OrtRunner(
-        folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
-    )
+    options = replace(ort_options("cpu"), intra_op_threads=2, overlap_run_size=run_size)
+    runner = OrtRunner(folder / "model.onnx", options, ["probabilities"])
     assert runner.add_overlap_session()
-    single = runner._single = _Overlap(runner._single, largest=4)  # type: ignore[assignment]
+    assert runner._single is not None
+    single = runner._single.session = _Overlap(runner._single.session, largest=run_size)  # type: ignore[assignment]
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=instances)
     assert single.most == instances and single.active == 0
+
+
+def _overlap_runner(tmp_path: Path, run_size: int = 0) -> OrtRunner:
+    folder = write_model(tmp_path, "tiny")
+    options = replace(ort_options("cpu"), intra_op_threads=2, overlap_run_size=run_size)
+    runner = OrtRunner(folder / "model.onnx", options, ["logits", "probabilities"])
+    assert runner.add_overlap_session()
+    return runner
+
+
+class _Shapes:
+    """Stands in front of an ORT session and records the batch size of every run."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], *args: object) -> object:
+        self.sizes.append(next(iter(feeds.values())).shape[0])
+        return self.inner.run(names, feeds, *args)  # type: ignore[attr-defined]
+
+
+def test_an_overlapping_batch_runs_in_pieces_of_the_run_size_and_answers_every_row(tmp_path: Path) -> None:
+    runner = _overlap_runner(tmp_path, run_size=2)
+    assert runner._single is not None
+    single = runner._single.session = _Shapes(runner._single.session)  # type: ignore[assignment]
+    batch = np.random.default_rng(1).integers(0, 256, size=(5, 3, SIZE, SIZE), dtype=np.uint8)
+    whole = runner.run(batch)  # alone: the main session, in one run
+    with runner.busy():  # another batch is running: this one overlaps it
+        pieces = runner.run(batch)
+    assert single.sizes == [2, 2, 1]
+    for name in ("logits", "probabilities"):
+        assert pieces[name].shape == whole[name].shape == (5, *whole[name].shape[1:])
+        np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cpu_ms", "chosen"),
+    [
+        ({1: 8.6, 2: 8.7, 4: 9.0}, 2),  # b0 on a 4 MB-L2 core: 4 images cost 4.7 % more each
+        ({1: 5.9, 2: 5.8, 4: 5.9}, 4),  # flat: the largest, fewest calls
+        ({1: 14.5, 2: 15.5, 4: 16.7}, 1),
+        ({1: 14.1, 2: 13.5, 4: 13.2}, 4),  # batching pays (a small cache)
+    ],
+)
+def test_warm_up_runs_overlapping_batches_in_the_largest_size_within_3_percent_of_the_cheapest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_ms: dict[int, float], chosen: int
+) -> None:
+    runner = _overlap_runner(tmp_path)
+    assert runner._single is not None
+    monkeypatch.setattr(runner._single, "_cpu_ms_per_image", lambda batch: cpu_ms[len(batch)])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=2)
+    assert runner.overlap_run_size == chosen
+    assert runner._single.cpu_ms == cpu_ms
+
+
+def test_a_configured_run_size_wins_and_no_warm_up_measures_nothing(tmp_path: Path) -> None:
+    configured = _overlap_runner(tmp_path / "a", run_size=3)
+    configured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=2)
+    assert configured.overlap_run_size == 3
+    unmeasured = _overlap_runner(tmp_path / "b")
+    unmeasured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=0)
+    assert unmeasured.overlap_run_size is None and unmeasured._single is not None
+    assert unmeasured._single.cpu_ms == {}
+    measured = _overlap_runner(tmp_path / "c")
+    measured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    assert measured.overlap_run_size in (1, 2, 4) and measured._single is not None
+    assert set(measured._single.cpu_ms) == {1, 2, 4} and all(
+        ms > 0 for ms in measured._single.cpu_ms.values()
+    )
+    assert _recorded_runner(tmp_path / "d", [])[0].overlap_run_size is None  # not measured yet: whole batches
 
 
 def test_warm_up_without_threads_fails_the_load_instead_of_hanging(
