@@ -26,6 +26,10 @@ def _peak(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(runs, key=lambda r: r["throughput"]) if runs else None
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
@@ -40,6 +44,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         if peak is None:
             continue
         limit = ref["pipeline_limit_1080p"]
+        measured = ref.get("pipeline_measured_1080p")
         cpu = peak["cpu"]
         # The same limit shrunk to the cores the client left free: how close the server comes to the
         # hardware it actually had.
@@ -50,6 +55,12 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
             "pipeline_limit": round(limit, 1),
             "efficiency": _ratio(peak["throughput"], limit),
             "efficiency_excluding_client_cpu": _ratio(peak["throughput"], limit * free_cores / cpu["cores"]),
+            # The essential work on every core at once with no serving (references.pipeline_measured).
+            "pipeline_measured": _round(measured["images_per_s"] if measured else None),
+            "pipeline_measured_over_limit": _ratio(measured["images_per_s"] if measured else None, limit),
+            "efficiency_vs_measured_pipeline": _ratio(
+                peak["throughput"], measured["images_per_s"] if measured else None
+            ),
             "bare_ort_best_images_per_s": round(ref["bare_ort"]["best_images_per_s"], 1),
             **_cpu_efficiency(ref, peak),
             "client_cores": cpu["client"],

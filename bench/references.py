@@ -4,10 +4,14 @@
 2. the pipeline limit: cores / (single-thread preprocessing ms per image + inference core-ms per
    image), where inference core-ms is the one-thread session's best ms per image over batch sizes
    (with one thread and spinning off, wall time is core time).
+3. the measured pipeline: the same work done on every core at once, in this process, with no serving
+   at all. What the cores really give the essential work (caches and memory are shared), below the
+   computed limit.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -97,3 +101,45 @@ def preprocess_cost(bodies: Sequence[bytes], spec: PreprocessSpec, budget_s: flo
 def pipeline_limit(cores: int, preprocess_ms: float, inference_core_ms: float) -> float:
     """Images/s the machine's cores allow when every core does preprocessing and inference."""
     return cores * 1000.0 / (preprocess_ms + inference_core_ms)
+
+
+def pipeline_measured(
+    model_path: Path,
+    bodies: Sequence[bytes],
+    spec: PreprocessSpec,
+    workers: int,
+    run_size: int,
+    seconds: float,
+) -> dict[str, float]:
+    """`workers` threads, each decoding `run_size` images with the service's preprocessing and running
+    them on one shared one-thread session, as the floor server's workers do, for `seconds`."""
+    configure_pillow()
+    sess = session(model_path, 1)
+    name = sess.get_inputs()[0].name
+    done = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def work(worker: int) -> None:
+        limits = DecodeLimits()
+        index = worker
+        while time.perf_counter() < stop:
+            rows = []
+            for _ in range(run_size):
+                rows.append(preprocess(bodies[index % len(bodies)], spec, limits))
+                index += 1
+            sess.run(["probabilities"], {name: np.stack(rows)})
+            done[worker] += run_size
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"pipeline-{i}") for i in range(workers)]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    images = sum(done)
+    return {
+        "run_size": run_size,
+        "images_per_s": images / wall,
+        "cpu_ms_per_image": cpu * 1000 / images,
+    }

@@ -41,9 +41,10 @@ def references(result: dict[str, Any]) -> list[str]:
 
 def efficiency(result: dict[str, Any]) -> list[str]:
     lines = [
-        "| model | service img/s (clients) | pipeline limit | efficiency | CPU ms/img: essential / server "
+        "| model | service img/s (clients) | pipeline limit | efficiency | measured pipeline (of limit) "
+        "| service / measured | CPU ms/img: essential / server "
         "| CPU efficiency | server cores | other cores | speedup vs naive, same clients |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     speedups = result["figures"].get("speedup_vs_naive", {})
     for model, e in result["figures"].get("efficiency", {}).items():
@@ -52,8 +53,11 @@ def efficiency(result: dict[str, Any]) -> list[str]:
         head = (
             f"| {model} | {_f(e['service_images_per_s'])} ({e['at_concurrency']}) | {_f(e['pipeline_limit'])}"
         )
+        measured = f"{_f(e.get('pipeline_measured'))} ({_f(e.get('pipeline_measured_over_limit'), 2)})"
+        of_measured = _f(e.get("efficiency_vs_measured_pipeline"), 2)
         lines.append(
-            f"{head} | {_f(e['efficiency'], 2)} | {cpu_ms} | {_f(e.get('cpu_efficiency'), 2)} "
+            f"{head} | {_f(e['efficiency'], 2)} | {measured} | {of_measured} "
+            f"| {cpu_ms} | {_f(e.get('cpu_efficiency'), 2)} "
             f"| {_f(e.get('server_cores'), 2)} | {_f(e['other_cores'], 2)} | {speed or '-'} |"
         )
     return lines

@@ -103,7 +103,7 @@ class BatcherInfo(BaseModel):
     overlap_run_size: int | None = Field(
         default=None,
         description="CPU: images per run when a batch overlaps another on the one-thread session "
-        "(measured at warm-up unless EFFNET_OVERLAP_RUN_SIZE sets it); null where there is no such session",
+        "(EFFNET_OVERLAP_RUN_SIZE); null where there is no such session or it runs whole batches",
     )
     max_queue_delay_ms: float
     max_queue_size: int

@@ -135,12 +135,11 @@ class Settings(BaseSettings):
         "overlapping batches share that one session, which costs one session's memory per model",
     )
     overlap_run_size: int = Field(
-        0,
+        1,
         ge=0,
-        description="on CPU, an overlapping batch runs on the one-thread session in runs of at most this "
-        "many images; 0: measured at warm-up, the largest batch size whose CPU time per image is within "
-        "3 % of the cheapest (where a model's activations at batch 4 outgrow the core's cache, one image "
-        "at a time costs less per image)",
+        description="on CPU, an overlapping batch runs on the one-thread session in pieces of at most this "
+        "many images (one image's activations stay in a core's cache where four images' spill from it); "
+        "0: the whole batch in one run",
     )
     max_queue_delay_ms: float = Field(0.0, ge=0, description="hold a non-full batch at most this long")
     max_queue_size: int = Field(64, ge=1, description="queued images per model before 503")

@@ -53,7 +53,7 @@ class RuntimeOptions:
     cuda_graphs: bool = False
     cuda_tf32: bool = True  # ORT's own default; set explicitly either way
     buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
-    overlap_run_size: int = 0  # images per run on the one-thread session; 0: measured at warm-up
+    overlap_run_size: int = 1  # images per run on the one-thread session; 0: the whole batch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RuntimeOptions:
@@ -243,16 +243,14 @@ class OrtRunner:
             return False
         options = _session_options(replace(self.options, intra_op_threads=1))
         session = ort.InferenceSession(str(self._model_path), sess_options=options, providers=[CPU])
-        run_size = self.options.overlap_run_size or None
         self._single = OverlapSession(
-            session, self.output_names, self._run_options, run_size, self._model_path
+            session, self.output_names, self._run_options, self.options.overlap_run_size or None
         )
         return True
 
     @property
     def overlap_run_size(self) -> int | None:
-        """Images per run of an overlapping batch; None without a one-thread session (or before warm-up
-        measured it)."""
+        """Images per run of an overlapping batch; None without a one-thread session, or whole batches."""
         return None if self._single is None else self._single.run_size
 
     def run_items(
@@ -350,8 +348,8 @@ class OrtRunner:
         With buckets on, `batch_sizes` become the buckets; with IO binding, each concurrent buffer set
         is bound and run at every size here, so no request meets a first-time shape or address.
         `concurrent`: the batches that may run at once (the batcher's instances). The one-thread session
-        measures its run size and runs that many pieces of it at once, so its memory arena reaches under
-        load no more than here (overlap.py). Returns the seconds it took."""
+        runs that many of its pieces at once, so its memory arena reaches under load no more than here
+        (overlap.py). Returns the seconds it took."""
         start = time.monotonic()
         rng = np.random.default_rng(0)
         if self.use_buckets:

@@ -374,41 +374,25 @@ def test_an_overlapping_batch_runs_in_pieces_of_the_run_size_and_answers_every_r
         np.testing.assert_allclose(pieces[name], whole[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("cpu_ms", "chosen"),
-    [
-        ({1: 8.6, 2: 8.7, 4: 9.0}, 2),  # b0 on a 4 MB-L2 core: 4 images cost 4.7 % more each
-        ({1: 5.9, 2: 5.8, 4: 5.9}, 4),  # flat: the largest, fewest calls
-        ({1: 14.5, 2: 15.5, 4: 16.7}, 1),
-        ({1: 14.1, 2: 13.5, 4: 13.2}, 4),  # batching pays (a small cache)
-    ],
-)
-def test_warm_up_runs_overlapping_batches_in_the_largest_size_within_3_percent_of_the_cheapest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_ms: dict[int, float], chosen: int
+@pytest.mark.parametrize(("run_size", "pieces"), [(1, {1}), (2, {1, 2}), (0, {1, 2, 4})])
+def test_warm_up_runs_the_one_thread_session_only_at_the_sizes_its_pieces_have(
+    tmp_path: Path, run_size: int, pieces: set[int]
 ) -> None:
-    runner = _overlap_runner(tmp_path)
+    """Its memory arena grows to the largest run it sees: a size it never runs would only cost memory."""
+    runner = _overlap_runner(tmp_path, run_size=run_size)
     assert runner._single is not None
-    monkeypatch.setattr(runner._single, "_cpu_ms_per_image", lambda batch: cpu_ms[len(batch)])
-    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=2)
-    assert runner.overlap_run_size == chosen
-    assert runner._single.cpu_ms == cpu_ms
+    single = runner._single.session = _Shapes(runner._single.session)  # type: ignore[assignment]
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=2, concurrent=3)
+    assert set(single.sizes) == pieces
+    assert single.sizes.count(max(pieces)) == 2 + 3  # its warm-up runs, then one per instance at once
+    assert runner.overlap_run_size == (run_size or None)
 
 
-def test_a_configured_run_size_wins_and_no_warm_up_measures_nothing(tmp_path: Path) -> None:
-    configured = _overlap_runner(tmp_path / "a", run_size=3)
-    configured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1, concurrent=2)
-    assert configured.overlap_run_size == 3
-    unmeasured = _overlap_runner(tmp_path / "b")
-    unmeasured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=0)
-    assert unmeasured.overlap_run_size is None and unmeasured._single is not None
-    assert unmeasured._single.cpu_ms == {}
-    measured = _overlap_runner(tmp_path / "c")
-    measured.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
-    assert measured.overlap_run_size in (1, 2, 4) and measured._single is not None
-    assert set(measured._single.cpu_ms) == {1, 2, 4} and all(
-        ms > 0 for ms in measured._single.cpu_ms.values()
-    )
-    assert _recorded_runner(tmp_path / "d", [])[0].overlap_run_size is None  # not measured yet: whole batches
+def test_overlapping_batches_run_one_image_at_a_time_by_default(tmp_path: Path) -> None:
+    assert Settings().overlap_run_size == 1
+    assert RuntimeOptions.from_settings(Settings(overlap_run_size=0)).overlap_run_size == 0
+    runner, _, _ = _recorded_runner(tmp_path, [])
+    assert runner.overlap_run_size == 1
 
 
 def test_warm_up_without_threads_fails_the_load_instead_of_hanging(
