@@ -1,9 +1,10 @@
 """The overhead floor: the least a Python HTTP server adds to the essential work on this machine.
 
 FastAPI and uvicorn as our service uses them, and one worker thread per core. Each worker takes the
-requests waiting (up to a batch of four), decodes them with the service's own preprocessing and runs
-them on one shared one-thread ONNX Runtime session, so decoding and inference never compete for a core
-and no image passes between threads. It checks nothing, limits nothing and measures nothing: no
+next request, decodes its image with the service's own preprocessing and runs it on one shared
+one-thread ONNX Runtime session, one image per run (the cheapest per image on a CPU core, as in the
+service: bench/README.md), so decoding and inference never compete for a core and no image passes
+between threads. It checks nothing, limits nothing and measures nothing: no
 validation, no queue bound, no deadlines, no metrics, no cache. What it reaches at 16 clients is what
 HTTP transport, the event loop and the load generator leave of the pipeline limit; the distance from
 it to our service is what our service's own features cost (bench/README.md).
@@ -27,8 +28,6 @@ from fastapi import FastAPI, Request
 from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
 from service.preprocess.images import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
 from service.settings import cpu_count
-
-_MAX_BATCH = 4
 
 
 @dataclass
@@ -61,30 +60,14 @@ def _work(jobs: queue.SimpleQueue[_Job], session: ort.InferenceSession, spec: Pr
     limits = DecodeLimits()
     input_name = session.get_inputs()[0].name
     while True:
-        taken = [jobs.get()]
-        while len(taken) < _MAX_BATCH:
-            try:
-                taken.append(jobs.get_nowait())
-            except queue.Empty:
-                break
-        rows: list[np.ndarray] = []
-        ready: list[_Job] = []
-        for job in taken:
-            try:
-                rows.append(preprocess(job.data, spec, limits))
-                ready.append(job)
-            except Exception as exc:
-                job.loop.call_soon_threadsafe(_answer, job, exc)
-        if not rows:
-            continue
+        job = jobs.get()
         try:
-            (probabilities,) = session.run(["probabilities"], {input_name: np.stack(rows)})
+            row = preprocess(job.data, spec, limits)
+            (probabilities,) = session.run(["probabilities"], {input_name: row[np.newaxis]})
         except Exception as exc:
-            for job in ready:
-                job.loop.call_soon_threadsafe(_answer, job, exc)
+            job.loop.call_soon_threadsafe(_answer, job, exc)
             continue
-        for job, row in zip(ready, probabilities, strict=True):
-            job.loop.call_soon_threadsafe(_answer, job, row)
+        job.loop.call_soon_threadsafe(_answer, job, probabilities[0])
 
 
 def create_app() -> FastAPI:

@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 # Before a model's first load its resident size is estimated from its graph file: the weights plus ORT's
 # arenas, sized for the batches that may run at once, grown at warm-up. Measured on CPU with the default
-# batches and instances (2026-12-03): lite0 236 MB for a 19 MB graph, b0 394 MB for 22 MB, b3 1,005 MB
-# for 50 MB (300 px, two batches of 4 at once), b7 873 MB for 266 MB (one image at a time). The file
-# alone cannot tell these apart: this under-estimates b0-b3 (by 3x for b3), and a model that loads
-# on an estimate can take the process over its budget until the next load evicts. After a load, the
-# measured figure replaces the estimate.
+# batches, instances and overlap run size (2026-12-04): lite0 157 MB for a 19 MB graph, b0 216 MB for
+# 22 MB, b3 595 MB for 50 MB (300 px); b7 873 MB for 266 MB (2026-12-03). The file alone cannot tell
+# these apart: this over-estimates lite0 and b0 (246 and 254 MB) and under-estimates b3 (342 MB), and
+# a model that loads on an under-estimate can take the process over its budget until the next load
+# evicts. After a load, the measured figure replaces the estimate.
 _ESTIMATE_FACTOR = 3.0
 _ESTIMATE_BASE = 192 << 20
 
