@@ -45,6 +45,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
             continue
         limit = ref["pipeline_limit_1080p"]
         measured = ref.get("pipeline_measured_1080p")
+        measured_ips = measured["images_per_s"] if measured else None
         cpu = peak["cpu"]
         # The same limit shrunk to the cores the client left free: how close the server comes to the
         # hardware it actually had.
@@ -56,11 +57,9 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
             "efficiency": _ratio(peak["throughput"], limit),
             "efficiency_excluding_client_cpu": _ratio(peak["throughput"], limit * free_cores / cpu["cores"]),
             # The essential work on every core at once with no serving (references.pipeline_measured).
-            "pipeline_measured": _round(measured["images_per_s"] if measured else None),
-            "pipeline_measured_over_limit": _ratio(measured["images_per_s"] if measured else None, limit),
-            "efficiency_vs_measured_pipeline": _ratio(
-                peak["throughput"], measured["images_per_s"] if measured else None
-            ),
+            "pipeline_measured": _round(measured_ips),
+            "pipeline_measured_over_limit": _ratio(measured_ips, limit),
+            "efficiency_vs_measured_pipeline": _ratio(peak["throughput"], measured_ips),
             "bare_ort_best_images_per_s": round(ref["bare_ort"]["best_images_per_s"], 1),
             **_cpu_efficiency(ref, peak),
             "client_cores": cpu["client"],

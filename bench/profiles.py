@@ -39,7 +39,7 @@ QUICK = Profile(
     grpc_concurrency=(1, 16),
     naive_concurrency=(1, 16),
     open_loop_fractions=(0.3, 0.6, 0.9),
-    # Whole batches of 4 on the one-thread session: the default before run sizes were measured.
+    # Whole batches of 4 on the one-thread session: the default before 2026-12-04 (pieces of one).
     tuning=({"preprocess_in_batch": "false"}, {"intra_op_threads": "1"}, {"overlap_run_size": "4"}),
     quiet_wait_s=5.0,
 )

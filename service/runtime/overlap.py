@@ -51,14 +51,13 @@ class OverlapSession:
         if runs <= 0:
             return
         largest = max(batches, key=len)
-        pieces = {len(batch): batch for batch in batches if len(batch) <= (self.run_size or len(largest))}
-        if self.run_size and self.run_size < len(largest):
-            pieces[self.run_size] = largest[: self.run_size]
-        for piece in pieces.values():
+        full = min(self.run_size or len(largest), len(largest))  # the largest piece a run will see
+        pieces = [batch for batch in batches if len(batch) < full] + [largest[:full]]
+        for piece in pieces:
             for _ in range(runs):
                 self._run(piece)
         if concurrent > 1:
-            self._run_at_once(pieces[max(pieces)], concurrent)
+            self._run_at_once(largest[:full], concurrent)
 
     def _run_at_once(self, batch: np.ndarray, count: int) -> None:
         """`count` runs of `batch` at once, from threads started together. ORT's CPU arena grows when
