@@ -297,16 +297,16 @@ class Lifecycle:
         entry.recorded_as = recorded_identity(loaded.spec, record.name, entry.version)
         entry.runner, entry.provider = loaded.runner, loaded.runner.provider
         entry.batcher, entry.preprocess, entry.backend = serving.batcher, serving.preprocess, serving.backend
-        entry.memory_bytes = record.measured_bytes = loaded.memory_bytes
+        entry.memory_bytes = record.measured_bytes = entry.measured_load(loaded.memory_bytes, config)
         entry.load_seconds, entry.config, entry.loaded_at = loaded.seconds, config, time.time()
         entry.state = ModelState.READY
         self.metrics.model_loaded(entry.name, str(entry.version), "success", loaded.seconds)
-        self.metrics.set_model_memory(entry.name, str(entry.version), loaded.memory_bytes)
+        self.metrics.set_model_memory(entry.name, str(entry.version), entry.memory_bytes)
         log.info(
             "event=model_ready model=%s version=%s provider=%s resolution=%d weights=%s seconds=%.2f "
             "memory_mb=%.1f reason=%s",
             entry.name, entry.version, entry.provider, loaded.spec.crop_size, loaded.spec.weights.kind,
-            loaded.seconds, loaded.memory_bytes / 2**20, reason,
+            loaded.seconds, entry.memory_bytes / 2**20, reason,
         )  # fmt: skip
 
     def _failed(self, entry: ModelEntry, reason: str) -> None:

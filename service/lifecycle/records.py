@@ -67,9 +67,20 @@ class ModelEntry:
     recorded_as: str | None = None
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _largest_load: tuple[ModelConfig, int] | None = None  # the config it was loaded with, bytes
 
     def __post_init__(self) -> None:
         self._idle.set()
+
+    def measured_load(self, grown_bytes: int, config: ModelConfig) -> int:
+        """The resident size to count for a load that grew the process by `grown_bytes`: the largest
+        any load of these files with this config has measured. A load that reuses heap an earlier
+        unload left behind grows the process by less than it holds (lite0 read 120-165 MB in one
+        process); taken as the model's size, that would let a memory budget admit one model too many."""
+        if self._largest_load is not None and self._largest_load[0] == config:
+            grown_bytes = max(grown_bytes, self._largest_load[1])
+        self._largest_load = (config, grown_bytes)
+        return grown_bytes
 
     def fail(self, reason: str) -> None:
         self.state = ModelState.FAILED

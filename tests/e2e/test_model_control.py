@@ -163,7 +163,10 @@ def test_memory_budget_for_two_serves_four_models_round_robin(
     probe = server_factory(repository, "--models", "lite0-copy0")
     one_model = httpx.get(f"{probe.http_url}/v1/models/lite0-copy0", timeout=10).json()["versions"][0]
     probe.stop()
-    budget_mb = int(2.6 * one_model["memory_bytes"] / 2**20) + 1  # two fit, three do not
+    # Two fit, three do not. A load measures what it grew the process by, and in a process that has
+    # unloaded models before, lite0 read 130-160 MB where a fresh process reads 160-165: the margin
+    # below three is kept wide.
+    budget_mb = int(2.2 * one_model["memory_bytes"] / 2**20) + 1
     server = server_factory(repository, "--memory-budget-mb", str(budget_mb), "--max-queue-size", "256")
     process = psutil.Process(server.process.pid)
     base = process.memory_info().rss

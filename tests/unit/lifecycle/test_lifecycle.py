@@ -263,3 +263,17 @@ async def test_a_changed_config_reloads_the_version_beside_the_old_one(
 
 def test_an_empty_hash_cache_setting_means_none(tmp_path: Path) -> None:
     assert Settings(repository=tmp_path, hash_cache="").hash_cache is None
+
+
+def test_a_reload_that_grew_the_process_less_counts_the_largest_measurement() -> None:
+    """A load that reuses heap an unload left behind grows the process by less than the model holds:
+    a version's size is the largest any of its loads with that config measured."""
+    from service.lifecycle.configs import DEFAULT_CONFIG, ModelConfig
+    from service.lifecycle.records import ModelEntry
+
+    entry = ModelEntry("alpha", 1, None)
+    assert entry.measured_load(160 << 20, DEFAULT_CONFIG) == 160 << 20
+    assert entry.measured_load(120 << 20, DEFAULT_CONFIG) == 160 << 20  # reused freed heap
+    assert entry.measured_load(170 << 20, DEFAULT_CONFIG) == 170 << 20
+    other = ModelConfig(instances=1)
+    assert entry.measured_load(90 << 20, other) == 90 << 20, "another config is another size"
