@@ -19,6 +19,7 @@ CPU_BATCHING_MAX_GMACS = 3.0
 # Up to this many GMACs per image (b0, lite0), a CPU batch is short enough that the waits between
 # batches (for the GIL, for the event loop) leave cores idle with two batch threads: a third fills them.
 CPU_SPARE_INSTANCE_MAX_GMACS = 0.5
+MAX_INSTANCES = 64  # a model's config.json allows as many
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 
@@ -94,9 +95,15 @@ class Settings(BaseSettings):
     # --- runtime (ONNX Runtime session options) ---
     device: Device = Field("auto", description="auto: CUDA when a session really gets it, else CPU")
     cuda_device_id: int = Field(0, ge=0)
-    intra_op_threads: int = Field(
-        0, ge=0, description="threads per session; 0: the cores this process may use (affinity, CPU quota)"
+    cpus: int = Field(
+        0,
+        ge=0,
+        description="the cores the server sizes itself for (ORT threads, decode threads, CPU instances); "
+        "0: the cores this process may use (affinity mask, capped by a cgroup CPU quota rounded up). Set it "
+        "where a container has a CPU request and no limit: it may run on every core of its node (the "
+        "Kubernetes manifests set it from requests.cpu); set below those cores, ORT threads do not spin",
     )
+    intra_op_threads: int = Field(0, ge=0, description="threads per session; 0: the server's cores (`cpus`)")
     inter_op_threads: int = Field(1, ge=1)
     allow_spinning: bool | None = Field(
         None,
@@ -124,8 +131,9 @@ class Settings(BaseSettings):
     instances: int = Field(
         0,
         ge=0,
-        description="batches run at once per model (each on its own thread); 0: on CPU 3 for models up to "
-        "0.5 GMACs (b0, lite0), 2 up to 3 GMACs (b1-b3), else 1; on CUDA 2",
+        description="batches run at once per model (each on its own thread); 0: on CPU one per core (`cpus`) "
+        "for models up to 3 GMACs (b1-b3) and one more up to 0.5 GMACs (b0, lite0: 3 on 2 cores), else 1; "
+        "at most 64; on CUDA 2",
     )
     single_thread_overlap: bool = Field(
         True,
@@ -311,18 +319,27 @@ class Settings(BaseSettings):
         return [name for name in self.models.split(",") if name]
 
     @property
+    def cores(self) -> int:
+        """The cores the server sizes its threads and instances for: `cpus`, else cpu_count()."""
+        return self.cpus or cpu_count()
+
+    @property
     def effective_intra_op_threads(self) -> int:
-        return self.intra_op_threads or cpu_count()
+        return self.intra_op_threads or self.cores
 
     @property
     def effective_allow_spinning(self) -> bool:
+        """Unset: spin unless the cores are rationed (a quota) or shared (`cpus` below the cores the
+        process may run on: a pod's request without a limit), where a spinning thread takes a core
+        that other work is owed."""
         if self.allow_spinning is not None:
             return self.allow_spinning
-        return not quota_binds()
+        shared = 0 < self.cpus < _affinity_cores()
+        return not (quota_binds() or shared)
 
     @property
     def effective_preprocess_workers(self) -> int:
-        return self.preprocess_workers or cpu_count()
+        return self.preprocess_workers or self.cores
 
     def batch_size_for(self, provider: str, gmacs: float) -> int:
         """Measured on the CPU provider: batching gains 18-38 % images/s for b0-b3 up to about 4,
@@ -334,19 +351,23 @@ class Settings(BaseSettings):
         return 4 if gmacs <= CPU_BATCHING_MAX_GMACS else 1
 
     def instances_for(self, provider: str, gmacs: float = 0.0) -> int:
-        """On CUDA two batches run at once, so one's copy-in overlaps the other's compute. On CPU two for
-        the small variants (with single_thread_overlap the second runs on one thread while the first
-        keeps its threads: measured on b0, 1080p, 16 clients, +13 % images/s over one batch at a time),
-        three for the smallest (b0 +3 %, lite0 +6 % images/s at 16 clients; b1 even, b3 -3 %: their
-        batches keep two threads busy; bench/README.md); the big ones (b4-b7) run one batch at a time,
-        a session's memory each being hundreds of MB. Extra instances share the same two sessions."""
+        """On CUDA two batches run at once, so one's copy-in overlaps the other's compute. On CPU, batches
+        that overlap each run on one core (single_thread_overlap), decoding their own images, so it takes
+        one instance per core to keep the cores busy at saturation: the small and middle variants get
+        `cores` instances, and the smallest one more (their batches are short enough that the waits
+        between them, for the GIL and the event loop, leave cores idle; on 2 cores b0 +3 %, lite0 +6 %
+        images/s at 16 clients with the third, b1 even, b3 -3 %: bench/README.md). The big ones (b4-b7)
+        run one batch at a time: a second instance adds the one-thread session, doubling their memory
+        (b4 260 -> 517 MB, b7 799 -> 1,615 MB) for 12 % more images/s (b4 on 2 cores). Instances are
+        threads: all of a model's overlapping batches share its one-thread session."""
         if self.instances:
             return self.instances
         if provider == CUDA:
             return 2
-        if gmacs <= CPU_SPARE_INSTANCE_MAX_GMACS:
-            return 3
-        return 2 if gmacs <= CPU_BATCHING_MAX_GMACS else 1
+        if gmacs > CPU_BATCHING_MAX_GMACS:
+            return 1
+        per_core = self.cores + 1 if gmacs <= CPU_SPARE_INSTANCE_MAX_GMACS else self.cores
+        return min(per_core, MAX_INSTANCES)
 
 
 def cuda_batch_size(gmacs: float) -> int:

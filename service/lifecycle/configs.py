@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from service.lifecycle.files import ModelLoadError, first_error
 from service.model_spec import MODEL_NAME_PATTERN
+from service.settings import MAX_INSTANCES
 
 CONFIG_FILE = "config.json"
 CASCADE_FILE = "cascade.json"
@@ -57,7 +58,7 @@ class ModelConfig(_Strict):
 
     version_policy: VersionPolicy = LATEST_ONE
     max_batch_size: int | None = Field(default=None, ge=1, le=4096)
-    instances: int | None = Field(default=None, ge=1, le=64)
+    instances: int | None = Field(default=None, ge=1, le=MAX_INSTANCES)
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=60_000)
     # Keep answers in the response cache (service/core/answers.py); the cache's size is global.
     response_cache: bool = False

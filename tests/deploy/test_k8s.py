@@ -4,6 +4,7 @@ schema-valid (kubernetes-validate), consistent with each other and with the serv
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -93,13 +94,34 @@ def image_env(flavor: str = "cpu") -> dict[str, str]:
     return found
 
 
+def cpu_quantity(text: str) -> float:
+    """A Kubernetes CPU quantity in cores: "2", "1.5", "500m"."""
+    return int(text.removesuffix("m")) / 1000 if text.endswith("m") else float(text)
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the kubelet sets it: plain values, and the downward API's
+    `resourceFieldRef` on the container's own CPU request (the quantity over the divisor, rounded up)."""
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+            continue
+        ref = entry["valueFrom"]["resourceFieldRef"]
+        assert ref.get("containerName", container["name"]) == container["name"], "its own container's"
+        assert ref["resource"] == "requests.cpu", f"{entry['name']}: only the CPU request is resolved here"
+        request = cpu_quantity(str(container["resources"]["requests"]["cpu"]))
+        env[entry["name"]] = str(math.ceil(request / cpu_quantity(str(ref.get("divisor", "1")))))
+    return env
+
+
 def container_settings(
     container: dict[str, Any], monkeypatch: pytest.MonkeyPatch, extra_args: list[str] | None = None
 ) -> Settings:
     """The Settings the server builds from this container: the image's ENV, then the container's env
     (every EFFNET_* name must be a setting), then its args parsed by the real `serve` parser."""
     assert container.get("command") in (None, SERVER_COMMAND), "the image's entrypoint is the server"
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    env = container_env(container)
     for name in env:
         if name.startswith("EFFNET_"):
             field = name.removeprefix("EFFNET_").lower()
@@ -212,7 +234,7 @@ def test_probes_and_grace_period() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000, "grpc": 8001}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = container_env(container)
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > float(env["EFFNET_DRAIN_TIMEOUT_S"]) + pre_stop
     assert pod["securityContext"]["runAsUser"] == 10001, "matches the image's USER"
@@ -231,6 +253,28 @@ def test_the_container_is_a_valid_server_command_line(
     assert settings.hash_cache is not None
     writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
     assert any(settings.hash_cache.is_relative_to(w) for w in writable), "the digest cache is writable"
+
+
+def server_containers() -> list[tuple[str, dict[str, Any]]]:
+    found = [(path.name, only_container(deployment(path))) for path in (BASE, GPU, HOT_RELOAD)]
+    for name, runtime in kserve_resources("ServingRuntime").items():
+        (container,) = runtime["spec"]["containers"]
+        found.append((f"kserve-{name}", container))
+    return found
+
+
+@pytest.mark.parametrize("name", [name for name, _ in server_containers()])
+def test_the_server_sizes_itself_by_its_cpu_request(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod with a CPU request and no limit may run on every core of its node: without EFFNET_CPUS
+    the server would start a thread per node core in each pool and a CPU instance per core."""
+    container = dict(server_containers())[name]
+    resources = container["resources"]
+    assert "cpu" not in resources.get("limits", {}), "no CPU limit: the pod may use idle cores"
+    cores = math.ceil(cpu_quantity(str(resources["requests"]["cpu"])))
+    settings = container_settings(container, monkeypatch)
+    assert settings.cpus == settings.cores == cores
+    assert settings.effective_intra_op_threads == settings.effective_preprocess_workers == cores
+    assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == cores + 1  # b0
 
 
 def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
@@ -252,7 +296,7 @@ def test_gpu_overlay_requests_a_gpu_and_keeps_the_probes(monkeypatch: pytest.Mon
     container = only_container(deployment(GPU))
     assert container["image"].endswith(":gpu")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = container_env(container)
     assert env["EFFNET_DEVICE"] == "cuda" and env["EFFNET_MODELS"] == "b0,lite0"
     assert container["readinessProbe"] == base["readinessProbe"]
     assert container["livenessProbe"] == base["livenessProbe"]

@@ -18,7 +18,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("EFFNET_HTTP_PORT", "EFFNET_GRPC_PORT", "EFFNET_DEVICE", "EFFNET_MODELS"):
+    for name in ("EFFNET_HTTP_PORT", "EFFNET_GRPC_PORT", "EFFNET_DEVICE", "EFFNET_MODELS", "EFFNET_CPUS"):
         monkeypatch.delenv(name, raising=False)
     settings = build_settings(parse([]))
     assert (settings.http_port, settings.grpc_port, settings.device) == (8000, 8001, "auto")
@@ -27,10 +27,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.batch_size_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7
     assert settings.batch_size_for("CUDAExecutionProvider", gmacs=37.75) == 32  # b7
     assert settings.batch_size_for("CUDAExecutionProvider", gmacs=0.39) == 256  # b0
+    assert settings.cpus == 0, "sized by the cores it may use"
     assert settings.instances_for("CUDAExecutionProvider", gmacs=37.75) == 2
-    assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == 3  # b0: a spare batch thread
-    assert settings.instances_for("CPUExecutionProvider", gmacs=0.70) == 2  # b1: one overlapping batch
-    assert settings.instances_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7: one at a time
+    two_cores = settings.model_copy(update={"cpus": 2})
+    assert two_cores.instances_for("CPUExecutionProvider", gmacs=0.39) == 3  # b0: a spare batch thread
+    assert two_cores.instances_for("CPUExecutionProvider", gmacs=0.70) == 2  # b1: one batch per core
+    assert two_cores.instances_for("CPUExecutionProvider", gmacs=37.75) == 1  # b7: one at a time
     assert Settings(instances=3).instances_for("CPUExecutionProvider", gmacs=37.75) == 3
     assert Settings(max_batch_size=8).batch_size_for("CPUExecutionProvider", gmacs=37.75) == 8
 

@@ -47,22 +47,24 @@ def test_v1_unlimited_and_unreadable_read_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "quota", "spins"),
+    ("setting", "quota", "cpus", "spins"),
     [
-        (None, None, True),  # no limit: spin while a batch runs
-        (None, 0.2, False),  # a 200m pod: spinning would spend its quota
-        (None, 2.0, False),  # 2 of the 4 cores: rationed
-        (None, 4.0, True),  # a quota of all the cores rations nothing
-        (False, None, False),  # an explicit setting wins either way
-        (True, 0.2, True),
+        (None, None, 0, True),  # no limit: spin while a batch runs
+        (None, 0.2, 0, False),  # a 200m pod: spinning would spend its quota
+        (None, 2.0, 0, False),  # 2 of the 4 cores: rationed
+        (None, 4.0, 0, True),  # a quota of all the cores rations nothing
+        (None, None, 2, False),  # a request of 2 of the 4 cores and no limit: shared
+        (None, None, 4, True),  # told all the cores: not shared
+        (False, None, 0, False),  # an explicit setting wins either way
+        (True, 0.2, 2, True),
     ],
 )
-def test_spinning_default_follows_the_quota(
-    monkeypatch: pytest.MonkeyPatch, setting: bool | None, quota: float | None, spins: bool
+def test_spinning_default_follows_the_quota_and_the_cpus_setting(
+    monkeypatch: pytest.MonkeyPatch, setting: bool | None, quota: float | None, cpus: int, spins: bool
 ) -> None:
     monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid: set(range(4)))
     monkeypatch.setattr(settings_module, "cpu_quota_cores", lambda: quota)
-    assert Settings(allow_spinning=setting).effective_allow_spinning is spins
+    assert Settings(allow_spinning=setting, cpus=cpus).effective_allow_spinning is spins
 
 
 @pytest.mark.parametrize(("quota", "cores"), [(None, 16), (2.0, 2), (0.2, 1), (2.5, 3), (32.0, 16)])
@@ -73,3 +75,29 @@ def test_thread_pools_are_sized_by_the_quota_rounded_up(
     monkeypatch.setattr(settings_module, "cpu_quota_cores", lambda: quota)
     assert settings_module.cpu_count() == cores
     assert Settings().effective_intra_op_threads == cores == Settings().effective_preprocess_workers
+
+
+def test_the_cpus_setting_sizes_the_pools_whatever_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod with a request and no limit sees every core of its node; EFFNET_CPUS (from the request)
+    sizes it instead."""
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    monkeypatch.setattr(settings_module, "cpu_quota_cores", lambda: None)
+    assert Settings().cores == 64
+    settings = Settings(cpus=2)
+    assert settings.cores == settings.effective_intra_op_threads == settings.effective_preprocess_workers == 2
+    assert Settings(cpus=2, intra_op_threads=4).effective_intra_op_threads == 4  # the explicit pool wins
+
+
+@pytest.mark.parametrize(
+    ("cores", "b0", "b3", "b7"),
+    [(1, 2, 1, 1), (2, 3, 2, 1), (4, 5, 4, 1), (16, 17, 16, 1), (64, 64, 64, 1)],
+)
+def test_cpu_instances_grow_with_the_cores(cores: int, b0: int, b3: int, b7: int) -> None:
+    """One overlapping batch per core keeps the cores busy, one more for the smallest models; the big
+    ones run one batch at a time; at most what a model's config.json allows."""
+    settings = Settings(cpus=cores)
+    assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == b0
+    assert settings.instances_for("CPUExecutionProvider", gmacs=1.83) == b3
+    assert settings.instances_for("CPUExecutionProvider", gmacs=37.75) == b7
+    assert settings.instances_for("CUDAExecutionProvider", gmacs=0.39) == 2
+    assert Settings(cpus=cores, instances=5).instances_for("CPUExecutionProvider", gmacs=0.39) == 5
