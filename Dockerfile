@@ -3,7 +3,7 @@
 #   docker build -t effnet-serve:cpu .                          (FLAVOR=cpu, the default)
 #   docker build --build-arg FLAVOR=gpu -t effnet-serve:gpu .   (CUDA 13 + cuDNN 9, onnxruntime-gpu)
 # Build arguments: FLAVOR (cpu or gpu: the base and what is installed on it), VARIANTS (comma list of
-# b0..b7, lite0, or "all"), WEIGHTS (passed to the exporter), TORCH_INDEX_URL (where the build stage gets
+# b0..b7, lite0-lite2, or "all"), WEIGHTS (passed to the exporter), TORCH_INDEX_URL (where the build stage gets
 # torch; default the PyTorch CPU index. Where that index is out of reach, pass https://pypi.org/simple:
 # its CUDA wheel is larger but exports just the same).
 

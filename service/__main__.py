@@ -63,11 +63,15 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--memory-budget-mb", type=int, help="memory all models may take; load lazily, evict LRU (0: none)"
     )
-    p.add_argument("--max-batch-size", type=int, help="per model; 0: 4 on CPU, 32 on CUDA")
+    p.add_argument(
+        "--max-batch-size", type=int, help="per model; 0: by provider and GMACs (CPU 4 or 1, CUDA 32-256)"
+    )
     p.add_argument("--max-queue-delay-ms", type=float, help="hold a non-full batch this long (default 0)")
     p.add_argument("--max-queue-size", type=int, help="queued images per model before 503")
-    p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per session; 0: all cores")
-    p.add_argument("--preprocess-workers", type=int, help="decode threads; 0: all cores")
+    p.add_argument(
+        "--intra-op-threads", type=int, help="ONNX Runtime threads per session; 0: EFFNET_CPUS (all cores)"
+    )
+    p.add_argument("--preprocess-workers", type=int, help="decode threads; 0: EFFNET_CPUS (all cores)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... [EFFNET_LOG_LEVEL]")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines [EFFNET_LOG_JSON]")
 
