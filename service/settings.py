@@ -132,8 +132,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="batches run at once per model (each on its own thread); 0: on CPU one per core (`cpus`) "
-        "for models up to 3 GMACs (b1-b3) and one more up to 0.5 GMACs (b0, lite0: 3 on 2 cores), else 1; "
-        "at most 64; on CUDA 2",
+        "for models up to 3 GMACs (b1-b3) and, from 2 cores, one more up to 0.5 GMACs (b0, lite0: 3 on 2 "
+        "cores), else 1; at most 64; on CUDA 2",
     )
     single_thread_overlap: bool = Field(
         True,
@@ -356,7 +356,8 @@ class Settings(BaseSettings):
         one instance per core to keep the cores busy at saturation: the small and middle variants get
         `cores` instances, and the smallest one more (their batches are short enough that the waits
         between them, for the GIL and the event loop, leave cores idle; on 2 cores b0 +3 %, lite0 +6 %
-        images/s at 16 clients with the third, b1 even, b3 -3 %: bench/README.md). The big ones (b4-b7)
+        images/s at 16 clients with the third, b1 even, b3 -3 %; on 1 core b0 lost 4 % with a second:
+        bench/README.md). The big ones (b4-b7)
         run one batch at a time: a second instance adds the one-thread session, doubling their memory
         (b4 260 -> 517 MB, b7 799 -> 1,615 MB) for 12 % more images/s (b4 on 2 cores). Instances are
         threads: all of a model's overlapping batches share its one-thread session."""
@@ -366,7 +367,9 @@ class Settings(BaseSettings):
             return 2
         if gmacs > CPU_BATCHING_MAX_GMACS:
             return 1
-        per_core = self.cores + 1 if gmacs <= CPU_SPARE_INSTANCE_MAX_GMACS else self.cores
+        cores = self.cores
+        spare = gmacs <= CPU_SPARE_INSTANCE_MAX_GMACS and cores > 1  # on one core no core idles to fill
+        per_core = cores + 1 if spare else cores
         return min(per_core, MAX_INSTANCES)
 
 

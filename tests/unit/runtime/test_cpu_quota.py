@@ -90,11 +90,11 @@ def test_the_cpus_setting_sizes_the_pools_whatever_the_cores(monkeypatch: pytest
 
 @pytest.mark.parametrize(
     ("cores", "b0", "b3", "b7"),
-    [(1, 2, 1, 1), (2, 3, 2, 1), (4, 5, 4, 1), (16, 17, 16, 1), (64, 64, 64, 1)],
+    [(1, 1, 1, 1), (2, 3, 2, 1), (4, 5, 4, 1), (16, 17, 16, 1), (64, 64, 64, 1)],
 )
 def test_cpu_instances_grow_with_the_cores(cores: int, b0: int, b3: int, b7: int) -> None:
-    """One overlapping batch per core keeps the cores busy, one more for the smallest models; the big
-    ones run one batch at a time; at most what a model's config.json allows."""
+    """One overlapping batch per core keeps the cores busy, one more for the smallest models from two
+    cores; the big ones run one batch at a time; at most what a model's config.json allows."""
     settings = Settings(cpus=cores)
     assert settings.instances_for("CPUExecutionProvider", gmacs=0.39) == b0
     assert settings.instances_for("CPUExecutionProvider", gmacs=1.83) == b3
