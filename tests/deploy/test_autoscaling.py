@@ -29,6 +29,7 @@ from .test_k8s import (
     by_kind,
     container_settings,
     kserve_resources,
+    kubernetes_quantity,
     only_container,
     render,
 )
@@ -50,8 +51,7 @@ def metrics_by_type(hpa_spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def load_target(hpa_spec: dict[str, Any]) -> float:
-    value = metrics_by_type(hpa_spec)["Pods"]["pods"]["target"]["averageValue"]
-    return float(value[:-1]) / 1000 if str(value).endswith("m") else float(value)
+    return kubernetes_quantity(str(metrics_by_type(hpa_spec)["Pods"]["pods"]["target"]["averageValue"]))
 
 
 def adapter_rules() -> list[dict[str, Any]]:

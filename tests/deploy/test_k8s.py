@@ -94,8 +94,8 @@ def image_env(flavor: str = "cpu") -> dict[str, str]:
     return found
 
 
-def cpu_quantity(text: str) -> float:
-    """A Kubernetes CPU quantity in cores: "2", "1.5", "500m"."""
+def kubernetes_quantity(text: str) -> float:
+    """A Kubernetes quantity without a binary suffix: "2", "1.5", "500m" (cores, or a metric's value)."""
     return int(text.removesuffix("m")) / 1000 if text.endswith("m") else float(text)
 
 
@@ -110,8 +110,8 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
         ref = entry["valueFrom"]["resourceFieldRef"]
         assert ref.get("containerName", container["name"]) == container["name"], "its own container's"
         assert ref["resource"] == "requests.cpu", f"{entry['name']}: only the CPU request is resolved here"
-        request = cpu_quantity(str(container["resources"]["requests"]["cpu"]))
-        env[entry["name"]] = str(math.ceil(request / cpu_quantity(str(ref.get("divisor", "1")))))
+        request = kubernetes_quantity(str(container["resources"]["requests"]["cpu"]))
+        env[entry["name"]] = str(math.ceil(request / kubernetes_quantity(str(ref.get("divisor", "1")))))
     return env
 
 
@@ -270,7 +270,7 @@ def test_the_server_sizes_itself_by_its_cpu_request(name: str, monkeypatch: pyte
     container = dict(server_containers())[name]
     resources = container["resources"]
     assert "cpu" not in resources.get("limits", {}), "no CPU limit: the pod may use idle cores"
-    cores = math.ceil(cpu_quantity(str(resources["requests"]["cpu"])))
+    cores = math.ceil(kubernetes_quantity(str(resources["requests"]["cpu"])))
     settings = container_settings(container, monkeypatch)
     assert settings.cpus == settings.cores == cores
     assert settings.effective_intra_op_threads == settings.effective_preprocess_workers == cores
