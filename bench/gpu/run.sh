@@ -9,6 +9,9 @@
 #                                          installed; the image's CUDA 13 and cuDNN folders on the
 #                                          loader path; the pre-flight (a CUDA session or a JSON stop);
 #                                          pytest -m gpu with skips as failures; check.py; <= 210 s
+#   bench/gpu/run.sh --stash DIR diagnose where a batch's time goes (bench/gpu/diagnose.py): the runtime's
+#                                          steps against bare ORT, the server's stages under load;
+#                                          with `--only b0 export` before it, b0 alone is exported
 #   bench/gpu/run.sh --dry-run [rehearse] [check]
 #                                          here, on the CPU: the carried set resolved, installed from
 #                                          the downloaded wheels into a clean CPython 3.12 (as the
@@ -16,11 +19,12 @@
 #                                          service.__main__ imported there; then the check's flow on
 #                                          the CPU provider, in that clean environment when it exists
 # Options: --out DIR, --repository DIR (models; default /root/effnet-models, dry: a temp folder),
-#          --stash DIR (the carried wheels), --budget-s N (the check's total), --skip-tests
+#          --stash DIR (the carried wheels), --budget-s N (the check's total), --skip-tests,
+#          --only VARIANT (export that variant alone, fp32, random weights)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$SECONDS
-dry=0; stash=""; repository=""; out=""; skip_tests=0; budget=""; phases=()
+dry=0; stash=""; repository=""; out=""; skip_tests=0; budget=""; only=""; phases=()
 while (( $# )); do
     case "$1" in
         --dry-run) dry=1 ;;
@@ -29,7 +33,8 @@ while (( $# )); do
         --out) out=$2; shift ;;
         --budget-s) budget=$2; shift ;;
         --skip-tests) skip_tests=1 ;;
-        export|check|rehearse) phases+=("$1") ;;
+        --only) only=$2; shift ;;
+        export|check|rehearse|diagnose) phases+=("$1") ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -102,6 +107,7 @@ run_export() {
     # Three exports at once (the machine has 16 cores), the models pytest needs first.
     local jobs=("b0:random:fp32,fp16 lite0:imagenet:fp32" "b3:random:fp32,fp16" "b7:random:fp32,fp16")
     (( dry )) && jobs=("b0:random:fp32")
+    [[ -n "$only" ]] && jobs=("$only:random:fp32")
     local pids=()
     rm -f "$out/export-status.txt"
     for job in "${jobs[@]}"; do
@@ -179,12 +185,26 @@ run_check() {
         "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" --out "$out" --budget-s "$measure"
 }
 
+run_diagnose() {
+    if (( ! dry )); then
+        [[ -n "$stash" ]] || { echo "run.sh: no --stash" >&2; return 3; }
+        install_wheels "$stash" "$SITE" || return 3
+        [[ -d service/_generated ]] || "$PY" -m service.protogen || return 3
+        loader_path
+    fi
+    local measure=$(( $(left) - 10 ))
+    step "diagnose.py (<= ${measure}s)"
+    timeout --signal=TERM --kill-after=10 $(( measure > 0 ? measure : 15 )) \
+        "$PY" -m bench.gpu.diagnose --repository "$repository" --out "$out" --device "$device"
+}
+
 status=0
 for phase in "${phases[@]}"; do
     case "$phase" in
         export) run_export || status=$? ;;
         rehearse) run_rehearse || status=$? ;;
         check) run_check || status=$? ;;
+        diagnose) run_diagnose || status=$? ;;
     esac
     (( status )) && break
 done

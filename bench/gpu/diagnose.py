@@ -1,0 +1,261 @@
+"""Where a batch's time goes on the GPU: the runtime's steps against bare ONNX Runtime, and the server's
+stages under load (bench/gpu/run.sh's `diagnose` step; bench/gpu/README.md).
+
+The first device check (2026-12-04) measured bare b0 on CUDA at 9,000 images/s and the server at
+86-128, every request about one second: something in the service's own path costs ~1,000x what the
+session does. This finds the step, in one call:
+1. `runtime`: b0 at batch 1, 32 and 128, median ms per batch of
+   - `bare`: a plain session with ORT's default options (`session.run` on a host array);
+   - `service_options`: a session with the service's options, `session.run` (no IO binding);
+   - `runner`: the service's OrtRunner as the engine uses it (buckets, IO binding, buffer sets), its
+     steps timed apart (rows in, the run, outputs out);
+   - `runner_no_binding`: the OrtRunner with IO binding off;
+   and a cProfile of the runner's batches of the largest size (the functions that take the time).
+2. `server`: b0 served with the Pillow decoder at 128 clients (HTTP, 1080p JPEGs), as the check does,
+   with the default settings and with IO binding off; images/s, p50, and the server's own stage
+   histograms (preprocess, queue, inference, batch size) as means.
+Every section is written to diagnose.json as soon as it is measured; a failing one is recorded and the
+rest goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import pstats
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("bench.gpu.diagnose")
+CUDA = "CUDAExecutionProvider"
+SIZES = (1, 32, 128)  # the largest is also the one whose steps are timed apart and profiled
+OUTPUTS = ["logits", "probabilities"]
+
+
+def _median_ms(step: Callable[[], object], runs: int) -> float:
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def runtime(
+    model_path: Path, crop: int, device: str, runs: int, sizes: tuple[int, ...] = SIZES
+) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from service.runtime.session import (
+        OrtRunner,
+        RuntimeOptions,
+        _providers,
+        _session_options,
+        warmup_batch_sizes,
+    )
+    from service.settings import Settings
+
+    rng = np.random.default_rng(0)
+    batches = {n: rng.integers(0, 256, (n, 3, crop, crop), dtype=np.uint8) for n in sizes}
+    result: dict[str, Any] = {}
+
+    providers: list[Any] = (
+        [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0"})] if device == "cuda" else []
+    )
+    bare_providers = [*providers, "CPUExecutionProvider"]
+    settings = Settings(device=device, max_batch_size=max(sizes), cuda_tf32=False)
+    options = RuntimeOptions.from_settings(settings)
+    # Which half of the service's choices (session options, provider options) makes a difference.
+    for key, session_options, session_providers in (
+        ("bare", ort.SessionOptions(), bare_providers),
+        ("service_options", _session_options(options), _providers(options)),
+        ("service_session_options_only", _session_options(options), bare_providers),
+        ("service_provider_options_only", ort.SessionOptions(), _providers(options)),
+    ):
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options, providers=session_providers
+        )
+        result[key] = {"provider": session.get_providers()[0], **_session_sizes(session, batches, runs)}
+        log.info("%s %s", key, result[key])
+
+    for key, runtime_options in (
+        ("runner", replace(options, batch_buckets="on", io_binding="on")),
+        ("runner_no_binding", replace(options, batch_buckets="on", io_binding="off")),
+    ):
+        runner = OrtRunner(model_path, runtime_options, OUTPUTS)
+        started = time.perf_counter()
+        runner.warm_up((3, crop, crop), warmup_batch_sizes(max(sizes)), runs=2)
+        entry: dict[str, Any] = {
+            "provider": runner.provider,
+            "io_binding": runner.use_io_binding,
+            "warm_up_s": time.perf_counter() - started,
+            **_runner_sizes(runner, batches, runs),
+        }
+        if runner.use_io_binding:
+            rows = list(batches[max(sizes)])
+            entry["steps_largest"] = _bound_steps(runner, rows, runs)
+            entry["profile_largest"] = _profile(partial(runner.run_items, rows), 5)
+        result[key] = entry
+        log.info("%s %s", key, {k: v for k, v in entry.items() if k != "profile_largest"})
+    return result
+
+
+def _session_sizes(session: Any, batches: dict[int, np.ndarray], runs: int) -> dict[str, float]:
+    return {
+        str(n): _median_ms(partial(session.run, OUTPUTS, {"pixels": b}), runs) for n, b in batches.items()
+    }
+
+
+def _runner_sizes(runner: Any, batches: dict[int, np.ndarray], runs: int) -> dict[str, float]:
+    return {str(n): _median_ms(partial(runner.run_items, list(b)), runs) for n, b in batches.items()}
+
+
+def _bound_steps(runner: Any, rows: list[np.ndarray], runs: int) -> dict[str, float]:
+    """The bound path's three steps timed apart, ms medians: rows in, the run, outputs out."""
+    load, run, fetch = [], [], []
+    for _ in range(runs + 2):
+        buffers = runner._take_set()
+        try:
+            bound = buffers.batches[len(rows)]
+            t0 = time.perf_counter()
+            bound.load(rows)
+            t1 = time.perf_counter()
+            runner.session.run_with_iobinding(bound._binding, bound.run_options)
+            t2 = time.perf_counter()
+            bound._binding.copy_outputs_to_cpu()
+            t3 = time.perf_counter()
+        finally:
+            runner._sets.put(buffers)
+        load.append(t1 - t0)
+        run.append(t2 - t1)
+        fetch.append(t3 - t2)
+    return {
+        name: float(np.median(values[2:]) * 1000)
+        for name, values in (("load_ms", load), ("run_ms", run), ("fetch_ms", fetch))
+    }
+
+
+def _profile(step: Callable[[], object], runs: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(25)
+    return text.getvalue()[-6000:]
+
+
+def server(repository: Path, device: str, load_s: float) -> dict[str, Any]:
+    from bench.gpu.check import PROFILES, saturate
+    from bench.images import FULL_HD, make_jpegs
+    from bench.servers import service
+
+    profile = replace(PROFILES["gpu" if device == "cuda" else "dry"], load_s=load_s)
+    jpegs = make_jpegs(FULL_HD, count=4)
+    results: dict[str, Any] = {}
+    cases: tuple[tuple[str, str, dict[str, str]], ...] = (
+        ("default", "http", {}),
+        ("default", "v2_pixels", {}),
+        ("io_binding_off", "v2_pixels", {"io_binding": "off"}),
+        ("one_instance", "v2_pixels", {"instances": "1"}),
+    )
+    from service.model_spec import ModelSpec
+    from service.preprocess.images import PreprocessSpec, preprocess
+
+    spec = ModelSpec.from_file(repository / "b0" / "1" / "model.json")
+    pixels = [preprocess(j, PreprocessSpec.from_model_spec(spec)) for j in jpegs]
+    for key, kind, extra in cases:
+        settings = {
+            "device": device, "decoder": "pillow", "precision": "fp32", "cuda_tf32": "false",
+            "max_queue_size": "2048", "max_pending_preprocess": "4096", "request_timeout_s": "60",
+            **extra,
+        }  # fmt: skip
+        # Server logs stay out of $OUT (8 files come back at most); a failing case quotes its tail.
+        server_log = Path(tempfile.gettempdir()) / f"diagnose-server-{key}-{kind}.log"
+        proc, grpc_port = service(repository, ["b0"], settings, server_log)
+        try:
+            with proc:
+                address = proc.base_url if kind == "http" else f"127.0.0.1:{grpc_port}"
+                load = saturate(kind, address, "b0", jpegs if kind == "http" else pixels, profile, proc.pid)
+                import httpx
+
+                load["stages"] = _stage_means(httpx.get(proc.base_url + "/metrics", timeout=10).text)
+                results[f"{key}/{kind}"] = load
+                log.info("server %s/%s %s", key, kind, load)
+        except Exception:
+            tail = server_log.read_text(errors="replace")[-1500:] if server_log.exists() else ""
+            results[f"{key}/{kind}"] = {"error": traceback.format_exc()[-1500:], "server_log": tail}
+    return results
+
+
+def _stage_means(text: str) -> dict[str, float]:
+    """Mean of each of the server's stage histograms for b0 (seconds -> ms; batch size as is)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") not in (None, "b0"):
+                continue
+            if sample.name.endswith("_sum"):
+                sums[sample.name[:-4]] = sums.get(sample.name[:-4], 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                counts[sample.name[:-6]] = counts.get(sample.name[:-6], 0.0) + sample.value
+    means = {}
+    for name, total in sums.items():
+        if counts.get(name) and name.startswith("effnet_"):
+            scale = 1000.0 if name.endswith("_seconds") else 1.0
+            means[name] = total / counts[name] * scale
+    return means
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--load-s", type=float, default=5.0)
+    parser.add_argument("--sections", default="runtime,server")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes, comma-separated")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_path = args.repository / "b0" / "1" / "model.onnx"
+    crop = json.loads((model_path.parent / "model.json").read_text())["crop_size"]
+    report: dict[str, Any] = {}
+    target = args.out / "diagnose.json"
+    for section in args.sections.split(","):
+        started = time.monotonic()
+        try:
+            if section == "runtime":
+                sizes = tuple(int(n) for n in args.sizes.split(","))
+                report[section] = runtime(model_path, crop, args.device, args.runs, sizes)
+            elif section == "server":
+                report[section] = server(args.repository, args.device, args.load_s)
+        except Exception:
+            report[section] = {"error": traceback.format_exc()[-2000:]}
+        report[f"{section}_s"] = time.monotonic() - started
+        target.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
