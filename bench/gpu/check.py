@@ -155,6 +155,7 @@ def environment(profile: Profile) -> dict[str, Any]:
         "available_providers": ort.get_available_providers(),
         "cpu_cores": os.cpu_count(),
         "profile": asdict(profile),
+        "cpu_quota_cores": _quota(),  # a quota would cap every CPU-side stage of the service
         "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
         "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR"),
     }
@@ -174,6 +175,12 @@ def environment(profile: Profile) -> dict[str, Any]:
         except Exception as exc:  # recorded, not fatal: the check reports what it could not use
             info[f"{module}_imports"] = f"no: {exc}"
     return info
+
+
+def _quota() -> float | None:
+    from service.runtime.cpu_quota import cpu_quota_cores
+
+    return cpu_quota_cores()
 
 
 # --------------------------------------------------------------------------- 1. bare ORT

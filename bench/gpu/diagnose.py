@@ -14,7 +14,9 @@ session does. This finds the step, in one call:
 2. `server`: b0 served with the Pillow decoder at 128 clients (HTTP, 1080p JPEGs), as the check does,
    with the default settings and with IO binding off; images/s, p50, and the server's own stage
    histograms (preprocess, queue, inference, batch size) as means.
-Every section is written to diagnose.json as soon as it is measured; a failing one is recorded and the
+`machine` records what the server sizes itself by (affinity, a cgroup CPU quota, the cores, decode
+threads, spinning): a quota would cap every CPU-side stage. Every section is written to diagnose.json
+as soon as it is measured; a failing one is recorded and the
 rest goes on.
 """
 
@@ -224,6 +226,24 @@ def _stage_means(text: str) -> dict[str, float]:
     return means
 
 
+def machine() -> dict[str, Any]:
+    """What the server sizes itself by on this machine: a CPU quota would cap every CPU-side stage."""
+    import os
+
+    from service.runtime.cpu_quota import cpu_quota_cores
+    from service.settings import Settings
+
+    settings = Settings()
+    return {
+        "affinity_cores": len(os.sched_getaffinity(0)),
+        "cgroup_quota_cores": cpu_quota_cores(),
+        "settings_cores": settings.cores,
+        "allow_spinning": settings.effective_allow_spinning,
+        "preprocess_workers": settings.effective_preprocess_workers,
+        "load_average": os.getloadavg(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = args.repository / "b0" / "1" / "model.onnx"
     crop = json.loads((model_path.parent / "model.json").read_text())["crop_size"]
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"machine": machine()}
     target = args.out / "diagnose.json"
     for section in args.sections.split(","):
         started = time.monotonic()
