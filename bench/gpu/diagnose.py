@@ -11,13 +11,12 @@ session does. This finds the step, in one call:
      steps timed apart (rows in, the run, outputs out);
    - `runner_no_binding`: the OrtRunner with IO binding off;
    and a cProfile of the runner's batches of the largest size (the functions that take the time).
-2. `server`: b0 served with the Pillow decoder at 128 clients (HTTP, 1080p JPEGs), as the check does,
-   with the default settings and with IO binding off; images/s, p50, and the server's own stage
-   histograms (preprocess, queue, inference, batch size) as means.
+2. `server`: b0 served at 128 clients as the check serves it: HTTP with 1080p JPEGs (Pillow), then V2
+   pixels (no decoding) with the defaults, with IO binding off and with one instance; images/s, p50,
+   and the server's own stage histograms (preprocess, queue, inference, batch size) as means.
 `machine` records what the server sizes itself by (affinity, a cgroup CPU quota, the cores, decode
 threads, spinning): a quota would cap every CPU-side stage. Every section is written to diagnose.json
-as soon as it is measured; a failing one is recorded and the
-rest goes on.
+as soon as it is measured; a failing one is recorded and the rest goes on.
 """
 
 from __future__ import annotations
