@@ -235,6 +235,14 @@ class Settings(BaseSettings):
         description="pad each batch up to the next warmed size (1, 2, 4, ..., max): no first-time shapes, "
         "no memory growth from odd sizes; auto: on for CUDA, off on CPU",
     )
+    bucket_sessions: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="one ONNX Runtime session per batch bucket, each of which only ever sees its own batch "
+        "size: with cuDNN 9, ORT's CUDA convolution keeps the execution plan of the last input shape it "
+        "ran, and a batch of another size rebuilds the plan of every convolution (b0 has 81), which cost "
+        "the first GPU check about a second per batch. Costs one copy of the weights and one memory arena "
+        "per bucket. auto: on for CUDA with buckets, off on CPU (its kernels keep no per-shape plans)",
+    )
     io_binding: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run through ONNX Runtime IO binding with preallocated per-bucket buffers (pinned host "

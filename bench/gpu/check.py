@@ -264,9 +264,12 @@ def memory_flat(model_path: Path, crop: int, gmacs: float, profile: Profile) -> 
     rng = random.Random(0)
     rows = np.random.default_rng(0).integers(0, 256, (max_batch, 3, crop, crop), dtype=np.uint8)
     samples: list[dict[str, float | None]] = []
+    run_s = 0.0  # the batches alone (random sizes: they change shape from batch to batch, as under load)
     for step in range(profile.memory_steps):
         n = rng.randint(1, max_batch)
+        started = time.perf_counter()
         runner.run_items(list(rows[:n]))
+        run_s += time.perf_counter() - started
         if step % max(1, profile.memory_steps // 10) == 0 or step == profile.memory_steps - 1:
             samples.append(
                 {"step": step, "gpu_mib": gpu_memory_used_mib(), "rss_mib": process.memory_info().rss / 2**20}
@@ -278,7 +281,9 @@ def memory_flat(model_path: Path, crop: int, gmacs: float, profile: Profile) -> 
         "provider": runner.provider,
         "buckets": runner.buckets,
         "io_binding": runner.use_io_binding,
+        "bucket_sessions": runner.use_bucket_sessions,
         "max_batch": max_batch,
+        "mean_ms_per_batch": run_s * 1000 / profile.memory_steps,
         "steps": profile.memory_steps,
         "measured": key,
         "samples": samples,

@@ -7,12 +7,16 @@ session does. This finds the step, in one call:
 1. `runtime`: b0 at batch 1, 32 and 128, median ms per batch of
    - `bare`: a plain session with ORT's default options (`session.run` on a host array);
    - `service_options`: a session with the service's options, `session.run` (no IO binding);
-   - `runner`: the service's OrtRunner as the engine uses it (buckets, IO binding, buffer sets), its
-     steps timed apart (rows in, the run, outputs out);
+   - `runner`: the service's OrtRunner as the engine uses it (buckets, a session per bucket, IO binding,
+     buffer sets), its steps timed apart (rows in, the run, outputs out); `runner_one_session`: the
+     same with one session for every bucket (as before 2026-12-04);
    - `runner_no_binding`: the OrtRunner with IO binding off;
+   each also with the two largest sizes taking turns (`alternating_ms`: with cuDNN 9, ORT rebuilds a
+   convolution's plan whenever its input shape differs from the last run's, the suspect),
    and a cProfile of the runner's batches of the largest size (the functions that take the time).
-2. `server`: b0 served at 128 clients as the check serves it: HTTP with 1080p JPEGs (Pillow), then V2
-   pixels (no decoding) with the defaults, with IO binding off and with one instance; images/s, p50,
+2. `server`: b0 served at 128 clients as the check serves it: V2 pixels (no decoding) with the
+   defaults and with one session for every bucket, HTTP with 1080p JPEGs (Pillow), V2 pixels with IO
+   binding off and with one instance; images/s, p50,
    and the server's own stage histograms (preprocess, queue, inference, batch size) as means.
 `machine` records what the server sizes itself by (affinity, a cgroup CPU quota, the cores, decode
 threads, spinning): a quota would cap every CPU-side stage. Every section is written to diagnose.json
@@ -90,10 +94,15 @@ def runtime(
             str(model_path), sess_options=session_options, providers=session_providers
         )
         result[key] = {"provider": session.get_providers()[0], **_session_sizes(session, batches, runs)}
+        if key == "bare":  # the suspect: a batch size other than the last one's rebuilds cuDNN's plans
+            result[key]["alternating_ms"] = _alternating_ms(
+                partial(_session_run, session), [batches[n] for n in sizes[-2:]], runs
+            )
         log.info("%s %s", key, result[key])
 
     for key, runtime_options in (
         ("runner", replace(options, batch_buckets="on", io_binding="on")),
+        ("runner_one_session", replace(options, batch_buckets="on", io_binding="on", bucket_sessions="off")),
         ("runner_no_binding", replace(options, batch_buckets="on", io_binding="off")),
     ):
         runner = OrtRunner(model_path, runtime_options, OUTPUTS)
@@ -103,7 +112,11 @@ def runtime(
             "provider": runner.provider,
             "io_binding": runner.use_io_binding,
             "warm_up_s": time.perf_counter() - started,
+            "bucket_sessions": runner.use_bucket_sessions,
             **_runner_sizes(runner, batches, runs),
+            "alternating_ms": _alternating_ms(
+                partial(_runner_run, runner), [batches[n] for n in sizes[-2:]], runs
+            ),
         }
         if runner.use_io_binding:
             rows = list(batches[max(sizes)])
@@ -118,6 +131,26 @@ def _session_sizes(session: Any, batches: dict[int, np.ndarray], runs: int) -> d
     return {
         str(n): _median_ms(partial(session.run, OUTPUTS, {"pixels": b}), runs) for n, b in batches.items()
     }
+
+
+def _session_run(session: Any, batch: np.ndarray) -> object:
+    return session.run(OUTPUTS, {"pixels": batch})
+
+
+def _runner_run(runner: Any, batch: np.ndarray) -> object:
+    return runner.run_items(list(batch))
+
+
+def _alternating_ms(run: Callable[[np.ndarray], object], pair: list[np.ndarray], runs: int) -> float:
+    """Median ms per run when two batch sizes take turns (as they do under a varying load)."""
+    for batch in pair:
+        run(batch)
+    times = []
+    for i in range(runs * 2):
+        start = time.perf_counter()
+        run(pair[i % 2])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
 
 
 def _runner_sizes(runner: Any, batches: dict[int, np.ndarray], runs: int) -> dict[str, float]:
@@ -169,8 +202,9 @@ def server(repository: Path, device: str, load_s: float) -> dict[str, Any]:
     jpegs = make_jpegs(FULL_HD, count=4)
     results: dict[str, Any] = {}
     cases: tuple[tuple[str, str, dict[str, str]], ...] = (
-        ("default", "http", {}),
         ("default", "v2_pixels", {}),
+        ("one_session", "v2_pixels", {"bucket_sessions": "off"}),
+        ("default", "http", {}),
         ("io_binding_off", "v2_pixels", {"io_binding": "off"}),
         ("one_instance", "v2_pixels", {"instances": "1"}),
     )

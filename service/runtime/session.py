@@ -47,6 +47,7 @@ class RuntimeOptions:
     spin_between_runs: bool = False
     # The CUDA fast path (auto: on for CUDA, off on CPU, whose path stays exactly as it was).
     batch_buckets: str = "auto"
+    bucket_sessions: str = "auto"
     io_binding: str = "auto"
     gpu_mem_limit_mb: int = 0
     arena_extend_strategy: str = "kSameAsRequested"
@@ -67,6 +68,7 @@ class RuntimeOptions:
             cuda_device_id=settings.cuda_device_id,
             cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
             batch_buckets=settings.batch_buckets,
+            bucket_sessions=settings.bucket_sessions,
             io_binding=settings.io_binding,
             gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
             arena_extend_strategy=settings.arena_extend_strategy,
@@ -199,6 +201,10 @@ class OrtRunner:
         if graphs and options.batch_buckets == "off":
             log.warning("event=cuda_graphs_force_buckets model_path=%s", model_path)
         self.buckets: list[int] = []  # set by warm_up when buckets are on
+        # One session per bucket but the smallest (which the main session serves, with the sizes no bucket
+        # holds and the runs with extra outputs): each session's kernels only ever see one batch size.
+        self.use_bucket_sessions = self.use_buckets and _switch(options.bucket_sessions, self.provider)
+        self._bucket_sessions: dict[int, ort.InferenceSession] = {}
         self._device = "cuda" if self.provider == CUDA else "cpu"
         # Buffer sets: each concurrent run takes one (its own bound buffers), and gives it back.
         self._sets: queue.SimpleQueue[BufferSet] = queue.SimpleQueue()
@@ -212,9 +218,10 @@ class OrtRunner:
         self._running = 0
         self._running_lock = threading.Lock()
         log.info(
-            "event=session_created model_path=%s provider=%s buckets=%s io_binding=%s cuda_graphs=%s "
-            "provider_options=%s",
-            model_path, self.provider, self.use_buckets, self.use_io_binding, self._graph_lock is not None,
+            "event=session_created model_path=%s provider=%s buckets=%s bucket_sessions=%s io_binding=%s "
+            "cuda_graphs=%s provider_options=%s",
+            model_path, self.provider, self.use_buckets, self.use_bucket_sessions, self.use_io_binding,
+            self._graph_lock is not None,
             self.session.get_provider_options().get(self.provider, {}),
         )  # fmt: skip
 
@@ -275,7 +282,8 @@ class OrtRunner:
             batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
         with self.busy() as alone:
             if alone or self._single is None:
-                outputs = self.session.run(self.output_names, {self.input_name: batch}, self._run_options)
+                session = self.session_for(size)
+                outputs = session.run(self.output_names, {self.input_name: batch}, self._run_options)
             else:
                 outputs = self._single.run(batch)
         return {name: value[:n] for name, value in zip(self.output_names, outputs, strict=True)}
@@ -307,11 +315,34 @@ class OrtRunner:
                 buffers.batches[size] = bound
             bound.load(items)
             if self._graph_lock is None:
-                return bound.run(self.session, len(items))
+                return bound.run(self.session_for(size), len(items))
             with self._graph_lock:
-                return bound.run(self.session, len(items))
+                return bound.run(self.session_for(size), len(items))
         finally:
             self._sets.put(buffers)
+
+    def session_for(self, size: int) -> ort.InferenceSession:
+        """The session that runs batches of `size` rows (bucket sessions: its own; else the main one)."""
+        return self._bucket_sessions.get(size, self.session)
+
+    def _add_bucket_sessions(self, sizes: Sequence[int]) -> None:
+        """A session of the same graph and options for each of `sizes` (made before any of them runs)."""
+        for size in sizes:
+            if size in self._bucket_sessions:
+                continue
+            session = ort.InferenceSession(
+                str(self._model_path),
+                sess_options=_session_options(self.options),
+                providers=_providers(self.options),
+            )
+            if session.get_providers()[0] != self.provider:
+                raise RuntimeUnavailable(
+                    f"the session for batches of {size} got {session.get_providers()[0]}, not {self.provider}"
+                )
+            self._bucket_sessions[size] = session
+        log.info(
+            "event=bucket_sessions model_path=%s sizes=%s", self._model_path, sorted(self._bucket_sessions)
+        )
 
     def _take_set(self) -> BufferSet:
         try:
@@ -336,7 +367,7 @@ class OrtRunner:
         self, buffers: BufferSet, size: int, item_shape: tuple[int, ...], graph_id: int | None
     ) -> BoundBatch:
         return BoundBatch(
-            self.session, size, item_shape, self.output_names, self._device,
+            self.session_for(size), size, item_shape, self.output_names, self._device,
             self.options.cuda_device_id, graph_id, buffers.context,
         )  # fmt: skip
 
@@ -354,6 +385,8 @@ class OrtRunner:
         rng = np.random.default_rng(0)
         if self.use_buckets:
             self.buckets = sorted(set(batch_sizes))
+            if self.use_bucket_sessions:
+                self._add_bucket_sessions(self.buckets[1:])
         if not self.use_io_binding:
             batches = [
                 rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8) for size in batch_sizes
@@ -374,7 +407,7 @@ class OrtRunner:
                 buffers.batches[size] = bound
                 bound.load(rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8))
                 for _ in range(runs):
-                    bound.run(self.session, size)
+                    bound.run(self.session_for(size), size)
             self._sets.put(buffers)
         return time.monotonic() - start
 

@@ -122,6 +122,66 @@ def test_bound_outputs_are_fresh_arrays_each_batch(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first["logits"], kept)
 
 
+class _BucketRecorder:
+    """A session that notes which bucket's session ran, and the batch size it was fed (plain runs)."""
+
+    def __init__(self, inner: object, bucket: int, seen: list[tuple[int, int | None]]) -> None:
+        self.inner, self.bucket, self.seen = inner, bucket, seen
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray], *args: object) -> object:
+        self.seen.append((self.bucket, next(iter(feeds.values())).shape[0]))
+        return self.inner.run(names, feeds, *args)  # type: ignore[attr-defined]
+
+    def run_with_iobinding(self, *args: object) -> object:
+        self.seen.append((self.bucket, None))
+        return self.inner.run_with_iobinding(*args)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("io_binding", ["on", "off"])
+def test_each_bucket_session_only_ever_runs_its_own_batch_size(tmp_path: Path, io_binding: str) -> None:
+    """ORT's cuDNN 9 convolutions keep the plan of the last shape they ran: a session per bucket keeps
+    every session on one shape. The main session takes the smallest bucket."""
+    folder = write_model(tmp_path, "tiny")
+    options = fast_path_options(io_binding=io_binding, bucket_sessions="on")
+    runner = OrtRunner(folder / "model.onnx", options, ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
+    assert runner.use_bucket_sessions and sorted(runner._bucket_sessions) == [2, 4, 8]
+    assert len({id(runner.session_for(b)) for b in (1, 2, 4, 8)}) == 4
+    assert runner.session_for(1) is runner.session and runner.session_for(9) is runner.session
+    seen: list[tuple[int, int | None]] = []
+    runner._bucket_sessions = {
+        b: _BucketRecorder(session, b, seen) for b, session in runner._bucket_sessions.items()
+    }  # type: ignore[assignment]
+    runner.session = _BucketRecorder(runner.session, 1, seen)  # type: ignore[assignment]
+    sizes = (1, 3, 5, 8, 2, 7, 4, 1, 6)
+    rng = np.random.default_rng(2)
+    for n in sizes:
+        rows = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(n)]
+        got = runner.run_items(rows)
+        want = reference(folder, np.stack(rows))
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-6)
+    assert [bucket for bucket, _ in seen] == [bucket_for(n, [1, 2, 4, 8]) for n in sizes]
+    if io_binding == "off":
+        assert all(fed == bucket for bucket, fed in seen)
+
+
+def test_bucket_sessions_follow_the_provider_unless_set() -> None:
+    assert fast_path_options().bucket_sessions == "auto"
+    assert Settings(bucket_sessions="off").bucket_sessions == "off"
+    assert RuntimeOptions.from_settings(Settings(bucket_sessions="on")).bucket_sessions == "on"
+
+
+def test_cpu_auto_keeps_one_session_for_every_bucket(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "tiny")
+    runner = OrtRunner(folder / "model.onnx", fast_path_options(), ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    assert not runner.use_bucket_sessions and runner._bucket_sessions == {}
+    assert runner.session_for(4) is runner.session
+
+
 def test_warm_up_binds_every_bucket_of_every_buffer_set(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=2), ["logits", "probabilities"])
