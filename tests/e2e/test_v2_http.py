@@ -58,6 +58,21 @@ def test_health_and_metadata(live_server) -> None:
         client.get_model_metadata("nope")
 
 
+def test_readiness_answers_its_own_document_for_false_and_documents_it(live_server) -> None:
+    """A version that is no number is not ready: 400 with the readiness document, which the OpenAPI
+    document declares for 400 (schemathesis found it declared as an error body)."""
+    response = httpx.get(f"{live_server.http_url}/v2/models/lite0/versions/lite0/ready", timeout=10)
+    assert response.status_code == 400 and response.json() == {"name": "lite0", "ready": False}
+    unknown = httpx.get(f"{live_server.http_url}/v2/models/nope/ready", timeout=10)
+    assert unknown.status_code == 404 and "error" in unknown.json()
+    paths = httpx.get(f"{live_server.http_url}/openapi.json", timeout=10).json()["paths"]
+    for path in ("/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"):
+        schema = paths[path]["get"]["responses"]["400"]["content"]["application/json"]["schema"]
+        assert schema["required"] == ["name", "ready"]
+    server_ready = paths["/v2/health/ready"]["get"]["responses"]["400"]["content"]["application/json"]
+    assert server_ready["schema"]["required"] == ["ready"]
+
+
 @pytest.mark.parametrize("binary_outputs", [True, False], ids=["binary-out", "json-out"])
 def test_image_bytes_with_classification_equal_classify(live_server, real_photos, binary_outputs) -> None:
     client = triton_http.InferenceServerClient(host(live_server))

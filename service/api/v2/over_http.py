@@ -217,6 +217,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_MODEL_READY_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    "required": ["name", "ready"],
+}
+# Readiness answers its own document for true (200) and false (400); errors only for an unknown model.
+_MODEL_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **{code: doc for code, doc in _ERRORS.items() if code != 400},
+    400: {"description": "not ready", "content": {"application/json": {"schema": _MODEL_READY_SCHEMA}}},
+}
+_SERVER_READY_SCHEMA = {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]}
+
+
 def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
@@ -242,7 +255,16 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @router.get("/health/ready", summary="Readiness: 200 when every model is ready, else 400")
+    @router.get(
+        "/health/ready",
+        summary="Readiness: 200 when every model is ready, else 400",
+        responses={
+            400: {
+                "description": "not ready",
+                "content": {"application/json": {"schema": _SERVER_READY_SCHEMA}},
+            }
+        },
+    )
     async def ready() -> JSONResponse:
         is_ready = engine.ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
@@ -319,7 +341,11 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             base, model_metadata, methods=["GET"], summary="Model metadata", responses=_ERRORS
         )
         router.add_api_route(
-            f"{base}/ready", model_ready, methods=["GET"], summary="Model readiness", responses=_ERRORS
+            f"{base}/ready",
+            model_ready,
+            methods=["GET"],
+            summary="Model readiness: 200 ready, 400 not ready (a version that does not exist is not ready)",
+            responses=_MODEL_READY_RESPONSES,
         )
         router.add_api_route(
             f"{base}/infer", model_infer, methods=["POST"], summary="Inference", responses=_ERRORS
