@@ -11,6 +11,8 @@ session does. This finds the step, in one call:
      buffer sets), its steps timed apart (rows in, the run, outputs out); `runner_one_session`: the
      same with one session for every bucket (as before 2026-12-04);
    - `runner_no_binding`: the OrtRunner with IO binding off;
+   - `bare_fp16`, `bare_fp16_nhwc`: b0-fp16 (when the repository has it) with ORT's `prefer_nhwc` off
+     and on (fp16 reached only 1.5x fp32 on the first machine);
    each also with the two largest sizes taking turns (`alternating_ms`: with cuDNN 9, ORT rebuilds a
    convolution's plan whenever its input shape differs from the last run's, the suspect),
    and a cProfile of the runner's batches of the largest size (the functions that take the time).
@@ -99,6 +101,15 @@ def runtime(
                 partial(_session_run, session), [batches[n] for n in sizes[-2:]], runs
             )
         log.info("%s %s", key, result[key])
+
+    fp16_path = model_path.parents[1].parent / "b0-fp16" / "1" / "model.onnx"
+    if device == "cuda" and fp16_path.exists():
+        # fp16 reached 1.5x fp32 on the first machine (goal 1.8x); cuDNN's tensor cores prefer NHWC.
+        for key, nhwc in (("bare_fp16", "0"), ("bare_fp16_nhwc", "1")):
+            cuda = {"cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0", "prefer_nhwc": nhwc}
+            session = ort.InferenceSession(str(fp16_path), providers=[(CUDA, cuda), "CPUExecutionProvider"])
+            result[key] = {"provider": session.get_providers()[0], **_session_sizes(session, batches, runs)}
+            log.info("%s %s", key, result[key])
 
     for key, runtime_options in (
         ("runner", replace(options, batch_buckets="on", io_binding="on")),

@@ -11,7 +11,9 @@
 #                                          pytest -m gpu with skips as failures; check.py; <= 210 s
 #   bench/gpu/run.sh --stash DIR diagnose where a batch's time goes (bench/gpu/diagnose.py): the runtime's
 #                                          steps against bare ORT, the server's stages under load;
-#                                          with `--only b0 export` before it, b0 alone is exported
+#                                          with `--only b0 export` before it, b0 alone is exported;
+#                                          `diagnose-if-slow` after `check`: only when the service
+#                                          reached less than half of bare ORT there (or no figure)
 #   bench/gpu/run.sh --dry-run [rehearse] [check]
 #                                          here, on the CPU: the carried set resolved, installed from
 #                                          the downloaded wheels into a clean CPython 3.12 (as the
@@ -20,11 +22,12 @@
 #                                          the CPU provider, in that clean environment when it exists
 # Options: --out DIR, --repository DIR (models; default /root/effnet-models, dry: a temp folder),
 #          --stash DIR (the carried wheels), --budget-s N (the check's total), --skip-tests,
-#          --only VARIANT (export that variant alone, fp32, random weights)
+#          --only VARIANT (export that variant alone, fp32, random weights),
+#          --check-budget-s N (check.py's own budget, so that a step after it keeps time; default: all left)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=$SECONDS
-dry=0; stash=""; repository=""; out=""; skip_tests=0; budget=""; only=""; phases=()
+dry=0; stash=""; repository=""; out=""; skip_tests=0; budget=""; only=""; check_budget=""; phases=()
 while (( $# )); do
     case "$1" in
         --dry-run) dry=1 ;;
@@ -32,9 +35,10 @@ while (( $# )); do
         --repository) repository=$2; shift ;;
         --out) out=$2; shift ;;
         --budget-s) budget=$2; shift ;;
+        --check-budget-s) check_budget=$2; shift ;;
         --skip-tests) skip_tests=1 ;;
         --only) only=$2; shift ;;
-        export|check|rehearse|diagnose) phases+=("$1") ;;
+        export|check|rehearse|diagnose|diagnose-if-slow) phases+=("$1") ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -180,6 +184,7 @@ run_check() {
     fi
 
     local measure=$(( $(left) - 10 ))
+    [[ -n "$check_budget" ]] && (( check_budget < measure )) && measure=$check_budget
     step "check.py (budget ${measure}s)"
     timeout --signal=TERM --kill-after=10 $(( measure > 0 ? measure + 15 : 15 )) \
         "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" --out "$out" --budget-s "$measure"
@@ -198,6 +203,19 @@ run_diagnose() {
         "$PY" -m bench.gpu.diagnose --repository "$repository" --out "$out" --device "$device"
 }
 
+service_is_slow() {  # the check's headline figure below 0.5, or missing
+    "$PY" - "$out/gpu.json" <<'EOF'
+import json, sys
+try:
+    figures = json.load(open(sys.argv[1])).get("figures", {})
+except (OSError, ValueError):
+    figures = {}
+ratio = next((v for k, v in figures.items() if "service V2 pixels / bare" in k), None)
+print(f"service / bare: {ratio}")
+sys.exit(0 if not isinstance(ratio, (int, float)) or ratio < 0.5 else 1)
+EOF
+}
+
 status=0
 for phase in "${phases[@]}"; do
     case "$phase" in
@@ -205,9 +223,16 @@ for phase in "${phases[@]}"; do
         rehearse) run_rehearse || status=$? ;;
         check) run_check || status=$? ;;
         diagnose) run_diagnose || status=$? ;;
+        diagnose-if-slow)
+            if service_is_slow; then run_diagnose || status=$?
+            else step "the service reached at least half of bare ORT: no diagnosis"; fi ;;
     esac
     (( status )) && break
 done
+if (( ! dry )) && [[ -d "$out/logs" ]]; then  # at most 8 files come back from the device: pack the extras
+    tar czf "$out/extras.tgz" -C "$out" logs $(cd "$out" && ls pytest-gpu.log export-*.log 2>/dev/null) \
+        && rm -rf "$out/logs" "$out"/pytest-gpu.log "$out"/export-*.log
+fi
 step "done, status $status; results in $out"
 ls -la "$out"
 exit $status
