@@ -288,6 +288,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+SLOW_SERVICE = 0.5  # below this share of bare ORT, call 4 goes on to the diagnosis
+
+
+def service_is_slow(gpu_json: Path) -> bool:
+    """Whether the check's service reached less than half of bare ORT (V2 pixels against bare's best),
+    or left no such figure (a check that stopped early says nothing good)."""
+    try:
+        figures = json.loads(gpu_json.read_text()).get("figures", {})
+    except (OSError, ValueError):
+        return True
+    ratio = next((v for k, v in figures.items() if "service V2 pixels / bare" in k), None)
+    return not isinstance(ratio, int | float) or ratio < SLOW_SERVICE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -299,7 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-s", type=float, default=5.0)
     parser.add_argument("--sections", default="runtime,server")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="batch sizes, comma-separated")
+    parser.add_argument(
+        "--if-slow", type=Path, default=None, metavar="GPU_JSON",
+        help="only say whether the check in GPU_JSON found the service slow: exit 0 if so, else 1",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.if_slow is not None:
+        slow = service_is_slow(args.if_slow)
+        print(f"service below {SLOW_SERVICE} of bare ORT (or no figure): {slow}")
+        return 0 if slow else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = args.repository / "b0" / "1" / "model.onnx"
