@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 # these apart: this over-estimates lite0 and b0 (246 and 254 MB) and under-estimates b3 (342 MB), and
 # a model that loads on an under-estimate can take the process over its budget until the next load
 # evicts. After a load, the measured figure replaces the estimate.
+# Those figures are at 3 instances or fewer (2 cores). Each instance beyond adds a batch's arena on the
+# one-thread session: measured at 3, 9 and 17 instances (2026-12-04), lite0 4, b0 10 and b3 37 MB per
+# instance (10, 26 and 20 MB per GMAC), so 24 MB per GMAC per instance beyond 3.
 _ESTIMATE_FACTOR = 3.0
 _ESTIMATE_BASE = 192 << 20
+_ESTIMATE_INSTANCES = 3
+_PER_INSTANCE_PER_GMAC = 24 << 20
 
 Evict = Callable[[ModelRecord], Awaitable[None]]
 
@@ -43,7 +48,9 @@ class MemoryBudget:
         return self.budget_bytes > 0
 
     @staticmethod
-    def estimate(record: ModelRecord, entry: ModelEntry) -> int:
+    def estimate(record: ModelRecord, entry: ModelEntry, instances: int = _ESTIMATE_INSTANCES) -> int:
+        """The measured size of the model's last load, else one from its graph file and, beyond the
+        instances the estimate was measured at, its GMACs per instance (`instances`: what it will run)."""
         if record.measured_bytes:
             return record.measured_bytes
         assert entry.path is not None
@@ -51,7 +58,9 @@ class MemoryBudget:
             size = (entry.path / MODEL_FILE).stat().st_size
         except OSError:
             size = 0
-        return int(size * _ESTIMATE_FACTOR) + _ESTIMATE_BASE
+        gmacs = entry.spec.gmacs if entry.spec is not None else 0.0
+        extra = max(0, instances - _ESTIMATE_INSTANCES) * int(gmacs * _PER_INSTANCE_PER_GMAC)
+        return int(size * _ESTIMATE_FACTOR) + _ESTIMATE_BASE + extra
 
     @staticmethod
     def in_use(records: Iterable[ModelRecord]) -> int:

@@ -25,7 +25,7 @@ import time
 from service.errors import LoadFailed, Overloaded, UnknownModel
 from service.lifecycle import loading
 from service.lifecycle.budget import MemoryBudget, release_freed_memory
-from service.lifecycle.configs import CASCADE_FILE
+from service.lifecycle.configs import CASCADE_FILE, ModelConfig
 from service.lifecycle.files import HashCache, ModelLoadError, read_spec, recorded_identity
 from service.lifecycle.leases import Leases
 from service.lifecycle.records import ModelEntry, ModelRecord, ModelState
@@ -33,6 +33,7 @@ from service.lifecycle.repository import ModelOnDisk, scan, scan_model
 from service.metrics import Metrics
 from service.model_spec import MODEL_FILE
 from service.names import unknown_name_message
+from service.runtime.providers import CPU, CUDA
 from service.runtime.session import RuntimeUnavailable
 from service.settings import Settings
 
@@ -266,6 +267,15 @@ class Lifecycle:
         if failures:
             log.warning("event=model_partially_loaded model=%s failures=%r", name, failures)
 
+    def _expected_instances(self, config: ModelConfig | None, entry: ModelEntry) -> int:
+        """The instances a load will run, before it knows its provider: CUDA's when the server is set to
+        CUDA, else the CPU rule (more instances, the larger estimate, where `auto` may find no GPU)."""
+        if config is not None and config.instances:
+            return config.instances
+        gmacs = entry.spec.gmacs if entry.spec is not None else 0.0
+        provider = CUDA if self.settings.device == "cuda" else CPU
+        return self.settings.instances_for(provider, gmacs)
+
     async def _load_version(self, record: ModelRecord, entry: ModelEntry, reason: str) -> None:
         """Validate, create the session, warm it, start its batcher. Raises ModelLoadError."""
         assert entry.path is not None and entry.version is not None
@@ -274,7 +284,7 @@ class Lifecycle:
         async with self._load_slot:
             try:
                 if self.lazy:
-                    needed = self.budget.estimate(record, entry)
+                    needed = self.budget.estimate(record, entry, self._expected_instances(config, entry))
                     await self.budget.make_room(needed, record, self.records.values, self._evict)
                 loaded = await asyncio.to_thread(
                     loading.load_graph, entry.path, self.settings, config, self.hashes

@@ -94,5 +94,3 @@ def scan_model(model_dir: Path) -> ModelOnDisk | None:
     except ModelLoadError as exc:
         model.config_error = str(exc)
     return model
-
-
