@@ -202,7 +202,7 @@ class OrtRunner:
             log.warning("event=cuda_graphs_force_buckets model_path=%s", model_path)
         self.buckets: list[int] = []  # set by warm_up when buckets are on
         # One session per bucket but the smallest (which the main session serves, with the sizes no bucket
-        # holds and the runs with extra outputs): each session's kernels only ever see one batch size.
+        # holds): each session's kernels only ever see one batch size, runs with extra outputs padded too.
         self.use_bucket_sessions = self.use_buckets and _switch(options.bucket_sessions, self.provider)
         self._bucket_sessions: dict[int, ort.InferenceSession] = {}
         self._device = "cuda" if self.provider == CUDA else "cpu"
@@ -302,9 +302,15 @@ class OrtRunner:
             batch = items
         else:  # device rows (CuPy) come back to the host: this run is not on the bound fast path
             batch = np.stack([row.get() if is_device_array(row) else row for row in items])
+        n = len(batch)
+        size = bucket_for(n, self.buckets) if self.use_bucket_sessions else n
+        if size != n:  # a bucket's session runs only its own batch size: pad (rows are independent)
+            batch = _padded(batch, size, 0)
+            feeds = {name: _padded(value, size, -1) for name, value in feeds.items()}  # -1: no map
         names = [*self.output_names, *extra]
-        outputs = self.session.run(names, {self.input_name: batch, **feeds}, self._run_options)
-        return dict(zip(names, outputs, strict=True))
+        session = self.session_for(size)
+        outputs = session.run(names, {self.input_name: batch, **feeds}, self._run_options)
+        return {name: value[:n] for name, value in zip(names, outputs, strict=True)}
 
     def _run_bound(self, items: Items, size: int) -> dict[str, np.ndarray]:
         buffers = self._take_set()
@@ -410,6 +416,13 @@ class OrtRunner:
                     bound.run(self.session_for(size), size)
             self._sets.put(buffers)
         return time.monotonic() - start
+
+
+def _padded(array: np.ndarray, size: int, fill: int) -> np.ndarray:
+    """`array` with rows of `fill` added up to `size` rows."""
+    padded = np.full((size, *array.shape[1:]), fill, dtype=array.dtype)
+    padded[: len(array)] = array
+    return padded
 
 
 def _row_shape(items: Items) -> tuple[int, ...]:

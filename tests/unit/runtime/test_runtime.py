@@ -168,6 +168,29 @@ def test_each_bucket_session_only_ever_runs_its_own_batch_size(tmp_path: Path, i
         assert all(fed == bucket for bucket, fed in seen)
 
 
+def test_runs_with_maps_are_padded_to_the_bucket_and_run_on_its_session(tmp_path: Path) -> None:
+    """Features and activation maps run outside the bound buffers, but on a bucket's session they too
+    must come in that bucket's size: padded rows (and -1, no map) in, only the real rows out."""
+    folder = write_model(tmp_path, "tiny", explain=True)
+    extra = ("cam", "cam_classes", "features")
+    options = fast_path_options(bucket_sessions="on")
+    runner = OrtRunner(folder / "model.onnx", options, ["logits", "probabilities"])
+    runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
+    plain = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["logits", "probabilities"])
+    seen: list[tuple[int, int | None]] = []
+    runner._bucket_sessions[4] = _BucketRecorder(runner._bucket_sessions[4], 4, seen)  # type: ignore[assignment]
+    rng = np.random.default_rng(3)
+    rows = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(3)]
+    ids = np.array([[0, 2], [1, -1], [3, 0]], dtype=np.int64)
+    got = runner.run_items(rows, extra, {"cam_class_ids": ids})
+    want = plain.run_items(np.stack(rows), extra, {"cam_class_ids": ids})
+    assert seen == [(4, 4)]
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].shape == value.shape
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+
+
 def test_bucket_sessions_follow_the_provider_unless_set() -> None:
     assert fast_path_options().bucket_sessions == "auto"
     assert Settings(bucket_sessions="off").bucket_sessions == "off"
