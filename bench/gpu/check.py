@@ -151,6 +151,8 @@ def gpu_memory_used_mib() -> float | None:
 def environment(profile: Profile) -> dict[str, Any]:
     import onnxruntime as ort
 
+    from service.runtime.cpu_quota import cpu_quota_cores
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
@@ -158,7 +160,7 @@ def environment(profile: Profile) -> dict[str, Any]:
         "available_providers": ort.get_available_providers(),
         "cpu_cores": os.cpu_count(),
         "profile": asdict(profile),
-        "cpu_quota_cores": _quota(),  # a quota would cap every CPU-side stage of the service
+        "cpu_quota_cores": cpu_quota_cores(),  # a quota would cap every CPU-side stage of the service
         "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
         "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR"),
     }
@@ -178,12 +180,6 @@ def environment(profile: Profile) -> dict[str, Any]:
         except Exception as exc:  # recorded, not fatal: the check reports what it could not use
             info[f"{module}_imports"] = f"no: {exc}"
     return info
-
-
-def _quota() -> float | None:
-    from service.runtime.cpu_quota import cpu_quota_cores
-
-    return cpu_quota_cores()
 
 
 # --------------------------------------------------------------------------- 1. bare ORT
@@ -256,19 +252,29 @@ def _alternating(
     """The two largest sizes taking turns, as batches do under a varying load: with cuDNN 9, ORT's
     convolutions rebuild their plans whenever the input shape changes (the cause of the first check's
     slow service). Median ms per run, against the mean of the same two sizes run one at a time."""
-    from bench.stats import median
-
     rng = np.random.default_rng(1)
     batches = [rng.integers(0, 256, (size, 3, crop, crop), dtype=np.uint8) for size in pair]
+    alternating = alternating_ms(
+        lambda batch: session.run(["probabilities"], {"pixels": batch}), batches, seconds
+    )
+    fixed = sum(measured[str(size)]["ms_per_batch"] for size in pair) / 2
+    return {"sizes": pair, "ms_per_run": alternating, "fixed_ms_per_run": fixed, "ratio": alternating / fixed}
+
+
+def alternating_ms(run: Callable[[np.ndarray], object], pair: list[np.ndarray], seconds: float) -> float:
+    """Median ms per run while the two batches of `pair` take turns, for `seconds` (at least 4 runs, after
+    one of each untimed)."""
+    from bench.stats import median
+
+    for batch in pair:
+        run(batch)
     times: list[float] = []
     end = time.perf_counter() + seconds
     while len(times) < 4 or time.perf_counter() < end:
         start = time.perf_counter()
-        session.run(["probabilities"], {"pixels": batches[len(times) % 2]})
+        run(pair[len(times) % 2])
         times.append(time.perf_counter() - start)
-    fixed = sum(measured[str(size)]["ms_per_batch"] for size in pair) / 2
-    alternating = median(times) * 1000
-    return {"sizes": pair, "ms_per_run": alternating, "fixed_ms_per_run": fixed, "ratio": alternating / fixed}
+    return median(times) * 1000
 
 
 # --------------------------------------------------------------------------- 2. memory

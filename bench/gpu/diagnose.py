@@ -44,10 +44,13 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu.check import alternating_ms
+
 log = logging.getLogger("bench.gpu.diagnose")
 CUDA = "CUDAExecutionProvider"
 SIZES = (1, 32, 128)  # the largest is also the one whose steps are timed apart and profiled
 OUTPUTS = ["logits", "probabilities"]
+ALTERNATING_S = 1.0  # the two largest sizes take turns this long (at least 4 runs)
 
 
 def _median_ms(step: Callable[[], object], runs: int) -> float:
@@ -97,8 +100,8 @@ def runtime(
         )
         result[key] = {"provider": session.get_providers()[0], **_session_sizes(session, batches, runs)}
         if key == "bare":  # the suspect: a batch size other than the last one's rebuilds cuDNN's plans
-            result[key]["alternating_ms"] = _alternating_ms(
-                partial(_session_run, session), [batches[n] for n in sizes[-2:]], runs
+            result[key]["alternating_ms"] = alternating_ms(
+                partial(_session_run, session), [batches[n] for n in sizes[-2:]], ALTERNATING_S
             )
         log.info("%s %s", key, result[key])
 
@@ -125,8 +128,8 @@ def runtime(
             "warm_up_s": time.perf_counter() - started,
             "bucket_sessions": runner.use_bucket_sessions,
             **_runner_sizes(runner, batches, runs),
-            "alternating_ms": _alternating_ms(
-                partial(_runner_run, runner), [batches[n] for n in sizes[-2:]], runs
+            "alternating_ms": alternating_ms(
+                partial(_runner_run, runner), [batches[n] for n in sizes[-2:]], ALTERNATING_S
             ),
         }
         if runner.use_io_binding:
@@ -152,18 +155,6 @@ def _runner_run(runner: Any, batch: np.ndarray) -> object:
     return runner.run_items(list(batch))
 
 
-def _alternating_ms(run: Callable[[np.ndarray], object], pair: list[np.ndarray], runs: int) -> float:
-    """Median ms per run when two batch sizes take turns (as they do under a varying load)."""
-    for batch in pair:
-        run(batch)
-    times = []
-    for i in range(runs * 2):
-        start = time.perf_counter()
-        run(pair[i % 2])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def _runner_sizes(runner: Any, batches: dict[int, np.ndarray], runs: int) -> dict[str, float]:
     return {str(n): _median_ms(partial(runner.run_items, list(b)), runs) for n, b in batches.items()}
 
@@ -178,7 +169,7 @@ def _bound_steps(runner: Any, rows: list[np.ndarray], runs: int) -> dict[str, fl
             t0 = time.perf_counter()
             bound.load(rows)
             t1 = time.perf_counter()
-            runner.session.run_with_iobinding(bound._binding, bound.run_options)
+            bound.session.run_with_iobinding(bound._binding, bound.run_options)
             t2 = time.perf_counter()
             bound._binding.copy_outputs_to_cpu()
             t3 = time.perf_counter()

@@ -153,16 +153,23 @@ run_rehearse() {
     "$PY" -m bench.gpu.rehearsal --out "$out" || return 1
 }
 
+installed=0
+install_site() {  # the device's Python: the carried wheels, the gRPC code, the loader path (once a run)
+    (( installed )) && return 0
+    [[ -n "$stash" ]] || { record stop --phase install --reason "no --stash: where are the carried wheels?"; return 3; }
+    step "wheels from $stash"
+    install_wheels "$stash" "$SITE" || return 3
+    record phase --phase install --status done
+    [[ -d service/_generated ]] || "$PY" -m service.protogen || {
+        record stop --phase install --reason "service/_generated missing: carry it (prepare.sh)"; return 3; }
+    loader_path
+    installed=1
+}
+
 run_check() {
     local test_py=$PY test_path=$PYTHONPATH  # the dry run's clean environment has no pytest: its GPU tests skip in the venv
     if (( ! dry )); then
-        [[ -n "$stash" ]] || { record stop --phase install --reason "no --stash: where are the carried wheels?"; return 3; }
-        step "wheels from $stash"
-        install_wheels "$stash" "$SITE" || return 3
-        record phase --phase install --status done
-        [[ -d service/_generated ]] || "$PY" -m service.protogen || {
-            record stop --phase install --reason "service/_generated missing: carry it (prepare.sh)"; return 3; }
-        loader_path
+        install_site || return 3
     elif [[ -x .gpuwheels/rehearsal/venv/bin/python && -f .gpuwheels/rehearsal/ok ]]; then
         PY=.gpuwheels/rehearsal/venv/bin/python   # the clean CPython 3.12: carried wheels + image packages
         export PYTHONPATH=$PWD/$SITE:$PWD
@@ -192,10 +199,7 @@ run_check() {
 
 run_diagnose() {
     if (( ! dry )); then
-        [[ -n "$stash" ]] || { echo "run.sh: no --stash" >&2; return 3; }
-        install_wheels "$stash" "$SITE" || return 3
-        [[ -d service/_generated ]] || "$PY" -m service.protogen || return 3
-        loader_path
+        install_site || return 3
     fi
     local measure=$(( $(left) - 10 ))
     step "diagnose.py (<= ${measure}s)"

@@ -73,7 +73,7 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
 def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs: float) -> BatcherConfig:
     """The model's config.json over the global settings; batch size and instances by provider."""
     max_batch = config.max_batch_size or settings.batch_size_for(provider, gmacs)
-    instances = config.instances or settings.instances_for(provider, gmacs)
+    instances = instances_for(settings, config, provider, gmacs)
     delay_ms = config.max_queue_delay_ms
     if delay_ms is None:
         delay_ms = settings.max_queue_delay_ms
@@ -84,6 +84,11 @@ def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs
         max_queue_size=queue_size(settings, max_batch, instances),
         priority_aging_s=settings.priority_aging_ms / 1000,
     )
+
+
+def instances_for(settings: Settings, config: ModelConfig, provider: str, gmacs: float) -> int:
+    """The batches a model runs at once: its config.json's `instances`, else the rule for the provider."""
+    return config.instances or settings.instances_for(provider, gmacs)
 
 
 def queue_size(settings: Settings, max_batch: int, instances: int) -> int:

@@ -267,14 +267,12 @@ class Lifecycle:
         if failures:
             log.warning("event=model_partially_loaded model=%s failures=%r", name, failures)
 
-    def _expected_instances(self, config: ModelConfig | None, entry: ModelEntry) -> int:
+    def _expected_instances(self, config: ModelConfig, entry: ModelEntry) -> int:
         """The instances a load will run, before it knows its provider: CUDA's when the server is set to
         CUDA, else the CPU rule (more instances, the larger estimate, where `auto` may find no GPU)."""
-        if config is not None and config.instances:
-            return config.instances
         gmacs = entry.spec.gmacs if entry.spec is not None else 0.0
         provider = CUDA if self.settings.device == "cuda" else CPU
-        return self.settings.instances_for(provider, gmacs)
+        return loading.instances_for(self.settings, config, provider, gmacs)
 
     async def _load_version(self, record: ModelRecord, entry: ModelEntry, reason: str) -> None:
         """Validate, create the session, warm it, start its batcher. Raises ModelLoadError."""

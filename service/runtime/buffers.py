@@ -79,6 +79,7 @@ class BoundBatch:
         context: DeviceContext | None = None,
     ) -> None:
         self.size = size
+        self.session = session  # the binding is this session's: runs go through it alone
         self.device = device
         self.output_names = output_names
         self.item_shape = item_shape
@@ -132,7 +133,7 @@ class BoundBatch:
         if self.device == "cuda":  # without CuPy: the whole bucket goes (update_inplace copies it all)
             self._input.update_inplace(self.host)
 
-    def run(self, session: ort.InferenceSession, n: int) -> dict[str, np.ndarray]:
-        session.run_with_iobinding(self._binding, self.run_options)
+    def run(self, n: int) -> dict[str, np.ndarray]:
+        self.session.run_with_iobinding(self._binding, self.run_options)
         fetched = self._binding.copy_outputs_to_cpu()  # fresh host arrays, one copy per output
         return {name: value[:n] for name, value in zip(self.output_names, fetched, strict=True)}

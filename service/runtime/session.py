@@ -275,11 +275,9 @@ class OrtRunner:
         size = bucket_for(n, self.buckets) if self.use_buckets else n
         if self.use_io_binding or (not isinstance(items, np.ndarray) and any(map(is_device_array, items))):
             return self._run_bound(items, size)
-        if size == n:
-            batch = items if isinstance(items, np.ndarray) else np.stack(items)
-        else:
-            batch = np.zeros((size, *np.shape(items[0])), dtype=np.uint8)
-            batch[:n] = items if isinstance(items, np.ndarray) else np.stack(items)
+        batch = items if isinstance(items, np.ndarray) else np.stack(items)
+        if size != n:
+            batch = _padded(batch, size, 0)
         with self.busy() as alone:
             if alone or self._single is None:
                 session = self.session_for(size)
@@ -321,9 +319,9 @@ class OrtRunner:
                 buffers.batches[size] = bound
             bound.load(items)
             if self._graph_lock is None:
-                return bound.run(self.session_for(size), len(items))
+                return bound.run(len(items))
             with self._graph_lock:
-                return bound.run(self.session_for(size), len(items))
+                return bound.run(len(items))
         finally:
             self._sets.put(buffers)
 
@@ -413,7 +411,7 @@ class OrtRunner:
                 buffers.batches[size] = bound
                 bound.load(rng.integers(0, 256, size=(size, *input_shape), dtype=np.uint8))
                 for _ in range(runs):
-                    bound.run(self.session_for(size), size)
+                    bound.run(size)
             self._sets.put(buffers)
         return time.monotonic() - start
 

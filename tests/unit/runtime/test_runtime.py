@@ -152,10 +152,14 @@ def test_each_bucket_session_only_ever_runs_its_own_batch_size(tmp_path: Path, i
     assert len({id(runner.session_for(b)) for b in (1, 2, 4, 8)}) == 4
     assert runner.session_for(1) is runner.session and runner.session_for(9) is runner.session
     seen: list[tuple[int, int | None]] = []
-    runner._bucket_sessions = {
-        b: _BucketRecorder(session, b, seen) for b, session in runner._bucket_sessions.items()
-    }  # type: ignore[assignment]
-    runner.session = _BucketRecorder(runner.session, 1, seen)  # type: ignore[assignment]
+    recorders = {
+        id(s): _BucketRecorder(s, b, seen) for b, s in [(1, runner.session), *runner._bucket_sessions.items()]
+    }
+    runner._bucket_sessions = {b: recorders[id(s)] for b, s in runner._bucket_sessions.items()}  # type: ignore[misc]
+    runner.session = recorders[id(runner.session)]  # type: ignore[assignment]
+    for buffers in runner._all_sets:  # bound batches run the session they were bound to
+        for bound in buffers.batches.values():
+            bound.session = recorders[id(bound.session)]  # type: ignore[assignment]
     sizes = (1, 3, 5, 8, 2, 7, 4, 1, 6)
     rng = np.random.default_rng(2)
     for n in sizes:
