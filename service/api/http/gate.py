@@ -3,7 +3,7 @@ a task and stream wrapping per request): request ids, refusal while draining, th
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,7 +42,10 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"")[:64].decode("latin-1") or uuid.uuid4().hex[:16]
+        # A log correlation id, not a secret: random's generator needs no system call, where uuid4
+        # reads the OS's randomness (and lets go of the GIL) on every request.
+        given = headers.get(b"x-request-id", b"")[:64].decode("latin-1")
+        request_id = given or f"{random.getrandbits(64):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         guarded = scope["path"] not in self.open_paths
         refusal: ServiceError | None = None

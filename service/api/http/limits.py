@@ -92,6 +92,8 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._over_cap = False
         self._buffering = False
         self._refused = False  # answered here; the rest of what the client sent is ignored
+        self._pieces: list[bytes] = []  # the body being collected, joined once when handed over
+        self._collected = 0
 
     # --- connection ---
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -118,6 +120,7 @@ class _LimitedProtocol(HttpToolsProtocol):
             return
         super().on_headers_complete()
         self._buffering = self._has_body() and not self._declared_too_large()
+        self._pieces, self._collected = [], 0
         if self._buffering:
             self._arm(self.limits.body_timeout_s, self._body_timed_out)
 
@@ -128,19 +131,28 @@ class _LimitedProtocol(HttpToolsProtocol):
             super().on_body(body)
             return
         # Collect the body without waking the handler for each piece (uvicorn wakes it per read and
-        # pauses reading at 64 KiB until it has consumed them). Past the body limit the handler
-        # gets what has come so far and answers 413 itself.
-        self.cycle.body += body
-        if len(self.cycle.body) > self.limits.max_body_bytes:
-            self._buffering = False
+        # pauses reading at 64 KiB until it has consumed them), as a list of pieces: growing one
+        # buffer would copy a large upload again at each growth, and uvicorn copies the buffer once
+        # more when it hands it over (a single bytes object it hands over as it is). Past the body
+        # limit the handler gets what has come so far and answers 413 itself.
+        self._pieces.append(body)
+        self._collected += len(body)
+        if self._collected > self.limits.max_body_bytes:
+            self._hand_over_body()
             self.cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
         self._disarm()
-        self._buffering = False
+        if self._buffering:
+            self._hand_over_body()
         super().on_message_complete()
+
+    def _hand_over_body(self) -> None:
+        self._buffering = False
+        self.cycle.body = b"".join(self._pieces)  # type: ignore[assignment]  # read as bytes(body)
+        self._pieces, self._collected = [], 0
 
     # --- helpers ---
     def _has_body(self) -> bool:
