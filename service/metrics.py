@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cache
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,6 +29,15 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+def _children(metric: _M) -> Callable[..., _M]:
+    """`metric.labels`, remembering each child: prometheus_client's labels() takes a lock and builds
+    tuples on every call, several times per request on the hot path. No series is ever removed here,
+    so a remembered child stays the one exported; the memory is the metric's own cardinality."""
+    return cache(metric.labels)
 
 
 class LoadRatio(Collector):
@@ -244,23 +255,32 @@ class Metrics:
             ["backend", "operation"],
             registry=self.registry,
         )
+        # The series every request or batch touches.
+        self._requests = _children(self.requests)
+        self._request_duration = _children(self.request_duration)
+        self._preprocess_duration = _children(self.preprocess_duration)
+        self._inference_duration = _children(self.inference_duration)
+        self._batch_size = _children(self.batch_size)
+        self._queue_duration = _children(self.queue_duration)
+        self._queue_depth = _children(self.queue_depth_gauge)
+        self._queue_depth_priority = _children(self.queue_depth_priority)
 
     # --- BatchObserver protocol (service.runtime.batcher) ---
     def batch_completed(self, model: str, size: int, inference_s: float) -> None:
-        self.batch_size.labels(model).observe(size)
-        self.inference_duration.labels(model).observe(inference_s)
+        self._batch_size(model).observe(size)
+        self._inference_duration(model).observe(inference_s)
 
     def item_dequeued(self, model: str, queue_s: float) -> None:
-        self.queue_duration.labels(model).observe(queue_s)
+        self._queue_duration(model).observe(queue_s)
 
     def queue_depth(self, model: str, depth: int) -> None:
-        self.queue_depth_gauge.labels(model).set(depth)
+        self._queue_depth(model).set(depth)
 
     def items_expired(self, model: str, count: int) -> None:
         self.expired.labels(model).inc(count)
 
     def priority_depth(self, model: str, priority: str, depth: int) -> None:
-        self.queue_depth_priority.labels(model, priority).set(depth)
+        self._queue_depth_priority(model, priority).set(depth)
 
     # --- the response cache (service.core.cache) ---
     def cache_lookups(self, backend: str, model: str, hits: int, misses: int) -> None:
@@ -280,11 +300,11 @@ class Metrics:
 
     # --- used by the engine and the protocol layers ---
     def observe_request(self, protocol: str, model: str, code: str | int, seconds: float) -> None:
-        self.requests.labels(protocol, model, str(code)).inc()
-        self.request_duration.labels(protocol, model).observe(seconds)
+        self._requests(protocol, model, str(code)).inc()
+        self._request_duration(protocol, model).observe(seconds)
 
     def observe_preprocess(self, model: str, seconds: float) -> None:
-        self.preprocess_duration.labels(model).observe(seconds)
+        self._preprocess_duration(model).observe(seconds)
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)

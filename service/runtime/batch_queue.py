@@ -76,6 +76,7 @@ class BatchQueue:
         self._levels: dict[Priority, deque[Item]] = {level: deque() for level in LEVELS}
         self.depth = 0  # items in state QUEUED
         self.depths = dict.fromkeys(LEVELS, 0)  # the same, per level
+        self._published: dict[Priority, int] = {}  # the per-level depths the observer last got
         self.items_expired = 0
         self.items_cancelled = 0
 
@@ -195,4 +196,6 @@ class BatchQueue:
         if self._observer is not None:
             self._observer.queue_depth(self.name, self.depth)
             for level, depth in self.depths.items():
-                self._observer.priority_depth(self.name, level.label, depth)
+                if self._published.get(level) != depth:  # an add or a take changes one or two levels
+                    self._observer.priority_depth(self.name, level.label, depth)
+                    self._published[level] = depth
