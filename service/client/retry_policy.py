@@ -42,7 +42,10 @@ SERVICE_CONFIG: dict[str, Any] = {
                 {"service": "grpc.health.v1.Health", "method": "Check"},
             ],
             "retryPolicy": RETRY_POLICY,
-        }
+        },
+        # The streams are not retried (as ClassifyStream, left out above): a method's own entry
+        # overrides its service's, and this one has no retry policy.
+        {"name": [{"service": "inference.GRPCInferenceService", "method": "ModelStreamInfer"}]},
     ]
 }
 

@@ -16,6 +16,9 @@ from tritonclient.utils import InferenceServerException
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
+from service._generated.inference import grpc_service_pb2 as v2_pb
+from service._generated.inference import grpc_service_pb2_grpc as v2_pb_grpc
+from service.api.v2.over_grpc import STREAM_MAX_IN_FLIGHT
 from tests.conftest import parse_classification
 
 pytestmark = pytest.mark.slow
@@ -97,6 +100,71 @@ def test_bad_inputs(live_server, name, shape, datatype, code) -> None:
     with pytest.raises(InferenceServerException) as caught:
         client.infer("b0", [tensor])
     assert caught.value.status() == code
+
+
+def test_stream_answers_every_request_once_with_its_id(live_server, real_photos) -> None:
+    """Triton's streaming API (ModelStreamInfer): many requests on one stream, each answered once, as
+    they complete; a failed request is answered with its error and the stream goes on."""
+    answers: list[tuple[str | None, str | None]] = []  # (id, error)
+    labels: dict[str, int] = {}
+
+    def on_answer(result, error) -> None:
+        if error is not None:
+            answers.append((None, str(error)))
+            return
+        response = result.get_response()
+        answers.append((response.id, None))
+        labels[response.id] = parse_classification(result.as_numpy("probabilities")[0][0])[1]
+
+    client = triton_grpc.InferenceServerClient(live_server.grpc_address)
+    outputs = [triton_grpc.InferRequestedOutput("probabilities", class_count=1)]
+    client.start_stream(callback=on_answer)
+    try:
+        for i in range(20):
+            photo = real_photos["coffee" if i % 2 else "chelsea"]
+            model = "nope" if i == 7 else "lite0"
+            image = [b"broken"] if i == 11 else [photo]
+            client.async_stream_infer(model, [image_input(image)], outputs=outputs, request_id=f"s{i}")
+    finally:
+        client.stop_stream()  # closes the sending side and waits for every answer
+    client.close()
+
+    ids = sorted(i for i, e in answers if e is None)
+    errors = sorted(e for i, e in answers if e is not None)
+    assert ids == sorted(f"s{i}" for i in range(20) if i not in (7, 11))
+    assert len(errors) == 2
+    assert any(e.startswith("NOT_FOUND") and "nope" in e for e in errors), errors
+    assert any(e.startswith("INVALID_ARGUMENT") for e in errors), errors
+    assert {labels[f"s{i}"] for i in (1, 3, 5)} == {967}  # coffee: espresso
+
+
+async def test_stream_over_the_raw_stub_keeps_ids_on_errors(live_server) -> None:
+    """With our own stub (no tritonclient): an error's answer still names its request, and more
+    requests than the stream holds at once are all answered exactly once (the reads wait)."""
+    pixels = np.zeros((1, 3, 224, 224), dtype=np.uint8).tobytes()
+    count = STREAM_MAX_IN_FLIGHT + 40
+
+    async def requests():
+        for i in range(count):
+            request = v2_pb.ModelInferRequest(model_name="lite0", id=f"p{i}")
+            shape = [1, 3, 224, 224] if i != 3 else [1, 3, 8, 8]
+            request.inputs.add(name="pixels", datatype="UINT8", shape=shape)
+            request.raw_input_contents.append(pixels if i != 3 else bytes(3 * 8 * 8))
+            yield request
+
+    async with grpc.aio.insecure_channel(live_server.grpc_address) as channel:
+        stub = v2_pb_grpc.GRPCInferenceServiceStub(channel)
+        answers = [a async for a in stub.ModelStreamInfer(requests(), timeout=300)]
+    by_id = {a.infer_response.id: a for a in answers}
+    assert len(answers) == count and sorted(by_id) == sorted(f"p{i}" for i in range(count))
+    assert by_id["p3"].error_message.startswith("INVALID_ARGUMENT") and not by_id["p3"].infer_response.outputs
+    rest = [a for i, a in by_id.items() if i != "p3"]
+    served = [a for a in rest if not a.error_message]
+    assert all(a.infer_response.outputs for a in served) and served
+    # More requests than the model's queue holds arrive at once: the rest are refused as overload, each
+    # with a retry hint, never dropped.
+    refused = [a.error_message for a in rest if a.error_message]
+    assert all(e.startswith("RESOURCE_EXHAUSTED") and "(retry after" in e for e in refused), refused[:3]
 
 
 async def test_aio_client(live_server, real_photos) -> None:

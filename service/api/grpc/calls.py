@@ -1,9 +1,11 @@
-"""What every gRPC servicer shares: deadlines, the one error mapping, and the observed call."""
+"""What every gRPC servicer shares: deadlines, the one error mapping, the observed call, and the
+bounded stream of many requests (ours and V2's)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -13,6 +15,8 @@ from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
 
 T = TypeVar("T")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -45,3 +49,52 @@ async def answer(
     except Exception:  # CancelledError (the client went away) is no Exception: it passes through
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise  # pragma: no cover - abort raises
+
+
+async def serve_stream(
+    requests: AsyncIterator[Request],
+    context: grpc.aio.ServicerContext,
+    answer_one: Callable[[Request], Awaitable[Response]],
+    max_in_flight: int,
+) -> None:
+    """Read a stream's requests as they come and write each one's answer as it completes.
+
+    At most `max_in_flight` requests are held at once, from the read until their answer is written:
+    beyond that the next read waits, so gRPC's flow control holds the client back, and a client that
+    sends without reading its answers holds the server no more than that. `answer_one` turns a
+    request's failure into its answer, so the stream goes on; anything else it raises ends the stream
+    with that error."""
+    answers: asyncio.Queue[Response | Exception | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max_in_flight)
+    working: set[asyncio.Task[None]] = set()
+
+    async def work(request: Request) -> None:
+        try:
+            answer: Response | Exception = await answer_one(request)
+        except Exception as exc:  # a bug: the writer ends the stream with it, no request goes unanswered
+            answer = exc
+        await answers.put(answer)
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.create_task(work(request))
+                working.add(task)
+                task.add_done_callback(working.discard)
+            if working:
+                await asyncio.gather(*working)
+        finally:
+            await answers.put(None)
+
+    reader = asyncio.create_task(read(), name="stream-reader")
+    try:
+        while (response := await answers.get()) is not None:
+            if isinstance(response, Exception):
+                raise response
+            await context.write(response)
+            slots.release()
+        await reader  # surfaces a failed read
+    finally:
+        for task in (reader, *working):
+            task.cancel()

@@ -3,13 +3,12 @@ stream, answered as they complete) and ListModels. It translates messages; the e
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.api.grpc.calls import answer, deadline_of
+from service.api.grpc.calls import answer, deadline_of, serve_stream
 from service.api.observe import Observation, grpc_codes, observed
 from service.core.engine import DEFAULT_TOP_K, Engine
 from service.core.explain import vectors
@@ -19,7 +18,7 @@ from service.runtime.priorities import parse_priority
 from service.schemas import ModelInfo, Route
 
 GRPC = grpc_codes("grpc")
-# Requests of one ClassifyStream being worked on at once; further reads wait (backpressure).
+# Requests of one ClassifyStream held at once, until their answers are written; further reads wait.
 STREAM_MAX_IN_FLIGHT = 64
 
 
@@ -86,39 +85,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         request_iterator: AsyncIterator[classifier_pb2.ClassifyRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        """Read requests as they come, work on up to STREAM_MAX_IN_FLIGHT at once, answer each as it
-        completes. A failed request is answered with `error` set; the stream goes on."""
+        """Up to STREAM_MAX_IN_FLIGHT requests at once, each answered as it completes (calls.py). A
+        failed request is answered with `error` set; the stream goes on."""
         deadline = deadline_of(context)
-        answers: asyncio.Queue[classifier_pb2.ClassifyResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
-        working: set[asyncio.Task[None]] = set()
 
-        async def answer(request: classifier_pb2.ClassifyRequest) -> None:
-            try:
-                await answers.put(await self._stream_item(request, deadline))
-            finally:
-                slots.release()
+        async def answer_one(request: classifier_pb2.ClassifyRequest) -> classifier_pb2.ClassifyResponse:
+            return await self._stream_item(request, deadline)
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(request))
-                    working.add(task)
-                    task.add_done_callback(working.discard)
-                if working:
-                    await asyncio.gather(*working)
-            finally:
-                await answers.put(None)
-
-        reader = asyncio.create_task(read(), name="classify-stream-reader")
-        try:
-            while (response := await answers.get()) is not None:
-                await context.write(response)
-            await reader  # surfaces a failed read
-        finally:
-            for task in (reader, *working):
-                task.cancel()
+        await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 
     async def _stream_item(
         self, request: classifier_pb2.ClassifyRequest, deadline: float | None

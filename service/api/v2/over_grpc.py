@@ -3,6 +3,7 @@ plane (`service.api.v2.dataplane`)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,15 +11,18 @@ import numpy as np
 
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.api.grpc.calls import answer, deadline_of
-from service.api.observe import Observation, grpc_codes
+from service.api.grpc.calls import answer, deadline_of, serve_stream
+from service.api.observe import Observation, grpc_codes, observed
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
 from service.core.engine import Engine
-from service.errors import InvalidArgument, ServiceError
+from service.errors import InvalidArgument, ServiceError, retry_after, status_for
 from service.metrics import Metrics
 
 V2_GRPC = grpc_codes("v2-grpc")
+# Requests of one ModelStreamInfer held at once, until their answers are written; further reads wait.
+# As many as the largest CUDA batch, so that one client's stream can fill it.
+STREAM_MAX_IN_FLIGHT = 256
 
 # Which InferTensorContents field carries each datatype (the specification's table).
 _CONTENTS_FIELD = {
@@ -198,15 +202,49 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await answer(self._metrics, V2_GRPC, label, context, work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
-        label = self._engine.label(request.model_name)
         deadline = deadline_of(context)
 
         async def work(call: Observation) -> pb.ModelInferResponse:
-            target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
-            infer_request = request_from_message(request)
-            return response_message(await v2.infer(self._engine, target, infer_request, deadline))
+            return await self._infer(call, request, deadline)
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(self._metrics, V2_GRPC, self._engine.label(request.model_name), context, work)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Up to STREAM_MAX_IN_FLIGHT requests at once, each answered as it completes, with its id
+        (calls.py). The stream's deadline, if the client set one, bounds every request on it."""
+        deadline = deadline_of(context)
+
+        async def answer_one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            try:
+                with observed(self._metrics, V2_GRPC, self._engine.label(request.model_name)) as call:
+                    response = await self._infer(call, request, deadline)
+                return pb.ModelStreamInferResponse(infer_response=response)
+            except ServiceError as exc:
+                return pb.ModelStreamInferResponse(
+                    error_message=stream_error_message(exc),
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id
+                    ),
+                )
+
+        await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
+
+    async def _infer(
+        self, call: Observation, request: pb.ModelInferRequest, deadline: float | None
+    ) -> pb.ModelInferResponse:
+        target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
+        infer_request = request_from_message(request)
+        return response_message(await v2.infer(self._engine, target, infer_request, deadline))
+
+
+def stream_error_message(error: ServiceError) -> str:
+    """A failed request's answer on a stream, where no gRPC status can carry it: the status the unary
+    call would have ended with, the message, and the retry hint of an overload."""
+    wait = retry_after(error)
+    hint = f" (retry after {wait:g} s)" if wait is not None else ""
+    return f"{status_for(error).grpc.name}: {error.message}{hint}"
 
 
 def _tensor_metadata(tensor: v2.TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:

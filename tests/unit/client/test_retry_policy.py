@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
+from service._generated.inference import grpc_service_pb2 as v2_pb
+from service._generated.inference import grpc_service_pb2_grpc as v2_pb_grpc
 from service.client.retry_policy import RETRY_POLICY, SERVICE_CONFIG_JSON, channel_options
 
 
@@ -49,12 +52,59 @@ def big_request() -> pb.ClassifyRequest:
 
 def test_the_service_config_names_the_idempotent_calls() -> None:
     config = json.loads(SERVICE_CONFIG_JSON)
-    (method_config,) = config["methodConfig"]
+    method_config, streams = config["methodConfig"]
     names = {(n["service"], n.get("method")) for n in method_config["name"]}
     assert ("effnet.v1.Classifier", "Classify") in names
     assert ("inference.GRPCInferenceService", None) in names
     assert ("effnet.v1.Classifier", "ClassifyStream") not in names
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
+    # V2's stream overrides its service's entry, without a retry policy.
+    assert streams == {"name": [{"service": "inference.GRPCInferenceService", "method": "ModelStreamInfer"}]}
+
+
+class FlakyV2(v2_pb_grpc.GRPCInferenceServiceServicer):
+    """ModelInfer and ModelStreamInfer fail their first attempt with UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self.attempts = {"ModelInfer": 0, "ModelStreamInfer": 0}
+
+    async def ModelInfer(self, request: v2_pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        self.attempts["ModelInfer"] += 1
+        if self.attempts["ModelInfer"] == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replica went away")
+        return v2_pb.ModelInferResponse(id=request.id)
+
+    async def ModelStreamInfer(  # noqa: N802
+        self, request_iterator: AsyncIterator[v2_pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[v2_pb.ModelStreamInferResponse]:
+        self.attempts["ModelStreamInfer"] += 1
+        if self.attempts["ModelStreamInfer"] == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replica went away")
+        async for request in request_iterator:
+            yield v2_pb.ModelStreamInferResponse(infer_response=v2_pb.ModelInferResponse(id=request.id))
+
+
+async def test_v2_calls_are_retried_and_its_stream_is_not() -> None:
+    servicer = FlakyV2()
+    server = grpc.aio.server()
+    v2_pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
+            stub = v2_pb_grpc.GRPCInferenceServiceStub(channel)
+            reply = await stub.ModelInfer(v2_pb.ModelInferRequest(id="u"), timeout=10)
+            assert reply.id == "u" and servicer.attempts["ModelInfer"] == 2
+
+            async def one() -> AsyncIterator[v2_pb.ModelInferRequest]:
+                yield v2_pb.ModelInferRequest(id="s")
+
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                _ = [r async for r in stub.ModelStreamInfer(one(), timeout=10)]
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert servicer.attempts["ModelStreamInfer"] == 1
+    finally:
+        await server.stop(0)
 
 
 @pytest.mark.parametrize("flaky_server", [(RETRY_POLICY["maxAttempts"] - 1,)], indirect=True)
