@@ -6,9 +6,12 @@ the failure's status (HTTP status number, gRPC code name). Transport errors beco
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import math
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -172,3 +175,83 @@ class V2Infer(_GrpcTarget):
             return "ok"
         except grpc.aio.AioRpcError as exc:
             return self._status(exc)
+
+
+class V2Stream(_GrpcTarget):
+    """Open Inference Protocol `ModelStreamInfer` (Triton's streaming RPC): each client's request goes
+    out on a shared stream, one stream per `clients_per_stream` clients, with an id of its own, and
+    waits for the answer that carries it. A failed request's status is the first word of its
+    `error_message`; a broken stream fails the requests waiting on it with its gRPC status."""
+
+    def __init__(
+        self,
+        address: str,
+        requests: Sequence[v2_pb2.ModelInferRequest],
+        name: str,
+        clients_per_stream: int = 32,
+    ) -> None:
+        super().__init__(address, name)
+        self._requests = list(requests)
+        self._clients_per_stream = clients_per_stream
+        self._ids = itertools.count()
+        self._outgoing: list[asyncio.Queue[v2_pb2.ModelInferRequest | None]] = []
+        self._waiting: list[dict[str, asyncio.Future[str]]] = []
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def open(self, concurrency: int) -> None:
+        await super().open(concurrency)
+        stub = v2_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        for _ in range(max(1, math.ceil(concurrency / self._clients_per_stream))):
+            outgoing: asyncio.Queue[v2_pb2.ModelInferRequest | None] = asyncio.Queue()
+            waiting: dict[str, asyncio.Future[str]] = {}
+            call = stub.ModelStreamInfer(self._sent(outgoing))
+            self._outgoing.append(outgoing)
+            self._waiting.append(waiting)
+            self._readers.append(asyncio.create_task(self._read(call, waiting)))
+
+    @staticmethod
+    async def _sent(
+        outgoing: asyncio.Queue[v2_pb2.ModelInferRequest | None],
+    ) -> AsyncIterator[v2_pb2.ModelInferRequest]:
+        while (request := await outgoing.get()) is not None:
+            yield request
+
+    @staticmethod
+    async def _read(call: grpc.aio.StreamStreamCall, waiting: dict[str, asyncio.Future[str]]) -> None:
+        status = "error:stream ended"
+        try:
+            async for answer in call:
+                future = waiting.pop(answer.infer_response.id, None)
+                if future is not None and not future.done():
+                    error = answer.error_message
+                    future.set_result(error.split(":", 1)[0] if error else "ok")
+        except grpc.aio.AioRpcError as exc:
+            status = exc.code().name
+        for future in waiting.values():
+            if not future.done():
+                future.set_result(status)
+        waiting.clear()
+
+    async def send(self, index: int) -> str:
+        request_id = f"r{next(self._ids)}"
+        request = v2_pb2.ModelInferRequest()
+        request.CopyFrom(self._requests[index % len(self._requests)])
+        request.id = request_id
+        lane = index % len(self._outgoing)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[lane][request_id] = future
+        await self._outgoing[lane].put(request)
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            self._waiting[lane].pop(request_id, None)
+            return "error:TimeoutError"
+
+    async def close(self) -> None:
+        for outgoing in self._outgoing:
+            await outgoing.put(None)
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=REQUEST_TIMEOUT_S)
+        for reader in self._readers:
+            reader.cancel()
+        await super().close()

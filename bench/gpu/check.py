@@ -81,7 +81,7 @@ PROFILES = {
         service_variants=("b0",),
         bare_model_s=8.0,
         memory_s=15.0,
-        service_s=25.0,
+        service_s=30.0,
     ),
     "dry": Profile(
         device="cpu",
@@ -98,7 +98,7 @@ PROFILES = {
         service_variants=("b0",),
         bare_model_s=2.0,
         memory_s=3.0,
-        service_s=8.0,
+        service_s=9.0,
     ),
 }
 
@@ -333,11 +333,13 @@ def _client(
 ) -> dict[str, Any]:
     """One load-generator process (several run at once: one asyncio client cannot saturate a GPU)."""
     from bench.loadgen import LoadSpec, run_load
-    from bench.targets import HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
+    from bench.targets import HttpClassify, Target, V2Infer, V2Stream, v2_image_request, v2_pixels_request
 
     target: Target
     if kind == "http":
         target = HttpClassify(address, model, payloads)
+    elif kind == "v2_stream_pixels":  # one image per request, the requests on streams (ModelStreamInfer)
+        target = V2Stream(address, [v2_pixels_request(model, p) for p in payloads], kind)
     elif kind.startswith("v2_pixels"):  # one image per request, or a stack of them (v2_pixels_x16)
         target = V2Infer(address, [v2_pixels_request(model, p) for p in payloads], kind)
     else:
@@ -423,7 +425,7 @@ def service_runs(
                 address = server.base_url if protocol == "http" else f"127.0.0.1:{grpc_port}"
                 per_request = STACKED if protocol == "v2_pixels_x16" else 1
                 payloads: list[Any] = jpegs
-                if protocol == "v2_pixels":
+                if protocol in ("v2_pixels", "v2_stream_pixels"):
                     payloads = pixels
                 elif per_request > 1:  # what one client's own batching leaves to the server
                     payloads = [
@@ -476,6 +478,9 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         pixels = rate("nvimgcodec", f"{model}/v2_pixels") or rate("pillow", f"{model}/v2_pixels")
         if reference and pixels:
             fig[f"{model}: service V2 pixels / bare ORT best"] = pixels / reference
+        streamed = rate("nvimgcodec", f"{model}/v2_stream_pixels")
+        if reference and streamed:
+            fig[f"{model}: service V2 pixels on streams / bare ORT best"] = streamed / reference
         stacked = rate("nvimgcodec", f"{model}/v2_pixels_x16")
         if reference and stacked:
             fig[f"{model}: service V2 pixels {STACKED} per request / bare ORT best"] = stacked / reference
@@ -674,7 +679,11 @@ def _measure(
                 budget.skip(profile.service_s) if service_models else "skipped: no model"
             )
             continue
-        protocols = ["http"] if decoder == "pillow" else ["http", "v2_pixels", "v2_pixels_x16", "v2_image"]
+        protocols = (
+            ["http"]
+            if decoder == "pillow"
+            else ["http", "v2_pixels", "v2_stream_pixels", "v2_pixels_x16", "v2_image"]
+        )
         try:
             report["service"][decoder] = service_runs(
                 repository, service_models, decoder, profile, budget, out, protocols

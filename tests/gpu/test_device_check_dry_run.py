@@ -37,12 +37,14 @@ def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) ->
     assert report["bare"]["b0"]["best_images_per_s"] > 0
     assert report["memory"]["b0"]["io_binding"] and report["memory"]["b0"]["buckets"] == [1, 2, 4]
     assert report["memory"]["b0"]["flat"], report["memory"]["b0"]
-    for decoder, protocols in (("pillow", ["http"]), ("nvimgcodec", ["http", "v2_pixels", "v2_image"])):
+    nvimgcodec = ["http", "v2_pixels", "v2_stream_pixels", "v2_pixels_x16", "v2_image"]
+    for decoder, protocols in (("pillow", ["http"]), ("nvimgcodec", nvimgcodec)):
         for protocol in protocols:
             run = report["service"][decoder][f"b0/{protocol}"]
             assert run["ok"] > 0 and run["images_per_s"] > 0, (decoder, protocol, run)
     # On the CPU provider the nvImageCodec setting falls back to Pillow, and says so.
     assert any("fallback=pillow" in line for line in report["service"]["nvimgcodec"]["backends"])
     assert "b0: service V2 pixels / bare ORT best" in report["figures"]
+    assert "b0: service V2 pixels on streams / bare ORT best" in report["figures"]
     assert report["phases"]["bare TF32 on"].startswith("skipped")
     assert report["elapsed_s"] < 180
