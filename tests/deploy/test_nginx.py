@@ -84,3 +84,20 @@ def test_nginx_is_installed_for_check_deploy() -> None:
     # Cheap canary so a missing nginx is a failure under `make check-deploy`, not a silent skip.
     assert Path(nginx()).exists()
     assert require_tool("nginx")
+
+
+def test_streams_are_not_cut_when_idle() -> None:
+    """The gRPC streams keep nginx's connection to the replica open between requests: their location
+    lifts the 20 s read and send limits, and still answers UNAVAILABLE when no replica can take it."""
+    block = re.search(r"location ~ \^/\(([^)]*)\)\$ \{([^}]*)\}", MAIN)
+    assert block is not None
+    methods = {m.replace("\\.", ".") for m in block[1].split("|")}
+    assert methods == {
+        "effnet.v1.Classifier/ClassifyStream",
+        "inference.GRPCInferenceService/ModelStreamInfer",
+    }
+    body = block[2]
+    assert "grpc_pass grpc://effnet_grpc;" in body
+    assert "error_page 502 503 504 = @grpc_unavailable;" in body
+    for directive in ("grpc_read_timeout", "grpc_send_timeout"):
+        assert re.search(rf"{directive} 1h;", body), directive

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from service._generated.inference import grpc_service_pb2 as v2_pb2
+from service._generated.inference import grpc_service_pb2_grpc as v2_pb2_grpc
 from service.client.retry_policy import channel_options
 from tests.e2e.conftest import free_ports
 from tests.redis_process import RedisProcess
@@ -314,6 +317,25 @@ def test_grpc_load_spreads_over_both_replicas(topology: Topology) -> None:
     by_addr = topology.upstreams(path)
     per_replica = [by_addr[f"127.0.0.1:{r.grpc_port}"] for r in topology.replicas]
     assert sum(per_replica) == 40 and min(per_replica) >= 10, by_addr
+
+
+def test_a_v2_stream_passes_through_nginx(topology: Topology, photo: bytes) -> None:
+    """ModelStreamInfer through the load balancer's stream location: every request on the stream is
+    answered once, with its id, by the replica the stream reached."""
+
+    def requests() -> Iterator[v2_pb2.ModelInferRequest]:
+        for i in range(12):
+            request = v2_pb2.ModelInferRequest(model_name=MODEL, id=f"n{i}")
+            request.inputs.add(name="image", datatype="BYTES", shape=[1])
+            request.raw_input_contents.append(struct.pack("<I", len(photo)) + photo)
+            request.outputs.add(name="probabilities").parameters["classification"].int64_param = 1
+            yield request
+
+    with grpc.insecure_channel(topology.grpc_target) as channel:
+        stub = v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answers = list(stub.ModelStreamInfer(requests(), timeout=60))
+    assert sorted(a.infer_response.id for a in answers) == sorted(f"n{i}" for i in range(12))
+    assert all(not a.error_message and a.infer_response.raw_output_contents for a in answers), answers[0]
 
 
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
