@@ -79,6 +79,45 @@ def _response(status: int, phrase: str, code: str, message: str, extra: str = ""
     return head.encode("latin-1") + body
 
 
+class CoalescedWrites:
+    """A connection's transport whose writes within one turn of the event loop go out as one.
+
+    uvicorn writes an answer's status line and headers, then its body, in two writes. A replica killed
+    between them leaves the proxy holding headers without a body: it has begun the client's answer
+    and cannot resend the request to another replica, so the client sees a broken answer. One write
+    per answer closes that gap, and saves a system call. Everything but writing, closing and aborting
+    goes to the transport itself."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending and not self._transport.is_closing():
+            self._transport.write(b"".join(self._pending))
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _LimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with deadlines and the connection cap. `limits` and `metrics` are
     set on the subclass `limited_protocol` makes (uvicorn builds protocols from a class)."""
@@ -98,6 +137,7 @@ class _LimitedProtocol(HttpToolsProtocol):
     # --- connection ---
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = CoalescedWrites(transport, self.loop)  # type: ignore[assignment]
         self.metrics.open_connections.inc()
         self._over_cap = len(self.connections) > self.limits.max_connections
         self._arm(self.limits.header_timeout_s, self._header_timed_out)
