@@ -105,7 +105,7 @@ def runtime(
             )
         log.info("%s %s", key, result[key])
 
-    fp16_path = model_path.parents[1].parent / "b0-fp16" / "1" / "model.onnx"
+    fp16_path = model_path.parents[2] / "b0-fp16" / "1" / "model.onnx"  # beside b0 in the repository
     if device == "cuda" and fp16_path.exists():
         # fp16 reached 1.5x fp32 on the first machine (goal 1.8x); cuDNN's tensor cores prefer NHWC.
         for key, nhwc in (("bare_fp16", "0"), ("bare_fp16_nhwc", "1")):

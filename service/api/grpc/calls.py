@@ -51,6 +51,22 @@ async def answer(
         raise  # pragma: no cover - abort raises
 
 
+async def answer_in_stream(
+    metrics: Metrics,
+    codes: StatusCodes,
+    label: str,
+    work: Callable[[Observation], Awaitable[T]],
+    failed: Callable[[ServiceError], T],
+) -> T:
+    """One request of a stream, observed as a call of its own (as `answer` observes a unary call): its
+    answer, or for a ServiceError `failed`'s answer, since a stream has no status per request."""
+    try:
+        with observed(metrics, codes, label) as call:
+            return await work(call)
+    except ServiceError as exc:
+        return failed(exc)
+
+
 async def serve_stream(
     requests: AsyncIterator[Request],
     context: grpc.aio.ServicerContext,

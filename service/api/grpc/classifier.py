@@ -4,12 +4,13 @@ stream, answered as they complete) and ListModels. It translates messages; the e
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 import grpc
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.api.grpc.calls import answer, deadline_of, serve_stream
-from service.api.observe import Observation, grpc_codes, observed
+from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
+from service.api.observe import Observation, grpc_codes
 from service.core.engine import DEFAULT_TOP_K, Engine
 from service.core.explain import vectors
 from service.errors import ServiceError, retry_after, status_for
@@ -90,27 +91,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         deadline = deadline_of(context)
 
         async def answer_one(request: classifier_pb2.ClassifyRequest) -> classifier_pb2.ClassifyResponse:
-            return await self._stream_item(request, deadline)
+            async def work(call: Observation) -> classifier_pb2.ClassifyResponse:
+                return await self._classify(call, request, deadline)
+
+            label = self._engine.label(request.model)
+            return await answer_in_stream(self._metrics, GRPC, label, work, partial(stream_error, request))
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
-
-    async def _stream_item(
-        self, request: classifier_pb2.ClassifyRequest, deadline: float | None
-    ) -> classifier_pb2.ClassifyResponse:
-        """One request of a stream: observed as a call of its own; a failure is an answer with `error`."""
-        try:
-            with observed(self._metrics, GRPC, self._engine.label(request.model)) as call:
-                return await self._classify(call, request, deadline)
-        except ServiceError as exc:
-            return classifier_pb2.ClassifyResponse(
-                id=request.id,
-                error=classifier_pb2.Error(
-                    status=status_for(exc).grpc.value[0],
-                    code=exc.code,
-                    message=exc.message,
-                    retry_after_s=retry_after(exc) or 0,
-                ),
-            )
 
     async def Embed(
         self, request: classifier_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -154,6 +141,21 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             models=[model_info_message(info) for info in listing.models],
             policies=listing.policies,
         )
+
+
+def stream_error(
+    request: classifier_pb2.ClassifyRequest, exc: ServiceError
+) -> classifier_pb2.ClassifyResponse:
+    """A failed request's answer on ClassifyStream: its id and `error`."""
+    return classifier_pb2.ClassifyResponse(
+        id=request.id,
+        error=classifier_pb2.Error(
+            status=status_for(exc).grpc.value[0],
+            code=exc.code,
+            message=exc.message,
+            retry_after_s=retry_after(exc) or 0,
+        ),
+    )
 
 
 def map_message(cam: list[list[float]] | None) -> classifier_pb2.ActivationMap | None:

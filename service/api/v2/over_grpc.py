@@ -4,6 +4,7 @@ plane (`service.api.v2.dataplane`)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -11,8 +12,8 @@ import numpy as np
 
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.api.grpc.calls import answer, deadline_of, serve_stream
-from service.api.observe import Observation, grpc_codes, observed
+from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
+from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
 from service.core.engine import Engine
@@ -217,17 +218,11 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         deadline = deadline_of(context)
 
         async def answer_one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            try:
-                with observed(self._metrics, V2_GRPC, self._engine.label(request.model_name)) as call:
-                    response = await self._infer(call, request, deadline)
-                return pb.ModelStreamInferResponse(infer_response=response)
-            except ServiceError as exc:
-                return pb.ModelStreamInferResponse(
-                    error_message=stream_error_message(exc),
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id
-                    ),
-                )
+            async def work(call: Observation) -> pb.ModelStreamInferResponse:
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(call, request, deadline))
+
+            label = self._engine.label(request.model_name)
+            return await answer_in_stream(self._metrics, V2_GRPC, label, work, partial(stream_error, request))
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 
@@ -239,12 +234,17 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response_message(await v2.infer(self._engine, target, infer_request, deadline))
 
 
-def stream_error_message(error: ServiceError) -> str:
-    """A failed request's answer on a stream, where no gRPC status can carry it: the status the unary
-    call would have ended with, the message, and the retry hint of an overload."""
+def stream_error(request: pb.ModelInferRequest, error: ServiceError) -> pb.ModelStreamInferResponse:
+    """A failed request's answer on ModelStreamInfer, where no gRPC status can carry it: the status the
+    unary call would have ended with, the message and an overload's retry hint, with the request's id."""
     wait = retry_after(error)
     hint = f" (retry after {wait:g} s)" if wait is not None else ""
-    return f"{status_for(error).grpc.name}: {error.message}{hint}"
+    return pb.ModelStreamInferResponse(
+        error_message=f"{status_for(error).grpc.name}: {error.message}{hint}",
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
 
 
 def _tensor_metadata(tensor: v2.TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:
