@@ -120,11 +120,14 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $@
 
+# BENCH_ARGS="--server-cpus 0-1" keeps the load generator off the server's cores (bench/pinning.py).
+BENCH_ARGS ?=
+
 bench-quick: proto $(BENCH_STAMP)
-	$(PY) -m bench.run --profile quick --repository $(REPOSITORY)
+	$(PY) -m bench.run --profile quick --repository $(REPOSITORY) $(BENCH_ARGS)
 
 bench: proto $(BENCH_STAMP)
-	$(PY) -m bench.run --profile full --repository $(REPOSITORY)
+	$(PY) -m bench.run --profile full --repository $(REPOSITORY) $(BENCH_ARGS)
 
 # The response cache (hit against miss over HTTP and gRPC; 16 clients with 50 % repeats, off / in-process /
 # Redis) and priorities (a page-like client's p99 under a saturating bulk job, with and without).

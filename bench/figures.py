@@ -48,8 +48,9 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         measured_ips = measured["images_per_s"] if measured else None
         cpu = peak["cpu"]
         # The same limit shrunk to the cores the client left free: how close the server comes to the
-        # hardware it actually had.
-        free_cores = max(cpu["cores"] - cpu["client"], 0.1)
+        # hardware it actually had. A pinned run (bench/pinning.py) gave the client cores of its own.
+        pinned = bool(result.get("meta", {}).get("pinning"))
+        free_cores = cpu["cores"] if pinned else max(cpu["cores"] - cpu["client"], 0.1)
         out["efficiency"][model] = {
             "service_images_per_s": round(peak["throughput"], 1),
             "at_concurrency": peak["concurrency"],

@@ -106,7 +106,13 @@ def render(result: dict[str, Any]) -> str:
         f"x{meta['machine']['cores']}, commit {meta['machine']['git_commit']}, {meta['duration_s']:.0f} s; "
         "busy cores before start: "
         f"{meta['machine'].get('busy_cores_at_start')}; median other-load during runs: "
-        f"{result['figures'].get('other_cores_median')} cores.",
+        f"{result['figures'].get('other_cores_median')} cores."
+        + (
+            f" Pinned: references and servers on cores {pinned['server_cpus']}, the load generator on "
+            f"{pinned['client_cpus']}; limits are for {pinned['server_cpus']}."
+            if (pinned := meta.get("pinning"))
+            else ""
+        ),
         "",
         "### References",
         *references(result),

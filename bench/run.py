@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import platform
@@ -30,6 +31,7 @@ from bench import references, servers
 from bench.cpu import wait_for_quiet
 from bench.images import FULL_HD, make_jpegs
 from bench.loadgen import LoadSpec, run_load
+from bench.pinning import Pinning
 from bench.profiles import ALL_VARIANTS, PROFILES, Profile
 from bench.targets import GrpcClassify, HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
 from service.model_spec import ModelSpec
@@ -53,14 +55,16 @@ def _loop_runner() -> Callable[[Any], Any]:
 
 
 class Bench:
-    def __init__(self, profile: Profile, repository: Path, out: Path) -> None:
+    def __init__(self, profile: Profile, repository: Path, out: Path, pinning: Pinning | None = None) -> None:
         self.profile = profile
         self.repository = repository
         self.out = out
+        self.pinning = pinning
         self.logs = Path(tempfile.gettempdir()) / "effnet-bench-logs"  # server logs stay out of results/
         self.runs: list[dict[str, Any]] = []
         self.refs: dict[str, Any] = {}
-        self.cores = psutil.cpu_count() or 1
+        # The cores the references and the servers get: the limits are computed for these.
+        self.cores = len(pinning.server) if pinning else psutil.cpu_count() or 1
         self.full_hd = make_jpegs(FULL_HD)
         self._native: dict[str, list[bytes]] = {}
         self._run_loop = _loop_runner()
@@ -94,7 +98,8 @@ class Bench:
     ) -> dict[str, Any]:
         waited, other_before = wait_for_quiet(server.pid, self.profile.quiet_wait_s)
         before = server.batch_histogram(model) if record["server"] == "service" else {}
-        result = self._run_loop(run_load(target, load, server.pid))
+        with self.pinning.on_client_cores() if self.pinning else contextlib.nullcontext():
+            result = self._run_loop(run_load(target, load, server.pid))
         entry = {
             **record,
             "model": model,
@@ -374,7 +379,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=ROOT / "models" / "repository")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--server-cpus",
+        default="",
+        help="run the references and every server on these cores (e.g. 0-1) and the load generator on "
+        "the others, so the client does not share the server's cores (bench/pinning.py)",
+    )
+    parser.add_argument("--client-cpus", default="", help="the load generator's cores (default: the rest)")
     args = parser.parse_args(argv)
+    if args.client_cpus and not args.server_cpus:
+        parser.error("--client-cpus needs --server-cpus")
+    try:
+        pinning = Pinning.split(args.server_cpus, args.client_cpus) if args.server_cpus else None
+    except ValueError as error:
+        parser.error(str(error))
+    if pinning:
+        pinning.hold_server_cores()
     # SIGTERM unwinds like Ctrl-C, so the `with` blocks stop the servers this run started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -385,11 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         needed = list(ALL_VARIANTS)
     ensure_models(args.repository, needed)
     started = time.time()
-    bench = Bench(profile, args.repository.resolve(), args.out)
+    bench = Bench(profile, args.repository.resolve(), args.out, pinning)
     meta: dict[str, Any] = {
         "profile": profile.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": _machine(),
+        "pinning": pinning.describe() if pinning else None,
         "versions": _versions(),
         "repository": str(args.repository),
     }
