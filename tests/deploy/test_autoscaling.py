@@ -100,6 +100,13 @@ def adapter_query(rule: dict[str, Any]) -> str:
     )
 
 
+def cap_of(query: str) -> float:
+    """The value a query caps each pod's ratio at (its `clamp_max(..., cap)`, the outermost one per pod)."""
+    found = re.search(r"clamp_max\(.*,\s*([0-9.]+)\)", query)
+    assert found, f"no clamp_max in {query}"
+    return float(found[1])
+
+
 # ------------------------------------------------------------------------------------------- base HPA
 def test_base_hpa_scales_on_the_load_ratio_with_cpu_secondary() -> None:
     spec = base_hpa()["spec"]
@@ -127,6 +134,7 @@ def test_the_adapter_serves_the_metric_the_hpa_reads(tmp_path: Path) -> None:
     checked = promtool_accepts([query], tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "rate(" in query and "max by" in query, "the mean of the busiest model, from the integral"
+    assert cap_of(query) == 2 * load_target(base_hpa()["spec"]), "capped at twice the target (docs/deploy.md)"
 
 
 def test_promtool_rejects_a_broken_query(tmp_path: Path) -> None:
@@ -185,6 +193,7 @@ def test_scaled_object_matches_the_base_hpa(tmp_path: Path) -> None:
     (rule,) = adapter_rules()
     window = re.search(r"\[(\w+)\]", rule["metricsQuery"])
     assert window and f"[{window[1]}]" in query, "the same window as the adapter's rule"
+    assert cap_of(query) == cap_of(adapter_query(rule)), "each pod capped as the adapter caps it"
     checked = promtool_accepts([query], tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     cpu = metrics_by_type(hpa)["Resource"]["resource"]["target"]["averageUtilization"]

@@ -112,8 +112,12 @@ class Cluster:
         http_port, grpc_port = 8300 + index, 8600 + index
         # A startup CPU boost (as GKE's kube-startup-cpu-boost does, with in-place resize): the pod loads
         # its models on `startup_millicores` and gets its limit when ready. Without it, loading at 200m
-        # takes longer than the compressed ramp allows for.
-        cpu_slice = CpuSlice(self.hierarchy, f"pod-{index}", self.startup_millicores, self.period_us)
+        # takes longer than the compressed ramp allows for. Its weight stays its request's: on a node
+        # with room for the boost, a starting pod takes nothing from its neighbours; on this machine,
+        # which has none, it gets what they leave, instead of slowing the pods that serve.
+        cpu_slice = CpuSlice(
+            self.hierarchy, f"pod-{index}", self.startup_millicores, self.period_us, self.millicores
+        )
         log_path = self.work / f"pod-{index}.log"
         server = [
             sys.executable,

@@ -99,7 +99,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     factor = summary["compress"]
     figure, (load, latency, pods) = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    colours = {"load-ratio": "tab:blue", "cpu-70": "tab:red"}
+    colours = {"load-ratio": "tab:blue", "cpu-70": "tab:red", "load-ratio-clamped": "tab:green"}
     profile = summary["profile"]
     load.plot(
         [t * factor for t, _ in profile], [r for _, r in profile], color="black", label="offered (profile)"

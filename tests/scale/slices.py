@@ -93,7 +93,9 @@ def reserve(hierarchy: Hierarchy, weight: int) -> Path:
 class CpuSlice:
     """One replica's cgroup: `millicores` of CPU per `period_us` (Kubernetes' 1000m = one core)."""
 
-    def __init__(self, hierarchy: Hierarchy, name: str, millicores: int, period_us: int) -> None:
+    def __init__(
+        self, hierarchy: Hierarchy, name: str, millicores: int, period_us: int, request_millicores: int = 0
+    ) -> None:
         self.hierarchy = hierarchy
         self.millicores = millicores
         self.period_us = period_us
@@ -112,12 +114,18 @@ class CpuSlice:
             self.usage_dir = hierarchy.usage / ROOT_NAME / name
             self.cpu_dir.mkdir(parents=True, exist_ok=True)
             self.usage_dir.mkdir(parents=True, exist_ok=True)
-            (self.cpu_dir / "cpu.shares").write_text(str(max(2, millicores * 1024 // 1000)))
             (self.cpu_dir / "cpu.cfs_period_us").write_text(str(period_us))
             (self.cpu_dir / "cpu.cfs_quota_us").write_text(str(quota))
+        # The request's CPU weight, as the kubelet sets it: shares = millicores x 1024 / 1000 (at least 2),
+        # on cgroup v2 the weight it converts those shares to. It stays for the pod's life: see set_limit.
+        shares = max(2, (request_millicores or millicores) * 1024 // 1000)
+        if hierarchy.version == 2:
+            (self.cpu_dir / "cpu.weight").write_text(str(1 + (shares - 2) * 9999 // 262142))
+        else:
+            (self.cpu_dir / "cpu.shares").write_text(str(shares))
 
     def set_limit(self, millicores: int) -> None:
-        """Change the quota in place (Kubernetes' in-place pod resize)."""
+        """Change the quota in place (Kubernetes' in-place pod resize). The weight stays the request's."""
         quota = self.period_us * millicores // 1000
         if self.hierarchy.version == 2:
             (self.cpu_dir / "cpu.max").write_text(f"{quota} {self.period_us}")

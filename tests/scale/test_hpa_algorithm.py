@@ -7,6 +7,7 @@ import pytest
 
 from tests.deploy.test_k8s import BASE, by_kind, render
 from tests.scale.hpa import Controller, HpaSpec, Policy, Rules, Target, proposal, quantity
+from tests.scale.policies import CLAMPED, LOAD_METRIC, clamp_for, policies
 
 
 def spec(up: Rules, down: Rules, low: int = 1, high: int = 100) -> HpaSpec:
@@ -68,3 +69,16 @@ def test_the_base_hpa_parses_with_its_behaviour(compress: float) -> None:
     assert parsed.up.window_s == 0 and parsed.down.window_s == 180 / compress
     assert {p.kind for p in parsed.up.policies} == {"Percent", "Pods"}
     assert (parsed.min_replicas, parsed.max_replicas) == (2, 10)
+
+
+def test_the_clamped_policy_caps_only_its_load_ratio() -> None:
+    specs = policies(0.12)
+    assert set(specs) == {"load-ratio", CLAMPED, "cpu-70"}
+    assert specs[CLAMPED] == specs["load-ratio"], "the same HPA; only the adapter's value is capped"
+    ratio = Target(LOAD_METRIC, 0.12)
+    assert clamp_for(CLAMPED, ratio) == pytest.approx(0.24)
+    assert clamp_for("load-ratio", ratio) is None
+    assert clamp_for(CLAMPED, Target("cpu", 90.0)) is None
+    # Two saturated pods whose queues read 1.25: uncapped they ask for 21 pods, capped for twice their count.
+    assert proposal([1.25, 1.25], 0, 2, 0.12) == 21
+    assert proposal([0.24, 0.24], 0, 2, 0.12) == 4
