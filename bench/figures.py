@@ -184,6 +184,7 @@ def _protocols(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ("grpc", "grpc", "1080p"),
         ("v2_image", "v2-image", "1080p"),
         ("v2_pixels", "v2-pixels", "pixels"),
+        ("v2_stream_pixels", "v2-stream-pixels", "pixels"),
         ("http_native_jpeg", "http", "native"),
     ):
         for r in _default_service(runs, model="b0", protocol=protocol, input=input_, mode="closed"):

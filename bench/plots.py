@@ -36,6 +36,10 @@ def throughput_vs_concurrency(result: dict[str, Any], out: Path, prefix: str) ->
         ),
         ("service gRPC Classify", _default_service(runs, model="b0", protocol="grpc", mode="closed")),
         ("service V2 gRPC pixels", _default_service(runs, model="b0", protocol="v2-pixels", mode="closed")),
+        (
+            "service V2 pixels on streams",
+            _default_service(runs, model="b0", protocol="v2-stream-pixels", mode="closed"),
+        ),
         ("naive FastAPI + ORT", select(runs, server="naive", model="b0", mode="closed")),
     ]
     for label, rows in series:

@@ -33,7 +33,15 @@ from bench.images import FULL_HD, make_jpegs
 from bench.loadgen import LoadSpec, run_load
 from bench.pinning import Pinning
 from bench.profiles import ALL_VARIANTS, PROFILES, Profile
-from bench.targets import GrpcClassify, HttpClassify, Target, V2Infer, v2_image_request, v2_pixels_request
+from bench.targets import (
+    GrpcClassify,
+    HttpClassify,
+    Target,
+    V2Infer,
+    V2Stream,
+    v2_image_request,
+    v2_pixels_request,
+)
 from service.model_spec import ModelSpec
 from service.preprocess.images import PreprocessSpec, preprocess
 from service.settings import Settings
@@ -217,6 +225,11 @@ class Bench:
                 ]
                 self.measure(
                     V2Infer(grpc_addr, [v2_pixels_request(model, x) for x in pixels], "v2-pixels"),
+                    self.closed(c), {**record, "input": "pixels"}, server, model,
+                )  # fmt: skip
+                # The same requests on ModelStreamInfer: what a stream saves per request.
+                self.measure(
+                    V2Stream(grpc_addr, [v2_pixels_request(model, x) for x in pixels], "v2-stream-pixels"),
                     self.closed(c), {**record, "input": "pixels"}, server, model,
                 )  # fmt: skip
                 self.measure(
