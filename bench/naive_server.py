@@ -33,7 +33,12 @@ def create_app() -> FastAPI:
     model_dir = Path(os.environ["EFFNET_NAIVE_MODEL_DIR"])
     spec = json.loads((model_dir / "model.json").read_text())
     labels = (model_dir / "labels.txt").read_text().splitlines()
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Set only by a pinned bench run (bench/pinning.py): ORT's default pins one thread to each physical
+    # core of the machine, whatever cores the process was given, so it would escape the pinning.
+    if threads := os.environ.get("EFFNET_NAIVE_THREADS"):
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     crop, resize = int(spec["crop_size"]), int(spec["resize_size"])
     resample = _RESAMPLE[spec["interpolation"]]

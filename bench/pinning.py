@@ -9,6 +9,11 @@ Linux keeps an affinity mask per thread, and threads and child processes start w
 So the bench's main thread holds the server cores from the start (references, their ORT and worker
 threads, and every server it spawns inherit them) and moves to the client cores only while it drives
 load; the event loop, the gRPC and resolver threads made during a run start there.
+
+A mask is inherited, not enforced: a thread may set its own. ONNX Runtime does, when a session is left
+at its default thread count: it pins one thread to each physical core of the machine. Our server and
+the references set their thread counts; the naive server is given one in a pinned run
+(`EFFNET_NAIVE_THREADS`). A run's `cpu.server` shows whether a server kept to its cores.
 """
 
 from __future__ import annotations

@@ -245,7 +245,8 @@ class Bench:
         self, model: str, concurrencies: tuple[int, ...], duration: float | None = None, draft: bool = False
     ) -> None:
         label = "naive+draft" if draft else "naive"
-        server = servers.naive(self.model_dir(model), self.logs / f"{label}-{model}.log", draft)
+        threads = len(self.pinning.server) if self.pinning else 0
+        server = servers.naive(self.model_dir(model), self.logs / f"{label}-{model}.log", draft, threads)
         self._reference(server, label, model, concurrencies, duration)
 
     def floor(self, model: str, concurrencies: tuple[int, ...]) -> None:

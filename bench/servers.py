@@ -114,9 +114,12 @@ def _uvicorn_app(factory: str, env: dict[str, str], log: Path) -> ServerProcess:
     return ServerProcess(argv, env, port, "/healthz", log)
 
 
-def naive(model_dir: Path, log: Path, draft: bool = False) -> ServerProcess:
-    """The naive reference server; `draft`: with JPEG draft decoding ("naive + draft")."""
+def naive(model_dir: Path, log: Path, draft: bool = False, threads: int = 0) -> ServerProcess:
+    """The naive reference server; `draft`: with JPEG draft decoding ("naive + draft"); `threads`: its
+    session's thread count where ORT's default must not be used (a pinned run)."""
     env = {"EFFNET_NAIVE_MODEL_DIR": str(model_dir), "EFFNET_NAIVE_DRAFT": "1" if draft else "0"}
+    if threads:
+        env["EFFNET_NAIVE_THREADS"] = str(threads)
     return _uvicorn_app("bench.naive_server:create_app", env, log)
 
 
