@@ -2,7 +2,8 @@
 run (ramp windows within the objective, p99, pod-seconds), then the medians over the runs. One run is
 one draw of a noisy machine; pairs from several runs show whether a difference is more than that.
 
-    python -m tests.scale.compare [--ours load-ratio-clamped] docs/scale-sim-200m-t012-s*.json
+    python -m tests.scale.compare docs/scale-sim-200m-capped-s*.json
+    python -m tests.scale.compare --ours load-ratio docs/scale-sim-200m-t012-s*.json
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def windows_within(policy: dict[str, Any]) -> int:
     return int(str(policy["windows_within_objective"]).split("/")[0])
 
 
-def pair(report: dict[str, Any], policy: str = "load-ratio") -> dict[str, Any]:
+def pair(report: dict[str, Any], policy: str = "load-ratio-clamped") -> dict[str, Any]:
     """One run's `policy` and CPU 70 %, side by side."""
     ours, theirs = report["policies"][policy], report["policies"][THEIRS]
     return {
@@ -64,7 +65,7 @@ def table(named: list[tuple[str, dict[str, Any]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.scale.compare", description=__doc__)
     parser.add_argument("reports", nargs="+", type=Path)
-    parser.add_argument("--ours", default="load-ratio", help="the policy set against cpu-70")
+    parser.add_argument("--ours", default="load-ratio-clamped", help="the policy set against cpu-70")
     args = parser.parse_args(argv)
     named = [(path.stem, pair(json.loads(path.read_text()), args.ours)) for path in args.reports]
     print(table(named))
