@@ -212,6 +212,8 @@ class Bench:
                 if target.inference_ms:  # the service's own figure: ORT time of the batch it ran in
                     entry["inference_ms_p50"] = round(statistics.median(target.inference_ms), 3)
                 peak = max(peak, float(entry["throughput"]))
+            pre = PreprocessSpec.from_model_spec(self.spec(model))
+            pixel_requests = [v2_pixels_request(model, preprocess(b, pre)) for b in self.full_hd]
             for c in p.grpc_concurrency:
                 self.measure(
                     GrpcClassify(grpc_addr, model, self.full_hd), self.closed(c), record, server, model
@@ -220,16 +222,13 @@ class Bench:
                     HttpClassify(url, model, self.native(model)), self.closed(c),
                     {**record, "input": "native"}, server, model,
                 )  # fmt: skip
-                pixels = [
-                    preprocess(b, PreprocessSpec.from_model_spec(self.spec(model))) for b in self.full_hd
-                ]
                 self.measure(
-                    V2Infer(grpc_addr, [v2_pixels_request(model, x) for x in pixels], "v2-pixels"),
+                    V2Infer(grpc_addr, pixel_requests, "v2-pixels"),
                     self.closed(c), {**record, "input": "pixels"}, server, model,
                 )  # fmt: skip
                 # The same requests on ModelStreamInfer: what a stream saves per request.
                 self.measure(
-                    V2Stream(grpc_addr, [v2_pixels_request(model, x) for x in pixels], "v2-stream-pixels"),
+                    V2Stream(grpc_addr, pixel_requests, "v2-stream-pixels"),
                     self.closed(c), {**record, "input": "pixels"}, server, model,
                 )  # fmt: skip
                 self.measure(
@@ -245,7 +244,7 @@ class Bench:
         self, model: str, concurrencies: tuple[int, ...], duration: float | None = None, draft: bool = False
     ) -> None:
         label = "naive+draft" if draft else "naive"
-        threads = len(self.pinning.server) if self.pinning else 0
+        threads = self.cores if self.pinning else 0  # ORT's default would escape the pinning
         server = servers.naive(self.model_dir(model), self.logs / f"{label}-{model}.log", draft, threads)
         self._reference(server, label, model, concurrencies, duration)
 

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import Metrics
 from service.runtime.providers import CPU
-from tests.scale.policies import CLAMP_TIMES_TARGET
+from tests.scale.policies import CLAMP_TIMES_TARGET, LOAD_METRIC
 
 from .test_k8s import (
     ADAPTER,
@@ -36,7 +36,6 @@ from .test_k8s import (
 )
 from .tooling import require_tool
 
-LOAD_METRIC = "effnet_load_ratio"
 KEDA_GROUP = "keda.sh"
 # Knative scales to keep concurrency at this share of the target (container-concurrency-target-percentage).
 KNATIVE_TARGET_UTILIZATION = 0.7

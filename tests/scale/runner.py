@@ -252,11 +252,11 @@ def run_policy(
                 members, serving = cluster.members(), cluster.serving()
                 proposals, means = [], {}
                 for target in spec.targets:
+                    clamp = clamp_for(name, target)
                     values = [
                         v
                         for p in serving
-                        if (v := pod_values(p, target, args.millicores, window_s, clamp_for(name, target)))
-                        is not None
+                        if (v := pod_values(p, target, args.millicores, window_s, clamp)) is not None
                     ]
                     proposals.append(proposal(values, len(members) - len(values), len(members), target.value))
                     means[target.metric] = round(sum(values) / len(values), 3) if values else None
