@@ -384,6 +384,14 @@ def saturate(
     }
 
 
+def stacked_payloads(pixels: list[np.ndarray], per_request: int) -> list[np.ndarray]:
+    """The rows as they are (one image per request), or 4 stacks of `per_request` rows each: what one
+    client's own batching leaves to the server."""
+    if per_request == 1:
+        return pixels
+    return [np.stack([pixels[(i + j) % len(pixels)] for j in range(per_request)]) for i in range(4)]
+
+
 def service_runs(
     repository: Path,
     models: list[str],
@@ -392,12 +400,19 @@ def service_runs(
     budget: Budget,
     out: Path,
     protocols: list[str],
+    results: dict[str, Any] | None = None,
+    saved: Callable[[], None] = lambda: None,
+    extra_settings: dict[str, str] | None = None,
+    log_name: str | None = None,
 ) -> dict[str, Any]:
+    """One server for `decoder`, saturated with each protocol in turn. Each protocol's result goes into
+    `results` (and `saved`) as soon as it ends; a protocol that fails is recorded and the next runs."""
     from bench.images import FULL_HD, make_jpegs
     from bench.servers import service
     from service.model_spec import ModelSpec
     from service.preprocess.images import PreprocessSpec, preprocess
 
+    results = {} if results is None else results
     jpegs = make_jpegs(FULL_HD, count=4)
     settings = {
         "device": profile.device,
@@ -407,42 +422,43 @@ def service_runs(
         "max_queue_size": "2048",
         "max_pending_preprocess": "4096",
         "request_timeout_s": "60",
+        **(extra_settings or {}),
     }
-    server, grpc_port = service(repository, models, settings, out / "logs" / f"server-{decoder}.log")
+    server_log = out / "logs" / f"server-{log_name or decoder}.log"
+    server, grpc_port = service(repository, models, settings, server_log)
     server.argv[server.argv.index("--log-level") + 1] = "INFO"  # the log says which backend each model got
-    results: dict[str, Any] = {"settings": settings}
+    results["settings"] = settings
     started = time.monotonic()
     with server:
         results["start_s"] = time.monotonic() - started
-        results["backends"] = _backend_lines(out / "logs" / f"server-{decoder}.log")
+        results["backends"] = _backend_lines(server_log)
+        saved()
         for model in models:
             spec = ModelSpec.from_file(next((repository / model).glob("*/model.json")))
             pixels = [preprocess(j, PreprocessSpec.from_model_spec(spec)) for j in jpegs]
             for protocol in protocols:
+                key = f"{model}/{protocol}"
                 if budget.left() < profile.load_s + profile.warmup_s + 15:
-                    results[f"{model}/{protocol}"] = "skipped: time"
+                    results[key] = "skipped: time"
                     continue
                 address = server.base_url if protocol == "http" else f"127.0.0.1:{grpc_port}"
                 per_request = STACKED if protocol == "v2_pixels_x16" else 1
-                payloads: list[Any] = jpegs
-                if protocol in ("v2_pixels", "v2_stream_pixels"):
-                    payloads = pixels
-                elif per_request > 1:  # what one client's own batching leaves to the server
-                    payloads = [
-                        np.stack([pixels[(i + j) % len(pixels)] for j in range(per_request)])
-                        for i in range(4)
-                    ]
-                results[f"{model}/{protocol}"] = saturate(
-                    protocol, address, model, payloads, profile, server.pid, per_request
+                payloads = (
+                    jpegs if protocol in ("http", "v2_image") else stacked_payloads(pixels, per_request)
                 )
-                log.info(
-                    "service decoder=%s %s/%s %s",
-                    decoder,
-                    model,
-                    protocol,
-                    results[f"{model}/{protocol}"]["images_per_s"],
-                )
+                try:
+                    results[key] = saturate(
+                        protocol, address, model, payloads, profile, server.pid, per_request
+                    )
+                except Exception as exc:  # this protocol's figure is lost, not the others'
+                    results[key] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                log.info("service decoder=%s %s %s", decoder, key, _rate(results[key]))
+                saved()
     return results
+
+
+def _rate(entry: Any) -> Any:
+    return entry.get("images_per_s") if isinstance(entry, dict) else entry
 
 
 def _backend_lines(path: Path) -> list[str]:
@@ -679,17 +695,18 @@ def _measure(
                 budget.skip(profile.service_s) if service_models else "skipped: no model"
             )
             continue
+        # x16 before the streams: the runtime's figure is wanted most, and streams never ran on a GPU.
         protocols = (
             ["http"]
             if decoder == "pillow"
-            else ["http", "v2_pixels", "v2_stream_pixels", "v2_pixels_x16", "v2_image"]
+            else ["http", "v2_pixels", "v2_pixels_x16", "v2_stream_pixels", "v2_image"]
         )
+        runs: dict[str, Any] = {}
+        report["service"][decoder] = runs  # filled protocol by protocol, gpu.json saved after each
         try:
-            report["service"][decoder] = service_runs(
-                repository, service_models, decoder, profile, budget, out, protocols
-            )
-        except Exception as exc:
-            report["service"][decoder] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            service_runs(repository, service_models, decoder, profile, budget, out, protocols, runs, save)
+        except Exception as exc:  # the server did not start: what ran before it is kept
+            runs["error"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         save()
     save("service")
 

@@ -28,8 +28,19 @@ def test_stage_means_are_per_model_means_in_milliseconds() -> None:
 @pytest.mark.parametrize(
     ("document", "slow"),
     [
-        ({"figures": {"b0: service V2 pixels / bare ORT best": 0.012}}, True),
-        ({"figures": {"b0: service V2 pixels / bare ORT best": 0.83}}, False),
+        ({"figures": {"b0: service V2 pixels 16 per request / bare ORT best": 0.012}}, True),
+        ({"figures": {"b0: service V2 pixels 16 per request / bare ORT best": 0.83}}, False),
+        # One image per request is capped by the front process, not the runtime: it triggers nothing.
+        ({"figures": {"b0: service V2 pixels / bare ORT best": 0.2}}, True),  # no 16-image figure
+        (
+            {
+                "figures": {
+                    "b0: service V2 pixels / bare ORT best": 0.2,
+                    "b0: service V2 pixels 16 per request / bare ORT best": 0.93,
+                }
+            },
+            False,
+        ),
         ({"figures": {"b0: memory growth after warm-up (MiB)": 0.0}}, True),  # the service never ran
         ({"stopped": {"phase": "preflight"}}, True),
     ],
