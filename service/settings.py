@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         "Kubernetes manifests set it from requests.cpu); set below those cores, ORT threads do not spin",
     )
     intra_op_threads: int = Field(0, ge=0, description="threads per session; 0: the server's cores (`cpus`)")
+    cuda_intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="intra-op threads of a session on CUDA: its kernels are launched from one thread, and "
+        "one per core gave each of 9 bucket sessions x 2 instances a pool of 16; 0: as on the CPU "
+        "(intra_op_threads). A session that falls back to the CPU gets the CPU's threads",
+    )
     inter_op_threads: int = Field(1, ge=1)
     allow_spinning: bool | None = Field(
         None,
@@ -256,6 +263,12 @@ class Settings(BaseSettings):
         False,
         description="capture one CUDA graph per batch bucket (ORT enable_cuda_graph; needs buckets and IO "
         "binding, serialises runs of one model); keep only if it measures faster",
+    )
+    cuda_shared_arena: bool = Field(
+        False,
+        description="one CUDA memory arena per device, shared by every session of the process (ORT's "
+        "env-registered allocator and session.use_env_allocators) instead of one arena per session: "
+        "bucket sessions hold nine per model and instance. Off until measured (bench/gpu)",
     )
     cuda_tf32: bool = Field(
         True,

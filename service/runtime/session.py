@@ -53,6 +53,8 @@ class RuntimeOptions:
     arena_extend_strategy: str = "kSameAsRequested"
     cuda_graphs: bool = False
     cuda_tf32: bool = True  # ORT's own default; set explicitly either way
+    cuda_intra_op_threads: int = 1  # a CUDA session's; 0: intra_op_threads
+    cuda_shared_arena: bool = False
     buffer_sets: int = 1  # concurrent runs with IO binding (one buffer set each): the batcher's instances
     overlap_run_size: int = 1  # images per run on the one-thread session; 0: the whole batch
 
@@ -74,14 +76,24 @@ class RuntimeOptions:
             arena_extend_strategy=settings.arena_extend_strategy,
             cuda_graphs=settings.cuda_graphs,
             cuda_tf32=settings.cuda_tf32,
+            cuda_intra_op_threads=settings.cuda_intra_op_threads,
+            cuda_shared_arena=settings.cuda_shared_arena,
             buffer_sets=settings.instances or 2,
             overlap_run_size=settings.overlap_run_size,
         )
 
 
-def _session_options(options: RuntimeOptions) -> ort.SessionOptions:
+def intra_op_threads(options: RuntimeOptions, cuda: bool) -> int:
+    """A session's intra-op threads: on CUDA `cuda_intra_op_threads` (0: as on the CPU)."""
+    return (options.cuda_intra_op_threads or options.intra_op_threads) if cuda else options.intra_op_threads
+
+
+def _session_options(options: RuntimeOptions, cuda: bool = False) -> ort.SessionOptions:
+    """The options of a session that asks for CUDA (`cuda`) or runs on the CPU."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
+    so.intra_op_num_threads = intra_op_threads(options, cuda)
+    if cuda and options.cuda_shared_arena:  # the arena registered with the env (register_shared_arena)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = _GRAPH_OPT[options.graph_optimization]
@@ -117,6 +129,30 @@ def cuda_provider_options(options: RuntimeOptions) -> dict[str, object]:
     if options.cuda_graphs:
         cuda_options["enable_cuda_graph"] = "1"
     return cuda_options
+
+
+def register_shared_arena(options: RuntimeOptions) -> bool:
+    """Register one CUDA arena for `cuda_device_id` with ORT's environment, which every session made with
+    `session.use_env_allocators` then allocates from. Once per process and device: ORT refuses a second
+    registration, which is then the arena already there. Returns whether this call registered it."""
+    memory = ort.OrtMemoryInfo(
+        "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, options.cuda_device_id, ort.OrtMemType.DEFAULT
+    )
+    arena = ort.OrtArenaCfg(
+        {
+            "max_mem": options.gpu_mem_limit_mb * 1024 * 1024,  # 0: no limit
+            "arena_extend_strategy": 0 if options.arena_extend_strategy == "kNextPowerOfTwo" else 1,
+        }
+    )
+    provider_options = {"device_id": str(options.cuda_device_id)}
+    try:
+        ort.create_and_register_allocator_v2(CUDA, memory, provider_options, arena)
+    except Exception as exc:
+        if "already" not in str(exc).lower():
+            raise
+        return False
+    log.info("event=shared_cuda_arena device_id=%s", options.cuda_device_id)
+    return True
 
 
 def _switch(value: str, provider: str) -> bool:
@@ -180,19 +216,28 @@ class OrtRunner:
             # they are system libraries (the CUDA base image) it finds nothing, which is fine.
             with contextlib.suppress(Exception):
                 ort.preload_dlls()
+        asks_cuda = providers[0] != CPU
+        if asks_cuda and options.cuda_shared_arena:
+            register_shared_arena(options)
         self.session = ort.InferenceSession(
-            str(model_path), sess_options=_session_options(options), providers=providers
+            str(model_path), sess_options=_session_options(options, asks_cuda), providers=providers
         )
         self._model_path = model_path
         # The provider list says what the session really got: onnxruntime-gpu silently falls back to
         # CPU when CUDA or cuDNN libraries are missing.
         self.provider = self.session.get_providers()[0]
-        if providers[0] != CPU and self.provider != CUDA:
+        if asks_cuda and self.provider != CUDA:
             log.warning("event=cuda_fallback model_path=%s reason='session fell back to CPU'", model_path)
+            if options.device != "cuda" and intra_op_threads(options, True) != options.intra_op_threads:
+                # made with CUDA's thread count: the CPU that runs it now gets its own
+                self.session = ort.InferenceSession(
+                    str(model_path), sess_options=_session_options(options), providers=[CPU]
+                )
         if options.device == "cuda" and self.provider != CUDA:
             raise RuntimeUnavailable(
                 "--device cuda, but the session fell back to CPU (CUDA 13 / cuDNN 9 libraries missing?)"
             )
+        self.intra_op_threads = intra_op_threads(options, self.provider == CUDA)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = output_names
         self._run_options = ort.RunOptions()
@@ -219,9 +264,10 @@ class OrtRunner:
         self._running_lock = threading.Lock()
         log.info(
             "event=session_created model_path=%s provider=%s buckets=%s bucket_sessions=%s io_binding=%s "
-            "cuda_graphs=%s provider_options=%s",
+            "cuda_graphs=%s intra_op_threads=%s shared_arena=%s provider_options=%s",
             model_path, self.provider, self.use_buckets, self.use_bucket_sessions, self.use_io_binding,
-            self._graph_lock is not None,
+            self._graph_lock is not None, self.intra_op_threads,
+            self.provider == CUDA and options.cuda_shared_arena,
             self.session.get_provider_options().get(self.provider, {}),
         )  # fmt: skip
 
@@ -336,7 +382,7 @@ class OrtRunner:
                 continue
             session = ort.InferenceSession(
                 str(self._model_path),
-                sess_options=_session_options(self.options),
+                sess_options=_session_options(self.options, self.provider == CUDA),
                 providers=_providers(self.options),
             )
             if session.get_providers()[0] != self.provider:
