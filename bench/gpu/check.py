@@ -7,7 +7,11 @@ so a run cut short still reports (bench/gpu/record.py merges into what run.sh's 
 2. GPU memory over random batch sizes after warm-up, through the service's runtime: must stay flat;
 3. the service at saturation for the service variants, one server per decoder (Pillow, then
    nvImageCodec): HTTP /classify with 1080p JPEGs, then V2 gRPC with `pixels` and with `image`;
-4. bare ORT for the other variants (fp32, fp16, TF32 off), then the fp32 models once more with TF32 on.
+4. bare ORT for the other variants, then the fp32 models once more with TF32 on.
+fp32 runs with TF32 off (true fp32) and again with it on; fp16 with it on (TF32 changes only fp32
+arithmetic, and off it may cost fp16 its tensor-core engines). `figures_tf32` says, for each figure,
+the TF32 setting of what it compares; `environment` the cuDNN that loaded and the GPU's clocks and power
+state (null on the CPU); every session entry its intra-op threads.
 The check stops (and says why in `stopped`) when a session meant for CUDA got another provider: every
 figure after that would be a CPU figure. A session that fails, a phase that raises, SIGTERM from a
 `timeout`: each is recorded with what was measured before it.
@@ -37,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from bench.gpu import record
+from bench.gpu.device_state import cudnn_version, gpu_memory_used_mib, gpu_state
+from bench.gpu.runtime_options import runtime_options
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("bench.gpu")
@@ -44,6 +50,14 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 # Images per request of `v2_pixels_x16`: one Python process answers each request with about a
 # millisecond of CPU (the event loop; bench/README.md), which caps one-image requests far below a GPU.
 STACKED = 16
+# The split mode's setting (fronts + one engine process): its case runs only where the server knows it.
+FRONT_PROCESSES = "EFFNET_FRONT_PROCESSES"
+
+
+def split_mode_known() -> bool:
+    from service.settings import Settings
+
+    return "front_processes" in Settings.model_fields
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,9 @@ class Profile:
     bare_model_s: float  # estimate for one model's bare sweep (a phase runs only if it fits)
     memory_s: float
     service_s: float  # one decoder's server: start, warm-up and its protocols
+    options_variant_s: float  # one runtime_options variant: its process, warm-up and runs
+    options_steps: int  # random-size batches per runtime_options variant
+    front_processes: int  # EFFNET_FRONT_PROCESSES of the split-mode case
 
 
 PROFILES = {
@@ -82,6 +99,9 @@ PROFILES = {
         bare_model_s=8.0,
         memory_s=15.0,
         service_s=30.0,
+        options_variant_s=20.0,
+        options_steps=60,
+        front_processes=4,
     ),
     "dry": Profile(
         device="cpu",
@@ -99,6 +119,9 @@ PROFILES = {
         bare_model_s=2.0,
         memory_s=3.0,
         service_s=9.0,
+        options_variant_s=4.0,
+        options_steps=8,
+        front_processes=2,
     ),
 }
 
@@ -134,20 +157,6 @@ def model_name(variant: str, precision: str) -> str:
     return variant if precision == "fp32" else f"{variant}-{precision}"
 
 
-def gpu_memory_used_mib() -> float | None:
-    """Memory in use on GPU 0 (all processes; this check is the only user), from nvidia-smi."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
-    try:
-        return float(out.stdout.strip().splitlines()[0])
-    except (ValueError, IndexError):
-        return None
-
-
 def environment(profile: Profile) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -161,6 +170,9 @@ def environment(profile: Profile) -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "profile": asdict(profile),
         "cpu_quota_cores": cpu_quota_cores(),  # a quota would cap every CPU-side stage of the service
+        "affinity_cores": len(os.sched_getaffinity(0)),
+        "cudnn": cudnn_version(profile.device),  # None on the CPU
+        "gpu_state": gpu_state(),  # clocks, performance state, power; None without nvidia-smi
         "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", ""),
         "CUPY_CACHE_DIR": os.environ.get("CUPY_CACHE_DIR"),
     }
@@ -207,6 +219,7 @@ def bare_ort(
     result: dict[str, Any] = {
         "provider": provider,
         "tf32": tf32 if profile.device == "cuda" else None,
+        "intra_op_threads": options.intra_op_num_threads,  # 0: ORT's default, one per core
         "provider_options": session.get_provider_options().get(provider, {}),
         "batches": {},
     }
@@ -315,6 +328,7 @@ def memory_flat(model_path: Path, crop: int, gmacs: float, profile: Profile) -> 
         "buckets": runner.buckets,
         "io_binding": runner.use_io_binding,
         "bucket_sessions": runner.use_bucket_sessions,
+        "intra_op_threads": runner.intra_op_threads,
         "max_batch": max_batch,
         "mean_ms_per_batch": run_s * 1000 / profile.memory_steps,
         "steps": profile.memory_steps,
@@ -428,6 +442,7 @@ def service_runs(
     server, grpc_port = service(repository, models, settings, server_log)
     server.argv[server.argv.index("--log-level") + 1] = "INFO"  # the log says which backend each model got
     results["settings"] = settings
+    results["intra_op_threads"] = server_intra_op_threads(settings)
     started = time.monotonic()
     with server:
         results["start_s"] = time.monotonic() - started
@@ -457,6 +472,15 @@ def service_runs(
     return results
 
 
+def server_intra_op_threads(settings: dict[str, str]) -> int:
+    """The intra-op threads of each session of a server started with `settings` (EFFNET_* values)."""
+    from service.runtime.session import RuntimeOptions, intra_op_threads
+    from service.settings import Settings
+
+    effective = Settings(**settings)  # type: ignore[arg-type]  # strings, as the environment gives them
+    return intra_op_threads(RuntimeOptions.from_settings(effective), effective.device == "cuda")
+
+
 def _rate(entry: Any) -> Any:
     return entry.get("images_per_s") if isinstance(entry, dict) else entry
 
@@ -476,12 +500,25 @@ def _backend_lines(path: Path) -> list[str]:
 
 
 def figures(report: dict[str, Any]) -> dict[str, Any]:
+    return figures_with_tf32(report)[0]
+
+
+def figures_with_tf32(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The headline figures, and for each the TF32 setting of the sessions it compares (None on the
+    CPU provider, which has no TF32). fp16 runs with TF32 on: TF32 changes only fp32 arithmetic, and
+    `use_tf32=0` may also drop cuDNN's tensor-core engines for fp16 graphs."""
     bare = report.get("bare", {})
     service = report.get("service", {})
+    cuda = report.get("device", "cuda") == "cuda"
     fig: dict[str, Any] = {}
+    tf32: dict[str, str | None] = {}
 
-    def best(model: str) -> float | None:
-        entry = bare.get(model)
+    def add(name: str, value: Any, setting: str) -> None:
+        fig[name] = value
+        tf32[name] = setting if cuda else None
+
+    def best(entries: dict[str, Any], model: str) -> float | None:
+        entry = entries.get(model)
         return entry.get("best_images_per_s") if isinstance(entry, dict) else None
 
     def rate(decoder: str, key: str) -> float | None:
@@ -489,36 +526,63 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         entry = runs.get(key) if isinstance(runs, dict) else None
         return entry.get("images_per_s") if isinstance(entry, dict) else None
 
+    off = "off (fp32 service and bare)"
     for model in bare:
-        reference = best(model)
+        reference = best(bare, model)
         pixels = rate("nvimgcodec", f"{model}/v2_pixels") or rate("pillow", f"{model}/v2_pixels")
         if reference and pixels:
-            fig[f"{model}: service V2 pixels / bare ORT best"] = pixels / reference
-        streamed = rate("nvimgcodec", f"{model}/v2_stream_pixels")
-        if reference and streamed:
-            fig[f"{model}: service V2 pixels on streams / bare ORT best"] = streamed / reference
+            add(f"{model}: service V2 pixels / bare ORT best", pixels / reference, off)
         stacked = rate("nvimgcodec", f"{model}/v2_pixels_x16")
         if reference and stacked:
-            fig[f"{model}: service V2 pixels {STACKED} per request / bare ORT best"] = stacked / reference
+            add(f"{model}: service V2 pixels {STACKED} per request / bare ORT best", stacked / reference, off)
+        streamed = rate("nvimgcodec", f"{model}/v2_stream_pixels")
+        if reference and streamed:
+            add(f"{model}: service V2 pixels on streams / bare ORT best", streamed / reference, off)
+        split = rate("split", f"{model}/v2_pixels")
+        if reference and split:
+            add(f"{model}: service V2 pixels, front processes / bare ORT best", split / reference, off)
+        split_streamed = rate("split", f"{model}/v2_stream_pixels")
+        if reference and split_streamed:
+            add(
+                f"{model}: service V2 pixels on streams, front processes / bare ORT best",
+                split_streamed / reference,
+                off,
+            )
         pillow, gpu = rate("pillow", f"{model}/http"), rate("nvimgcodec", f"{model}/http")
         if pillow and gpu:
-            fig[f"{model}: HTTP 1080p JPEG nvimgcodec / Pillow"] = gpu / pillow
-        fp32 = best(model.removesuffix("-fp16"))
-        if model.endswith("-fp16") and reference and fp32:
-            fig[f"{model}: bare best fp16 / fp32 (TF32 off)"] = reference / fp32
+            add(f"{model}: HTTP 1080p JPEG nvimgcodec / Pillow", gpu / pillow, "off (fp32 service)")
+        if model.endswith("-fp16") and reference:
+            fp32 = model.removesuffix("-fp16")
+            if best(bare, fp32):
+                add(
+                    f"{model}: bare best fp16 / fp32 (TF32 off)",
+                    reference / best(bare, fp32),
+                    "fp16 on, fp32 off",
+                )
+            if best(report.get("bare_tf32", {}), fp32):
+                add(
+                    f"{model}: bare best fp16 / fp32 (TF32 on)",
+                    reference / best(report["bare_tf32"], fp32),
+                    "on (both)",
+                )
         alternating = bare[model].get("alternating") if isinstance(bare[model], dict) else None
         if alternating:
-            fig[f"{model}: bare, two batch sizes taking turns / the same sizes one at a time"] = alternating[
-                "ratio"
-            ]
-        tf32 = report.get("bare_tf32", {}).get(model)
-        if reference and isinstance(tf32, dict) and tf32.get("best_images_per_s"):
-            fig[f"{model}: bare best TF32 on / off"] = tf32["best_images_per_s"] / reference
-    memory = report.get("memory", {})
-    for model, entry in memory.items():
+            add(
+                f"{model}: bare, two batch sizes taking turns / the same sizes one at a time",
+                alternating["ratio"],
+                bare[model].get("tf32") and "on" or "off",
+            )
+        on = best(report.get("bare_tf32", {}), model)
+        if reference and on:
+            add(f"{model}: bare best TF32 on / off", on / reference, "on / off")
+    for model, entry in report.get("memory", {}).items():
         if isinstance(entry, dict):
-            fig[f"{model}: memory growth after warm-up (MiB)"] = entry["growth_mib"]
-    return fig
+            add(f"{model}: memory growth after warm-up (MiB)", entry["growth_mib"], "off")
+    for model, variants in report.get("runtime_options", {}).items():
+        for name, entry in variants.items() if isinstance(variants, dict) else ():
+            if isinstance(entry, dict) and entry.get("gpu_mib") is not None:
+                add(f"{model}: GPU memory with {name} (MiB)", entry["gpu_mib"], "off")
+    return fig, tf32
 
 
 def plots(report: dict[str, Any], out: Path) -> list[str]:
@@ -597,11 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "check_started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": args.profile,
+        "device": profile.device,
         "budget_s": budget.seconds,
         "bare": {},
         "bare_tf32": {},
         "memory": {},
         "service": {},
+        "runtime_options": {},
         "phases": {},
     }
 
@@ -609,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         if phase is not None:
             report["phases"][phase] = status
         try:
-            report["figures"] = figures(report)
+            report["figures"], report["figures_tf32"] = figures_with_tf32(report)
         except Exception as exc:  # a figure must never cost the measurements
             report["figures"] = f"failed: {type(exc).__name__}: {exc}"
         report["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -672,8 +738,8 @@ def _measure(
         save()
 
     first = [m for m in models if m.split("-")[0] == profile.variants[0]]
-    for model in first:
-        bare(model, "bare", tf32=False)
+    for model in first:  # fp32 with TF32 off (true fp32), fp16 with it on (it changes only fp32 maths)
+        bare(model, "bare", tf32=model.endswith("-fp16"))
     save("bare (first variant)")
 
     model = models[0]
@@ -710,8 +776,37 @@ def _measure(
         save()
     save("service")
 
+    # The split mode (fronts + one engine process), where this checkout's server knows it.
+    if not service_models:
+        save("service split", "skipped: no model")
+    elif not split_mode_known():
+        save("service split", f"skipped: the server's settings have no {FRONT_PROCESSES}")
+    elif not budget.fits(profile.service_s):
+        save("service split", budget.skip(profile.service_s))
+    else:
+        split: dict[str, Any] = {}
+        report["service"]["split"] = split
+        try:
+            service_runs(
+                repository, service_models, "nvimgcodec", profile, budget, out,
+                ["v2_pixels", "v2_stream_pixels"], split, save,
+                extra_settings={"front_processes": str(profile.front_processes)}, log_name="split",
+            )  # fmt: skip
+        except Exception as exc:
+            split["error"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+        save("service split")
+
+    # Intra-op threads, one session for all buckets, a shared arena, CUDA graphs: GPU memory and speed.
+    variants: dict[str, Any] = {}
+    report["runtime_options"][model] = variants
+    runtime_options(
+        paths[model], specs[model].crop_size, specs[model].gmacs, profile.device, profile.options_steps,
+        budget.left, profile.options_variant_s, variants, save,
+    )  # fmt: skip
+    save("runtime options")
+
     for model in [m for m in models if m not in first]:
-        bare(model, "bare", tf32=False)
+        bare(model, "bare", tf32=model.endswith("-fp16"))
     save("bare (other variants)")
     if profile.device == "cuda":
         for model in [m for m in models if "-" not in m]:

@@ -98,11 +98,12 @@ def runtime(
     bare_providers = [*providers, "CPUExecutionProvider"]
     settings = Settings(device=device, max_batch_size=max(sizes), cuda_tf32=False)
     options = RuntimeOptions.from_settings(settings)
+    cuda = device == "cuda"
     # Which half of the service's choices (session options, provider options) makes a difference.
     for key, session_options, session_providers in (
         ("bare", ort.SessionOptions(), bare_providers),
-        ("service_options", _session_options(options), _providers(options)),
-        ("service_session_options_only", _session_options(options), bare_providers),
+        ("service_options", _session_options(options, cuda), _providers(options)),
+        ("service_session_options_only", _session_options(options, cuda), bare_providers),
         ("service_provider_options_only", ort.SessionOptions(), _providers(options)),
     ):
         session = ort.InferenceSession(

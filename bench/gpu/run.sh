@@ -15,7 +15,8 @@
 #                                          `diagnose-if-slow` after `check`: only when the service
 #                                          reached less than half of bare ORT there (or no figure)
 #   bench/gpu/run.sh --dry-run [rehearse] [check]
-#                                          here, on the CPU: the carried set resolved, installed from
+#                                          here, on the CPU (`export` first when the repository lacks
+#                                          b0): the carried set resolved, installed from
 #                                          the downloaded wheels into a clean CPython 3.12 (as the
 #                                          device does) with only the image's packages beside it, and
 #                                          service.__main__ imported there; then the check's flow on
@@ -65,6 +66,10 @@ else
     export PYTHONPATH=$SITE:$PWD
 fi
 mkdir -p "$out" "$repository"
+if (( dry )) && [[ ! " ${phases[*]} " =~ " export " ]] && [[ " ${phases[*]} " =~ " "(check|diagnose)" " ]] \
+        && ! compgen -G "$repository/b0/*/model.onnx" > /dev/null; then
+    phases=(export "${phases[@]}")  # the dry run measures b0: export it first where the repository lacks it
+fi
 left() { echo $(( limit - (SECONDS - started) )); }
 record() { "$PY" -m bench.gpu.record --out "$out" "$@" >/dev/null || echo "run.sh: could not write gpu.json" >&2; }
 # CuPy compiles kernels into a cache under $HOME, which the service image's user does not have.

@@ -1,4 +1,5 @@
-"""`bench/gpu/run.sh --dry-run check`: the device check's flow on the CPU provider, so the script that
+"""`bench/gpu/run.sh --dry-run` with no steps (the rehearsal, skipped without the carried wheels, then the
+check): the device check's flow on the CPU provider, so the script that
 only ever runs on a lent GPU machine cannot rot. Not marked `gpu`: it runs in `make test`.
 
 Light on purpose: the session's model repository (b0 already exported), the smallest profile, and no
@@ -26,7 +27,7 @@ def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) ->
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
         ["bash", "bench/gpu/run.sh", "--dry-run", "--skip-tests", "--repository", str(model_repository),
-         "--out", str(out), "check"],
+         "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=230,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -47,4 +48,23 @@ def test_dry_run_measures_every_phase(model_repository: Path, tmp_path: Path) ->
     assert "b0: service V2 pixels / bare ORT best" in report["figures"]
     assert "b0: service V2 pixels on streams / bare ORT best" in report["figures"]
     assert report["phases"]["bare TF32 on"].startswith("skipped")
+    # What the next GPU machine must record, null where the CPU has no such thing.
+    assert report["environment"]["cudnn"] is None and "gpu_state" in report["environment"]
+    assert report["environment"]["cpu_quota_cores"] is None or report["environment"]["cpu_quota_cores"] > 0
+    assert set(report["figures_tf32"]) == set(report["figures"])
+    assert set(report["figures_tf32"].values()) == {None}
+    assert report["bare"]["b0"]["intra_op_threads"] == 0  # ORT's default: one per core
+    assert report["memory"]["b0"]["intra_op_threads"] >= 1
+    assert report["service"]["nvimgcodec"]["intra_op_threads"] >= 1
+    variants = report["runtime_options"]["b0"]
+    assert set(variants) == {
+        "bucket_sessions",
+        "threads_per_core",
+        "one_session",
+        "shared_arena",
+        "cuda_graphs",
+    }
+    assert all(v["random_sizes_mean_ms"] > 0 and v["gpu_mib"] is None for v in variants.values()), variants
+    split = report["phases"]["service split"]
+    assert split == "done" or split == "skipped: the server's settings have no EFFNET_FRONT_PROCESSES"
     assert report["elapsed_s"] < 180
