@@ -477,7 +477,8 @@ def server_intra_op_threads(settings: dict[str, str]) -> int:
     from service.runtime.session import RuntimeOptions, intra_op_threads
     from service.settings import Settings
 
-    effective = Settings(**settings)  # type: ignore[arg-type]  # strings, as the environment gives them
+    known = {key: value for key, value in settings.items() if key in Settings.model_fields}
+    effective = Settings(**known)  # type: ignore[arg-type]  # strings, as the environment gives them
     return intra_op_threads(RuntimeOptions.from_settings(effective), effective.device == "cuda")
 
 

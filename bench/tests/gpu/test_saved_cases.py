@@ -155,3 +155,35 @@ def test_a_check_killed_in_a_protocol_keeps_the_protocols_before_it(
     runs = report["service"]["nvimgcodec"]
     assert runs["b0/http"]["images_per_s"] == 2.0 and runs["b0/v2_pixels"]["images_per_s"] == 2.0
     assert "b0/v2_pixels_x16" not in runs and "b0/v2_stream_pixels" not in runs
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_the_split_mode_case_runs_only_where_the_server_knows_front_processes(
+    tiny_check_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known: bool
+) -> None:
+    import bench.servers
+
+    started: list[dict[str, str]] = []
+
+    def service(repository: Path, models: list[str], settings: dict[str, str], log: Path) -> Any:
+        started.append(settings)
+        return StandInServer(log), 9
+
+    monkeypatch.setattr(bench.servers, "service", service)
+    monkeypatch.setattr(check, "saturate", lambda kind, *args: _load(3.0))
+    monkeypatch.setattr(check, "split_mode_known", lambda: known)
+    code, report = run_check(tiny_check_repository, tmp_path / "out")
+    assert code == 0
+    if known:
+        assert started[-1]["front_processes"] == "2" and started[-1]["decoder"] == "nvimgcodec"
+        assert sorted(k for k in report["service"]["split"] if k.startswith("b0/")) == [
+            "b0/v2_pixels",
+            "b0/v2_stream_pixels",
+        ]
+        assert report["figures"]["b0: service V2 pixels, front processes / bare ORT best"] > 0
+    else:
+        assert all("front_processes" not in s for s in started) and "split" not in report["service"]
+        assert (
+            report["phases"]["service split"]
+            == "skipped: the server's settings have no EFFNET_FRONT_PROCESSES"
+        )
