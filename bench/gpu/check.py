@@ -54,6 +54,22 @@ STACKED = 16
 FRONT_PROCESSES = "EFFNET_FRONT_PROCESSES"
 
 
+SLOW_SERVICE = 0.5  # below this share of bare ORT, call 4 goes on to the diagnosis
+# The runtime's figure: 16 images per request, which one front process does not cap (one image per
+# request does, near 0.2 of bare on a fast GPU however right the runtime is; that figure compares the
+# front-end modes instead).
+TRIGGER_FIGURE = "service V2 pixels 16 per request / bare"
+
+
+def runtime_is_slow(figures: Any) -> bool:
+    """Whether the service reached less than half of bare ORT with 16 images per V2 request, or left no
+    such figure (a check that stopped early says nothing good)."""
+    if not isinstance(figures, dict):
+        return True
+    ratio = next((v for k, v in figures.items() if TRIGGER_FIGURE in k), None)
+    return not isinstance(ratio, int | float) or ratio < SLOW_SERVICE
+
+
 def split_mode_known() -> bool:
     from service.settings import Settings
 
@@ -648,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=None, help="seconds for the whole check (default: the profile's)"
     )
     parser.add_argument("--variants", default=None, help="comma-separated variants (default: the profile's)")
+    parser.add_argument(
+        "--yield-if-slow", action="store_true",
+        help="when the service's runtime is slow (the diagnosis will follow), skip the phases after the "
+        "service and leave their time to it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -688,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
         if budget.seconds <= 0:
             raise StopCheck("check", f"no time budget (--budget-s {budget.seconds:g}): nothing measured")
-        status = _measure(args.repository, out, profile, budget, report, save)
+        status = _measure(args.repository, out, profile, budget, report, save, args.yield_if_slow)
         report["plots"] = plots(report, out)
         save()
         return status
@@ -714,6 +735,7 @@ def _measure(
     budget: Budget,
     report: dict[str, Any],
     save: Callable[..., None],
+    yield_if_slow: bool = False,
 ) -> int:
     from service.model_spec import ModelSpec
 
@@ -776,6 +798,11 @@ def _measure(
             runs["error"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         save()
     save("service")
+    if yield_if_slow and service_models and runtime_is_slow(figures(report)):
+        reason = "skipped: the runtime is slow (16 images per request < half of bare): time to the diagnosis"
+        for name in ("service split", "runtime options", "bare (other variants)", "bare TF32 on"):
+            save(name, reason)
+        return 0
 
     # The split mode (fronts + one engine process), where this checkout's server knows it.
     if not service_models:

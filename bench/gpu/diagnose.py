@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu.check import alternating_ms
+from bench.gpu.check import SLOW_SERVICE, alternating_ms, runtime_is_slow
 
 log = logging.getLogger("bench.gpu.diagnose")
 CUDA = "CUDAExecutionProvider"
@@ -82,8 +82,8 @@ def runtime(
     from service.runtime.session import (
         OrtRunner,
         RuntimeOptions,
-        _providers,
-        _session_options,
+        build_session_options,
+        provider_list,
         warmup_batch_sizes,
     )
     from service.settings import Settings
@@ -102,9 +102,9 @@ def runtime(
     # Which half of the service's choices (session options, provider options) makes a difference.
     for key, session_options, session_providers in (
         ("bare", ort.SessionOptions(), bare_providers),
-        ("service_options", _session_options(options, cuda), _providers(options)),
-        ("service_session_options_only", _session_options(options, cuda), bare_providers),
-        ("service_provider_options_only", ort.SessionOptions(), _providers(options)),
+        ("service_options", build_session_options(options, cuda), provider_list(options)),
+        ("service_session_options_only", build_session_options(options, cuda), bare_providers),
+        ("service_provider_options_only", ort.SessionOptions(), provider_list(options)),
     ):
         session = ort.InferenceSession(
             str(model_path), sess_options=session_options, providers=session_providers
@@ -179,7 +179,7 @@ def _bound_steps(runner: Any, rows: list[np.ndarray], runs: int) -> dict[str, fl
     """The bound path's three steps timed apart, ms medians: rows in, the run, outputs out."""
     load, run, fetch = [], [], []
     for _ in range(runs + 2):
-        buffers = runner._take_set()
+        buffers = runner.buffer_sets.take()
         try:
             bound = buffers.batches[len(rows)]
             t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def _bound_steps(runner: Any, rows: list[np.ndarray], runs: int) -> dict[str, fl
             bound._binding.copy_outputs_to_cpu()
             t3 = time.perf_counter()
         finally:
-            runner._sets.put(buffers)
+            runner.buffer_sets.give_back(buffers)
         load.append(t1 - t0)
         run.append(t2 - t1)
         fetch.append(t3 - t2)
@@ -326,15 +326,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-SLOW_SERVICE = 0.5  # below this share of bare ORT, call 4 goes on to the diagnosis
-
-
-# The runtime's figure: 16 images per request, which one front process does not cap (one image per
-# request does, near 0.2 of bare on a fast GPU however right the runtime is; that figure compares the
-# front-end modes instead).
-TRIGGER_FIGURE = "service V2 pixels 16 per request / bare"
-
-
 def service_is_slow(gpu_json: Path) -> bool:
     """Whether the check's service reached less than half of bare ORT with 16 images per V2 request,
     or left no such figure (a check that stopped early says nothing good)."""
@@ -342,10 +333,7 @@ def service_is_slow(gpu_json: Path) -> bool:
         figures = json.loads(gpu_json.read_text()).get("figures", {})
     except (OSError, ValueError):
         return True
-    if not isinstance(figures, dict):
-        return True
-    ratio = next((v for k, v in figures.items() if TRIGGER_FIGURE in k), None)
-    return not isinstance(ratio, int | float) or ratio < SLOW_SERVICE
+    return runtime_is_slow(figures)
 
 
 class Terminated(BaseException):

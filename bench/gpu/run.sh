@@ -197,9 +197,12 @@ run_check() {
 
     local measure=$(( $(left) - 10 ))
     [[ -n "$check_budget" ]] && (( check_budget < measure )) && measure=$check_budget
+    local yield_flag=()  # a diagnosis may follow: a slow runtime leaves it the time of the later phases
+    [[ " ${phases[*]} " =~ " diagnose-if-slow " ]] && yield_flag=(--yield-if-slow)
     step "check.py (budget ${measure}s)"
     timeout --signal=TERM --kill-after=10 $(( measure > 0 ? measure + 15 : 15 )) \
-        "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" --out "$out" --budget-s "$measure"
+        "$PY" -m bench.gpu.check --profile "$profile" --repository "$repository" --out "$out" --budget-s "$measure" \
+        "${yield_flag[@]}"
 }
 
 run_diagnose() {

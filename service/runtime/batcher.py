@@ -38,21 +38,15 @@ from service.errors import (
 from service.runtime.batch_queue import BatchQueue, Encoded, Item, Payload, QueueObserver
 from service.runtime.outputs import NOTHING, RunPlan, Wanted, item_rows, plan
 from service.runtime.priorities import DEFAULT, Priority, queue_limit
+from service.runtime.runner import BatchRunner, Runner, Stacking, as_runner
+
+__all__ = ["Batcher", "BatcherConfig", "BatchObserver", "BatchRunner", "Runner"]
 
 log = logging.getLogger(__name__)
 
 _EWMA_ALPHA = 0.2
 _MIN_RETRY_AFTER_S = 0.1
 _UNKNOWN_RETRY_AFTER_S = 1.0
-
-
-class Runner(Protocol):
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Blocking; called in the batcher's worker thread. Every output's first axis is the batch.
-
-        Callers keep views into the returned arrays, so a runner must not reuse them for later batches.
-        """
-        ...
 
 
 class BatchObserver(QueueObserver, Protocol):
@@ -110,7 +104,7 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        runner: Runner,
+        runner: Runner | BatchRunner,
         config: BatcherConfig,
         observer: BatchObserver | None = None,
         *,
@@ -122,7 +116,7 @@ class Batcher:
         self.name = name
         self._item_shape = item_shape
         self._item_dtype = np.dtype(item_dtype)
-        self.runner = runner  # public: tests and reloads may swap it
+        self.runner = runner  # public (a property): tests and reloads may swap it
         self.config = config
         self._observer = observer
         self._queue = BatchQueue(name, config.max_queue_size, observer, config.priority_aging_s)
@@ -378,11 +372,20 @@ class Batcher:
         outputs, inference_s = self._run_rows(arrays, plan(kept))
         return _Ran(outputs, inference_s, prepared)
 
+    @property
+    def runner(self) -> Runner | BatchRunner:
+        return self._runner
+
+    @runner.setter
+    def runner(self, runner: Runner | BatchRunner) -> None:
+        self._runner = runner
+        self._runs: Runner = as_runner(runner)  # what the worker calls: the whole contract
+
     def _prepare(self, payloads: list[Payload]) -> tuple[list[np.ndarray], list[float | BaseException]]:
         """The rows to run, and per payload its preparation seconds or the error that failed it."""
-        busy = getattr(self.runner, "busy", None)  # tells the runner this core is decoding
         encoded = any(isinstance(payload, Encoded) for payload in payloads)
-        with busy() if busy is not None and encoded else contextlib.nullcontext():
+        # tells the runner this core is decoding
+        with self._runs.busy() if encoded else contextlib.nullcontext():
             done = [self._prepare_one(payload) for payload in payloads]
         return [row for row, _ in done if row is not None], [outcome for _, outcome in done]
 
@@ -401,19 +404,13 @@ class Batcher:
         return row, time.perf_counter() - start
 
     def _run_rows(self, arrays: list[np.ndarray], run_plan: RunPlan) -> tuple[dict[str, np.ndarray], float]:
-        run_items = getattr(self.runner, "run_items", None)  # a runner that stacks rows itself (IO binding)
+        if run_plan.extra and isinstance(self._runs, Stacking):
+            raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
+        t0 = time.perf_counter()
         if run_plan.extra:
-            if run_items is None:
-                raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
-            t0 = time.perf_counter()
-            outputs = run_items(arrays, run_plan.extra, run_plan.feeds)
-        elif run_items is None:
-            batch = np.stack(arrays)
-            t0 = time.perf_counter()
-            outputs = self.runner.run(batch)
+            outputs = self._runs.run_items(arrays, run_plan.extra, run_plan.feeds)
         else:
-            t0 = time.perf_counter()
-            outputs = run_items(arrays)
+            outputs = self._runs.run_items(arrays)
         inference_s = time.perf_counter() - t0
         for key, value in outputs.items():
             if value.ndim == 0 or value.shape[0] != len(arrays):

@@ -69,8 +69,8 @@ def test_cuda_buckets_and_io_binding_match_the_cpu(tmp_path: Path, graphs: bool)
     assert runner.provider == CUDA and runner.use_buckets and runner.use_io_binding
     assert runner.use_bucket_sessions  # on CUDA each bucket runs on a session of its own
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4, 8], runs=2)
-    assert sorted(runner._bucket_sessions) == [2, 4, 8]
-    assert all(s.get_providers()[0] == CUDA for s in runner._bucket_sessions.values())
+    assert sorted(runner.sessions.by_size) == [2, 4, 8]
+    assert all(s.get_providers()[0] == CUDA for s in runner.sessions.by_size.values())
     cpu = OrtRunner(folder / "model.onnx", replace(cuda_options(), device="cpu"), OUTPUTS)
     rng = np.random.default_rng(0)
     for n in (1, 3, 8, 5, 2):

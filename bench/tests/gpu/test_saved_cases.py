@@ -187,3 +187,24 @@ def test_the_split_mode_case_runs_only_where_the_server_knows_front_processes(
             report["phases"]["service split"]
             == "skipped: the server's settings have no EFFNET_FRONT_PROCESSES"
         )
+
+
+@pytest.mark.parametrize("rate", [0.001, 1e9])
+def test_a_slow_runtime_leaves_the_later_phases_time_to_the_diagnosis(
+    tiny_check_repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_server: None,
+    no_runtime_options: list[str],
+    rate: float,
+) -> None:
+    monkeypatch.setattr(check, "saturate", lambda kind, *args: _load(rate))
+    out = tmp_path / "out"
+    argv = ["--profile", "dry", "--repository", str(tiny_check_repository), "--out", str(out)]
+    code = check.main([*argv, "--budget-s", "60", "--yield-if-slow"])
+    report = json.loads((out / "gpu.json").read_text())
+    slow = rate < 1
+    assert code == 0 and report["phases"]["service"] == "done"
+    assert report["phases"]["runtime options"].startswith("skipped: the runtime is slow") is slow
+    assert (no_runtime_options == []) is slow
+    assert diagnose.service_is_slow(out / "gpu.json") is slow

@@ -16,7 +16,7 @@ from service.runtime.session import (
     CUDA,
     OrtRunner,
     RuntimeOptions,
-    _session_options,
+    build_session_options,
     cuda_provider_options,
     intra_op_threads,
     nvidia_gpu_present,
@@ -38,11 +38,11 @@ def _entry(options: ort.SessionOptions, key: str) -> str | None:
 def test_a_cuda_session_gets_one_intra_op_thread_and_the_cpu_keeps_its_own() -> None:
     options = RuntimeOptions.from_settings(Settings(device="cpu", intra_op_threads=6))
     assert options.cuda_intra_op_threads == 1 and options.intra_op_threads == 6
-    assert _session_options(options, cuda=True).intra_op_num_threads == 1
-    assert _session_options(options).intra_op_num_threads == 6  # the CPU path as it was
+    assert build_session_options(options, cuda=True).intra_op_num_threads == 1
+    assert build_session_options(options).intra_op_num_threads == 6  # the CPU path as it was
     as_cpu = RuntimeOptions.from_settings(Settings(device="cpu", intra_op_threads=6, cuda_intra_op_threads=0))
     assert intra_op_threads(as_cpu, cuda=True) == 6
-    assert _session_options(as_cpu, cuda=True).intra_op_num_threads == 6
+    assert build_session_options(as_cpu, cuda=True).intra_op_num_threads == 6
 
 
 def test_a_cpu_runner_keeps_its_threads_and_says_how_many(tmp_path: Path) -> None:
@@ -59,13 +59,13 @@ def test_a_session_that_falls_back_from_cuda_gets_the_cpus_threads(
 ) -> None:
     """device auto asked for CUDA (as on a machine whose driver is there but not its libraries): the
     session it got runs on the CPU, and must not keep CUDA's one thread."""
-    import service.runtime.session as session_module
+    import service.runtime.session_create as session_create
 
     if CUDA not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDA provider to fall back from")
     folder = write_model(tmp_path, "tiny")
     options = replace(ort_options("auto"), intra_op_threads=2)
-    monkeypatch.setattr(session_module, "_providers", lambda o: [(CUDA, cuda_provider_options(o)), CPU])
+    monkeypatch.setattr(session_create, "provider_list", lambda o: [(CUDA, cuda_provider_options(o)), CPU])
     runner = OrtRunner(folder / "model.onnx", options, ["probabilities"])
     assert runner.provider == CPU and runner.intra_op_threads == 2
     assert runner.session.get_session_options().intra_op_num_threads == 2
@@ -74,10 +74,10 @@ def test_a_session_that_falls_back_from_cuda_gets_the_cpus_threads(
 def test_the_shared_arena_is_off_by_default_and_on_only_asks_cuda_sessions_to_use_it() -> None:
     assert not Settings().cuda_shared_arena
     options = RuntimeOptions.from_settings(Settings(device="cpu"))
-    assert _entry(_session_options(options, cuda=True), ENV_ALLOCATORS) is None
+    assert _entry(build_session_options(options, cuda=True), ENV_ALLOCATORS) is None
     shared = RuntimeOptions.from_settings(Settings(device="cpu", cuda_shared_arena=True))
-    assert _entry(_session_options(shared, cuda=True), ENV_ALLOCATORS) == "1"
-    assert _entry(_session_options(shared), ENV_ALLOCATORS) is None  # the CPU's arenas stay its own
+    assert _entry(build_session_options(shared, cuda=True), ENV_ALLOCATORS) == "1"
+    assert _entry(build_session_options(shared), ENV_ALLOCATORS) is None  # the CPU's arenas stay its own
 
 
 def test_the_shared_arena_is_registered_once_per_device(monkeypatch: pytest.MonkeyPatch) -> None:

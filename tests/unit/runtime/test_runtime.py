@@ -19,11 +19,11 @@ from service.runtime.session import (
     OrtRunner,
     RuntimeOptions,
     RuntimeUnavailable,
-    _providers,
-    _session_options,
+    build_session_options,
     cuda_provider_options,
     fast_path,
     nvidia_gpu_present,
+    provider_list,
     warmup_batch_sizes,
 )
 from service.settings import Settings
@@ -31,13 +31,13 @@ from tests.tiny_model import SIZE, ort_options, write_model
 
 
 def test_cpu_is_asked_for_cpu_only() -> None:
-    assert _providers(ort_options("cpu")) == [CPU]
+    assert provider_list(ort_options("cpu")) == [CPU]
 
 
 @pytest.mark.skipif(nvidia_gpu_present(), reason="this machine has a GPU")
 def test_auto_without_a_gpu_uses_cpu_and_cuda_fails_loudly(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
-    assert _providers(ort_options("auto")) == [CPU]
+    assert provider_list(ort_options("auto")) == [CPU]
     runner = OrtRunner(folder / "model.onnx", ort_options("auto"), ["logits", "probabilities"])
     assert runner.provider == CPU
     with pytest.raises(RuntimeUnavailable, match="cuda"):
@@ -148,16 +148,16 @@ def test_each_bucket_session_only_ever_runs_its_own_batch_size(tmp_path: Path, i
     options = fast_path_options(io_binding=io_binding, bucket_sessions="on")
     runner = OrtRunner(folder / "model.onnx", options, ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
-    assert runner.use_bucket_sessions and sorted(runner._bucket_sessions) == [2, 4, 8]
+    assert runner.use_bucket_sessions and sorted(runner.sessions.by_size) == [2, 4, 8]
     assert len({id(runner.session_for(b)) for b in (1, 2, 4, 8)}) == 4
     assert runner.session_for(1) is runner.session and runner.session_for(9) is runner.session
     seen: list[tuple[int, int | None]] = []
     recorders = {
-        id(s): _BucketRecorder(s, b, seen) for b, s in [(1, runner.session), *runner._bucket_sessions.items()]
+        id(s): _BucketRecorder(s, b, seen) for b, s in [(1, runner.session), *runner.sessions.by_size.items()]
     }
-    runner._bucket_sessions = {b: recorders[id(s)] for b, s in runner._bucket_sessions.items()}  # type: ignore[misc]
-    runner.session = recorders[id(runner.session)]  # type: ignore[assignment]
-    for buffers in runner._all_sets:  # bound batches run the session they were bound to
+    runner.sessions.by_size = {b: recorders[id(s)] for b, s in runner.sessions.by_size.items()}  # type: ignore[misc]
+    runner.sessions.main = recorders[id(runner.session)]  # type: ignore[assignment]
+    for buffers in runner.buffer_sets.all:  # bound batches run the session they were bound to
         for bound in buffers.batches.values():
             bound.session = recorders[id(bound.session)]  # type: ignore[assignment]
     sizes = (1, 3, 5, 8, 2, 7, 4, 1, 6)
@@ -182,7 +182,7 @@ def test_runs_with_maps_are_padded_to_the_bucket_and_run_on_its_session(tmp_path
     runner.warm_up((3, SIZE, SIZE), warmup_batch_sizes(8), runs=1)
     plain = OrtRunner(folder / "model.onnx", ort_options("cpu"), ["logits", "probabilities"])
     seen: list[tuple[int, int | None]] = []
-    runner._bucket_sessions[4] = _BucketRecorder(runner._bucket_sessions[4], 4, seen)  # type: ignore[assignment]
+    runner.sessions.by_size[4] = _BucketRecorder(runner.sessions.by_size[4], 4, seen)  # type: ignore[assignment]
     rng = np.random.default_rng(3)
     rows = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(3)]
     ids = np.array([[0, 2], [1, -1], [3, 0]], dtype=np.int64)
@@ -205,7 +205,7 @@ def test_cpu_auto_keeps_one_session_for_every_bucket(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(folder / "model.onnx", fast_path_options(), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
-    assert not runner.use_bucket_sessions and runner._bucket_sessions == {}
+    assert not runner.use_bucket_sessions and runner.sessions.by_size == {}
     assert runner.session_for(4) is runner.session
 
 
@@ -213,12 +213,14 @@ def test_warm_up_binds_every_bucket_of_every_buffer_set(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=2), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
-    assert len(runner._all_sets) == 2
-    assert all(sorted(buffers.batches) == [1, 2, 4] for buffers in runner._all_sets)
+    assert len(runner.buffer_sets.all) == 2
+    assert all(sorted(buffers.batches) == [1, 2, 4] for buffers in runner.buffer_sets.all)
     # After warm-up no batch size within the largest bucket creates buffers.
     for n in (1, 2, 3, 4):
         runner.run_items([np.zeros((3, SIZE, SIZE), np.uint8)] * n)
-    assert len(runner._all_sets) == 2 and all(sorted(b.batches) == [1, 2, 4] for b in runner._all_sets)
+    assert len(runner.buffer_sets.all) == 2 and all(
+        sorted(b.batches) == [1, 2, 4] for b in runner.buffer_sets.all
+    )
 
 
 def test_concurrent_bound_runs_use_separate_buffers(tmp_path: Path) -> None:
@@ -281,9 +283,9 @@ def test_a_buffer_set_made_under_load_is_marked_so(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "tiny")
     runner = OrtRunner(folder / "model.onnx", fast_path_options(buffer_sets=1), ["logits", "probabilities"])
     runner.warm_up((3, SIZE, SIZE), [1, 2], runs=1)
-    taken = runner._take_set()  # the warm set, in use...
-    extra = runner._take_set()  # ...so a second concurrent run gets a new one
-    assert taken.warm and not extra.warm and len(runner._all_sets) == 2
+    taken = runner.buffer_sets.take()  # the warm set, in use...
+    extra = runner.buffer_sets.take()  # ...so a second concurrent run gets a new one
+    assert taken.warm and not extra.warm and len(runner.buffer_sets.all) == 2
 
 
 def test_settings_reach_the_runtime_options() -> None:
@@ -300,12 +302,12 @@ def test_settings_reach_the_runtime_options() -> None:
     ("allow", "between", "spinning", "forced_stop"),
     [(True, False, "1", "1"), (True, True, "1", None), (False, False, "0", None)],
 )
-def test_spinning_policy_reaches_the_session_options(
+def test_spinning_policy_reaches_thesession_options(
     allow: bool, between: bool, spinning: str, forced_stop: str | None
 ) -> None:
     """With spinning allowed: spin while a batch runs, stop when the last running batch returns."""
     options = replace(ort_options("cpu"), allow_spinning=allow, spin_between_runs=between)
-    session_options = _session_options(options)
+    session_options = build_session_options(options)
     assert session_options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
     stop = "session.force_spinning_stop"
     if forced_stop is None:
@@ -341,7 +343,7 @@ def _recorded_runner(
         folder / "model.onnx", replace(ort_options("cpu"), intra_op_threads=2), ["probabilities"]
     )
     assert runner.add_overlap_session()
-    main = runner.session = _Recording(runner.session, "main", seen, hold)  # type: ignore[assignment]
+    main = runner.sessions.main = _Recording(runner.session, "main", seen, hold)  # type: ignore[assignment]
     assert runner._single is not None
     single = runner._single.session = _Recording(runner._single.session, "single", seen, hold)  # type: ignore[assignment]
     return runner, main, single
