@@ -1,13 +1,16 @@
 """The GPU device check's measurements (bench/gpu/run.sh calls this; see bench/gpu/README.md).
 
 Phases, most wanted first, each run only when what is left of one time budget covers its estimate
-(else recorded as skipped, with the time left), and gpu.json rewritten after every model of every phase,
-so a run cut short still reports (bench/gpu/record.py merges into what run.sh's steps wrote):
-1. bare ONNX Runtime (CUDA) for the first variant in fp32 and fp16, batch 1..256, TF32 off;
+(else recorded as skipped, with the time left), and gpu.json rewritten after every model of every phase
+and every protocol of a server, so a run cut short still reports (bench/gpu/record.py merges into what
+run.sh's steps wrote):
+1. bare ONNX Runtime (CUDA) for the first variant in fp32 and fp16, batch 1..256;
 2. GPU memory over random batch sizes after warm-up, through the service's runtime: must stay flat;
 3. the service at saturation for the service variants, one server per decoder (Pillow, then
-   nvImageCodec): HTTP /classify with 1080p JPEGs, then V2 gRPC with `pixels` and with `image`;
-4. bare ORT for the other variants, then the fp32 models once more with TF32 on.
+   nvImageCodec): HTTP /classify with 1080p JPEGs, then V2 gRPC with `pixels` one and 16 per request,
+   on streams, and with `image`; then the split mode (front processes) where the server knows it;
+4. `runtime_options` (bench/gpu/runtime_options.py): GPU memory and speed of the runtime's variants;
+5. bare ORT for the other variants, then the fp32 models once more with TF32 on.
 fp32 runs with TF32 off (true fp32) and again with it on; fp16 with it on (TF32 changes only fp32
 arithmetic, and off it may cost fp16 its tensor-core engines). `figures_tf32` says, for each figure,
 the TF32 setting of what it compares; `environment` the cuDNN that loaded and the GPU's clocks and power
