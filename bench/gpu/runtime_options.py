@@ -38,19 +38,20 @@ def measure_variant(
     """In the child process: the runner warmed as the engine warms it, then timed and weighed."""
     import psutil
 
-    from bench.gpu.device_state import process_gpu_memory_mib
+    from bench.gpu.device_state import gpu_memory_used_mib, process_gpu_memory_mib
     from service.runtime.session import OrtRunner, RuntimeOptions, warmup_batch_sizes
     from service.settings import Settings
 
     # Buckets and IO binding as CUDA gets them by default, asked for: the CPU dry run goes the same way.
     settings = Settings(device=device, batch_buckets="on", io_binding="on", cuda_tf32=False, **overrides)
+    used_before = gpu_memory_used_mib()  # the device's total, before this process holds any of it
     started = time.perf_counter()
     runner = OrtRunner(Path(model_path), RuntimeOptions.from_settings(settings), OUTPUTS)
     max_batch = settings.batch_size_for(runner.provider, gmacs)
     runner.warm_up((3, crop, crop), warmup_batch_sizes(max_batch), runs=2)
     warm_up_s = time.perf_counter() - started
     pid = os.getpid()
-    gpu_warm = process_gpu_memory_mib(pid)
+    used_warm = gpu_memory_used_mib()
     rng = np.random.default_rng(0)
     rows = list(rng.integers(0, 256, (max_batch, 3, crop, crop), dtype=np.uint8))
     one: list[float] = []
@@ -73,13 +74,21 @@ def measure_variant(
         "cuda_graphs": not runner.serves_extra_outputs,
         "max_batch": max_batch,
         "warm_up_s": warm_up_s,
-        "gpu_mib": gpu_warm,  # None without nvidia-smi (the CPU dry run)
-        "gpu_mib_after_load": process_gpu_memory_mib(pid),
+        # What this process added to the device's memory in use (None without nvidia-smi: the CPU dry
+        # run); the device's totals, not nvidia-smi's per-process figure, which a container's PID
+        # namespace can leave empty. That one is recorded beside it.
+        "gpu_mib": _delta(used_before, used_warm),
+        "gpu_mib_after_load": _delta(used_before, gpu_memory_used_mib()),
+        "process_gpu_mib": process_gpu_memory_mib(pid),
         "rss_mib": psutil.Process().memory_info().rss / 2**20,
         "batch_1_ms": float(np.median(one[2:] or one) * 1000),
         "random_sizes_mean_ms": total * 1000 / steps,
         "steps": steps,
     }
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def runtime_options(
@@ -105,7 +114,7 @@ def runtime_options(
         with context.Pool(1) as pool:
             job = pool.apply_async(measure_variant, (str(model_path), crop, gmacs, device, overrides, steps))
             try:
-                results[name] = job.get(timeout=max(variant_s * 3, left_s() - 5))
+                results[name] = job.get(timeout=min(variant_s * 3, max(left_s() - 5, variant_s)))
             except Exception as exc:  # a variant ORT refuses (or a timeout) costs only its own figure
                 results[name] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
         saved()
