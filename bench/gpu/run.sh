@@ -210,9 +210,11 @@ run_diagnose() {
         install_site || return 3
     fi
     local measure=$(( $(left) - 10 ))
+    local small=()  # the dry run: the flow, not the figures (b0 at batch 128 takes seconds on a CPU)
+    (( dry )) && small=(--sizes 1,2,4 --runs 3 --load-s 1)
     step "diagnose.py (<= ${measure}s)"
     timeout --signal=TERM --kill-after=10 $(( measure > 0 ? measure : 15 )) \
-        "$PY" -m bench.gpu.diagnose --repository "$repository" --out "$out" --device "$device"
+        "$PY" -m bench.gpu.diagnose --repository "$repository" --out "$out" --device "$device" "${small[@]}"
 }
 
 service_is_slow() {  # the check's headline figure below 0.5, or missing (bench/gpu/diagnose.py)
