@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu.check import SLOW_SERVICE, alternating_ms, runtime_is_slow
+from bench.gpu.check import alternating_ms
+from bench.gpu.figures import SLOW_SERVICE, STACKED, runtime_is_slow
 
 log = logging.getLogger("bench.gpu.diagnose")
 CUDA = "CUDAExecutionProvider"
@@ -229,7 +230,8 @@ def server(
     saved: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Each case of SERVER_CASES in its own server, written into `results` (and `saved`) as it ends."""
-    from bench.gpu.check import PROFILES, STACKED, stacked_payloads
+    from bench.gpu.check import PROFILES
+    from bench.gpu.serving import stacked_payloads
     from bench.images import FULL_HD, make_jpegs
     from service.model_spec import ModelSpec
     from service.preprocess.images import PreprocessSpec, preprocess
@@ -275,7 +277,7 @@ def server_case(
     """b0 served with `settings`, saturated with `kind` requests; with the server's stage means."""
     import httpx
 
-    from bench.gpu.check import saturate
+    from bench.gpu.serving import saturate
     from bench.servers import service
 
     proc, grpc_port = service(repository, ["b0"], settings, server_log)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench.gpu import check, diagnose
+from bench.gpu import check, diagnose, serving
 
 
 class StandInServer:
@@ -129,7 +129,7 @@ def test_a_failing_protocol_keeps_the_others(
             raise RuntimeError("StatusCode.UNIMPLEMENTED")
         return _load(16.0 if kind == "v2_pixels_x16" else 1.0)
 
-    monkeypatch.setattr(check, "saturate", saturate)
+    monkeypatch.setattr(serving, "saturate", saturate)
     code, report = run_check(tiny_check_repository, tmp_path / "out")
     assert code == 0 and "stopped" not in report
     runs = report["service"]["nvimgcodec"]
@@ -149,7 +149,7 @@ def test_a_check_killed_in_a_protocol_keeps_the_protocols_before_it(
             time.sleep(5)
         return _load(2.0)
 
-    monkeypatch.setattr(check, "saturate", saturate)
+    monkeypatch.setattr(serving, "saturate", saturate)
     code, report = run_check(tiny_check_repository, tmp_path / "out")
     assert code == 1 and report["stopped"]["reason"] == "terminated by signal 15 (a timeout?)"
     runs = report["service"]["nvimgcodec"]
@@ -170,7 +170,7 @@ def test_the_split_mode_case_runs_only_where_the_server_knows_front_processes(
         return StandInServer(log), 9
 
     monkeypatch.setattr(bench.servers, "service", service)
-    monkeypatch.setattr(check, "saturate", lambda kind, *args: _load(3.0))
+    monkeypatch.setattr(serving, "saturate", lambda kind, *args: _load(3.0))
     monkeypatch.setattr(check, "split_mode_known", lambda: known)
     code, report = run_check(tiny_check_repository, tmp_path / "out")
     assert code == 0
@@ -198,7 +198,7 @@ def test_a_slow_runtime_leaves_the_later_phases_time_to_the_diagnosis(
     no_runtime_options: list[str],
     rate: float,
 ) -> None:
-    monkeypatch.setattr(check, "saturate", lambda kind, *args: _load(rate))
+    monkeypatch.setattr(serving, "saturate", lambda kind, *args: _load(rate))
     out = tmp_path / "out"
     argv = ["--profile", "dry", "--repository", str(tiny_check_repository), "--out", str(out)]
     code = check.main([*argv, "--budget-s", "60", "--yield-if-slow"])
