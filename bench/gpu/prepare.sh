@@ -55,8 +55,9 @@ echo
 echo "wheels: $(ls "$DEST"/repacked/*.whl | wc -l), $(du -sh "$DEST/repacked" | cut -f1) repacked" \
      "(from $(du -sh "$DEST/all" | cut -f1)); $calls calls of at most ${capacity} MiB each"
 echo
-echo "Device calls, back to back on one warm machine (device tool: run, kind left out; the machine goes"
-echo "back 30 s after a call). The tool sends the checkout its session started in: run this script there"
+echo "Device calls, back to back on one warm machine (device tool: read status first; run, kind left out;"
+echo "the machine goes back 30 s after a call, and the wheels copied so far with it: the calls then start"
+echo "again at 1). The tool sends the checkout its session started in: run this script there"
 echo "(.gpuwheels/ and service/_generated are git-ignored, so each call names what it needs in carry)."
 for n in $(seq 1 "$calls"); do
     dir="$DEST/call-$n"
@@ -71,10 +72,10 @@ for n in $(seq 1 "$calls"); do
         echo "  timeout_s: 170   (the export ends itself within 120 s)"
     else
         echo "call $n (the check): carry [\"$dir\", \"service/_generated\"]  ($(du -sh "$dir" | cut -f1))"
-        echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
-        echo "  timeout_s: 250   (the check ends itself within 210 s)"
-        echo "  rerun at once if needed: carry [\"service/_generated\"] only, command:"
-        echo "    PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH check 2>&1 | tee \$OUT/run.log"
+        echo "  command: mkdir -p $STASH && cp $dir/* $STASH/ && PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH --budget-s 420 --check-budget-s 290 check diagnose-if-slow 2>&1 | grep -v -e cudnn_fe -e Initializer | tee \$OUT/run.log"
+        echo "  timeout_s: 480   (the check, and the diagnosis if the runtime is slow, end themselves within 420 s)"
+        echo "  rerun at once if needed and device time is left: carry [\"service/_generated\"] only, timeout_s 360, command:"
+        echo "    PYTHONUNBUFFERED=1 bash bench/gpu/run.sh --stash $STASH --budget-s 300 --skip-tests check 2>&1 | tee \$OUT/run.log"
     fi
 done
 echo
