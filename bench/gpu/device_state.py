@@ -51,12 +51,20 @@ def gpu_memory_used_mib() -> float | None:
         return None
 
 
-def gpu_state() -> dict[str, str] | None:
-    """GPU 0's clocks, performance state and power (nvidia-smi's words), None without nvidia-smi."""
-    values = nvidia_smi("gpu", GPU_STATE_FIELDS)
-    if values is None or len(values) != len(GPU_STATE_FIELDS):
+def gpu_state() -> dict[str, str | None] | None:
+    """GPU 0's clocks, performance state and power (nvidia-smi's words), None without nvidia-smi. All
+    fields in one query, else one query each: a driver that lacks a field (older ones name the clock
+    event reasons `clocks_throttle_reasons`) refuses the whole query, and costs only that field."""
+    if shutil.which("nvidia-smi") is None:
         return None
-    return dict(zip(GPU_STATE_FIELDS, values, strict=True))
+    values = nvidia_smi("gpu", GPU_STATE_FIELDS)
+    if values is not None and len(values) == len(GPU_STATE_FIELDS):
+        return dict(zip(GPU_STATE_FIELDS, values, strict=True))
+    state: dict[str, str | None] = {}
+    for field in GPU_STATE_FIELDS:
+        one = nvidia_smi("gpu", field)
+        state[field] = one[0] if one else None
+    return state
 
 
 def cudnn_version(device: str) -> dict[str, Any] | None:
