@@ -80,6 +80,23 @@ def test_cuda_buckets_and_io_binding_match_the_cpu(tmp_path: Path, graphs: bool)
 
 
 @requires_cuda
+@pytest.mark.parametrize("shared_arena", [False, True])  # the arena, once registered, stays: True last
+def test_cuda_sessions_get_one_thread_and_may_share_one_arena(tmp_path: Path, shared_arena: bool) -> None:
+    folder = write_model(tmp_path, "tiny")
+    options = cuda_options(intra_op_threads=8, cuda_shared_arena=shared_arena)
+    runner = OrtRunner(folder / "model.onnx", options, OUTPUTS)
+    runner.warm_up((3, SIZE, SIZE), [1, 2, 4], runs=1)
+    sessions = [runner.session, *runner.sessions.by_size.values()]
+    assert runner.intra_op_threads == 1
+    assert all(s.get_session_options().intra_op_num_threads == 1 for s in sessions)
+    cpu = OrtRunner(folder / "model.onnx", replace(options, device="cpu"), OUTPUTS)
+    assert cpu.intra_op_threads == 8
+    rows = list(np.random.default_rng(2).integers(0, 256, (3, 3, SIZE, SIZE), dtype=np.uint8))
+    got, want = runner.run_items(rows), cpu.run(np.stack(rows))
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-4, atol=1e-5)
+
+
+@requires_cuda
 def test_device_rows_are_batched_without_the_host(tmp_path: Path) -> None:
     cupy = pytest.importorskip("cupy")
     folder = write_model(tmp_path, "tiny")
