@@ -83,6 +83,9 @@ def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs
         max_queue_delay_s=delay_ms / 1000,
         max_queue_size=queue_size(settings, max_batch, instances),
         priority_aging_s=settings.priority_aging_ms / 1000,
+        high_fill_slack=settings.high_fill_slack,
+        high_fill_unmeasured=settings.high_fill_unmeasured,
+        high_lane=settings.high_priority_lane,
     )
 
 
