@@ -126,3 +126,31 @@ async def test_without_the_lane_a_high_item_waits_for_a_runner() -> None:
         runner.release.set()
         await batcher.close()
     assert runner.batches == [[1], [100]]
+
+
+class CostlyRunner:
+    """A batch of n rows takes `fixed_s + per_row_s * n` (sleeping: what a run costs its thread)."""
+
+    def __init__(self, fixed_s: float, per_row_s: float) -> None:
+        self.fixed_s, self.per_row_s = fixed_s, per_row_s
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        time.sleep(self.fixed_s + self.per_row_s * len(batch))
+        return {"out": batch.astype(np.float32)}
+
+
+@pytest.mark.parametrize(("fixed_s", "per_row_s", "fill"), [(0.0, 0.02, 0), (0.06, 0.001, 3)])
+async def test_the_batcher_measures_what_each_batch_size_costs(
+    fixed_s: float, per_row_s: float, fill: int
+) -> None:
+    """A CPU-like model (each image one more share) gives high images no company; a GPU-like one (a
+    batch of four costs about one) lets the batch fill up."""
+    batcher = Batcher("m", CostlyRunner(fixed_s, per_row_s), BatcherConfig(max_batch_size=4, instances=1))
+    batcher.start()
+    try:
+        for size in (1, 2, 3, 4):
+            await batcher.submit([np.array([i]) for i in range(size)])
+    finally:
+        await batcher.close()
+    assert all(batcher.costs.seconds(size) is not None for size in (1, 2, 3, 4))
+    assert batcher.costs.fill(1) == fill
