@@ -286,7 +286,8 @@ class Batcher:
     async def _run_loop(self) -> None:
         cfg = self.config
         queue = self._queue
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         # A batch is taken only when a runner is free, so items that arrive while all are busy
         # gather into the next batch.
         free = cfg.instances
@@ -294,7 +295,7 @@ class Batcher:
         running: set[asyncio.Task[None]] = set()
 
         def started(batch: list[Item], lane: bool) -> None:
-            task = self._loop.create_task(self._execute(batch))  # type: ignore[union-attr]
+            task = loop.create_task(self._execute(batch))
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _: finished(lane))
