@@ -62,7 +62,9 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     if settings.single_thread_overlap and batching.instances > 1:
         runner.add_overlap_session()
     sizes = warmup_batch_sizes(batching.max_batch_size)
-    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs, batching.instances)
+    # The high-priority lane may run one batch beyond the instances (runtime/batcher.py).
+    concurrent = batching.instances + int(batching.high_lane)
+    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs, concurrent)
     seconds = time.monotonic() - start
     # RSS can even shrink when the load reuses memory freed by an earlier unload: never report less
     # than the graph's own weights.
