@@ -137,6 +137,18 @@ bench-cache: proto models
 	@command -v redis-server >/dev/null 2>&1 || tools/apt-install.sh redis-server
 	$(PY) -m bench.cache_priority --repository $(REPOSITORY)
 
+# A person's request under a bulk job (issue 40): a page-like client (one photo at a time, priority=high)
+# idle and under 8 and 32 bulk clients (priority=low), with the bulk job's images/s with and without it,
+# for each of the batcher's rules for high-priority images. About 10 minutes; lite2 (exported with random
+# weights when missing) and /work/shared/imagenet-sample's photos.
+.PHONY: bench-page
+PAGE_MODEL ?= lite2
+PAGE_ARGS ?=
+bench-page: proto $(BENCH_STAMP)
+	@test -f $(REPOSITORY)/$(PAGE_MODEL)/1/model.onnx || \
+		$(PY) -m models.export --variant $(PAGE_MODEL) --weights random --repository $(REPOSITORY)
+	$(PY) -m bench.page_under_bulk --repository $(REPOSITORY) --model $(PAGE_MODEL) $(PAGE_ARGS)
+
 # Soak (a few minutes, CI runs it too): mixed variants, protocols and bad input against one server with
 # RSS, open fds and queue depth checked, then the fuzzers (hypothesis, schemathesis) with a larger budget.
 SOAK_SECONDS ?= 150

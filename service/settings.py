@@ -165,6 +165,21 @@ class Settings(BaseSettings):
         description="an image that has waited this long is decoded and batched before any younger one, "
         "whatever the priorities (high > normal > low otherwise): low priority never starves",
     )
+    high_fill_slack: float = Field(
+        1.25,
+        ge=1,
+        le=10,
+        description="a batch that holds high-priority images takes lower-priority ones too only while its "
+        "measured cost stays within this factor of the high images' own (a CPU: none; a GPU: many)",
+    )
+    high_fill_unmeasured: int = Field(
+        0, ge=0, description="lower-priority images such a batch takes while that cost is not measured yet"
+    )
+    high_priority_lane: bool = Field(
+        True,
+        description="one more runner per model (and one more decoding thread) for high-priority images "
+        "alone, used when every other one is busy: a person's photo does not wait for a bulk job's batch",
+    )
 
     # --- response cache (models opt in with `"response_cache": true` in their config.json) ---
     cache_url: str | None = Field(

@@ -2,9 +2,11 @@
 
 `admit` resolves the name (case forgiven, the default model for none, `auto`, a cascade, the fp16 graph
 a bare name means on CUDA), the version, checks readiness and that the model's queue has room, and
-checks the options known so far. Protocols call it before they read a request body where the protocol
-allows (the name is in the URL or the query); V2, whose options travel in the body, calls `refine` on
-the admitted target once the body is parsed. Nothing after admission resolves a name again.
+checks the options known so far. A model whose answers may be cached skips the queue check here: a hit
+needs no slot, and the executor checks room for the misses once the cache has been asked. Protocols
+call it before they read a request body where the protocol allows (the name is in the URL or the
+query); V2, whose options travel in the body, calls `refine` on the admitted target once the body is
+parsed. Nothing after admission resolves a name again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from service.core.routing import NO_AUTO_CANDIDATE, auto_candidates
 from service.core.target import AUTO, Target
 from service.errors import InvalidArgument, NotReady, UnknownModel
 from service.lifecycle.manager import Lifecycle
-from service.lifecycle.records import ModelRecord
+from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.names import match_name, unknown_name_message
 from service.runtime.priorities import DEFAULT, Priority
@@ -74,7 +76,8 @@ class Admission:
         priority: Priority = DEFAULT,
     ) -> Target:
         """The one decision of what serves a request. Raises UnknownModel, NotReady, InvalidArgument,
-        Overloaded (the model's queue is full for this priority: refused before the body is read)."""
+        Overloaded (the model's queue is full for this priority: refused before the body is read, unless
+        the model's answers may be cached)."""
         if not name:
             name = self.default_model
             if name is None:
@@ -128,7 +131,7 @@ class Admission:
             raise NotReady(why_not_ready(record))
         first = self._lifecycle.records.get(record.cascade.stages[0].model)
         serving = first.serving() if first is not None else None
-        if serving is not None:
+        if serving is not None and not self._may_be_cached(serving):
             check_queue_room(serving, 1, priority)
         return Target(record.name, "cascade", record, spec=entry.spec)
 
@@ -136,8 +139,15 @@ class Admission:
         if version is None and self._settings.precision != "fp32":
             record = self._precision_choice(record)
         entry = self._lifecycle.leases.hint(record, version)
-        check_queue_room(entry, 1, priority)
+        if not self._may_be_cached(entry):
+            check_queue_room(entry, 1, priority)
         return Target(record.name, "model", record, version, spec=entry.spec)
+
+    def _may_be_cached(self, entry: ModelEntry) -> bool:
+        """Whether the response cache may hold this version's answers (the executor asks it first)."""
+        settings = self._settings
+        cache_on = bool(settings.cache_url) or settings.cache_size_mb > 0
+        return cache_on and entry.config is not None and entry.config.response_cache
 
     def _precision_choice(self, record: ModelRecord) -> ModelRecord:
         """b0 -> b0-fp16 where that pays (service/core/precision.py): only that one candidate is

@@ -56,6 +56,7 @@ class Engine:
             settings.effective_preprocess_workers,
             settings.max_pending_preprocess,
             aging_s=settings.priority_aging_ms / 1000,
+            high_lane=settings.high_priority_lane,
         )
         self.live = LiveFigures()
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels)

@@ -62,7 +62,9 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     if settings.single_thread_overlap and batching.instances > 1:
         runner.add_overlap_session()
     sizes = warmup_batch_sizes(batching.max_batch_size)
-    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs, batching.instances)
+    # The high-priority lane may run one batch beyond the instances (runtime/batcher.py).
+    concurrent = batching.instances + int(batching.high_lane)
+    runner.warm_up((3, spec.crop_size, spec.crop_size), sizes, settings.warmup_runs, concurrent)
     seconds = time.monotonic() - start
     # RSS can even shrink when the load reuses memory freed by an earlier unload: never report less
     # than the graph's own weights.
@@ -83,6 +85,9 @@ def batcher_config(settings: Settings, config: ModelConfig, provider: str, gmacs
         max_queue_delay_s=delay_ms / 1000,
         max_queue_size=queue_size(settings, max_batch, instances),
         priority_aging_s=settings.priority_aging_ms / 1000,
+        high_fill_slack=settings.high_fill_slack,
+        high_fill_unmeasured=settings.high_fill_unmeasured,
+        high_lane=settings.high_priority_lane,
     )
 
 

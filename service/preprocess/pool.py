@@ -5,7 +5,9 @@ waiting or being worked on, a request is refused at once (503) instead of queuei
 Images reach the threads in priority order (the rule of service/runtime/priorities.py: a smaller
 priority first, oldest first within one, and an image that has waited `aging_s` before any younger
 one): at most one image per thread is handed to the executor at a time, the rest wait in `_Slots`. So
-a request of a person is decoded next, not after a bulk job's backlog."""
+a request of a person is decoded next, not after a bulk job's backlog. With `high_lane`, one thread more
+than `workers` decodes high-priority images alone when every other thread is busy: a person's photo does
+not wait for a bulk job's image to finish decoding either (the batcher's lane, runtime/batcher.py)."""
 
 from __future__ import annotations
 
@@ -19,62 +21,79 @@ from service.errors import Overloaded, ServiceError
 
 T = TypeVar("T")
 DEFAULT_PRIORITY = 1  # service/runtime/priorities.py: 0 high, 1 normal, 2 low
+HIGH_PRIORITY = 0
 
 
 class _Waiter:
     __slots__ = ("priority", "since", "future")
 
-    def __init__(self, priority: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, priority: int, future: asyncio.Future[bool]) -> None:
         self.priority = priority
         self.since = time.monotonic()
-        self.future = future
+        self.future = future  # set to whether the slot handed over is the lane
 
 
 class _Slots:
-    """`count` slots handed out in priority order (see the module); event loop only."""
+    """`count` slots handed out in priority order (see the module), and with `lane` one more for
+    high-priority images only; event loop only. `acquire` says whether it handed out the lane."""
 
-    def __init__(self, count: int, aging_s: float) -> None:
+    def __init__(self, count: int, aging_s: float, lane: bool = False) -> None:
         self._free = count
         self._aging_s = aging_s
+        self._lane_free = lane
         self._waiting: list[_Waiter] = []
 
-    async def acquire(self, priority: int) -> None:
+    async def acquire(self, priority: int) -> bool:
         if self._free > 0 and not self._waiting:
             self._free -= 1
-            return
+            return False
+        if priority == HIGH_PRIORITY and self._lane_free:
+            self._lane_free = False
+            return True
         waiter = _Waiter(priority, asyncio.get_running_loop().create_future())
         self._waiting.append(waiter)
         try:
-            await waiter.future
+            return await waiter.future
         except asyncio.CancelledError:
             if waiter in self._waiting:
                 self._waiting.remove(waiter)
             elif waiter.future.done() and not waiter.future.cancelled():
-                self.release()  # handed a slot in the same moment it was cancelled: pass it on
+                self.release(waiter.future.result())  # handed a slot as it was cancelled: pass it on
             raise
 
-    def release(self) -> None:
+    def release(self, lane: bool = False) -> None:
         while self._waiting:
-            now = time.monotonic()
-            aged = [w for w in self._waiting if now - w.since >= self._aging_s]
-            if aged:
-                chosen = min(aged, key=lambda w: w.since)
+            if lane:
+                high = [w for w in self._waiting if w.priority == HIGH_PRIORITY]
+                if not high:
+                    break
+                chosen = min(high, key=lambda w: w.since)
             else:
-                chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
+                now = time.monotonic()
+                aged = [w for w in self._waiting if now - w.since >= self._aging_s]
+                if aged:
+                    chosen = min(aged, key=lambda w: w.since)
+                else:
+                    chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
             self._waiting.remove(chosen)
             if not chosen.future.done():
-                chosen.future.set_result(None)
+                chosen.future.set_result(lane)
                 return
-        self._free += 1
+        if lane:
+            self._lane_free = True
+        else:
+            self._free += 1
 
 
 class PreprocessPool:
-    def __init__(self, workers: int, max_pending: int, aging_s: float = 1.0) -> None:
+    def __init__(self, workers: int, max_pending: int, aging_s: float = 1.0, high_lane: bool = False) -> None:
         self.workers = workers
         self._max_pending = max_pending
         self._pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
-        self._slots = _Slots(workers, aging_s)
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers + int(high_lane), thread_name_prefix="preprocess"
+        )
+        self._slots = _Slots(workers, aging_s, high_lane)
 
     @property
     def backlog(self) -> int:
@@ -112,11 +131,11 @@ class PreprocessPool:
         return results
 
     async def _one(self, function: Callable[..., T], job: tuple[Any, ...], priority: int) -> tuple[T, float]:
-        await self._slots.acquire(priority)
+        lane = await self._slots.acquire(priority)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, _timed, function, job)
         finally:
-            self._slots.release()
+            self._slots.release(lane)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

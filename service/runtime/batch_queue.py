@@ -4,7 +4,8 @@ out of QUEUED (the batch loop taking it, the caller's cancellation, its deadline
 the depth. Dropped items stay in their deque as tombstones and are skipped when the loop reaches them.
 
 Which items the next batch takes is priorities.py's rule: aged items first (oldest first), then the
-highest level first, oldest first within a level."""
+highest level first, oldest first within a level; a batch that holds high-priority items takes at most
+`fill(high)` younger items of lower levels besides them (batch_costs.py)."""
 
 from __future__ import annotations
 
@@ -100,23 +101,37 @@ class BatchQueue:
         heads = [head for level in LEVELS if (head := self._head(level)) is not None]
         return min(heads, key=lambda item: item.enqueued_at) if heads else None
 
-    def _next(self, now: float) -> Item | None:
-        """The item the rule (priorities.py) takes next, popped from its level; None when all are empty."""
+    def _next(self, now: float, lower_levels: bool, aged_ok: bool = True) -> Item | None:
+        """The item the rule (priorities.py) takes next, popped from its level; None when none may be
+        taken. `lower_levels`: whether items below high that have not aged may be taken."""
         heads = [head for level in LEVELS if (head := self._head(level)) is not None]
         if not heads:
             return None
-        aged = [head for head in heads if now - head.enqueued_at >= self.aging_s]
-        chosen = min(aged, key=lambda item: item.enqueued_at) if aged else heads[0]
+        aged = [head for head in heads if now - head.enqueued_at >= self.aging_s] if aged_ok else []
+        if aged:
+            chosen = min(aged, key=lambda item: item.enqueued_at)
+        elif lower_levels or heads[0].priority is Priority.HIGH:
+            chosen = heads[0]
+        else:
+            return None
         self._levels[chosen.priority].popleft()
         return chosen
 
-    def take(self, limit: int) -> list[Item]:
-        """Pop up to `limit` live items in priority order; expire or skip the dead ones met on the way."""
+    def take(
+        self, limit: int, fill: Callable[[int], int] | None = None, high_only: bool = False
+    ) -> list[Item]:
+        """Pop up to `limit` live items in priority order; expire or skip the dead ones met on the way.
+        `fill(high)`: with high-priority items waiting, how many younger lower-level items a batch of
+        `high` of them may take too (None: as many as fit). `high_only`: high-priority items alone, aged
+        or not (a runner kept for them, batcher.py)."""
         batch: list[Item] = []
         now = time.monotonic()
         expired = cancelled = 0
+        fill_left: int | None = 0 if high_only else None
+        if fill is not None and not high_only and self.depths[Priority.HIGH] > 0:
+            fill_left = fill(min(self.depths[Priority.HIGH], limit))
         while len(batch) < limit:
-            item = self._next(now)
+            item = self._next(now, fill_left is None or fill_left > 0, aged_ok=not high_only)
             if item is None:
                 break
             self.depths[item.priority] -= 1
@@ -131,6 +146,9 @@ class BatchQueue:
             else:
                 item.state = TAKEN
                 batch.append(item)
+                young = now - item.enqueued_at < self.aging_s
+                if fill_left is not None and item.priority is not Priority.HIGH and young:
+                    fill_left -= 1
         self.depth -= len(batch) + expired + cancelled
         self.items_cancelled += cancelled
         self.count_expired(expired)

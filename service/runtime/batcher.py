@@ -10,19 +10,22 @@ first (decode, resize, crop), so on the CPU one thread carries an image from byt
 hand-off between threads, and an image that fails to decode fails only its own caller.
 
 The queue's bookkeeping (item states, deadlines, tombstones) is batch_queue.py's; this module forms
-batches from it and runs them.
+batches from it and runs them. A batch that holds high-priority images carries only as many others as
+keep its measured cost near theirs alone (batch_costs.py), and with `high_lane` a runner beyond
+`instances` takes batches of high-priority images alone when every instance is busy: a person's photo
+waits neither for a bulk job's batch to finish nor inside one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -33,12 +36,13 @@ from service.errors import (
     InvalidArgument,
     NotReady,
     Overloaded,
-    ServiceError,
 )
+from service.runtime.batch_costs import BatchCosts
 from service.runtime.batch_queue import BatchQueue, Encoded, Item, Payload, QueueObserver
-from service.runtime.outputs import NOTHING, RunPlan, Wanted, item_rows, plan
+from service.runtime.batch_run import run_batch
+from service.runtime.outputs import NOTHING, Wanted, item_rows
 from service.runtime.priorities import DEFAULT, Priority, queue_limit
-from service.runtime.runner import BatchRunner, Runner, Stacking, as_runner
+from service.runtime.runner import BatchRunner, Runner, as_runner
 
 __all__ = ["Batcher", "BatcherConfig", "BatchObserver", "BatchRunner", "Runner"]
 
@@ -60,6 +64,9 @@ class BatcherConfig:
     max_queue_size: int = 64
     instances: int = 1  # batches that may run at once, each on its own worker thread
     priority_aging_s: float = 1.0  # a queued item this old is taken before younger ones (priorities.py)
+    high_fill_slack: float = 1.25  # a batch with high items: others while its cost is within this factor
+    high_fill_unmeasured: int = 0  # ... and this many others while that cost is not measured yet
+    high_lane: bool = True  # one more runner, for high items alone, when all `instances` are busy
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -72,6 +79,10 @@ class BatcherConfig:
             raise ValueError("max_queue_size must be at least 1")
         if self.priority_aging_s <= 0:
             raise ValueError("priority_aging_s must be positive")
+        if self.high_fill_slack < 1:
+            raise ValueError("high_fill_slack must be at least 1")
+        if self.high_fill_unmeasured < 0:
+            raise ValueError("high_fill_unmeasured must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +92,6 @@ class ItemResult:
     inference_s: float  # its batch's run time
     batch_size: int
     prepare_s: float = 0.0  # preparing this item in the batch's thread (Encoded items only)
-
-
-@dataclass(frozen=True, slots=True)
-class _Ran:
-    """What a worker thread did with one batch: the outputs of the items that prepared (in order),
-    and for each item either its preparation seconds or the error that failed it."""
-
-    outputs: dict[str, np.ndarray]
-    inference_s: float
-    prepared: list[float | BaseException]
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -125,15 +126,18 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._wake_threshold = 1
+        self._wake_on_high = False  # the loop waits for a runner: a high item may take the lane
         self._item_s: float | None = None  # moving average of a worker's seconds per item (run + prepare)
         self._batch_s: float | None = None  # moving average of inference seconds per batch
+        self.costs = BatchCosts(config.max_batch_size, config.high_fill_slack, config.high_fill_unmeasured)
         self._executor = ThreadPoolExecutor(
-            max_workers=config.instances, thread_name_prefix=f"batcher-{name}"
+            max_workers=config.instances + int(config.high_lane), thread_name_prefix=f"batcher-{name}"
         )
         self.batches_run = 0
         self.batches_failed = 0
         self.items_run = 0
         self.items_rejected = 0
+        self.lane_batches = 0  # batches run on the high-priority lane
 
     @property
     def queue_depth(self) -> int:
@@ -219,7 +223,8 @@ class Batcher:
         queued = [Item(array, loop.create_future(), now, deadline, priority, wanted) for array in items]
         queue.add(queued)
         waiter = self._waiter
-        if waiter is not None and queue.depth >= self._wake_threshold and not waiter.done():
+        wake = queue.depth >= self._wake_threshold or (self._wake_on_high and priority is Priority.HIGH)
+        if waiter is not None and wake and not waiter.done():
             waiter.set_result(None)
 
         timer = loop.call_later(deadline - now, queue.expire, queued) if deadline is not None else None
@@ -257,30 +262,55 @@ class Batcher:
             await asyncio.wait([self._task])
         self._executor.shutdown(wait=False)
 
-    async def _wait(self, threshold: int, max_wait_s: float | None) -> None:
-        """Sleep until the queue holds `threshold` live items, close() is called, or `max_wait_s` passes."""
+    async def _wait(self, threshold: int, max_wait_s: float | None, on_high: bool = False) -> None:
+        """Sleep until the queue holds `threshold` live items, close() is called, `max_wait_s` passes,
+        a runner finishes its batch, or (`on_high`) a high-priority item arrives."""
         assert self._loop is not None
         waiter = self._loop.create_future()
         self._waiter = waiter
         self._wake_threshold = threshold
+        self._wake_on_high = on_high
         handle = self._loop.call_later(max_wait_s, _wake, waiter) if max_wait_s is not None else None
         try:
             await waiter
         finally:
             self._waiter = None
+            self._wake_on_high = False
             if handle is not None:
                 handle.cancel()
+
+    def _runner_freed(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # --- the batch loop ---
 
     async def _run_loop(self) -> None:
         cfg = self.config
         queue = self._queue
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         # A batch is taken only when a runner is free, so items that arrive while all are busy
         # gather into the next batch.
-        free_runners = asyncio.Semaphore(cfg.instances)
+        free = cfg.instances
+        lane_free = cfg.high_lane
         running: set[asyncio.Task[None]] = set()
+
+        def started(batch: list[Item], lane: bool) -> None:
+            task = loop.create_task(self._execute(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: finished(lane))
+
+        def finished(lane: bool) -> None:
+            nonlocal free, lane_free
+            if lane:
+                lane_free = True
+            else:
+                free += 1
+            self._runner_freed()
+
         try:
             while True:
                 if queue.depth == 0:
@@ -295,15 +325,21 @@ class Batcher:
                         if remaining > 0:
                             await self._wait(cfg.max_batch_size, remaining)
                             continue
-                await free_runners.acquire()
-                batch = queue.take(cfg.max_batch_size)
-                if not batch:
-                    free_runners.release()
+                if free == 0:
+                    if lane_free and queue.depths[Priority.HIGH] > 0:
+                        batch = queue.take(cfg.max_batch_size, high_only=True)
+                        if batch:
+                            lane_free = False
+                            self.lane_batches += 1
+                            started(batch, lane=True)
+                        continue
+                    # Woken by a runner finishing, close(), or (lane free) a high item; not by others.
+                    await self._wait(cfg.max_queue_size + 1, None, on_high=lane_free)
                     continue
-                task = self._loop.create_task(self._execute(batch))
-                running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(lambda _: free_runners.release())
+                batch = queue.take(cfg.max_batch_size, self.costs.fill)
+                if batch:
+                    free -= 1
+                    started(batch, lane=False)
         finally:
             if running:
                 await asyncio.wait(running)
@@ -317,7 +353,7 @@ class Batcher:
         try:
             ran = await self._loop.run_in_executor(
                 self._executor,
-                self._run_batch,
+                partial(run_batch, self._runs, self.name),
                 [item.array for item in batch],
                 [item.wanted for item in batch],
             )
@@ -342,7 +378,9 @@ class Batcher:
             return
         n, inference_s = len(prepared), ran.inference_s
         # A queued item costs its batch's thread its share of the run and its own preparation.
-        per_item = (inference_s + sum(seconds for _, seconds in prepared)) / n
+        worker_s = inference_s + sum(seconds for _, seconds in prepared)
+        self.costs.observe(n, worker_s)
+        per_item = worker_s / n
         self._item_s = (
             per_item if self._item_s is None else self._item_s + _EWMA_ALPHA * (per_item - self._item_s)
         )
@@ -359,19 +397,6 @@ class Batcher:
                 rows = item_rows(ran.outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n, prepare_s))
 
-    def _run_batch(self, payloads: list[Payload], wanted: list[Wanted]) -> _Ran:
-        """Worker thread: prepare the Encoded items, then stack and run the rows, and check that every
-        output has one row per row run. The extra outputs are planned for the rows that run: an item
-        whose image failed to decode has no row, and must not have one in the maps' class ids either."""
-        arrays, prepared = self._prepare(payloads)
-        if not arrays:
-            return _Ran({}, 0.0, prepared)
-        kept = [
-            w for w, outcome in zip(wanted, prepared, strict=True) if not isinstance(outcome, BaseException)
-        ]
-        outputs, inference_s = self._run_rows(arrays, plan(kept))
-        return _Ran(outputs, inference_s, prepared)
-
     @property
     def runner(self) -> Runner | BatchRunner:
         return self._runner
@@ -380,42 +405,6 @@ class Batcher:
     def runner(self, runner: Runner | BatchRunner) -> None:
         self._runner = runner
         self._runs: Runner = as_runner(runner)  # what the worker calls: the whole contract
-
-    def _prepare(self, payloads: list[Payload]) -> tuple[list[np.ndarray], list[float | BaseException]]:
-        """The rows to run, and per payload its preparation seconds or the error that failed it."""
-        encoded = any(isinstance(payload, Encoded) for payload in payloads)
-        # tells the runner this core is decoding
-        with self._runs.busy() if encoded else contextlib.nullcontext():
-            done = [self._prepare_one(payload) for payload in payloads]
-        return [row for row, _ in done if row is not None], [outcome for _, outcome in done]
-
-    def _prepare_one(self, payload: Payload) -> tuple[np.ndarray | None, float | BaseException]:
-        if not isinstance(payload, Encoded):
-            return payload, 0.0
-        start = time.perf_counter()
-        try:
-            row = payload.prepare(payload.data)
-        except ServiceError as exc:  # a bad image: its caller's error, not the batch's
-            return None, exc
-        except Exception as exc:
-            error_id = secrets.token_hex(4)
-            log.error("preprocessing failed model=%s error_id=%s", self.name, error_id, exc_info=exc)
-            return None, InferenceFailed(f"preprocessing failed on model {self.name!r} (error id {error_id})")
-        return row, time.perf_counter() - start
-
-    def _run_rows(self, arrays: list[np.ndarray], run_plan: RunPlan) -> tuple[dict[str, np.ndarray], float]:
-        if run_plan.extra and isinstance(self._runs, Stacking):
-            raise ValueError(f"the runner of {self.name!r} cannot compute {list(run_plan.extra)}")
-        t0 = time.perf_counter()
-        if run_plan.extra:
-            outputs = self._runs.run_items(arrays, run_plan.extra, run_plan.feeds)
-        else:
-            outputs = self._runs.run_items(arrays)
-        inference_s = time.perf_counter() - t0
-        for key, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != len(arrays):
-                raise ValueError(f"output {key!r} has shape {value.shape}, expected {len(arrays)} rows")
-        return outputs, inference_s
 
     @staticmethod
     def _fail(batch: list[Item], make_error: Callable[[], Exception]) -> None:

@@ -176,7 +176,9 @@ def run_fault(kind: str, topology: Topology, rng: random.Random, epoch: float, l
         fresh = topology.relaunch(index)
         fault.back = topology.wait_ready(fresh) - epoch
     elif kind == "freeze":
-        hold = 25.0 if long_freeze else 6.0  # 25 s: past nginx's 20 s read timeout, so it resends
+        # 25 s: past nginx's longest bound (20 s, for calls with a deadline of 30 s or more), so even
+        # those are resent; HTTP requests without a deadline are resent after 1 s either way.
+        hold = 25.0 if long_freeze else 6.0
         fault.notes["frozen_s"] = hold
         replica.process.send_signal(signal.SIGSTOP)
         time.sleep(hold)

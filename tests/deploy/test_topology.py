@@ -357,9 +357,11 @@ def test_dashboard_metrics_exist_on_a_live_replica(topology: Topology) -> None:
     assert used - PROMETHEUS_SERIES <= exported, f"missing from /metrics: {sorted(used - exported)}"
 
 
-def classify_grpc(stub: classifier_pb2_grpc.ClassifierStub, image: bytes) -> list[tuple[int, float]]:
+def classify_grpc(
+    stub: classifier_pb2_grpc.ClassifierStub, image: bytes, timeout_s: float = HTTP_TIMEOUT_S
+) -> list[tuple[int, float]]:
     request = classifier_pb2.ClassifyRequest(model=MODEL, top_k=5, images=[image])
-    reply = stub.Classify(request, timeout=HTTP_TIMEOUT_S)
+    reply = stub.Classify(request, timeout=timeout_s)
     (result,) = reply.results
     return [(p.class_id, p.score) for p in result.predictions]
 
@@ -368,6 +370,7 @@ def classify_grpc(stub: classifier_pb2_grpc.ClassifierStub, image: bytes) -> lis
 class LoadResult:
     outcomes: dict[str, Counter[str]]
     kills: list[float]
+    seconds: dict[str, list[float]]  # per protocol, each request's latency (retries included)
 
     def failed(self) -> dict[str, Counter[str]]:
         return {
@@ -377,47 +380,56 @@ class LoadResult:
 
 
 def run_load(
-    topology: Topology, photo: bytes, reference: list[tuple[int, float]], faults: Callable[[], list[float]]
+    topology: Topology,
+    photo: bytes,
+    reference: list[tuple[int, float]],
+    faults: Callable[[], list[float]],
+    grpc_timeout_s: float = HTTP_TIMEOUT_S,
 ) -> LoadResult:
-    """HTTP and gRPC workers through nginx, until `faults` (run meanwhile) has returned."""
+    """HTTP and gRPC workers through nginx, until `faults` (run meanwhile) has returned. The gRPC calls'
+    deadline is `grpc_timeout_s` (nginx's bound for a replica follows it)."""
     http_workers, grpc_workers = 4, 2
     outcomes: dict[str, Counter[str]] = {"http": Counter(), "grpc": Counter()}
+    seconds: dict[str, list[float]] = {"http": [], "grpc": []}
     lock = threading.Lock()
     stop = threading.Event()
 
-    def record(protocol: str, outcome: str) -> None:
+    def record(protocol: str, outcome: str, started: float) -> None:
         with lock:
             outcomes[protocol][outcome] += 1
+            seconds[protocol].append(time.monotonic() - started)
 
     def http_worker() -> None:
         with httpx.Client() as client:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
                     response = classify(client, topology.url, photo)
                 except httpx.TimeoutException:
-                    record("http", "hung")
+                    record("http", "hung", started)
                     continue
                 except httpx.HTTPError as error:
-                    record("http", f"failed: {type(error).__name__}")
+                    record("http", f"failed: {type(error).__name__}", started)
                     continue
                 if response.status_code == 200:
-                    record("http", "ok" if same_answer(top_k(response), reference) else "wrong")
+                    record("http", "ok" if same_answer(top_k(response), reference) else "wrong", started)
                 else:
-                    record("http", f"failed: {response.status_code} {response.text[:100]}")
+                    record("http", f"failed: {response.status_code} {response.text[:100]}", started)
 
     def grpc_worker() -> None:
         with grpc.insecure_channel(topology.grpc_target, options=channel_options()) as channel:
             stub = classifier_pb2_grpc.ClassifierStub(channel)
             while not stop.is_set():
+                started = time.monotonic()
                 try:
-                    got = classify_grpc(stub, photo)
+                    got = classify_grpc(stub, photo, grpc_timeout_s)
                 except grpc.RpcError as error:
                     code = error.code()  # type: ignore[attr-defined]
                     details = error.details()  # type: ignore[attr-defined]
                     failed = f"failed: {code} {details}"
-                    record("grpc", "hung" if code == grpc.StatusCode.DEADLINE_EXCEEDED else failed)
+                    record("grpc", "hung" if code == grpc.StatusCode.DEADLINE_EXCEEDED else failed, started)
                     continue
-                record("grpc", "ok" if same_answer(got, reference) else "wrong")
+                record("grpc", "ok" if same_answer(got, reference) else "wrong", started)
 
     threads = [threading.Thread(target=http_worker) for _ in range(http_workers)]
     threads += [threading.Thread(target=grpc_worker) for _ in range(grpc_workers)]
@@ -431,7 +443,7 @@ def run_load(
         for thread in threads:
             thread.join(timeout=HTTP_TIMEOUT_S + 10)
     assert not any(t.is_alive() for t in threads), "load workers still running: a request hangs"
-    return LoadResult(outcomes, kills)
+    return LoadResult(outcomes, kills, seconds)
 
 
 KILLS = (0, 1, 0)
@@ -472,6 +484,59 @@ def test_killing_replicas_mid_load_fails_no_request(
             assert classify(client, topology.url, photo).status_code == 200
     served = [r.http_requests() - b for r, b in zip(topology.replicas, before, strict=True)]
     assert min(served) > 0, served
+
+
+FREEZE_S = 6.0
+FAILOVER_S = 2.0
+
+
+def test_a_frozen_replica_holds_its_requests_about_a_second(
+    topology: Topology, photo: bytes, reference: list[tuple[int, float]]
+) -> None:
+    """SIGSTOP a replica under load for several seconds, then SIGCONT: the requests it held move to the
+    other replica when nginx's bound (1 s for a request without a deadline) passes, and it is marked
+    down meanwhile; none fails and none takes more than 2 s, over HTTP and gRPC. A request with a long
+    deadline goes through the longer bound's location unchanged (path and body)."""
+    victim = topology.replicas[0]
+    held_before = victim.http_requests()
+
+    def faults() -> list[float]:
+        time.sleep(2.0)
+        victim.process.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            time.sleep(FREEZE_S)
+        finally:
+            victim.process.send_signal(signal.SIGCONT)
+        return [frozen]
+
+    # gRPC calls with a deadline under 6 s, as HTTP requests without one, get nginx's 1 s bound.
+    result = run_load(topology, photo, reference, faults, grpc_timeout_s=5.0)
+    slowest = {protocol: max(values) for protocol, values in result.seconds.items()}
+    over = {protocol: sum(s > 1.0 for s in values) for protocol, values in result.seconds.items()}
+    print(f"freeze {FREEZE_S:g} s: outcomes {result.outcomes}; slowest {slowest}; over 1 s {over}")
+    assert held_before > 0
+    for protocol in ("http", "grpc"):
+        assert result.outcomes[protocol]["ok"] >= 20, result.outcomes
+    assert result.failed() == {"http": Counter(), "grpc": Counter()}, result.outcomes
+    assert max(slowest.values()) < FAILOVER_S, slowest
+    assert sum(over.values()) >= 1, "no request met the frozen replica: the test froze nothing in use"
+
+    with httpx.Client() as client:
+        long = client.post(
+            f"{topology.url}/classify",
+            params={"variant": MODEL, "top_k": 5, "timeout_ms": 20_000},
+            content=photo,
+            headers={"Content-Type": "image/jpeg"},
+            timeout=HTTP_TIMEOUT_S,
+        )
+    assert long.status_code == 200 and same_answer(top_k(long), reference), long.text
+    with grpc.insecure_channel(topology.grpc_target) as channel:
+        stub = classifier_pb2_grpc.ClassifierStub(channel)
+        request = classifier_pb2.ClassifyRequest(model=MODEL, top_k=5, images=[photo])
+        for timeout in (8.0, 45.0):  # nginx's 5 s and 20 s locations
+            reply = stub.Classify(request, timeout=timeout)
+            assert same_answer([(p.class_id, p.score) for p in reply.results[0].predictions], reference)
 
 
 def test_replicas_share_answers_through_redis(topology: Topology, real_photos: dict[str, bytes]) -> None:

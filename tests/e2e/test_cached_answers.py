@@ -4,8 +4,10 @@ servers; then a version swap through the repository API. Cached answers equal un
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import grpc
@@ -14,11 +16,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from PIL import Image
 
 from service._generated.effnet.v1 import classifier_pb2 as pb
 from service._generated.effnet.v1 import classifier_pb2_grpc as pb_grpc
 from tests.e2e.conftest import LiveServer, ServerFactory, classify
 from tests.redis_process import RedisProcess
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +133,56 @@ def test_two_servers_share_one_redis(
     for replica in replicas:
         replica.stop()
     assert sum("event=cache_unavailable" in replica.log() for replica in replicas) == 2
+
+
+QUEUE_SIZE = 4
+
+
+def crops(photo: bytes, count: int) -> list[bytes]:
+    """`count` distinct JPEGs cut from `photo` (each a new cache key)."""
+    image = Image.open(io.BytesIO(photo)).convert("RGB")
+    out = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        image.crop((index * 8, 0, index * 8 + 200, 200)).save(buffer, format="JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_a_full_queue_answers_cached_photos_and_refuses_new_ones(
+    server_factory: ServerFactory, cached_repository: Path, real_photos: dict[str, bytes]
+) -> None:
+    """The queue is filled deterministically: a batch waits for `max_batch_size` images (twice the queue's
+    size, so never) or the queue delay (seconds), so the queued images stay put for that long."""
+    server = server_factory(
+        cached_repository, "--models", "lite0",
+        "--max-batch-size", str(2 * QUEUE_SIZE), "--max-queue-size", str(QUEUE_SIZE),
+        env={"EFFNET_MAX_QUEUE_DELAY_MS": "5000", "EFFNET_INSTANCES": "1"},
+    )  # fmt: skip
+    photo = real_photos["chelsea"]
+    assert classify(server, photo, variant="lite0").json()["cached"] is False  # waits out the delay once
+    fillers, new_photo = crops(real_photos["coffee"], QUEUE_SIZE), real_photos["coffee"]
+    answers: list[httpx.Response] = []
+    threads = [
+        threading.Thread(target=lambda body=body: answers.append(classify(server, body, variant="lite0")))
+        for body in fillers
+    ]
+    for thread in threads:
+        thread.start()
+
+    def queued() -> int:
+        model = httpx.get(f"{server.http_url}/v1/models/lite0", timeout=10).json()
+        return int(model["batcher"]["queue_depth"])
+
+    try:
+        until_sync(lambda: queued() == QUEUE_SIZE, within_s=4, what="the queue full")
+        hit = classify(server, photo, variant="lite0")
+        miss = classify(server, new_photo, variant="lite0")
+        assert queued() == QUEUE_SIZE  # still full: both were asked while it was
+    finally:
+        for thread in threads:
+            thread.join(60)
+    assert hit.status_code == 200 and hit.json()["cached"] is True, hit.text
+    assert miss.status_code == 503, miss.text
+    assert int(miss.headers["retry-after"]) >= 1
+    assert [answer.status_code for answer in answers] == [200] * QUEUE_SIZE  # the queued ones ran after all

@@ -88,3 +88,32 @@ async def test_a_cancelled_waiter_gives_its_turn_away() -> None:
         gate.set()
         pool.close()
     assert pool.backlog == 0
+
+
+async def test_the_lane_decodes_high_images_while_every_thread_holds_low_ones() -> None:
+    pool = PreprocessPool(workers=1, max_pending=64, aging_s=60.0, high_lane=True)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(tag: str) -> str:
+        if tag.startswith("low"):
+            gate.wait(10)
+        order.append(tag)
+        return tag
+
+    try:
+        held = asyncio.create_task(pool.run(work, [("low-held",)], LOW))
+        await until(lambda: pool.backlog == 1)
+        waiting = asyncio.create_task(pool.run(work, [("low-waiting",)], LOW))
+        await until(lambda: pool.backlog == 2)
+        # The one thread holds a low image and another waits for it: high images pass on the lane,
+        # two of them one after the other.
+        both = await asyncio.wait_for(pool.run(work, [("high-1",), ("high-2",)], HIGH), 5)
+        assert [tag for tag, _ in both] == ["high-1", "high-2"]
+        assert not held.done() and not waiting.done()  # the lane took no low image
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(held, waiting), 10)
+    finally:
+        gate.set()
+        pool.close()
+    assert order == ["high-1", "high-2", "low-held", "low-waiting"]

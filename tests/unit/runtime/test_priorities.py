@@ -88,7 +88,8 @@ class GatedRunner:
 
 async def test_a_held_up_batcher_runs_high_first_and_low_last() -> None:
     runner = GatedRunner()
-    batcher = Batcher("m", runner, BatcherConfig(max_batch_size=2, max_queue_size=16, priority_aging_s=60))
+    config = BatcherConfig(max_batch_size=2, max_queue_size=16, priority_aging_s=60, high_lane=False)
+    batcher = Batcher("m", runner, config)
     batcher.start()
     try:
         first = asyncio.create_task(batcher.submit([np.array([0])], priority=Priority.LOW))
@@ -109,7 +110,7 @@ async def test_a_held_up_batcher_runs_high_first_and_low_last() -> None:
 
 async def test_low_is_refused_when_three_quarters_full_while_high_still_fits() -> None:
     runner = GatedRunner()
-    batcher = Batcher("m", runner, BatcherConfig(max_batch_size=1, max_queue_size=4))
+    batcher = Batcher("m", runner, BatcherConfig(max_batch_size=1, max_queue_size=4, high_lane=False))
     batcher.start()
     tasks = []
     try:
