@@ -23,6 +23,7 @@ from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnect
 from service.api.observe import Observation, http_codes, observed
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
+from service.api.v2.extensions_http import add_extension_routes
 from service.core.engine import Engine
 from service.errors import (
     BadRequest,
@@ -336,6 +337,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered(engine.label(name), work)
 
+    add_extension_routes(router, engine, answered, _ERRORS)  # before /models/{name}: see there
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
         router.add_api_route(
             base, model_metadata, methods=["GET"], summary="Model metadata", responses=_ERRORS

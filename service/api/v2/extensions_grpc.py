@@ -1,0 +1,35 @@
+"""Triton's protocol extensions over gRPC: model configuration, statistics and shared memory, as a
+mixin of the V2 servicer (over_grpc.py). Each answers the document the transport-free modules build
+(config.py, stats.py, shared_memory.py), parsed into the message with the same field names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from service._generated.inference import grpc_service_pb2 as pb
+from service.api.grpc.calls import answer
+from service.api.observe import Observation, grpc_codes
+from service.api.v2 import config as model_configs
+from service.core.engine import Engine
+from service.metrics import Metrics
+
+V2_GRPC = grpc_codes("v2-grpc")
+
+
+class TritonExtensions:
+    """Needs `_engine` and `_metrics` (the V2 servicer's)."""
+
+    _engine: Engine
+    _metrics: Metrics
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
+        async def work(call: Observation) -> pb.ModelConfigResponse:
+            document = model_configs.model_config(self._engine, request.name, request.version)
+            response = pb.ModelConfigResponse()
+            json_format.ParseDict(document, response.config)
+            return response
+
+        return await answer(self._metrics, V2_GRPC, self._engine.label(request.name), context, work)

@@ -1,0 +1,36 @@
+"""Triton's protocol extensions over HTTP: model configuration, statistics and system shared memory,
+added to the V2 router (over_http.py) before its `/models/{name}` routes, so that `/models/stats`
+is the statistics of every model and not the metadata of a model called "stats"."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from service.api.observe import Observation
+from service.api.v2 import config as model_configs
+from service.core.engine import Engine
+
+Answered = Callable[[str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
+
+
+def add_extension_routes(
+    router: APIRouter, engine: Engine, answered: Answered, errors: dict[int | str, dict[str, Any]]
+) -> None:
+    async def config(name: str, version: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            return JSONResponse(model_configs.model_config(engine, name, version))
+
+        return await answered(engine.label(name), work)
+
+    for base in ("/models/{name}", "/models/{name}/versions/{version}"):
+        router.add_api_route(
+            f"{base}/config",
+            config,
+            methods=["GET"],
+            summary="Model configuration (Triton's ModelConfig; model configuration extension)",
+            responses=errors,
+        )
