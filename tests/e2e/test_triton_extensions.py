@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -98,3 +99,52 @@ def test_model_config_refusals(tiny_server: LiveServer) -> None:
     with pytest.raises(InferenceServerException) as caught:
         _grpc(tiny_server).get_model_config("tiny", "7")
     assert caught.value.status() == "StatusCode.NOT_FOUND" and "version 7" in caught.value.message()
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def _pixels_input(client_module, count: int):  # type: ignore[no-untyped-def]
+    tensor = client_module.InferInput("pixels", [count, 3, SIZE, SIZE], "UINT8")
+    tensor.set_data_from_numpy(np.full((count, 3, SIZE, SIZE), 7, dtype=np.uint8))
+    return tensor
+
+
+def test_statistics_count_what_ran_in_tritons_shape(tiny_server: LiveServer) -> None:
+    http, grpc = _http(tiny_server), _grpc(tiny_server)
+    before = http.get_inference_statistics("tiny2")["model_stats"][0]
+    for _ in range(3):
+        http.infer("tiny2", [_pixels_input(triton_http, 1)])
+    grpc.infer("tiny2", [_pixels_input(triton_grpc, 2)])
+    with pytest.raises(InferenceServerException):  # admitted, then refused: a failure of the model
+        http.infer(
+            "tiny2", [_pixels_input(triton_http, 1)], outputs=[triton_http.InferRequestedOutput("nope")]
+        )
+
+    over_http = http.get_inference_statistics("tiny2")["model_stats"]
+    over_grpc = grpc.get_inference_statistics("tiny2", as_json=True)["model_stats"]
+    for (after,) in (over_http, over_grpc):
+        assert (after["name"], after["version"]) == ("tiny2", "1")
+        assert int(after["inference_count"]) - before["inference_count"] == 5
+        runs = int(after["execution_count"]) - before["execution_count"]
+        assert 2 <= runs <= 5  # the gRPC request's two images run in one batch or two
+        stats, earlier = after["inference_stats"], before["inference_stats"]
+        assert int(stats["success"]["count"]) - earlier["success"]["count"] == 4
+        assert int(stats["fail"]["count"]) - earlier["fail"]["count"] == 1
+        for key in ("queue", "compute_input", "compute_infer", "compute_output"):
+            assert int(stats[key]["count"]) - earlier[key]["count"] == 5, key
+        assert int(stats["compute_infer"]["ns"]) > int(earlier["compute_infer"]["ns"])
+        assert int(after["last_inference"]) > 0
+        sizes = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in after["batch_stats"]}
+        assert sum(size * count for size, count in sizes.items()) == int(after["inference_count"])
+
+
+def test_statistics_of_every_model_and_refusals(tiny_server: LiveServer) -> None:
+    every = httpx.get(f"{tiny_server.http_url}/v2/models/stats").json()["model_stats"]
+    assert {row["name"] for row in every} == {"tiny", "tiny2", "pair"}
+    assert _grpc(tiny_server).get_inference_statistics(as_json=True)["model_stats"]
+    versioned = httpx.get(f"{tiny_server.http_url}/v2/models/tiny/versions/1/stats").json()
+    assert versioned["model_stats"][0]["version"] == "1"
+    response = httpx.get(f"{tiny_server.http_url}/v2/models/nope/stats")
+    assert response.status_code == 404 and "nope" in response.json()["error"]
+    with pytest.raises(InferenceServerException) as caught:
+        _grpc(tiny_server).get_inference_statistics("nope")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"

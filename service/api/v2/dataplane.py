@@ -40,7 +40,7 @@ OUTPUT_NAMES = ("logits", "probabilities")
 KNOWN_OUTPUTS = (*OUTPUT_NAMES, *EXTRA_OUTPUTS)
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "effnet-serve"
-EXTENSIONS = ("classification", "binary_tensor_data", "model_configuration")
+EXTENSIONS = ("classification", "binary_tensor_data", "model_configuration", "statistics")
 
 
 def server_version() -> str:

@@ -13,6 +13,7 @@ from service._generated.inference import grpc_service_pb2 as pb
 from service.api.grpc.calls import answer
 from service.api.observe import Observation, grpc_codes
 from service.api.v2 import config as model_configs
+from service.api.v2 import stats
 from service.core.engine import Engine
 from service.metrics import Metrics
 
@@ -33,3 +34,15 @@ class TritonExtensions:
             return response
 
         return await answer(self._metrics, V2_GRPC, self._engine.label(request.name), context, work)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async def work(call: Observation) -> pb.ModelStatisticsResponse:
+            document = stats.model_statistics(
+                self._engine, self._metrics.statistics, request.name, request.version
+            )
+            return json_format.ParseDict(document, pb.ModelStatisticsResponse())
+
+        label = self._engine.label(request.name) if request.name else "statistics"
+        return await answer(self._metrics, V2_GRPC, label, context, work)

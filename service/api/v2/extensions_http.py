@@ -12,13 +12,19 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api.observe import Observation
 from service.api.v2 import config as model_configs
+from service.api.v2 import stats
 from service.core.engine import Engine
+from service.metrics import Metrics
 
 Answered = Callable[[str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
 
 
 def add_extension_routes(
-    router: APIRouter, engine: Engine, answered: Answered, errors: dict[int | str, dict[str, Any]]
+    router: APIRouter,
+    engine: Engine,
+    metrics: Metrics,
+    answered: Answered,
+    errors: dict[int | str, dict[str, Any]],
 ) -> None:
     async def config(name: str, version: str = "") -> Response:
         async def work(call: Observation) -> Response:
@@ -26,7 +32,27 @@ def add_extension_routes(
 
         return await answered(engine.label(name), work)
 
+    async def statistics(name: str = "", version: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            return JSONResponse(stats.model_statistics(engine, metrics.statistics, name, version))
+
+        return await answered(engine.label(name) if name else "statistics", work)
+
+    router.add_api_route(
+        "/models/stats",
+        statistics,
+        methods=["GET"],
+        summary="Statistics of every model (Triton's statistics extension)",
+        responses=errors,
+    )
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
+        router.add_api_route(
+            f"{base}/stats",
+            statistics,
+            methods=["GET"],
+            summary="A model's statistics (Triton's statistics extension)",
+            responses=errors,
+        )
         router.add_api_route(
             f"{base}/config",
             config,

@@ -337,7 +337,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered(engine.label(name), work)
 
-    add_extension_routes(router, engine, answered, _ERRORS)  # before /models/{name}: see there
+    add_extension_routes(router, engine, metrics, answered, _ERRORS)  # before /models/{name}: see there
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
         router.add_api_route(
             base, model_metadata, methods=["GET"], summary="Model metadata", responses=_ERRORS
