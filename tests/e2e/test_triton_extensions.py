@@ -3,13 +3,18 @@ real server on tiny real models: model configuration, statistics and system shar
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+import tritonclient.utils.shared_memory as triton_shm
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import LiveServer, ServerFactory
@@ -148,3 +153,121 @@ def test_statistics_of_every_model_and_refusals(tiny_server: LiveServer) -> None
     with pytest.raises(InferenceServerException) as caught:
         _grpc(tiny_server).get_inference_statistics("nope")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+# -------------------------------------------------------------------------------- system shared memory
+@pytest.fixture
+def regions() -> Iterator[Callable[[str, int], Any]]:
+    """Create POSIX shared memory objects with tritonclient.utils.shared_memory; destroyed after."""
+    made: list[Any] = []
+
+    def create(key: str, size: int) -> Any:
+        handle = triton_shm.create_shared_memory_region(key.strip("/"), key, size)
+        made.append(handle)
+        return handle
+
+    yield create
+    for handle in made:
+        triton_shm.destroy_shared_memory_region(handle)
+
+
+def _mapped(server: LiveServer, key: str) -> bool:
+    return f"/dev/shm/{key.strip('/')}" in Path(f"/proc/{server.process.pid}/maps").read_text()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_inputs_and_outputs_in_system_shared_memory(
+    tiny_server: LiveServer, regions: Callable[[str, int], Any], protocol: str
+) -> None:
+    module: Any = triton_http if protocol == "http" else triton_grpc
+    client = _http(tiny_server) if protocol == "http" else _grpc(tiny_server)
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 3, SIZE, SIZE), dtype=np.uint8)
+    in_key, out_key = f"/t38-{protocol}-in", f"/t38-{protocol}-out"
+    input_handle, output_handle = regions(in_key, 16 + pixels.nbytes), regions(out_key, 256)
+    triton_shm.set_shared_memory_region(input_handle, [pixels], offset=16)
+    client.register_system_shared_memory("in", in_key, pixels.nbytes, offset=16)
+    client.register_system_shared_memory("out", out_key, 256)
+    assert _mapped(tiny_server, in_key)
+    status = client.get_system_shared_memory_status(**({"as_json": True} if protocol == "grpc" else {}))
+    rows = status if protocol == "http" else list(status["regions"].values())
+    assert {(r["name"], r["key"], int(r["byte_size"])) for r in rows} == {
+        ("in", in_key, pixels.nbytes),
+        ("out", out_key, 256),
+    }
+    try:
+        tensor = module.InferInput("pixels", list(pixels.shape), "UINT8")
+        tensor.set_shared_memory("in", pixels.nbytes)
+        output = module.InferRequestedOutput("probabilities")
+        output.set_shared_memory("out", 2 * CLASSES * 4, offset=8)
+        result = client.infer("tiny2", [tensor], outputs=[output])
+        placed = result.get_output("probabilities")
+        shape = placed["shape"] if protocol == "http" else list(placed.shape)
+        assert [int(d) for d in shape] == [2, CLASSES]
+        got = triton_shm.get_contents_as_numpy(output_handle, np.float32, [2, CLASSES], offset=8)
+        plain = module.InferInput("pixels", list(pixels.shape), "UINT8")
+        plain.set_data_from_numpy(pixels)
+        expected = client.infer("tiny2", [plain]).as_numpy("probabilities")
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    finally:
+        client.unregister_system_shared_memory("in")
+    assert not _mapped(tiny_server, in_key) and _mapped(tiny_server, out_key)
+    client.unregister_system_shared_memory()
+    assert not _mapped(tiny_server, out_key)
+
+
+def test_shared_memory_refusals(tiny_server: LiveServer, regions: Callable[[str, int], Any]) -> None:
+    http, grpc = _http(tiny_server), _grpc(tiny_server)
+    regions("/t38-small", 64)
+    url = f"{tiny_server.http_url}/v2/systemsharedmemory"
+    refused = httpx.post(
+        f"{url}/region/big/register", json={"key": "/t38-small", "offset": 0, "byte_size": 128}
+    )
+    assert refused.status_code == 422 and "holds 64 bytes" in refused.json()["error"]
+    with pytest.raises(InferenceServerException) as caught:
+        grpc.register_system_shared_memory("gone", "/t38-no-such-key", 16)
+    assert (
+        caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+        and "cannot be opened" in caught.value.message()
+    )
+    assert httpx.get(f"{url}/region/nope/status").status_code == 404
+
+    tensor = triton_http.InferInput("pixels", [1, 3, SIZE, SIZE], "UINT8")
+    tensor.set_shared_memory("nope", 3 * SIZE * SIZE)
+    with pytest.raises(InferenceServerException) as caught:
+        http.infer("tiny2", [tensor])
+    assert caught.value.status() == "404" and "'nope' is not registered" in caught.value.message()
+
+    http.register_system_shared_memory("small", "/t38-small", 64)
+    try:
+        tensor.set_shared_memory("small", 64)  # the region is smaller than the tensor
+        with pytest.raises(InferenceServerException) as caught:
+            http.infer("tiny2", [tensor])
+        assert caught.value.status() == "422"
+        pixels = triton_grpc.InferInput("pixels", [1, 3, SIZE, SIZE], "UINT8")
+        pixels.set_data_from_numpy(np.zeros((1, 3, SIZE, SIZE), dtype=np.uint8))
+        output = triton_grpc.InferRequestedOutput("probabilities")
+        output.set_shared_memory("small", 8)  # 16 bytes of output
+        with pytest.raises(InferenceServerException) as caught:
+            grpc.infer("tiny2", [pixels], outputs=[output])
+        assert (
+            caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+            and "takes 16 bytes" in caught.value.message()
+        )
+        # The other extensions and health stay as they were.
+        assert http.is_server_ready() and http.is_model_ready("tiny2")
+        index = {row["name"]: row["state"] for row in http.get_model_repository_index()}
+        assert index["tiny2"] == "READY"
+    finally:
+        http.unregister_system_shared_memory("small")
+
+
+def test_cuda_shared_memory_is_refused_clearly(tiny_server: LiveServer) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        _grpc(tiny_server).register_cuda_shared_memory("c", base64.b64encode(b"handle"), 0, 64)
+    assert caught.value.status() == "StatusCode.UNAVAILABLE" and "not supported" in caught.value.message()
+    response = httpx.post(
+        f"{tiny_server.http_url}/v2/cudasharedmemory/region/c/register",
+        json={"raw_handle": {"b64": "aGFuZGxl"}, "device_id": 0, "byte_size": 64},
+    )
+    assert response.status_code == 501 and "system shared memory" in response.json()["error"]
+    assert _http(tiny_server).get_cuda_shared_memory_status() == []

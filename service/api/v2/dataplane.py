@@ -40,7 +40,13 @@ OUTPUT_NAMES = ("logits", "probabilities")
 KNOWN_OUTPUTS = (*OUTPUT_NAMES, *EXTRA_OUTPUTS)
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "effnet-serve"
-EXTENSIONS = ("classification", "binary_tensor_data", "model_configuration", "statistics")
+EXTENSIONS = (
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+)
 
 
 def server_version() -> str:
