@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_server(server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     """`tiny` (config.json: batch 8, 2 ms delay, cached answers, its two newest versions), `tiny2` (with
-    the explain outputs), both declaring an accuracy (so `auto` may choose them), and the cascade `pair`."""
+    the explain outputs), both declaring an accuracy (so `auto` may choose them), the cascade `pair`, and
+    `pix`, which takes `pixels` only (config.json's v2_inputs)."""
     repository = tmp_path_factory.mktemp("triton-extensions")
     write_model(repository, "tiny", accuracy=0.7)
     write_model(repository, "tiny2", accuracy=0.6, explain=True)
@@ -37,6 +38,8 @@ def tiny_server(server_factory: ServerFactory, tmp_path_factory: pytest.TempPath
         "version_policy": {"latest": 2},
     }
     (repository / "tiny" / "config.json").write_text(json.dumps(config))
+    write_model(repository, "pix")
+    (repository / "pix" / "config.json").write_text(json.dumps({"v2_inputs": ["pixels"]}))
     (repository / "pair").mkdir()
     stages = [{"model": "tiny2", "exit_confidence": 0.5}, {"model": "tiny"}]
     (repository / "pair" / "cascade.json").write_text(json.dumps({"stages": stages}))
@@ -98,6 +101,19 @@ def test_model_config_of_a_version_a_cascade_and_auto(tiny_server: LiveServer) -
     assert auto["parameters"]["candidates"]["string_value"] == "tiny,tiny2"
 
 
+def test_a_model_may_take_one_input_only(tiny_server: LiveServer, real_photos: dict[str, bytes]) -> None:
+    client = _http(tiny_server)
+    (pixels,) = client.get_model_config("pix")["input"]
+    assert pixels["name"] == "pixels" and not pixels.get("optional", False)
+    assert [i["name"] for i in client.get_model_metadata("pix")["inputs"]] == ["pixels"]
+    image = triton_http.InferInput("image", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[real_photos["coffee"]]], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("pix", [image])
+    assert caught.value.status() == "422" and "takes only pixels" in caught.value.message()
+    assert client.infer("tiny", [image]).as_numpy("probabilities").shape == (1, CLASSES)
+
+
 def test_model_config_refusals(tiny_server: LiveServer) -> None:
     response = httpx.get(f"{tiny_server.http_url}/v2/models/nope/config")
     assert response.status_code == 404 and "nope" in response.json()["error"]
@@ -144,7 +160,7 @@ def test_statistics_count_what_ran_in_tritons_shape(tiny_server: LiveServer) -> 
 
 def test_statistics_of_every_model_and_refusals(tiny_server: LiveServer) -> None:
     every = httpx.get(f"{tiny_server.http_url}/v2/models/stats").json()["model_stats"]
-    assert {row["name"] for row in every} == {"tiny", "tiny2", "pair"}
+    assert {row["name"] for row in every} == {"tiny", "tiny2", "pair", "pix"}
     assert _grpc(tiny_server).get_inference_statistics(as_json=True)["model_stats"]
     versioned = httpx.get(f"{tiny_server.http_url}/v2/models/tiny/versions/1/stats").json()
     assert versioned["model_stats"][0]["version"] == "1"

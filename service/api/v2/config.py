@@ -8,7 +8,8 @@ stay JSON numbers (perf_analyzer reads `dims` and `max_batch_size` as numbers, n
 generic protobuf-to-JSON writer makes of int64).
 
 - A model: platform `onnxruntime_onnx`; inputs `pixels` (UINT8 [3, S, S]) and `image` (BYTES, one
-  encoded image per batch row), both `optional` since a request sends exactly one of them.
+  encoded image per batch row), both `optional` since a request sends exactly one of them (or the one
+  its config.json's `v2_inputs` names, then required).
 - A cascade: platform `ensemble`, its stages as `ensemble_scheduling` steps in the order they run and
   their exit confidences as parameters; it takes `image` only.
 - `auto`: platform `auto` (no Triton platform fits: each request runs on one model it chooses); its
@@ -69,7 +70,8 @@ def _single_model_config(record: ModelRecord, entry: ModelEntry, gpu: int) -> di
     group: dict[str, Any] = {"name": f"{entry.name}_0", "kind": kind, "count": batching.instances}
     if kind == "KIND_GPU":
         group["gpus"] = [gpu]
-    config = _common(entry.name, "onnxruntime_onnx", record, batching.max_batch_size, _inputs(entry, True))
+    inputs = _inputs(entry, v2.offered_inputs(entry))
+    config = _common(entry.name, "onnxruntime_onnx", record, batching.max_batch_size, inputs)
     config.update(
         backend="onnxruntime",
         dynamic_batching={
@@ -110,7 +112,7 @@ def _cascade_config(engine: Engine, record: ModelRecord, entry: ModelEntry) -> d
         if serving is not None and serving.batcher is not None:
             sizes.append(serving.batcher.config.max_batch_size)
     max_batch = min(sizes, default=engine.settings.max_images_per_request)
-    config = _common(entry.name, ENSEMBLE, record, max_batch, _inputs(entry, False))
+    config = _common(entry.name, ENSEMBLE, record, max_batch, _inputs(entry, (v2.IMAGE,)))
     config["ensemble_scheduling"] = {
         "step": [
             {
@@ -146,7 +148,7 @@ def _auto_config(engine: Engine) -> dict[str, Any]:
         "name": AUTO,
         "platform": AUTO,
         "max_batch_size": min(sizes, default=engine.settings.max_images_per_request),
-        "input": _inputs(first, False),
+        "input": _inputs(first, (v2.IMAGE,)),
         "output": _outputs(first),
         "parameters": _parameters(
             kind=AUTO,
@@ -175,26 +177,26 @@ def _common(
     }
 
 
-def _inputs(entry: ModelEntry, with_pixels: bool) -> list[dict[str, Any]]:
+def _inputs(entry: ModelEntry, offered: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The `offered` inputs; optional when there are two (a request sends one of them)."""
     assert entry.spec is not None
     size = entry.spec.crop_size
-    image = {  # one encoded image per batch row
-        "name": v2.IMAGE,
-        "data_type": "TYPE_STRING",
-        "format": "FORMAT_NONE",
-        "dims": [1],
-        "optional": with_pixels,
-    }
-    if not with_pixels:
-        return [image]
+    optional = len(offered) > 1
     pixels = {
         "name": v2.PIXELS,
         "data_type": "TYPE_UINT8",
         "format": "FORMAT_NCHW",
         "dims": [3, size, size],
-        "optional": True,
+        "optional": optional,
     }
-    return [pixels, image]
+    image = {  # one encoded image per batch row
+        "name": v2.IMAGE,
+        "data_type": "TYPE_STRING",
+        "format": "FORMAT_NONE",
+        "dims": [1],
+        "optional": optional,
+    }
+    return [tensor for tensor in (pixels, image) if tensor["name"] in offered]
 
 
 def _outputs(entry: ModelEntry) -> list[dict[str, Any]]:

@@ -195,7 +195,13 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
         for o in spec.outputs
         if o.name in KNOWN_OUTPUTS
     )
-    return ModelMetadata(entry.name, tuple(versions), PLATFORM, (pixels, image), outputs)
+    inputs = tuple(t for t in (pixels, image) if t.name in offered_inputs(entry))
+    return ModelMetadata(entry.name, tuple(versions), PLATFORM, inputs, outputs)
+
+
+def offered_inputs(entry: ModelEntry) -> tuple[str, ...]:
+    """The V2 inputs a model takes: its config.json's `v2_inputs` (both by default)."""
+    return entry.config.v2_inputs if entry.config is not None else (PIXELS, IMAGE)
 
 
 def _spec_datatype(dtype: str) -> str:
@@ -233,6 +239,12 @@ async def infer(
             f"got {len(request.inputs)}"
         )
     tensor = request.inputs[0]
+    record = target.record if target.kind == "model" else None
+    if record is not None and tensor.name not in record.config.v2_inputs:
+        raise InvalidArgument(
+            f"model '{target.name}' takes only {', '.join(record.config.v2_inputs)} (its config.json's "
+            f"v2_inputs), not '{tensor.name[:64]}'"
+        )
     deadline = deadline_from(request.parameters, deadline)
     if tensor.name == PIXELS:
         if tensor.datatype != "UINT8" or isinstance(tensor.data, list):

@@ -163,7 +163,7 @@ def encode_infer_response(
     parameters: dict[str, Any],
     placed: dict[str, dict[str, Any]] | None = None,
 ) -> Response:
-    """`placed`: outputs written to shared memory (their parameters), answered without data."""
+    """`placed`: outputs written to shared memory, answered with their name, datatype and shape only."""
     binary_default = parameters.get("binary_data_output") is True
     header_outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -176,7 +176,9 @@ def encode_infer_response(
             "shape": list(output.shape),
         }
         if placed and output.name in placed:
-            entry["parameters"] = placed[output.name]
+            # Neither data nor parameters: Triton's C++ client reads any output parameters as the
+            # binary extension's, and the caller knows where it asked the output to go.
+            pass
         elif binary:
             chunk = _raw(output.data)
             entry["parameters"] = {"binary_data_size": len(chunk)}
