@@ -70,14 +70,30 @@ browser-tools:
 	done; \
 	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 
-test: proto browser-tools
+test: proto browser-tools perf-analyzer
 	$(PY) -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 test-unit: proto
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: proto browser-tools
+test-e2e: proto browser-tools perf-analyzer
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Triton's perf_analyzer (tests/e2e/test_perf_analyzer.py, bench/perf_compare.py): the tritonclient 2.41.0
+# wheel's bin/perf_analyzer, in a venv of its own (the main venv keeps its newer tritonclient). It needs
+# Debian's libb64-0d and, even without a GPU, libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12), which
+# bench/perf_analyzer.py puts on its loader path.
+PERF_VENV := .venv-perf
+PERF_STAMP := $(PERF_VENV)/.installed
+
+$(PERF_STAMP):
+	@test -e /usr/lib/x86_64-linux-gnu/libb64.so.0d || tools/apt-install.sh libb64-0d
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install --quiet tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79
+	touch $@
+
+.PHONY: perf-analyzer
+perf-analyzer: $(PERF_STAMP)
 
 lint: proto
 	$(VENV)/bin/ruff check .
