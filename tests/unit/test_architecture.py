@@ -3,8 +3,8 @@
 Layers, top to bottom: `__main__` (wiring) -> `api` (protocols) -> `core` (admission, router, executor)
 -> `lifecycle` (models over time) -> `runtime` and `preprocess` (running graphs, preparing images).
 A package may import from its own layer and those below it, never above; the top-level shared modules
-(settings, errors, metrics and the statistics it feeds, logs, model spec, names, schemas) sit under everything. `client` talks to a
-server over the network and imports none of the server's layers."""
+(settings, errors, metrics and the statistics it feeds, logs, model spec, names, schemas) sit under
+everything. `client` talks to a server over the network and imports none of the server's layers."""
 
 from __future__ import annotations
 
