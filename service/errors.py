@@ -130,7 +130,7 @@ ERROR_TABLE: dict[type[ServiceError], StatusMapping] = {
     PayloadTooLarge: StatusMapping(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     UnknownModel: StatusMapping(404, grpc.StatusCode.NOT_FOUND),
     UnknownRegion: StatusMapping(404, grpc.StatusCode.NOT_FOUND),
-    Unsupported: StatusMapping(501, grpc.StatusCode.UNAVAILABLE),
+    Unsupported: StatusMapping(400, grpc.StatusCode.UNAVAILABLE),
     Overloaded: StatusMapping(503, grpc.StatusCode.RESOURCE_EXHAUSTED),
     NotReady: StatusMapping(503, grpc.StatusCode.UNAVAILABLE),
     DeadlineExceeded: StatusMapping(504, grpc.StatusCode.DEADLINE_EXCEEDED),

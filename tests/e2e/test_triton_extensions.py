@@ -285,5 +285,5 @@ def test_cuda_shared_memory_is_refused_clearly(tiny_server: LiveServer) -> None:
         f"{tiny_server.http_url}/v2/cudasharedmemory/region/c/register",
         json={"raw_handle": {"b64": "aGFuZGxl"}, "device_id": 0, "byte_size": 64},
     )
-    assert response.status_code == 501 and "system shared memory" in response.json()["error"]
+    assert response.status_code == 400 and "system shared memory" in response.json()["error"]
     assert _http(tiny_server).get_cuda_shared_memory_status() == []

@@ -240,7 +240,7 @@ async def infer(
         )
     tensor = request.inputs[0]
     record = target.record if target.kind == "model" else None
-    if record is not None and tensor.name not in record.config.v2_inputs:
+    if record is not None and tensor.name in (PIXELS, IMAGE) and tensor.name not in record.config.v2_inputs:
         raise InvalidArgument(
             f"model '{target.name}' takes only {', '.join(record.config.v2_inputs)} (its config.json's "
             f"v2_inputs), not '{tensor.name[:64]}'"

@@ -120,7 +120,7 @@ def _add_shared_memory_routes(
         ("/systemsharedmemory/region/{name}/register", register, "POST"),
         ("/systemsharedmemory/unregister", unregister, "POST"),
         ("/systemsharedmemory/region/{name}/unregister", unregister, "POST"),
-        # CUDA shared memory is not offered: register answers 501 (gRPC UNAVAILABLE), status lists none.
+        # CUDA shared memory is not offered: register answers 400 (gRPC UNAVAILABLE), status lists none.
         ("/cudasharedmemory/status", cuda_status, "GET"),
         ("/cudasharedmemory/region/{name}/status", cuda_status, "GET"),
         ("/cudasharedmemory/region/{name}/register", cuda_register, "POST"),

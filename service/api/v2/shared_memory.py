@@ -3,7 +3,7 @@ a registered region (service/core/shared_memory.py) named by the tensor's parame
 `shared_memory_region`, `shared_memory_byte_size` and `shared_memory_offset` (default 0). Shared by
 HTTP and gRPC. An input is a numpy view on the mapping (no copy); an output is written there and
 answered without data, its parameters saying where it is. CUDA shared memory is not offered: its
-register call answers UNAVAILABLE (HTTP 501), its status lists no region.
+register call answers UNAVAILABLE (HTTP 400), its status lists no region.
 """
 
 from __future__ import annotations
