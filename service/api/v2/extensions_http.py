@@ -90,14 +90,14 @@ def _add_shared_memory_routes(
                     raise InvalidArgument(f"'{field}' must be a whole number")
             assert isinstance(offset, int) and isinstance(byte_size, int)
             regions.register(name, key, offset, byte_size)
-            return Response(status_code=200)
+            return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
         return await answered("shared_memory", work)
 
     async def unregister(name: str = "") -> Response:
         async def work(call: Observation) -> Response:
             regions.unregister(name)
-            return Response(status_code=200)
+            return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
         return await answered("shared_memory", work)
 
@@ -107,12 +107,12 @@ def _add_shared_memory_routes(
     async def cuda_register(name: str) -> Response:
         async def work(call: Observation) -> Response:
             shm.refuse_cuda()
-            return Response(status_code=200)  # pragma: no cover - refuse_cuda raises
+            return JSONResponse({})  # pragma: no cover - refuse_cuda raises
 
         return await answered("shared_memory", work)
 
     async def cuda_unregister(name: str = "") -> Response:
-        return Response(status_code=200)  # nothing to unregister
+        return JSONResponse({})  # nothing to unregister
 
     routes: list[tuple[str, Callable[..., Awaitable[Response]], str]] = [
         ("/systemsharedmemory/status", status, "GET"),
