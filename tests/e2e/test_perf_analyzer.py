@@ -18,6 +18,8 @@ from tests.tiny_model import SIZE, write_model
 pytestmark = pytest.mark.slow
 
 SWEEP = (1, 2)
+# A functional test on a shared, busy machine: any three windows count as stable (a benchmark would not).
+STABILITY = 1000
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_a_concurrency_sweep_with_the_optional_input_left_out(
     before = _inference_count(perf_server, "tiny")
     run = perf_analyzer.run(
         "tiny", _url(perf_server, protocol), protocol, SWEEP, tmp_path,
-        input_data=data, measurement_ms=300, stability_percentage=100, max_trials=6, timeout_s=120,
+        input_data=data, measurement_ms=300, stability_percentage=STABILITY, max_trials=10, timeout_s=120,
     )  # fmt: skip
     _check(run)
     assert _inference_count(perf_server, "tiny") > before
@@ -76,7 +78,7 @@ def test_a_concurrency_sweep_through_system_shared_memory(
     before = _inference_count(perf_server, "pix")
     run = perf_analyzer.run(
         "pix", _url(perf_server, protocol), protocol, SWEEP, tmp_path,
-        shared_memory=True, measurement_ms=300, stability_percentage=100, max_trials=6, timeout_s=120,
+        shared_memory=True, measurement_ms=300, stability_percentage=STABILITY, max_trials=10, timeout_s=120,
     )  # fmt: skip
     _check(run)
     assert _inference_count(perf_server, "pix") > before
