@@ -142,8 +142,14 @@ BENCH_ARGS ?=
 bench-quick: proto $(BENCH_STAMP)
 	$(PY) -m bench.run --profile quick --repository $(REPOSITORY) $(BENCH_ARGS)
 
-bench: proto $(BENCH_STAMP)
+bench: proto $(BENCH_STAMP) bench-perf
 	$(PY) -m bench.run --profile full --repository $(REPOSITORY) $(BENCH_ARGS)
+
+# Triton's perf_analyzer beside our load generator on one server (bench/perf_compare.py): b0, V2 pixels
+# over gRPC, one image per request, concurrency 1, 4 and 16. Writes bench/results/perf-analyzer.json.
+.PHONY: bench-perf
+bench-perf: proto $(BENCH_STAMP) perf-analyzer
+	$(PY) -m bench.perf_compare --repository $(REPOSITORY)
 
 # The response cache (hit against miss over HTTP and gRPC; 16 clients with 50 % repeats, off / in-process /
 # Redis) and priorities (a page-like client's p99 under a saturating bulk job, with and without).
