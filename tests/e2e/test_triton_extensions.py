@@ -117,6 +117,8 @@ def test_a_model_may_take_one_input_only(tiny_server: LiveServer, real_photos: d
 def test_model_config_refusals(tiny_server: LiveServer) -> None:
     response = httpx.get(f"{tiny_server.http_url}/v2/models/nope/config")
     assert response.status_code == 404 and "nope" in response.json()["error"]
+    response = httpx.get(f"{tiny_server.http_url}/v2/models/auto/versions/1/config")
+    assert response.status_code == 422 and "no versions" in response.json()["error"]
     with pytest.raises(InferenceServerException) as caught:
         _grpc(tiny_server).get_model_config("tiny", "7")
     assert caught.value.status() == "StatusCode.NOT_FOUND" and "version 7" in caught.value.message()

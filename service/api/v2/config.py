@@ -24,7 +24,7 @@ from service.api.v2 import dataplane as v2
 from service.core.engine import Engine
 from service.core.routing import auto_candidates
 from service.core.target import AUTO
-from service.errors import NotReady
+from service.errors import InvalidArgument, NotReady
 from service.lifecycle.configs import VersionPolicy
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.runtime.priorities import DEFAULT, LEVELS
@@ -43,9 +43,8 @@ _TRITON_TYPES = {
 def model_config(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
     """The ModelConfig of `name` (at `version`: the newest ready one when empty), in Triton's JSON."""
     if engine.admission.canonical(name) == AUTO:
-        v2.parse_version(name, version)
         if version:
-            raise NotReady(f"'{AUTO}' has no versions; leave the version out")
+            raise InvalidArgument(f"'{AUTO}' has no versions; leave the version out")
         return _auto_config(engine)
     entry = engine.ready_version(name, v2.parse_version(name, version))
     record = engine.lookup(entry.name)
@@ -71,7 +70,7 @@ def _single_model_config(record: ModelRecord, entry: ModelEntry, gpu: int) -> di
     if kind == "KIND_GPU":
         group["gpus"] = [gpu]
     inputs = _inputs(entry, v2.offered_inputs(entry))
-    config = _common(entry.name, "onnxruntime_onnx", record, batching.max_batch_size, inputs)
+    config = _common(entry, "onnxruntime_onnx", record, batching.max_batch_size, inputs)
     config.update(
         backend="onnxruntime",
         dynamic_batching={
@@ -112,7 +111,7 @@ def _cascade_config(engine: Engine, record: ModelRecord, entry: ModelEntry) -> d
         if serving is not None and serving.batcher is not None:
             sizes.append(serving.batcher.config.max_batch_size)
     max_batch = min(sizes, default=engine.settings.max_images_per_request)
-    config = _common(entry.name, ENSEMBLE, record, max_batch, _inputs(entry, (v2.IMAGE,)))
+    config = _common(entry, ENSEMBLE, record, max_batch, _inputs(entry, (v2.IMAGE,)))
     config["ensemble_scheduling"] = {
         "step": [
             {
@@ -160,13 +159,11 @@ def _auto_config(engine: Engine) -> dict[str, Any]:
 
 
 def _common(
-    name: str, platform: str, record: ModelRecord, max_batch: int, inputs: list[dict[str, Any]]
+    entry: ModelEntry, platform: str, record: ModelRecord, max_batch: int, inputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    entry = record.serving()
-    assert entry is not None
     cached = record.config.response_cache
     return {
-        "name": name,
+        "name": entry.name,
         "platform": platform,
         "version_policy": version_policy(record.config.version_policy),
         "max_batch_size": max_batch,
