@@ -3,9 +3,10 @@ per request, closed loop at concurrency 1, 4 and 16 (`make bench-perf`; `make be
 
 Both clients send the same preprocessed 1080p photos as UINT8 [1, 3, 224, 224] and get the same answer
 (every output, raw), so what differs is the client: perf_analyzer is C++, ours is Python (grpc.aio);
-each one's own CPU is recorded (`client_cpu`, cores). At each concurrency the two alternate (ours first,
-then perf_analyzer first, `--repeats` times), so that drift in the machine's speed touches both; the
-medians are kept. Writes bench/results/perf-analyzer.json and prints a table.
+each one's own CPU is recorded (`client_cpu`, cores), and the mean batch the server ran for each (from
+its statistics extension). At each concurrency the two alternate (ours first, then perf_analyzer
+first, `--repeats` times), so that drift in the machine's speed touches both; the medians are kept.
+Writes bench/results/perf-analyzer.json and prints a table.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench import perf_analyzer, servers
@@ -62,6 +65,20 @@ def compare(
     address = f"127.0.0.1:{grpc_port}"
     load_before = os.getloadavg()
 
+    def batched(measure: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
+        """`measure`, with the mean batch the server ran meanwhile (its statistics extension)."""
+
+        def run(concurrency: int) -> dict[str, Any]:
+            before = _counts(server.base_url)
+            figures = measure(concurrency)
+            after = _counts(server.base_url)
+            images, batches = after[0] - before[0], after[1] - before[1]
+            figures["server_mean_batch"] = round(images / batches, 2) if batches else None
+            return figures
+
+        return run
+
+    @batched
     def ours(concurrency: int) -> dict[str, Any]:
         load = LoadSpec("closed", duration_s, warmup_s, concurrency=concurrency)
         result = asyncio.run(run_load(V2Infer(address, requests, "v2-pixels"), load, server.pid))
@@ -72,6 +89,7 @@ def compare(
             "client_cpu": round(result.cpu.client, 2),
         }
 
+    @batched
     def theirs(concurrency: int) -> dict[str, Any]:
         cpu_before, started = _children_cpu_s(), time.monotonic()
         run = perf_analyzer.run(
@@ -138,6 +156,12 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _counts(base_url: str) -> tuple[int, int]:
+    """(images run, batches run) of the model so far."""
+    (row,) = httpx.get(f"{base_url}/v2/models/{MODEL}/stats", timeout=10).json()["model_stats"]
+    return int(row["inference_count"]), int(row["execution_count"])
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -149,15 +173,16 @@ def _ms(value: float | None) -> float | None:
 
 def table(document: dict[str, Any]) -> str:
     lines = [
-        "| concurrency | ours img/s | ours p50 / p99 ms | perf_analyzer img/s | perf_analyzer p50 / p99 ms "
-        "| ratio |",
-        "|---|---|---|---|---|---|",
+        "| concurrency | ours img/s | ours p50 / p99 ms | ours mean batch | perf_analyzer img/s "
+        "| perf_analyzer p50 / p99 ms | perf_analyzer mean batch | ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in document["rows"]:
         ours, perf = row["loadgen"], row["perf_analyzer"]
         lines.append(
             f"| {row['concurrency']} | {ours['throughput']} | {ours['p50_ms']} / {ours['p99_ms']} | "
-            f"{perf['throughput']} | {perf['p50_ms']} / {perf['p99_ms']} | {row['throughput_ratio']} |"
+            f"{ours['server_mean_batch']} | {perf['throughput']} | {perf['p50_ms']} / {perf['p99_ms']} | "
+            f"{perf['server_mean_batch']} | {row['throughput_ratio']} |"
         )
     return "\n".join(lines)
 
