@@ -70,14 +70,30 @@ browser-tools:
 	done; \
 	if [ -n "$$missing" ]; then tools/apt-install.sh $$missing; fi
 
-test: proto browser-tools
+test: proto browser-tools perf-analyzer
 	$(PY) -m pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 test-unit: proto
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-e2e: proto browser-tools
+test-e2e: proto browser-tools perf-analyzer
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Triton's perf_analyzer (tests/e2e/test_perf_analyzer.py, bench/perf_compare.py): the tritonclient 2.41.0
+# wheel's bin/perf_analyzer, in a venv of its own (the main venv keeps its newer tritonclient). It needs
+# Debian's libb64-0d and, even without a GPU, libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12), which
+# bench/perf_analyzer.py puts on its loader path.
+PERF_VENV := .venv-perf
+PERF_STAMP := $(PERF_VENV)/.installed
+
+$(PERF_STAMP):
+	@test -e /usr/lib/x86_64-linux-gnu/libb64.so.0d || tools/apt-install.sh libb64-0d
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install --quiet tritonclient==2.41.0 nvidia-cuda-runtime-cu12==12.9.79
+	touch $@
+
+.PHONY: perf-analyzer
+perf-analyzer: $(PERF_STAMP)
 
 lint: proto
 	$(VENV)/bin/ruff check .
@@ -126,8 +142,14 @@ BENCH_ARGS ?=
 bench-quick: proto $(BENCH_STAMP)
 	$(PY) -m bench.run --profile quick --repository $(REPOSITORY) $(BENCH_ARGS)
 
-bench: proto $(BENCH_STAMP)
+bench: proto $(BENCH_STAMP) bench-perf
 	$(PY) -m bench.run --profile full --repository $(REPOSITORY) $(BENCH_ARGS)
+
+# Triton's perf_analyzer beside our load generator on one server (bench/perf_compare.py): b0, V2 pixels
+# over gRPC, one image per request, concurrency 1, 4 and 16. Writes bench/results/perf-analyzer.json.
+.PHONY: bench-perf
+bench-perf: proto $(BENCH_STAMP) perf-analyzer
+	$(PY) -m bench.perf_compare --repository $(REPOSITORY)
 
 # The response cache (hit against miss over HTTP and gRPC; 16 clients with 50 % repeats, off / in-process /
 # Redis) and priorities (a page-like client's p99 under a saturating bulk job, with and without).

@@ -62,6 +62,18 @@ class UnknownModel(ServiceError):
     code = "unknown_model"
 
 
+class UnknownRegion(ServiceError):
+    """A shared memory region that is not registered (Triton's shared memory extensions)."""
+
+    code = "unknown_region"
+
+
+class Unsupported(ServiceError):
+    """A protocol feature this server does not offer (e.g. CUDA shared memory)."""
+
+    code = "unsupported"
+
+
 class Overloaded(ServiceError):
     """Queue full: retry later, after `retry_after` seconds."""
 
@@ -117,6 +129,8 @@ ERROR_TABLE: dict[type[ServiceError], StatusMapping] = {
     UnsupportedMediaType: StatusMapping(415, grpc.StatusCode.INVALID_ARGUMENT),
     PayloadTooLarge: StatusMapping(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     UnknownModel: StatusMapping(404, grpc.StatusCode.NOT_FOUND),
+    UnknownRegion: StatusMapping(404, grpc.StatusCode.NOT_FOUND),
+    Unsupported: StatusMapping(400, grpc.StatusCode.UNAVAILABLE),
     Overloaded: StatusMapping(503, grpc.StatusCode.RESOURCE_EXHAUSTED),
     NotReady: StatusMapping(503, grpc.StatusCode.UNAVAILABLE),
     DeadlineExceeded: StatusMapping(504, grpc.StatusCode.DEADLINE_EXCEEDED),

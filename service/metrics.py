@@ -21,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from service.statistics import Statistics
+
 # Latency buckets from 1 ms to 30 s: CPU b0 runs in a few ms, b7 batches take seconds.
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1,
@@ -255,6 +257,8 @@ class Metrics:
             ["backend", "operation"],
             registry=self.registry,
         )
+        # Triton's statistics extension, fed by the same calls as the histograms (service/statistics.py).
+        self.statistics = Statistics()
         # The series every request or batch touches.
         self._requests = _children(self.requests)
         self._request_duration = _children(self.request_duration)
@@ -266,12 +270,16 @@ class Metrics:
         self._queue_depth_priority = _children(self.queue_depth_priority)
 
     # --- BatchObserver protocol (service.runtime.batcher) ---
-    def batch_completed(self, model: str, size: int, inference_s: float) -> None:
+    def batch_completed(
+        self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
+    ) -> None:
         self._batch_size(model).observe(size)
         self._inference_duration(model).observe(inference_s)
+        self.statistics.batch(model, size, prepare_s, inference_s, output_s)
 
     def item_dequeued(self, model: str, queue_s: float) -> None:
         self._queue_duration(model).observe(queue_s)
+        self.statistics.queued(model, queue_s)
 
     def queue_depth(self, model: str, depth: int) -> None:
         self._queue_depth(model).set(depth)
@@ -283,11 +291,12 @@ class Metrics:
         self._queue_depth_priority(model, priority).set(depth)
 
     # --- the response cache (service.core.cache) ---
-    def cache_lookups(self, backend: str, model: str, hits: int, misses: int) -> None:
+    def cache_lookups(self, backend: str, model: str, hits: int, misses: int, seconds: float = 0.0) -> None:
         if hits:
             self.cache_lookups_total.labels(backend, model, "hit").inc(hits)
         if misses:
             self.cache_lookups_total.labels(backend, model, "miss").inc(misses)
+        self.statistics.cache(model, hits, misses, seconds)
 
     def cache_stored(self, backend: str, size: int) -> None:
         self.cache_stored_bytes.labels(backend).inc(size)
@@ -299,12 +308,19 @@ class Metrics:
         self.cache_errors.labels(backend, operation).inc()
 
     # --- used by the engine and the protocol layers ---
-    def observe_request(self, protocol: str, model: str, code: str | int, seconds: float) -> None:
+    def observe_request(
+        self, protocol: str, model: str, code: str | int, seconds: float, inference: bool | None = None
+    ) -> None:
+        """`inference`: whether the request was admitted to run on `model` (None: not one that runs),
+        True when it succeeded; such requests are the statistics' success and fail."""
         self._requests(protocol, model, str(code)).inc()
         self._request_duration(protocol, model).observe(seconds)
+        if inference is not None:
+            self.statistics.request(model, inference, seconds)
 
     def observe_preprocess(self, model: str, seconds: float) -> None:
         self._preprocess_duration(model).observe(seconds)
+        self.statistics.preprocessed(model, seconds)
 
     def set_ready(self, model: str, ready: bool) -> None:
         self.model_ready.labels(model).set(1 if ready else 0)

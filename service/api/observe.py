@@ -60,9 +60,11 @@ class Observation:
     label: str
     code: Code | None = None  # None: the codes' success value when no error was raised
     started: float = field(default_factory=time.monotonic)
+    runs: bool = False  # admitted to run on a model: counted in its statistics (service/statistics.py)
 
     def admitted(self, target: Target) -> Target:
         self.label = target.name
+        self.runs = True
         return target
 
 
@@ -92,4 +94,5 @@ def observed(metrics: Metrics, codes: StatusCodes, label: str, request_id: str =
                       request_id, call.label)  # fmt: skip
         raise
     finally:
-        metrics.observe_request(codes.protocol, call.label, code, time.monotonic() - call.started)
+        ran = (code == codes.ok) if call.runs else None
+        metrics.observe_request(codes.protocol, call.label, code, time.monotonic() - call.started, ran)

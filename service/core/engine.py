@@ -24,6 +24,7 @@ from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
 from service.core.live import LiveFigures
 from service.core.outcomes import ClassifyOutcome, InferOutcome, classified
 from service.core.routing import Router, auto_candidates
+from service.core.shared_memory import SharedMemoryRegions
 from service.core.target import AUTO, Target
 from service.errors import InvalidArgument, NotReady, UnknownModel
 from service.lifecycle.files import ModelLoadError
@@ -67,6 +68,7 @@ class Engine:
         self.router = Router(self.executor, self.lifecycle, self.pool, self.live, settings, metrics)
         self.admission = Admission(self.lifecycle, settings)
         self.poller = Poller(self.lifecycle, settings) if settings.model_control == "poll" else None
+        self.shared_memory = SharedMemoryRegions()  # Triton's system shared memory extension
         self._accepting = False
         self._draining = False
         self._stopped = False
@@ -115,6 +117,7 @@ class Engine:
         await self.lifecycle.stop()
         self.pool.close()
         await self.cache.close()
+        self.shared_memory.close_all()
 
     # ------------------------------------------------------------------ state
     @property

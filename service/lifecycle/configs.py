@@ -4,7 +4,7 @@ cascade, `cascade.json` (its stages and exit confidences). Schemas and validated
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -62,6 +62,9 @@ class ModelConfig(_Strict):
     max_queue_delay_ms: float | None = Field(default=None, ge=0, le=60_000)
     # Keep answers in the response cache (service/core/answers.py); the cache's size is global.
     response_cache: bool = False
+    # The Open Inference Protocol inputs it takes (default both). One only makes neither optional in its
+    # Triton configuration, which perf_analyzer's shared memory mode needs (it sends every input).
+    v2_inputs: tuple[Literal["pixels", "image"], ...] = Field(default=("pixels", "image"), min_length=1)
 
 
 DEFAULT_CONFIG = ModelConfig()

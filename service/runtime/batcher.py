@@ -54,7 +54,9 @@ _UNKNOWN_RETRY_AFTER_S = 1.0
 
 
 class BatchObserver(QueueObserver, Protocol):
-    def batch_completed(self, model: str, size: int, inference_s: float) -> None: ...
+    def batch_completed(
+        self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -389,13 +391,16 @@ class Batcher:
             if self._batch_s is None
             else self._batch_s + _EWMA_ALPHA * (inference_s - self._batch_s)
         )
-        if self._observer is not None:
-            self._observer.batch_completed(self.name, n, inference_s)
+        scatter_started = time.perf_counter()
         for i, (item, prepare_s) in enumerate(prepared):
             future = item.future
             if not future.done():
                 rows = item_rows(ran.outputs, i, item.wanted)
                 future.set_result(ItemResult(rows, started - item.enqueued_at, inference_s, n, prepare_s))
+        if self._observer is not None:
+            prepare_s = sum(seconds for _, seconds in prepared)
+            output_s = time.perf_counter() - scatter_started
+            self._observer.batch_completed(self.name, n, inference_s, prepare_s, output_s)
 
     @property
     def runner(self) -> Runner | BatchRunner:

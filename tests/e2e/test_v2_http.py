@@ -49,7 +49,7 @@ def test_health_and_metadata(live_server) -> None:
     assert meta["versions"] == ["1"]
     assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
         ("pixels", "UINT8", (-1, 3, 224, 224)),
-        ("image", "BYTES", (-1,)),
+        ("image", "BYTES", (-1, 1)),
     }
     names = [t["name"] for t in meta["outputs"]]
     assert names == ["logits", "probabilities", "features", "cam", "cam_classes"]

@@ -3,8 +3,8 @@
 Layers, top to bottom: `__main__` (wiring) -> `api` (protocols) -> `core` (admission, router, executor)
 -> `lifecycle` (models over time) -> `runtime` and `preprocess` (running graphs, preparing images).
 A package may import from its own layer and those below it, never above; the top-level shared modules
-(settings, errors, metrics, logs, model spec, names, schemas) sit under everything. `client` talks to a
-server over the network and imports none of the server's layers."""
+(settings, errors, metrics and the statistics it feeds, logs, model spec, names, schemas) sit under
+everything. `client` talks to a server over the network and imports none of the server's layers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 LAYERS = ["__main__", "api", "core", "lifecycle", "runtime", "preprocess"]
 RANK = {"__main__": 0, "api": 1, "core": 2, "lifecycle": 3, "runtime": 4, "preprocess": 4}
-SHARED = {"settings", "errors", "metrics", "logs", "model_spec", "names", "schemas", "_generated", "protogen"}
+SHARED = {
+    "settings", "errors", "metrics", "statistics", "logs", "model_spec", "names", "schemas", "_generated",
+    "protogen",
+}  # fmt: skip
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,7 @@ parameters, and the Triton classification extension.
 
 A model takes one of two inputs:
 - `pixels`: UINT8 [N, 3, S, S] at the model's crop size, already preprocessed: straight to the batcher;
-- `image`: BYTES [N] (or [N, 1]) of encoded images, preprocessed by the server as /classify does.
+- `image`: BYTES [N, 1] (or [N]) of encoded images, preprocessed by the server as /classify does.
 It has two outputs, `logits` and `probabilities` (FP32 [N, num_classes]); a requested output with the
 parameter `classification: k` becomes BYTES [N, k] of "score:index:label", highest score first.
 Models exported with them also offer, when asked by name (a request that names no output gets only
@@ -40,7 +40,13 @@ OUTPUT_NAMES = ("logits", "probabilities")
 KNOWN_OUTPUTS = (*OUTPUT_NAMES, *EXTRA_OUTPUTS)
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "effnet-serve"
-EXTENSIONS = ("classification", "binary_tensor_data")
+EXTENSIONS = (
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+)
 
 
 def server_version() -> str:
@@ -174,7 +180,7 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
     assert entry.spec is not None
     versions = versions or (str(entry.version),)
     if entry.kind == "cascade":  # stages of several resolutions: encoded images only
-        image_only = (TensorMetadata(IMAGE, BYTES, (-1,)),)
+        image_only = (TensorMetadata(IMAGE, BYTES, (-1, 1)),)
         outputs = tuple(
             TensorMetadata(o.name, _spec_datatype(o.dtype), tuple(o.shape))
             for o in entry.spec.outputs
@@ -183,13 +189,19 @@ def model_metadata(entry: ModelEntry, versions: Sequence[str] = ()) -> ModelMeta
         return ModelMetadata(entry.name, tuple(versions), "ensemble", image_only, outputs)
     spec = entry.spec
     pixels = TensorMetadata(PIXELS, "UINT8", (-1, 3, spec.crop_size, spec.crop_size))
-    image = TensorMetadata(IMAGE, BYTES, (-1,))
+    image = TensorMetadata(IMAGE, BYTES, (-1, 1))
     outputs = tuple(
         TensorMetadata(o.name, _spec_datatype(o.dtype), tuple(o.shape))
         for o in spec.outputs
         if o.name in KNOWN_OUTPUTS
     )
-    return ModelMetadata(entry.name, tuple(versions), PLATFORM, (pixels, image), outputs)
+    inputs = tuple(t for t in (pixels, image) if t.name in offered_inputs(entry))
+    return ModelMetadata(entry.name, tuple(versions), PLATFORM, inputs, outputs)
+
+
+def offered_inputs(entry: ModelEntry) -> tuple[str, ...]:
+    """The V2 inputs a model takes: its config.json's `v2_inputs` (both by default)."""
+    return entry.config.v2_inputs if entry.config is not None else (PIXELS, IMAGE)
 
 
 def _spec_datatype(dtype: str) -> str:
@@ -227,6 +239,12 @@ async def infer(
             f"got {len(request.inputs)}"
         )
     tensor = request.inputs[0]
+    record = target.record if target.kind == "model" else None
+    if record is not None and tensor.name in (PIXELS, IMAGE) and tensor.name not in record.config.v2_inputs:
+        raise InvalidArgument(
+            f"model '{target.name}' takes only {', '.join(record.config.v2_inputs)} (its config.json's "
+            f"v2_inputs), not '{tensor.name[:64]}'"
+        )
     deadline = deadline_from(request.parameters, deadline)
     if tensor.name == PIXELS:
         if tensor.datatype != "UINT8" or isinstance(tensor.data, list):

@@ -15,8 +15,11 @@ from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
 from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
+from service.api.v2 import shared_memory as shm
 from service.api.v2 import tensors
+from service.api.v2.extensions_grpc import TritonExtensions
 from service.core.engine import Engine
+from service.core.shared_memory import SharedMemoryRegions
 from service.errors import InvalidArgument, ServiceError, retry_after, status_for
 from service.metrics import Metrics
 
@@ -69,20 +72,36 @@ def set_parameter(message_map: Any, key: str, value: bool | int | float | str) -
         target.string_param = value
 
 
-def request_from_message(message: pb.ModelInferRequest) -> v2.InferRequest:
+def request_from_message(
+    message: pb.ModelInferRequest, regions: SharedMemoryRegions | None = None
+) -> v2.InferRequest:
+    """With `regions`, an input may name a registered shared memory region instead of carrying data;
+    raw_input_contents then holds one entry per other input."""
     raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
+    in_regions = [
+        regions is not None and shm.names_region(parameters_of(tensor.parameters))
+        for tensor in message.inputs
+    ]
+    carried = len(message.inputs) - sum(in_regions)
+    if raw and len(raw) != carried:
         raise InvalidArgument(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; "
-            "when used, it must hold one per input"
+            f"raw_input_contents has {len(raw)} entries for {carried} inputs; "
+            "when used, it must hold one per input not in shared memory"
         )
     inputs = []
-    for index, tensor in enumerate(message.inputs):
+    raw_index = 0
+    for tensor, in_region in zip(message.inputs, in_regions, strict=True):
         shape = tuple(tensor.shape)
-        if raw:
+        if in_region:
+            assert regions is not None
+            data = shm.input_from_region(
+                regions, tensor.name, tensor.datatype, shape, parameters_of(tensor.parameters)
+            )
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(f"input '{tensor.name}': contents and raw_input_contents are both set")
-            data = tensors.tensor_from_raw(tensor.name, tensor.datatype, shape, raw[index])
+            data = tensors.tensor_from_raw(tensor.name, tensor.datatype, shape, raw[raw_index])
+            raw_index += 1
         else:
             field = _CONTENTS_FIELD.get(tensor.datatype)
             if field is None:
@@ -107,14 +126,22 @@ def request_from_message(message: pb.ModelInferRequest) -> v2.InferRequest:
     )
 
 
-def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
-    """Outputs always travel as raw_output_contents (what Triton does; clients read both forms)."""
+def response_message(
+    response: v2.InferResponse, placed: dict[str, dict[str, Any]] | None = None
+) -> pb.ModelInferResponse:
+    """Outputs always travel as raw_output_contents (what Triton does; clients read both forms), except
+    those `placed` in shared memory: their parameters say where, their raw entry is empty (so that the
+    entries stay in the order of the outputs)."""
     message = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
     for key, value in response.parameters.items():
         set_parameter(message.parameters, key, value)
     for output in response.outputs:
-        message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
-        if isinstance(output.data, np.ndarray):
+        added = message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        if placed and output.name in placed:
+            for key, value in placed[output.name].items():
+                set_parameter(added.parameters, key, value)
+            message.raw_output_contents.append(b"")
+        elif isinstance(output.data, np.ndarray):
             little = np.ascontiguousarray(output.data, dtype=output.data.dtype.newbyteorder("<"))
             message.raw_output_contents.append(little.tobytes())
         else:
@@ -122,7 +149,7 @@ def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
     return message
 
 
-class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
+class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Engine, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -230,8 +257,9 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self, call: Observation, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
         target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
-        infer_request = request_from_message(request)
-        return response_message(await v2.infer(self._engine, target, infer_request, deadline))
+        infer_request = request_from_message(request, self._engine.shared_memory)
+        response = await v2.infer(self._engine, target, infer_request, deadline)
+        return response_message(response, shm.write_outputs(self._engine.shared_memory, response))
 
 
 def stream_error(request: pb.ModelInferRequest, error: ServiceError) -> pb.ModelStreamInferResponse:

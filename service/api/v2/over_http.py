@@ -22,8 +22,11 @@ from service.api.http.body import read_body, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.observe import Observation, http_codes, observed
 from service.api.v2 import dataplane as v2
+from service.api.v2 import shared_memory as shm
 from service.api.v2 import tensors
+from service.api.v2.extensions_http import add_extension_routes
 from service.core.engine import Engine
+from service.core.shared_memory import SharedMemoryRegions
 from service.errors import (
     BadRequest,
     EmptyBody,
@@ -48,7 +51,14 @@ def error_response(error: ServiceError) -> JSONResponse:
 
 
 # ------------------------------------------------------------------------------------ request parsing
-def parse_infer_request(model: str, version: str, body: bytes, header_length: str | None) -> v2.InferRequest:
+def parse_infer_request(
+    model: str,
+    version: str,
+    body: bytes,
+    header_length: str | None,
+    regions: SharedMemoryRegions | None = None,
+) -> v2.InferRequest:
+    """With `regions`, an input may name a registered shared memory region instead of carrying data."""
     if not body:
         raise EmptyBody("the request body is empty; send an inference request JSON object")
     if header_length is not None:
@@ -76,7 +86,9 @@ def parse_infer_request(model: str, version: str, body: bytes, header_length: st
             raise InvalidArgument(f"input '{name[:64]}': 'shape' must be a list of integers")
         parameters = _parameters(item, f"input '{name[:64]}'")
         size = parameters.get("binary_data_size")
-        if size is not None:
+        if regions is not None and shm.names_region(parameters):
+            data = shm.input_from_region(regions, name, datatype, shape, parameters)
+        elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(f"input '{name[:64]}': binary_data_size {size} does not fit the body")
             data = tensors.tensor_from_raw(name, datatype, shape, bytes(binary[offset : offset + size]))
@@ -146,7 +158,12 @@ def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- response encoding
-def encode_infer_response(response: v2.InferResponse, parameters: dict[str, Any]) -> Response:
+def encode_infer_response(
+    response: v2.InferResponse,
+    parameters: dict[str, Any],
+    placed: dict[str, dict[str, Any]] | None = None,
+) -> Response:
+    """`placed`: outputs written to shared memory, answered with their name, datatype and shape only."""
     binary_default = parameters.get("binary_data_output") is True
     header_outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
@@ -158,7 +175,11 @@ def encode_infer_response(response: v2.InferResponse, parameters: dict[str, Any]
             "datatype": output.datatype,
             "shape": list(output.shape),
         }
-        if binary:
+        if placed and output.name in placed:
+            # Neither data nor parameters: Triton's C++ client reads any output parameters as the
+            # binary extension's, and the caller knows where it asked the output to go.
+            pass
+        elif binary:
             chunk = _raw(output.data)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
@@ -291,9 +312,11 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
             body = await read_body(request, engine.settings.max_body_bytes)
-            infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
+            header = request.headers.get(HEADER_LENGTH)
+            infer_request = parse_infer_request(name, version, body, header, engine.shared_memory)
             response = await unless_disconnected(request, v2.infer(engine, target, infer_request, None))
-            return encode_infer_response(response, infer_request.parameters)
+            placed = shm.write_outputs(engine.shared_memory, response)
+            return encode_infer_response(response, infer_request.parameters, placed)
 
         return await answered(engine.label(name), work)
 
@@ -336,6 +359,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
 
         return await answered(engine.label(name), work)
 
+    add_extension_routes(router, engine, metrics, answered, _ERRORS)  # before /models/{name}: see there
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
         router.add_api_route(
             base, model_metadata, methods=["GET"], summary="Model metadata", responses=_ERRORS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class ResponseCache:
         if not self.wanted(entry, options):
             return None
         assert self.backend is not None and options is not None
+        started = time.monotonic()
         identity = model_identity(entry, input_kind)
         size = sum(c.nbytes if isinstance(c, np.ndarray) else len(c) for c in contents)
         if size > _HASH_INLINE_BYTES:
@@ -88,7 +90,8 @@ class ResponseCache:
             except ValueError:
                 rows.append(None)
         hits = sum(row is not None for row in rows)
-        self._metrics.cache_lookups(self.backend.name, entry.name, hits, len(rows) - hits)
+        seconds = time.monotonic() - started
+        self._metrics.cache_lookups(self.backend.name, entry.name, hits, len(rows) - hits, seconds)
         return Lookup(keys, rows)
 
     async def store(self, lookup: Lookup, fresh: dict[int, Rows]) -> None:

@@ -211,7 +211,7 @@ async def test_metadata_lists_both_inputs(engine: Engine) -> None:
     meta = v2.metadata_of(engine, "tiny")
     assert [(t.name, t.datatype, t.shape) for t in meta.inputs] == [
         ("pixels", "UINT8", (-1, 3, SIZE, SIZE)),
-        ("image", "BYTES", (-1,)),
+        ("image", "BYTES", (-1, 1)),
     ]
     assert [t.name for t in meta.outputs] == ["logits", "probabilities"]
 

@@ -90,7 +90,9 @@ class RecordingObserver:
         self.depths: list[int] = []
         self.expired = 0
 
-    def batch_completed(self, model: str, size: int, inference_s: float) -> None:
+    def batch_completed(
+        self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
+    ) -> None:
         assert model == MODEL and inference_s >= 0
         self.batches.append(size)
 

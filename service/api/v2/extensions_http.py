@@ -1,0 +1,144 @@
+"""Triton's protocol extensions over HTTP: model configuration, statistics and system shared memory,
+added to the V2 router (over_http.py) before its `/models/{name}` routes, so that `/models/stats`
+is the statistics of every model and not the metadata of a model called "stats"."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.http.body import read_body
+from service.api.observe import Observation
+from service.api.v2 import config as model_configs
+from service.api.v2 import shared_memory as shm
+from service.api.v2 import stats
+from service.core.engine import Engine
+from service.errors import BadRequest, InvalidArgument
+from service.metrics import Metrics
+
+_CONTROL_BODY_LIMIT = 64 * 1024
+Answered = Callable[[str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
+
+
+def add_extension_routes(
+    router: APIRouter,
+    engine: Engine,
+    metrics: Metrics,
+    answered: Answered,
+    errors: dict[int | str, dict[str, Any]],
+) -> None:
+    async def config(name: str, version: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            return JSONResponse(model_configs.model_config(engine, name, version))
+
+        return await answered(engine.label(name), work)
+
+    async def statistics(name: str = "", version: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            return JSONResponse(stats.model_statistics(engine, metrics.statistics, name, version))
+
+        return await answered(engine.label(name) if name else "statistics", work)
+
+    router.add_api_route(
+        "/models/stats",
+        statistics,
+        methods=["GET"],
+        summary="Statistics of every model (Triton's statistics extension)",
+        responses=errors,
+    )
+    _add_shared_memory_routes(router, engine, answered, errors)
+    for base in ("/models/{name}", "/models/{name}/versions/{version}"):
+        router.add_api_route(
+            f"{base}/stats",
+            statistics,
+            methods=["GET"],
+            summary="A model's statistics (Triton's statistics extension)",
+            responses=errors,
+        )
+        router.add_api_route(
+            f"{base}/config",
+            config,
+            methods=["GET"],
+            summary="Model configuration (Triton's ModelConfig; model configuration extension)",
+            responses=errors,
+        )
+
+
+def _add_shared_memory_routes(
+    router: APIRouter, engine: Engine, answered: Answered, errors: dict[int | str, dict[str, Any]]
+) -> None:
+    regions = engine.shared_memory
+
+    async def status(name: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            return JSONResponse(shm.status_rows(regions, name))
+
+        return await answered("shared_memory", work)
+
+    async def register(request: Request, name: str) -> Response:
+        async def work(call: Observation) -> Response:
+            document = await _object_body(request)
+            key, offset, byte_size = document.get("key"), document.get("offset", 0), document.get("byte_size")
+            if not isinstance(key, str):
+                raise InvalidArgument("'key' must be the name of a POSIX shared memory object")
+            for field, value in (("offset", offset), ("byte_size", byte_size)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise InvalidArgument(f"'{field}' must be a whole number")
+            assert isinstance(offset, int) and isinstance(byte_size, int)
+            regions.register(name, key, offset, byte_size)
+            return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
+
+        return await answered("shared_memory", work)
+
+    async def unregister(name: str = "") -> Response:
+        async def work(call: Observation) -> Response:
+            regions.unregister(name)
+            return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
+
+        return await answered("shared_memory", work)
+
+    async def cuda_status(name: str = "") -> Response:
+        return JSONResponse([])  # none is ever registered
+
+    async def cuda_register(name: str) -> Response:
+        async def work(call: Observation) -> Response:
+            shm.refuse_cuda()
+            return JSONResponse({})  # pragma: no cover - refuse_cuda raises
+
+        return await answered("shared_memory", work)
+
+    async def cuda_unregister(name: str = "") -> Response:
+        return JSONResponse({})  # nothing to unregister
+
+    routes: list[tuple[str, Callable[..., Awaitable[Response]], str]] = [
+        ("/systemsharedmemory/status", status, "GET"),
+        ("/systemsharedmemory/region/{name}/status", status, "GET"),
+        ("/systemsharedmemory/region/{name}/register", register, "POST"),
+        ("/systemsharedmemory/unregister", unregister, "POST"),
+        ("/systemsharedmemory/region/{name}/unregister", unregister, "POST"),
+        # CUDA shared memory is not offered: register answers 400 (gRPC UNAVAILABLE), status lists none.
+        ("/cudasharedmemory/status", cuda_status, "GET"),
+        ("/cudasharedmemory/region/{name}/status", cuda_status, "GET"),
+        ("/cudasharedmemory/region/{name}/register", cuda_register, "POST"),
+        ("/cudasharedmemory/unregister", cuda_unregister, "POST"),
+        ("/cudasharedmemory/region/{name}/unregister", cuda_unregister, "POST"),
+    ]
+    for path, endpoint, method in routes:
+        kind = "System" if path.startswith("/system") else "CUDA"
+        summary = f"{kind} shared memory (Triton's extension)"
+        router.add_api_route(path, endpoint, methods=[method], summary=summary, responses=errors)
+
+
+async def _object_body(request: Request) -> dict[str, Any]:
+    body = await read_body(request, _CONTROL_BODY_LIMIT)
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document
