@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
+from service.runtime.int8_kernels import faithful_int8
 from service.runtime.providers import CPU, CUDA, nvidia_gpu_present
 from service.settings import Settings
 
@@ -96,7 +97,7 @@ def build_session_options(options: RuntimeOptions, cuda: bool = False) -> ort.Se
         # running batch returns: the cores are then free for decoding the next request's image.
         so.add_session_config_entry("session.force_spinning_stop", "1")
     so.log_severity_level = 3  # errors only; provider fall-back is reported by us, once, clearly
-    return so
+    return so if cuda else faithful_int8(so)
 
 
 def provider_list(options: RuntimeOptions) -> list[str | tuple[str, dict[str, object]]]:
