@@ -91,8 +91,11 @@ models: $(REPOSITORY)/.complete
 upgrade-models: $(STAMP)
 	$(PY) -m models.upgrade --repository $(REPOSITORY)
 
+# The model a request that names none gets (README, "The default model"); empty: the server's own rule.
+DEFAULT_MODEL ?= cascade-lite
+
 serve: $(STAMP) models
-	$(PY) -m service serve --repository $(REPOSITORY)
+	$(VENV)/bin/effnet-serve serve --repository $(REPOSITORY) $(if $(DEFAULT_MODEL),--default-model $(DEFAULT_MODEL))
 
 # tests/deploy needs nginx, promtool and docker-compose: `make check-deploy` installs them and runs it.
 # The page at / is tested in headless Chromium, the response cache against a real Redis: Debian's

@@ -85,6 +85,12 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def page_url(host: str, port: int) -> str:
+    """The page's address for a person: a wildcard bind is reached as localhost."""
+    shown = "localhost" if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the service stops HTTP and gRPC together."""
 
@@ -171,6 +177,7 @@ async def serve(settings: Settings) -> int:
         else:
             grpc_server = started
             log.info("event=ready models=%s", ",".join(engine.readiness()))
+            log.info("open %s", page_url(settings.host, settings.http_port))
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             if http_task.done() and not stop_task.done():
                 exit_code = 1

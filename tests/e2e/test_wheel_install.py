@@ -120,5 +120,14 @@ def test_effnet_serve_serves_a_repository(
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["predictions"][0]["label"] == "red"
+    # Once ready, one line tells a person where to go.
+    deadline = time.monotonic() + 10
+    while f"open {url}/" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (
+        [line for line in log_path.read_text().splitlines() if " open http" in line]
+        == [line for line in log_path.read_text().splitlines() if line.endswith(f"open {url}/")]
+        != []
+    )
     process.terminate()
     assert process.wait(30) == 0
