@@ -75,6 +75,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocess-workers", type=int, help="decode threads; 0: EFFNET_CPUS (all cores)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... [EFFNET_LOG_LEVEL]")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines [EFFNET_LOG_JSON]")
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per request (default on; --no-access-log) [EFFNET_ACCESS_LOG]",
+    )
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         first = exc.errors()[0]
         print(f"error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json, settings.access_log)
     try:
         return asyncio.run(serve(settings))
     except (ModelLoadError, RuntimeUnavailable) as exc:

@@ -211,6 +211,9 @@ class Settings(BaseSettings):
     # --- logging ---
     log_level: str = "INFO"
     log_json: bool = False
+    access_log: bool = Field(
+        True, description="one line per request (protocol, route, model, status, ms, request id)"
+    )
 
     # --- GPU path (service/runtime/session.py, service/core/precision.py, service/preprocess/backends.py) ---
     precision: Literal["auto", "fp32", "fp16"] = Field(
