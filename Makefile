@@ -190,7 +190,7 @@ soak: $(TEST_STAMP)
 # Chaos (a few minutes; not part of `make test`): the compose topology as processes (3 replicas,
 # nginx, HTTP + gRPC load over several models) in a network namespace of its own, under random
 # faults: SIGKILL + restart, SIGSTOP/SIGCONT, a corrupt model file, delay and loss on one replica's
-# link. Writes docs/chaos-report.json and prints a table; fails if any request is lost or wrong.
+# link. Writes docs/simulations/chaos-report.json and prints a table; fails if any request is lost or wrong.
 # Needs root (network namespace, tc, iptables); installs nginx, iproute2 and iptables if missing.
 .PHONY: chaos
 CHAOS_SECONDS ?= 240
@@ -231,7 +231,7 @@ check-image: $(TEST_STAMP)
 # in a network namespace of its own; an open-loop ramp (base -> 4x one pod's capacity -> base) runs
 # once per policy while a simulated HPA controller (Kubernetes' algorithm, the behaviour of
 # docker/k8s/base/hpa.yaml) scrapes the pods and scales them: our load ratio vs CPU at 70 %.
-# Writes docs/scale-sim.json and docs/scale-sim.png (docs/deploy.md, "Autoscaling").
+# Writes docs/simulations/scale-sim.json and docs/simulations/scale-sim.png (docs/deploy.md, "Autoscaling").
 .PHONY: scale-sim
 SCALE_ARGS ?=
 
