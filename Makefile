@@ -68,7 +68,7 @@ lock:
 # fp16 is for GPUs (no gain on a CPU); int8 is for CPUs, where it pays on the Lite models (about 2x).
 DERIVED ?= lite0:fp16,int8 lite1:int8 lite2:int8
 # The default cascade: lite0-int8 answers the images it is sure of, lite2 the rest. The exit confidence
-# comes from the measured curve (bench/README.md, "Cascade curve": the cheapest threshold that agreed
+# comes from the measured curve (bench/README.md, "The cascade curve": the cheapest threshold that agreed
 # with lite2 on every real-photo view).
 CASCADE ?= cascade-lite=lite0-int8:0.45,lite2
 
