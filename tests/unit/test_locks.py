@@ -95,3 +95,22 @@ def test_make_installs_the_device_lock_into_the_device_venv(device: str, venv: s
     assert f"{venv}/bin/python -m pip install --no-deps --requirement requirements/export{suffix}.txt" in plan
     assert f"{venv}/bin/python -m pip install --no-deps --requirement requirements/test{suffix}.txt" in plan
     assert "--quiet" not in plan  # a first install takes minutes: show its progress
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_an_edited_pyproject_reinstalls_but_does_not_re_export(tmp_path: Path) -> None:
+    """The repository waits for the venv (order-only), it is not made from it: an edit to pyproject.toml
+    reinstalls, and leaves the exported models alone."""
+    venv, repository = tmp_path / "venv", tmp_path / "repository"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
+    (venv / ".installed-serve").touch()
+    repository.mkdir()
+    (repository / ".complete").touch()
+    plan = subprocess.run(
+        ["make", "-n", "-W", "pyproject.toml", "--no-print-directory", "models", f"VENV={venv}",
+         f"REPOSITORY={repository}"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "pip install --no-deps --requirement requirements/export.txt" in plan
+    assert "models.export" not in plan and "models.cascade" not in plan
