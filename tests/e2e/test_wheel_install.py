@@ -131,3 +131,52 @@ def test_effnet_serve_serves_a_repository(
     )
     process.terminate()
     assert process.wait(30) == 0
+
+
+def test_the_switch_to_onnxruntime_gpu(serving_venv: Path, tmp_path: Path) -> None:
+    """The switch README.md documents, done to the serving venv (last in this module: it changes the
+    venv): onnxruntime out first, then onnxruntime-gpu at the GPU lock's pin. One `onnxruntime` package is
+    left, it offers CUDA, and on a machine without a GPU the server still serves, on the CPU."""
+    python = serving_venv / "bin" / "python"
+    locked = (ROOT / "requirements" / "serve-gpu.txt").read_text().splitlines()
+    (pin,) = [line for line in locked if line.startswith("onnxruntime-gpu==")]
+    pip = [sys.executable, "-m", "pip", "--python", python, "--disable-pip-version-check"]
+    _run(*pip, "uninstall", "--yes", "onnxruntime", cwd=tmp_path)
+    _run(*pip, "install", "--no-deps", pin, cwd=tmp_path)
+    probe = (
+        "import importlib.metadata as m, onnxruntime as ort;"
+        "names = sorted(d.metadata['Name'].lower() for d in m.distributions());"
+        "print([n for n in names if n.startswith('onnxruntime')]);"
+        "print('CUDAExecutionProvider' in ort.get_available_providers())"
+    )
+    runtimes, offers_cuda = _run(python, "-c", probe, cwd=tmp_path).stdout.splitlines()
+    assert runtimes == "['onnxruntime-gpu']" and offers_cuda == "True"
+    repository = tmp_path / "repository"
+    write_model(repository, "tiny")
+    http_port, grpc_port = free_ports(2)
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [serving_venv / "bin" / "effnet-serve", "serve", "--repository", repository,
+             "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + 60
+        while f"open {url}/" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        model = httpx.get(f"{url}/v1/models/tiny", timeout=10).json()
+        on_cpu_machine = not Path("/dev/nvidiactl").exists()
+        assert model["provider"] == "CPUExecutionProvider" or not on_cpu_machine  # no GPU: it fell back
+        answer = httpx.post(
+            f"{url}/classify?top_k=1",
+            content=png((5, 250, 5)),
+            headers={"content-type": "image/png"},
+            timeout=10,
+        )
+        assert answer.json()["results"][0]["predictions"][0]["label"] == "green"
+    finally:
+        process.terminate()
+        process.wait(30)
