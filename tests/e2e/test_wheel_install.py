@@ -7,6 +7,7 @@ downloaded on a machine that ran `make test`); about a minute here, nearly all o
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,10 +35,18 @@ def _run(*command: str | Path, cwd: Path, timeout: float = 300) -> subprocess.Co
 def serving_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv with the serving lock and the wheel, nothing else (pip runs from this interpreter)."""
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what the wheel is made of, so that no build/ or egg-info is left in the tree
+    # (nor an old build/lib reused) and an exported repository is never packed.
+    source = work / "source"
+    skip = shutil.ignore_patterns("__pycache__", "repository", "*.pyc")
+    for folder in ("service", "models"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     wheels = work / "wheels"
     # The build backend from this venv (setuptools is in the test lock): no index needed.
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", wheels, ROOT, cwd=work)  # fmt: skip
+         "--wheel-dir", wheels, source, cwd=work)  # fmt: skip
     (wheel,) = wheels.glob("effnet_serve-*.whl")
     venv = work / "venv"
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=work)
