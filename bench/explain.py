@@ -30,7 +30,7 @@ from models.heads import strip_explain_outputs
 from service.model_spec import MODEL_FILE, SPEC_FILE, ModelSpec
 
 if TYPE_CHECKING:
-    from bench.run import Bench
+    from bench.harness import Bench
 
 ROUNDS = 3
 GRAPH_ROUNDS = 8
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import os
 
+    from bench.harness import ROOT, Bench
     from bench.profiles import PROFILES
-    from bench.run import ROOT, Bench
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")

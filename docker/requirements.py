@@ -1,9 +1,9 @@
 """Print the serving requirements (pyproject's [project].dependencies) for one image target.
 
 The Docker build runs this so the images install exactly what pyproject.toml pins, in one place.
-`--target cpu` swaps onnxruntime-gpu for the plain CPU wheel (smaller image, no CUDA libraries);
-`--target gpu` keeps the list and adds the `gpu` extra (nvImageCodec, nvJPEG, CuPy: JPEG decoding on
-the GPU).
+`--target cpu` is the list as it is (the plain onnxruntime wheel: a smaller image, no CUDA libraries);
+`--target gpu` swaps onnxruntime for the `gpu` extra (onnxruntime-gpu, and nvImageCodec, nvJPEG, CuPy:
+JPEG decoding on the GPU). The two runtimes own the same package and must never be installed together.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ import sys
 import tomllib
 from pathlib import Path
 
-CPU_ONNXRUNTIME = "onnxruntime==1.32.0"
+_CPU_RUNTIME = re.compile(r"^onnxruntime(==|\s|$)")
 _GPU_RUNTIME = re.compile(r"^onnxruntime-gpu\b")
 
 
 def serving_requirements(pyproject: Path, target: str) -> list[str]:
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     dependencies: list[str] = project["dependencies"]
-    if target == "gpu":
-        return [*dependencies, *project.get("optional-dependencies", {}).get("gpu", [])]
-    swapped = [CPU_ONNXRUNTIME if _GPU_RUNTIME.match(dep) else dep for dep in dependencies]
-    if CPU_ONNXRUNTIME not in swapped:
-        raise SystemExit("pyproject.toml lists no onnxruntime-gpu dependency to swap for the CPU wheel")
-    return swapped
+    if target == "cpu":
+        return dependencies
+    gpu_extra: list[str] = project.get("optional-dependencies", {}).get("gpu", [])
+    if not any(_CPU_RUNTIME.match(dep) for dep in dependencies):
+        raise SystemExit("pyproject.toml lists no onnxruntime dependency to swap for onnxruntime-gpu")
+    if not any(_GPU_RUNTIME.match(dep) for dep in gpu_extra):
+        raise SystemExit("pyproject.toml's gpu extra lists no onnxruntime-gpu")
+    return [dep for dep in dependencies if not _CPU_RUNTIME.match(dep)] + gpu_extra
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
-"""Command line: `python -m service serve ...` runs HTTP and gRPC in one event loop;
-`python -m service classify IMAGE...` is a small client; `python -m service eval DIR --model NAME`
-measures served models on labelled photos."""
+"""effnet-serve (also `python -m service`): `serve` runs HTTP and gRPC in one event loop; `classify
+IMAGE...` is a small client; `eval DIR --model NAME` measures served models on labelled photos; the model
+tools (export, import, cascade, upgrade, measure, speed) write and check the model repository."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -74,6 +75,12 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocess-workers", type=int, help="decode threads; 0: EFFNET_CPUS (all cores)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... [EFFNET_LOG_LEVEL]")
     p.add_argument("--log-json", action="store_true", default=None, help="JSON log lines [EFFNET_LOG_JSON]")
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per request (default on; --no-access-log) [EFFNET_ACCESS_LOG]",
+    )
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -82,6 +89,12 @@ def build_settings(args: argparse.Namespace) -> Settings:
         key: value for key, value in vars(args).items() if key != "command" and value is not None
     }
     return Settings(**overrides)
+
+
+def page_url(host: str, port: int) -> str:
+    """The page's address for a person: a wildcard bind is reached as localhost."""
+    shown = "localhost" if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
 
 
 class _Server(uvicorn.Server):
@@ -170,6 +183,7 @@ async def serve(settings: Settings) -> int:
         else:
             grpc_server = started
             log.info("event=ready models=%s", ",".join(engine.readiness()))
+            log.info("open %s", page_url(settings.host, settings.http_port))
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             if http_task.done() and not stop_task.done():
                 exit_code = 1
@@ -185,6 +199,33 @@ async def serve(settings: Settings) -> int:
     return exit_code
 
 
+# Model tools: the modules under models/ (each with its own --help). export and import need the
+# `export` extra (torch, onnxscript); a missing extra is named, not a traceback.
+MODEL_TOOLS: dict[str, tuple[str, str]] = {
+    "export": ("models.export", "export EfficientNet variants into the repository (the export extra)"),
+    "import": ("models.import_onnx", "import any ONNX image classifier as a model"),
+    "cascade": ("models.cascade", "write a cascade entry: a cheap model first, a stronger one when unsure"),
+    "upgrade": ("models.upgrade", "give older exported models the features and cam outputs, in place"),
+    "measure": ("models.measure", "measure models on your labelled photos; record it in their model.json"),
+    "speed": ("models.speed", "bare ONNX Runtime CPU latency of exported models, side by side"),
+}
+
+
+def _run_model_tool(name: str, argv: list[str]) -> int:
+    module_name, _ = MODEL_TOOLS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        print(
+            f"error: effnet-serve {name} needs {exc.name}, which is not installed: "
+            "pip install 'effnet-serve[export]' (or `make serve`)",
+            file=sys.stderr,
+        )
+        return 2
+    code: int = module.main(argv)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["classify"]:
@@ -195,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         from service.client.evaluate import main as eval_main
 
         return eval_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    if argv[:1] and argv[0] in MODEL_TOOLS:
+        return _run_model_tool(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="effnet-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("classify", help="classify images with a running server (see classify --help)")
     sub.add_parser("eval", help="measure served models on your labelled photos (see eval --help)")
+    for tool, (_, help_text) in MODEL_TOOLS.items():
+        sub.add_parser(tool, help=help_text, add_help=False)
     args = parser.parse_args(argv)
     try:
         settings = build_settings(args)
@@ -207,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         first = exc.errors()[0]
         print(f"error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json, settings.access_log)
     try:
         return asyncio.run(serve(settings))
     except (ModelLoadError, RuntimeUnavailable) as exc:

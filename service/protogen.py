@@ -1,7 +1,8 @@
 """Generate the Python protobuf/gRPC modules from `proto/` into `service/_generated/`.
 
-Generated code is a build output (git-ignored) and never edited by hand. `python -m service.protogen
---check` exits non-zero when the generated tree differs from what the current .proto files produce.
+Generated code is committed, so that a plain `pip install .` (no grpcio-tools) has it, and never
+edited by hand: `make proto` rewrites it after a change to proto/, and `python -m service.protogen
+--check` (run by the tests) exits non-zero when it differs from what the current .proto files produce.
 """
 
 from __future__ import annotations

@@ -233,6 +233,9 @@ class Settings(BaseSettings):
     # --- logging ---
     log_level: str = "INFO"
     log_json: bool = False
+    access_log: bool = Field(
+        True, description="one line per request (protocol, route, model, status, ms, request id)"
+    )
 
     # --- GPU path (service/runtime/session.py, service/core/precision.py, service/preprocess/backends.py) ---
     precision: Literal["auto", "fp32", "fp16"] = Field(
@@ -393,7 +396,7 @@ class Settings(BaseSettings):
         `cores` instances, and the smallest one more (their batches are short enough that the waits
         between them, for the GIL and the event loop, leave cores idle; on 2 cores b0 +3 %, lite0 +6 %
         images/s at 16 clients with the third, b1 even, b3 -3 %; on 1 core b0 lost 4 % with a second:
-        bench/README.md). The big ones (b4-b7) run one batch at a time: a second instance adds the
+        docs/benchmark-history.md). The big ones (b4-b7) run one batch at a time: a second instance adds the
         one-thread session, doubling their memory (b4 260 -> 517 MB, b7 799 -> 1,615 MB) for 12 % more
         images/s (b4 on 2 cores). Instances are threads: all of a model's overlapping batches share its
         one-thread session."""

@@ -104,10 +104,13 @@ def read_pins(path: Path) -> dict[str, Pinned]:
 
 
 def roots(pyproject: Path = ROOT / "pyproject.toml") -> list[tuple[Requirement, str]]:
-    """(requirement, where it comes from): serving dependencies, the `gpu` extra, the device tools."""
+    """(requirement, where it comes from): serving dependencies (less the CPU onnxruntime), the `gpu` extra
+    (onnxruntime-gpu in its place), the device tools."""
     project = tomllib.loads(pyproject.read_text())["project"]
     extras: dict[str, list[str]] = project["optional-dependencies"]
-    found = [(Requirement(r), "dependencies") for r in project["dependencies"]]
+    # The device runs onnxruntime-gpu (the gpu extra) in place of the CPU wheel: never both in one venv.
+    serving = [Requirement(r) for r in project["dependencies"]]
+    found = [(r, "dependencies") for r in serving if canonicalize_name(r.name) != "onnxruntime"]
     found += [(Requirement(r), "gpu extra") for r in extras["gpu"]]
     tools = {canonicalize_name(t) for t in DEVICE_TOOLS}
     seen: set[str] = set()

@@ -1,5 +1,6 @@
 """What every protocol shares around one request: its metrics label (one rule), its timing, the one
-count in `effnet_requests_total{protocol,model,code}`, and the log line of a failure.
+count in `effnet_requests_total{protocol,model,code}`, the log line of a failure and the access line
+(service.logs: protocol, route, model, status, ms, request id; `--no-access-log` turns it off).
 
 Each protocol describes its status codes once (`StatusCodes`: success, the client gone, a crash, and
 the error table's column for it) and wraps each request in `observed`. The label starts as the engine's
@@ -17,13 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
+from starlette.requests import Request
 
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, CLIENT_GONE
 from service.core.target import Target
 from service.errors import ServiceError, status_for
+from service.logs import ACCESS_LOGGER
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 Code = int | str
 
@@ -42,6 +46,11 @@ def http_codes(protocol: str) -> StatusCodes:
     return StatusCodes(
         protocol, 200, CLIENT_CLOSED_REQUEST, 500, lambda error: status_for(error).http, CLIENT_GONE
     )
+
+
+def http_route(request: Request) -> str:
+    """An HTTP request's route for the access line: its method and path (the query stays out)."""
+    return f"{request.method} {request.scope.get('path', '')}"
 
 
 def grpc_codes(protocol: str) -> StatusCodes:
@@ -69,8 +78,12 @@ class Observation:
 
 
 @contextmanager
-def observed(metrics: Metrics, codes: StatusCodes, label: str, request_id: str = "") -> Iterator[Observation]:
-    """Count and time the request run inside; errors are logged and re-raised for the protocol to map."""
+def observed(
+    metrics: Metrics, codes: StatusCodes, label: str, request_id: str = "", *, route: str
+) -> Iterator[Observation]:
+    """Count and time the request run inside, and write its access line; errors are logged and
+    re-raised for the protocol to map. `route`: "METHOD /path" over HTTP, "package.Service/Method"
+    over gRPC."""
     call = Observation(label)
     code: Code = codes.crashed
     try:
@@ -94,5 +107,10 @@ def observed(metrics: Metrics, codes: StatusCodes, label: str, request_id: str =
                       request_id, call.label)  # fmt: skip
         raise
     finally:
+        elapsed = time.monotonic() - call.started
         ran = (code == codes.ok) if call.runs else None
-        metrics.observe_request(codes.protocol, call.label, code, time.monotonic() - call.started, ran)
+        metrics.observe_request(codes.protocol, call.label, code, elapsed, ran)
+        access_log.info(
+            "event=access protocol=%s route=%r model=%s status=%s ms=%.1f request_id=%s",
+            codes.protocol, route, call.label, code, elapsed * 1000, request_id or "-",
+        )  # fmt: skip

@@ -201,7 +201,7 @@ async def classify_all(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m service classify",
+        prog="effnet-serve classify",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -98,7 +98,7 @@ def model_classes(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m service eval",
+        prog="effnet-serve eval",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

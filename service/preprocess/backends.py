@@ -139,7 +139,7 @@ def create_backend(settings: Settings, spec: PreprocessSpec, provider: str, mode
         )  # fmt: skip
     backend: PreprocessBackend
     # On the CPU, the thread that runs a batch decodes its images: decoding and inference then never
-    # compete for a core, and no image passes between threads (bench/README.md, "One thread per image").
+    # compete for a core, and no image passes between threads (docs/benchmark-history.md).
     in_batch = provider == CPU and settings.preprocess_in_batch
     if choice.resize == "pillow":
         backend = PillowBackend(spec, in_batch)

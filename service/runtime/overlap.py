@@ -7,7 +7,7 @@ threads at once, and with one intra-op thread each run computes on its caller's 
 
 Such a batch runs in pieces of `run_size` images (default 1). One image's activations stay in a core's
 cache where four images' spill from it: on this project's 2-core machine b0 served 9 % more images per
-second at 16 clients in pieces of one than in whole batches of four (bench/README.md).
+second at 16 clients in pieces of one than in whole batches of four (docs/benchmark-history.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`make chaos`: the compose topology as processes under random faults, for a few minutes.
 
     python -m tests.chaos.runner [--repository DIR] [--models lite0,b0] [--replicas 3]
-                                 [--duration 240] [--seed N] [--report docs/chaos-report.json]
+                                 [--duration 240] [--seed N] [--report docs/simulations/chaos-report.json]
 
 Runs inside a network namespace it creates (root; iproute2), so everything is on that namespace's
 own loopback: three replicas (each on its own 127.0.0.1x address), nginx with the repository's
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=float, default=15, help="seconds of load before the first fault")
     parser.add_argument("--gap", type=float, default=5, help="seconds of quiet after each fault")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "chaos-report.json")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "simulations" / "chaos-report.json")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repository = args.repository.resolve()

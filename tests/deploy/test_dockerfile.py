@@ -142,25 +142,29 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         assert _ignored(unwanted, patterns), f"{unwanted} must stay out of the build context"
 
 
-def test_cpu_requirements_swap_only_the_runtime() -> None:
+def test_gpu_requirements_swap_only_the_runtime() -> None:
     pyproject = ROOT / "pyproject.toml"
     gpu = requirements.serving_requirements(pyproject, "gpu")
     cpu = requirements.serving_requirements(pyproject, "cpu")
     project = tomllib.loads(pyproject.read_text())["project"]
     gpu_extra = project["optional-dependencies"]["gpu"]
-    assert gpu == project["dependencies"] + gpu_extra  # the GPU image decodes JPEGs on the GPU
-    assert requirements.CPU_ONNXRUNTIME in cpu and not any(d.startswith("onnxruntime-gpu") for d in cpu)
-    serving = gpu[: len(project["dependencies"])]
-    assert len(cpu) == len(serving)
-    assert set(serving) - set(cpu) == {d for d in serving if d.startswith("onnxruntime-gpu")}
+    assert cpu == project["dependencies"]
+    assert any(d.startswith("onnxruntime==") for d in cpu) and not any("onnxruntime-gpu" in d for d in cpu)
+    # onnxruntime-gpu replaces onnxruntime (one package, two wheels); the GPU image decodes JPEGs on the GPU
+    assert not any(d.startswith("onnxruntime==") for d in gpu)
+    assert set(cpu) - set(gpu) == {d for d in cpu if d.startswith("onnxruntime==")}
+    assert set(gpu) - set(cpu) == set(gpu_extra) and any(d.startswith("onnxruntime-gpu==") for d in gpu)
     assert not any(d.startswith(("torch", "torchvision")) for d in cpu + gpu)
 
 
-def test_cpu_requirements_refuse_a_pyproject_without_the_gpu_runtime(tmp_path: Path) -> None:
+def test_gpu_requirements_refuse_a_pyproject_without_either_runtime(tmp_path: Path) -> None:
     fake = tmp_path / "pyproject.toml"
     fake.write_text('[project]\nname = "x"\ndependencies = ["numpy"]\n')
     with pytest.raises(SystemExit):
-        requirements.serving_requirements(fake, "cpu")
+        requirements.serving_requirements(fake, "gpu")
+    fake.write_text('[project]\nname = "x"\ndependencies = ["onnxruntime==1"]\n')
+    with pytest.raises(SystemExit):
+        requirements.serving_requirements(fake, "gpu")
 
 
 @pytest.mark.parametrize(

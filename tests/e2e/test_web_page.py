@@ -307,7 +307,7 @@ def test_drop_paste_big_bodies_and_new_fields(
     assert "top1 0.751" in details and "1, 2" in details and "model" in details
     picker.select_by_value("fast-then-big")
     details = driver.find_element(By.ID, "model-details").text
-    assert "cascade" in details and "loading" in details and "lite0, b3" in details
+    assert "cascade" in details and "loading" in details and "lite0 → b3" in details
     picker.select_by_value("auto")
     assert "picks the model" in driver.find_element(By.ID, "model-details").text
 
@@ -317,6 +317,100 @@ def test_drop_paste_big_bodies_and_new_fields(
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result[data-state='done']"))
     route = driver.find_element(By.CSS_SELECTOR, ".result[data-state='done'] .route").text
     assert route == "route: cascade · lite0 (0.42) → b3 (0.91) · answered by b3 · new_field 7", route
+
+
+LOADED_AT = 1796673004.139  # a fixed moment, shown in the browser's local time
+PANEL_MODELS = {
+    "default_model": "lite0",
+    "policies": [],
+    "models": [
+        {"name": "lite0", "kind": "model", "version": 2, "state": "ready", "ready": True, "stages": [],
+         "accuracy": {"imagenet_top1": 75.1, "source": "EfficientNet-Lite table"},
+         "versions": [
+             {"version": 1, "state": "unloaded", "ready": False, "reason": None, "memory_bytes": None,
+              "load_seconds": None, "loaded_at": None, "last_used": None, "in_flight": 0,
+              "recorded_as": None},
+             {"version": 2, "state": "ready", "ready": True, "reason": None, "memory_bytes": 166219776,
+              "load_seconds": 0.258, "loaded_at": LOADED_AT, "last_used": LOADED_AT + 60, "in_flight": 2,
+              "recorded_as": "lite0-old/3"},
+         ]},
+        {"name": "cascade-lite", "kind": "cascade", "version": 1, "state": "ready", "ready": True,
+         "stages": [{"model": "lite0-int8", "exit_confidence": 0.45},
+                    {"model": "lite2", "exit_confidence": None}],
+         "versions": []},
+    ],
+}  # fmt: skip
+
+
+def test_model_panel_speaks_a_person_s_units(browser, proxied: PrefixProxy, keyed_server: LiveServer) -> None:
+    """The model panel shows what is set, in MB, seconds and local time, and leaves out what is empty:
+    no raw field names, no empty `stages` row, no version fields that are null."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    wait = WebDriverWait(driver, WAIT_S)
+    driver.get(proxied.url)
+    driver.execute_script("sessionStorage.setItem('effnet.apiKey', arguments[0])", API_KEY)
+    driver.refresh()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 3)
+    Select(driver.find_element(By.ID, "model")).select_by_value("lite0")
+
+    def rows() -> dict[str, str]:
+        terms = driver.find_elements(By.CSS_SELECTOR, "#model-details dt")
+        values = driver.find_elements(By.CSS_SELECTOR, "#model-details dd")
+        return {term.text: value.text for term, value in zip(terms, values, strict=True)}
+
+    # The real server: lite0's one version, as a person reads it.
+    served = httpx.get(
+        f"{keyed_server.http_url}/v1/models/lite0", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+    ).json()
+    shown = rows()
+    assert "stages" not in shown and "versions" not in shown
+    version = shown["version 1"]
+    assert (
+        version.startswith("ready · ")
+        and f"{round(served['versions'][0]['memory_bytes'] / 1e6)} MB" in version
+    )
+    assert "loaded in " in version and " s · ready since " in version
+    details = driver.find_element(By.ID, "model-details").text
+    for raw in ("memory_bytes", "load_seconds", "loaded_at", "last_used", "in_flight", "recorded_as", "null"):
+        assert raw not in details, details
+
+    # Every field set, and every one empty, without a server to produce them.
+    driver.execute_script(
+        """
+        const models = arguments[0], realFetch = window.fetch;
+        window.fetch = (url, init) => String(url).startsWith("v1/models")
+          ? Promise.resolve(new Response(JSON.stringify(models), {status: 200}))
+          : realFetch(url, init);
+        loadModels();
+        """,
+        PANEL_MODELS,
+    )
+    wait.until(
+        lambda d: (
+            "cascade-lite"
+            in [o.get_attribute("value") for o in Select(d.find_element(By.ID, "model")).options]
+        )
+    )
+    Select(driver.find_element(By.ID, "model")).select_by_value("lite0")
+    shown = rows()
+    local = driver.execute_script(
+        "return [arguments[0], arguments[0] + 60].map((s) => new Date(s * 1000).toLocaleString())", LOADED_AT
+    )
+    assert shown["version 1"] == "unloaded"  # nothing else is set for it
+    assert shown["version 2"] == (
+        f"ready · 166 MB · loaded in 0.26 s · ready since {local[0]} · last used {local[1]} · 2 in flight"
+        " · recorded as lite0-old/3"
+    )
+    assert shown["accuracy"] == "75.1 % ImageNet top-1, published (EfficientNet-Lite table)"
+    assert "stages" not in shown
+    Select(driver.find_element(By.ID, "model")).select_by_value("cascade-lite")
+    shown = rows()
+    assert shown["stages"] == "lite0-int8 (answers at ≥ 0.45) → lite2"
+    assert not any(term.startswith("version") for term in shown if term != "version")
 
 
 def test_heatmap_and_embedding_in_the_browser(

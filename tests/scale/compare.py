@@ -2,8 +2,8 @@
 run (ramp windows within the objective, p99, pod-seconds), then the medians over the runs. One run is
 one draw of a noisy machine; pairs from several runs show whether a difference is more than that.
 
-    python -m tests.scale.compare docs/scale-sim-200m-capped-s*.json
-    python -m tests.scale.compare --ours load-ratio docs/scale-sim-200m-t012-s*.json
+    python -m tests.scale.compare docs/simulations/scale-sim-200m-capped-s*.json
+    python -m tests.scale.compare --ours load-ratio docs/simulations/scale-sim-200m-t012-s*.json
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ policies, the ramp) are divided by `--compress` so each policy runs in a few min
 
     python -m tests.scale.runner [--compress 4] [--millicores 200] [--policies load-ratio-clamped,cpu-70]
 
-Runs in a network namespace of its own, as `make chaos` does (root). Writes docs/scale-sim.json and
-docs/scale-sim.png and prints a table; exits 1 if any request was lost or answered wrong.
+Runs in a network namespace of its own, as `make chaos` does (root). Writes
+docs/simulations/scale-sim.json and docs/simulations/scale-sim.png and prints a table; exits 1 if any
+request was lost or answered wrong.
 """
 
 from __future__ import annotations
@@ -407,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         "cap), cpu-70, run in that order (default: load-ratio-clamped,cpu-70)",
     )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "scale-sim.json")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "scale-sim.png")
+    parser.add_argument("--report", type=Path, default=ROOT / "docs" / "simulations" / "scale-sim.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "simulations" / "scale-sim.png")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repository, args.report, args.plot = (

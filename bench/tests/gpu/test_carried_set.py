@@ -38,7 +38,8 @@ def test_every_dependency_resolves_to_a_carried_wheel_or_the_image() -> None:
 
 def test_the_roots_are_the_serving_dependencies_the_gpu_extra_and_the_device_tools() -> None:
     names = {Requirement(str(r)).name: why for r, why in roots()}
-    assert names["fastapi-offline"] == "dependencies" and names["onnxruntime-gpu"] == "dependencies"
+    assert names["fastapi-offline"] == "dependencies" and names["onnxruntime-gpu"] == "gpu extra"
+    assert "onnxruntime" not in names  # the CPU wheel would overwrite onnxruntime-gpu's package
     assert names["nvidia-nvimgcodec-cu13"] == "gpu extra" and names["cupy-cuda13x"] == "gpu extra"
     assert names["pytest-asyncio"].startswith("device tool")
 

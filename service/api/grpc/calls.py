@@ -39,10 +39,13 @@ async def answer(
     label: str,
     context: grpc.aio.ServicerContext,
     work: Callable[[Observation], Awaitable[T]],
+    *,
+    route: str,
+    request_id: str = "",
 ) -> T:
     """Run one RPC's work, observed; a ServiceError becomes its status (with a retry hint)."""
     try:
-        with observed(metrics, codes, label) as call:
+        with observed(metrics, codes, label, request_id, route=route) as call:
             return await work(call)
     except ServiceError as exc:
         await abort(context, exc)
@@ -57,11 +60,14 @@ async def answer_in_stream(
     label: str,
     work: Callable[[Observation], Awaitable[T]],
     failed: Callable[[ServiceError], T],
+    *,
+    route: str,
+    request_id: str = "",
 ) -> T:
     """One request of a stream, observed as a call of its own (as `answer` observes a unary call): its
     answer, or for a ServiceError `failed`'s answer, since a stream has no status per request."""
     try:
-        with observed(metrics, codes, label) as call:
+        with observed(metrics, codes, label, request_id, route=route) as call:
             return await work(call)
     except ServiceError as exc:
         return failed(exc)

@@ -36,7 +36,15 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         async def work(call: Observation) -> classifier_pb2.ClassifyResponse:
             return await self._classify(call, request, deadline)
 
-        return await answer(self._metrics, GRPC, self._engine.label(request.model), context, work)
+        return await answer(
+            self._metrics,
+            GRPC,
+            self._engine.label(request.model),
+            context,
+            work,
+            route="effnet.v1.Classifier/Classify",
+            request_id=request.id,
+        )
 
     async def _classify(
         self, call: Observation, request: classifier_pb2.ClassifyRequest, deadline: float | None
@@ -95,7 +103,15 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 return await self._classify(call, request, deadline)
 
             label = self._engine.label(request.model)
-            return await answer_in_stream(self._metrics, GRPC, label, work, partial(stream_error, request))
+            return await answer_in_stream(
+                self._metrics,
+                GRPC,
+                label,
+                work,
+                partial(stream_error, request),
+                route="effnet.v1.Classifier/ClassifyStream",
+                request_id=request.id,
+            )
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 
@@ -130,7 +146,15 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 route=route_message(outcome.route) if outcome.route is not None else None,
             )
 
-        return await answer(self._metrics, GRPC, self._engine.label(request.model), context, work)
+        return await answer(
+            self._metrics,
+            GRPC,
+            self._engine.label(request.model),
+            context,
+            work,
+            route="effnet.v1.Classifier/Embed",
+            request_id=request.id,
+        )
 
     async def ListModels(
         self, request: classifier_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -26,7 +26,7 @@ from service.api.http.params import (
     request_priority,
 )
 from service.api.http.web import add_front_door
-from service.api.observe import http_codes, observed
+from service.api.observe import http_codes, http_route, observed
 from service.api.v2.over_http import create_v2_router
 from service.core.engine import Engine
 from service.errors import (
@@ -151,7 +151,9 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         try:
-            with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
+            with observed(
+                metrics, HTTP, engine.label(variant), request.state.request_id, route=http_route(request)
+            ) as call:
                 level = request_priority(priority, x_priority)
                 target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
                 target = call.admitted(target)

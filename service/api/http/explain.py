@@ -21,7 +21,7 @@ from service.api.http.params import (
     deadline_after,
     request_priority,
 )
-from service.api.observe import StatusCodes, observed
+from service.api.observe import StatusCodes, http_route, observed
 from service.core.engine import Engine
 from service.core.explain import vectors
 from service.errors import InvalidArgument
@@ -73,7 +73,9 @@ def create_explain_router(
     ) -> EmbedResponse | Response:
         start = time.monotonic()
         try:
-            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+            with observed(
+                metrics, codes, engine.label(variant), request.state.request_id, route=http_route(request)
+            ) as call:
                 level = request_priority(priority, x_priority)
                 target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
                 images = await images_from_request(request, settings)
@@ -128,7 +130,9 @@ def create_explain_router(
     ) -> Response:
         start = time.monotonic()
         try:
-            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+            with observed(
+                metrics, codes, engine.label(variant), request.state.request_id, route=http_route(request)
+            ) as call:
                 level = request_priority(priority, x_priority)
                 target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
                 images = await images_from_request(request, settings)

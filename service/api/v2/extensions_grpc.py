@@ -34,7 +34,14 @@ class TritonExtensions:
             json_format.ParseDict(document, response.config)
             return response
 
-        return await answer(self._metrics, V2_GRPC, self._engine.label(request.name), context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            self._engine.label(request.name),
+            context,
+            work,
+            route="inference.GRPCInferenceService/ModelConfig",
+        )
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
@@ -46,7 +53,14 @@ class TritonExtensions:
             return json_format.ParseDict(document, pb.ModelStatisticsResponse())
 
         label = self._engine.label(request.name) if request.name else "statistics"
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            label,
+            context,
+            work,
+            route="inference.GRPCInferenceService/ModelStatistics",
+        )
 
     # ------------------------------------------------------------------ system shared memory
     async def SystemSharedMemoryStatus(
@@ -60,7 +74,14 @@ class TritonExtensions:
                 )
             return response
 
-        return await answer(self._metrics, V2_GRPC, "shared_memory", context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            "shared_memory",
+            context,
+            work,
+            route="inference.GRPCInferenceService/SystemSharedMemoryStatus",
+        )
 
     async def SystemSharedMemoryRegister(
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
@@ -69,7 +90,14 @@ class TritonExtensions:
             self._engine.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
 
-        return await answer(self._metrics, V2_GRPC, "shared_memory", context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            "shared_memory",
+            context,
+            work,
+            route="inference.GRPCInferenceService/SystemSharedMemoryRegister",
+        )
 
     async def SystemSharedMemoryUnregister(
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
@@ -78,7 +106,14 @@ class TritonExtensions:
             self._engine.shared_memory.unregister(request.name)
             return pb.SystemSharedMemoryUnregisterResponse()
 
-        return await answer(self._metrics, V2_GRPC, "shared_memory", context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            "shared_memory",
+            context,
+            work,
+            route="inference.GRPCInferenceService/SystemSharedMemoryUnregister",
+        )
 
     # ------------------------------------------------------------------ CUDA shared memory: not offered
     async def CudaSharedMemoryStatus(
@@ -93,7 +128,14 @@ class TritonExtensions:
             shm.refuse_cuda()
             return pb.CudaSharedMemoryRegisterResponse()  # pragma: no cover - refuse_cuda raises
 
-        return await answer(self._metrics, V2_GRPC, "shared_memory", context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            "shared_memory",
+            context,
+            work,
+            route="inference.GRPCInferenceService/CudaSharedMemoryRegister",
+        )
 
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext

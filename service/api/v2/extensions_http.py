@@ -21,7 +21,7 @@ from service.errors import BadRequest, InvalidArgument
 from service.metrics import Metrics
 
 _CONTROL_BODY_LIMIT = 64 * 1024
-Answered = Callable[[str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
+Answered = Callable[[Request, str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
 
 
 def add_extension_routes(
@@ -31,17 +31,17 @@ def add_extension_routes(
     answered: Answered,
     errors: dict[int | str, dict[str, Any]],
 ) -> None:
-    async def config(name: str, version: str = "") -> Response:
+    async def config(request: Request, name: str, version: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(model_configs.model_config(engine, name, version))
 
-        return await answered(engine.label(name), work)
+        return await answered(request, engine.label(name), work)
 
-    async def statistics(name: str = "", version: str = "") -> Response:
+    async def statistics(request: Request, name: str = "", version: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(stats.model_statistics(engine, metrics.statistics, name, version))
 
-        return await answered(engine.label(name) if name else "statistics", work)
+        return await answered(request, engine.label(name) if name else "statistics", work)
 
     router.add_api_route(
         "/models/stats",
@@ -73,11 +73,11 @@ def _add_shared_memory_routes(
 ) -> None:
     regions = engine.shared_memory
 
-    async def status(name: str = "") -> Response:
+    async def status(request: Request, name: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(shm.status_rows(regions, name))
 
-        return await answered("shared_memory", work)
+        return await answered(request, "shared_memory", work)
 
     async def register(request: Request, name: str) -> Response:
         async def work(call: Observation) -> Response:
@@ -92,24 +92,24 @@ def _add_shared_memory_routes(
             regions.register(name, key, offset, byte_size)
             return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
-        return await answered("shared_memory", work)
+        return await answered(request, "shared_memory", work)
 
-    async def unregister(name: str = "") -> Response:
+    async def unregister(request: Request, name: str = "") -> Response:
         async def work(call: Observation) -> Response:
             regions.unregister(name)
             return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
-        return await answered("shared_memory", work)
+        return await answered(request, "shared_memory", work)
 
     async def cuda_status(name: str = "") -> Response:
         return JSONResponse([])  # none is ever registered
 
-    async def cuda_register(name: str) -> Response:
+    async def cuda_register(request: Request, name: str) -> Response:
         async def work(call: Observation) -> Response:
             shm.refuse_cuda()
             return JSONResponse({})  # pragma: no cover - refuse_cuda raises
 
-        return await answered("shared_memory", work)
+        return await answered(request, "shared_memory", work)
 
     async def cuda_unregister(name: str = "") -> Response:
         return JSONResponse({})  # nothing to unregister

@@ -183,7 +183,14 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 ]
             )
 
-        return await answer(self._metrics, V2_GRPC, "repository", context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            "repository",
+            context,
+            work,
+            route="inference.GRPCInferenceService/RepositoryIndex",
+        )
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
@@ -194,7 +201,14 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
             await v2.load(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            label,
+            context,
+            work,
+            route="inference.GRPCInferenceService/RepositoryModelLoad",
+        )
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
@@ -205,7 +219,14 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
             await v2.unload(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelUnloadResponse()
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            label,
+            context,
+            work,
+            route="inference.GRPCInferenceService/RepositoryModelUnload",
+        )
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -227,7 +248,9 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[_tensor_metadata(t) for t in meta.outputs],
             )
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(
+            self._metrics, V2_GRPC, label, context, work, route="inference.GRPCInferenceService/ModelMetadata"
+        )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         deadline = deadline_of(context)
@@ -235,7 +258,15 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         async def work(call: Observation) -> pb.ModelInferResponse:
             return await self._infer(call, request, deadline)
 
-        return await answer(self._metrics, V2_GRPC, self._engine.label(request.model_name), context, work)
+        return await answer(
+            self._metrics,
+            V2_GRPC,
+            self._engine.label(request.model_name),
+            context,
+            work,
+            route="inference.GRPCInferenceService/ModelInfer",
+            request_id=request.id,
+        )
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -249,7 +280,15 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(call, request, deadline))
 
             label = self._engine.label(request.model_name)
-            return await answer_in_stream(self._metrics, V2_GRPC, label, work, partial(stream_error, request))
+            return await answer_in_stream(
+                self._metrics,
+                V2_GRPC,
+                label,
+                work,
+                partial(stream_error, request),
+                route="inference.GRPCInferenceService/ModelStreamInfer",
+                request_id=request.id,
+            )
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api.http.body import read_body, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
-from service.api.observe import Observation, http_codes, observed
+from service.api.observe import Observation, http_codes, http_route, observed
 from service.api.v2 import dataplane as v2
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import tensors
@@ -254,10 +254,13 @@ _SERVER_READY_SCHEMA = {"type": "object", "properties": {"ready": {"type": "bool
 def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
-    async def answered(label: str, work: Callable[[Observation], Awaitable[Response]]) -> Response:
+    async def answered(
+        request: Request, label: str, work: Callable[[Observation], Awaitable[Response]]
+    ) -> Response:
         """Run one request's work, observed; errors answered in V2's shape."""
+        request_id = getattr(request.state, "request_id", "")
         try:
-            with observed(metrics, V2_HTTP, label) as call:
+            with observed(metrics, V2_HTTP, label, request_id, route=http_route(request)) as call:
                 response = await work(call)
                 call.code = response.status_code
                 return response
@@ -290,13 +293,13 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         is_ready = engine.ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
 
-    async def model_metadata(name: str, version: str = "") -> Response:
+    async def model_metadata(request: Request, name: str, version: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(_metadata_json(v2.metadata_of(engine, name, version)))
 
-        return await answered(engine.label(name), work)
+        return await answered(request, engine.label(name), work)
 
-    async def model_ready(name: str, version: str = "") -> Response:
+    async def model_ready(request: Request, name: str, version: str = "") -> Response:
         try:
             is_ready = v2.model_ready(engine, name, version)
         except UnknownModel as exc:
@@ -318,7 +321,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             placed = shm.write_outputs(engine.shared_memory, response)
             return encode_infer_response(response, infer_request.parameters, placed)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, engine.label(name), work)
 
     @router.post(
         "/repository/index",
@@ -337,7 +340,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             ]
             return JSONResponse(rows)
 
-        return await answered("repository", work)
+        return await answered(request, "repository", work)
 
     @router.post(
         "/repository/models/{name}/load", summary="Load or reload a model (explicit mode)", responses=_ERRORS
@@ -347,7 +350,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.load(engine, name, await _control_parameters(request, "load"))
             return Response(status_code=200)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, engine.label(name), work)
 
     @router.post(
         "/repository/models/{name}/unload", summary="Unload a model (explicit mode)", responses=_ERRORS
@@ -357,7 +360,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.unload(engine, name, await _control_parameters(request, "unload"))
             return Response(status_code=200)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, engine.label(name), work)
 
     add_extension_routes(router, engine, metrics, answered, _ERRORS)  # before /models/{name}: see there
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):

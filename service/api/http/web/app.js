@@ -72,6 +72,63 @@ function fmtValue(value) {
   return String(value);
 }
 
+// A person's units: megabytes, seconds, the browser's local time.
+function isNumber(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+function fmtBytes(bytes) {
+  return `${fmtNumber(bytes / 1e6, bytes >= 1e7 ? 0 : 1)} MB`;
+}
+
+function fmtSeconds(seconds) {
+  return `${fmtNumber(seconds, seconds >= 10 ? 0 : 2)} s`;
+}
+
+function fmtClock(unixSeconds) {
+  return new Date(unixSeconds * 1000).toLocaleString();
+}
+
+// One version of a model, only what is set: "ready · 166 MB · loaded in 0.26 s at <local time> · ...".
+// Older servers list versions as bare numbers.
+function describeVersion(version) {
+  if (version === null || typeof version !== "object") return String(version);
+  const parts = [version.ready ? "ready" : version.state || "not ready"];
+  if (version.reason) parts.push(version.reason);
+  if (isNumber(version.memory_bytes)) parts.push(fmtBytes(version.memory_bytes));
+  if (isNumber(version.load_seconds)) parts.push(`loaded in ${fmtSeconds(version.load_seconds)}`);
+  if (isNumber(version.loaded_at)) parts.push(`ready since ${fmtClock(version.loaded_at)}`);
+  if (isNumber(version.last_used)) parts.push(`last used ${fmtClock(version.last_used)}`);
+  if (isNumber(version.in_flight) && version.in_flight > 0) parts.push(`${version.in_flight} in flight`);
+  if (version.recorded_as) parts.push(`recorded as ${version.recorded_as}`);
+  return parts.join(" · ");
+}
+
+function versionRows(versions) {
+  if (!Array.isArray(versions) || versions.length === 0) return [];
+  if (versions.every((version) => version === null || typeof version !== "object")) {
+    return [["versions", versions.map(String).join(", ")]];
+  }
+  return versions.map((version) => [`version ${version.version ?? "?"}`, describeVersion(version)]);
+}
+
+function describeStages(stages) {
+  return stages
+    .map((stage) => {
+      if (stage === null || typeof stage !== "object") return String(stage);
+      return isNumber(stage.exit_confidence) ? `${stage.model} (answers at ≥ ${stage.exit_confidence})` : stage.model;
+    })
+    .join(" → ");
+}
+
+function describeAccuracy(accuracy) {
+  if (accuracy && isNumber(accuracy.imagenet_top1)) {
+    const source = accuracy.source ? ` (${accuracy.source})` : "";
+    return `${accuracy.imagenet_top1} % ImageNet top-1, published${source}`;
+  }
+  return fmtValue(accuracy);
+}
+
 function isRandom(entry) {
   return Boolean(entry && entry.weights && entry.weights.kind === "random");
 }
@@ -181,14 +238,15 @@ function showModel() {
     if (typeof entry.parameters === "number") rows.push(["parameters", fmtParams(entry.parameters)]);
     if (typeof entry.gmacs === "number") rows.push(["compute", `${entry.gmacs.toFixed(2)} GMACs per image`]);
     if (entry.weights) rows.push(["weights", provenance(entry.weights)]);
-    if (entry.accuracy !== undefined) rows.push(["accuracy", fmtValue(entry.accuracy)]);
+    if (entry.accuracy) rows.push(["accuracy", describeAccuracy(entry.accuracy)]);
     if (entry.measured) {
       const m = entry.measured;
-      rows.push(["measured", `top-1 ${m.top1}% on ${m.images} photos of ${m.dataset}`]);
+      rows.push(["measured", `top-1 ${m.top1} % on ${m.images} photos of ${m.dataset}`]);
     }
-    if (entry.versions !== undefined) rows.push(["versions", fmtValue(entry.versions)]);
+    const versions = versionRows(entry.versions);
+    if (versions.length) rows.push(...versions);
     else if (entry.version !== null && entry.version !== undefined) rows.push(["version", String(entry.version)]);
-    if (entry.stages !== undefined) rows.push(["stages", fmtValue(entry.stages)]);
+    if (Array.isArray(entry.stages) && entry.stages.length) rows.push(["stages", describeStages(entry.stages)]);
     if (entry.provider) rows.push(["provider", entry.provider]);
     if (entry.batcher) {
       rows.push(["batching", `up to ${entry.batcher.max_batch_size} per batch, ${entry.batcher.queue_depth} queued`]);
@@ -196,6 +254,7 @@ function showModel() {
   }
   const list = document.createElement("dl");
   for (const [term, value] of rows) {
+    if (value === null || value === undefined || value === "") continue; // what is not set is not shown
     const dt = document.createElement("dt");
     dt.textContent = term;
     const dd = document.createElement("dd");
