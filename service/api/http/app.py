@@ -151,15 +151,14 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
     ) -> ClassifyResponse | Response:
         start = time.monotonic()
         try:
-            with observed(metrics, HTTP, engine.label(variant), request.state.request_id) as call:
+            with observed(metrics, HTTP, engine, variant, request.state.request_id) as observation:
                 level = request_priority(priority, x_priority)
-                target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
-                target = call.admitted(target)
-                images = await images_from_request(request, settings)
                 deadline = deadline_after(start, timeout_ms)
-                outcome = await unless_disconnected(
-                    request, engine.classify(target, images, deadline, explain=explain)
+                call = observation.admit(
+                    version, top_k=top_k, budget_ms=budget_ms, priority=level, deadline=deadline
                 )
+                images = await images_from_request(request, settings)
+                outcome = await unless_disconnected(request, engine.classify(call, images, explain=explain))
         except HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         assert outcome.model.spec is not None

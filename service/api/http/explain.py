@@ -73,12 +73,12 @@ def create_explain_router(
     ) -> EmbedResponse | Response:
         start = time.monotonic()
         try:
-            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+            with observed(metrics, codes, engine, variant, request.state.request_id) as observation:
                 level = request_priority(priority, x_priority)
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
-                images = await images_from_request(request, settings)
                 deadline = deadline_after(start, timeout_ms)
-                outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
+                call = observation.admit(version, budget_ms=budget_ms, priority=level, deadline=deadline)
+                images = await images_from_request(request, settings)
+                outcome = await unless_disconnected(request, engine.embed(call, images))
         except codes.gone_errors:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         found = vectors(outcome, normalize)
@@ -128,15 +128,15 @@ def create_explain_router(
     ) -> Response:
         start = time.monotonic()
         try:
-            with observed(metrics, codes, engine.label(variant), request.state.request_id) as call:
+            with observed(metrics, codes, engine, variant, request.state.request_id) as observation:
                 level = request_priority(priority, x_priority)
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
+                deadline = deadline_after(start, timeout_ms)
+                call = observation.admit(version, budget_ms=budget_ms, priority=level, deadline=deadline)
                 images = await images_from_request(request, settings)
                 if len(images) != 1:
                     raise InvalidArgument(f"/explain takes one image, got {len(images)}")
-                deadline = deadline_after(start, timeout_ms)
                 outcome, mapped, png = await unless_disconnected(
-                    request, engine.explain(target, images[0], class_id, deadline)
+                    request, engine.explain(call, images[0], class_id)
                 )
         except codes.gone_errors:
             return Response(status_code=CLIENT_CLOSED_REQUEST)

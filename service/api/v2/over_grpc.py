@@ -12,7 +12,7 @@ import numpy as np
 
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
+from service.api.grpc.calls import answer, answer_in_stream, deadline_of, request_id_of, serve_stream
 from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
@@ -156,29 +156,25 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 ]
             )
 
-        return await answer(self._metrics, V2_GRPC, "repository", context, work)
+        return await answer(self._metrics, V2_GRPC, self._engine, None, context, work, label="repository")
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = self._engine.label(request.model_name)
-
         async def work(call: Observation) -> pb.RepositoryModelLoadResponse:
             await v2.load(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelLoadResponse()
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(self._metrics, V2_GRPC, self._engine, request.model_name, context, work)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = self._engine.label(request.model_name)
-
         async def work(call: Observation) -> pb.RepositoryModelUnloadResponse:
             await v2.unload(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelUnloadResponse()
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(self._metrics, V2_GRPC, self._engine, request.model_name, context, work)
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
@@ -188,8 +184,6 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        label = self._engine.label(request.name)
-
         async def work(call: Observation) -> pb.ModelMetadataResponse:
             meta = v2.metadata_of(self._engine, request.name, request.version)
             return pb.ModelMetadataResponse(
@@ -200,15 +194,18 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 outputs=[_tensor_metadata(t) for t in meta.outputs],
             )
 
-        return await answer(self._metrics, V2_GRPC, label, context, work)
+        return await answer(self._metrics, V2_GRPC, self._engine, request.name, context, work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         deadline = deadline_of(context)
 
-        async def work(call: Observation) -> pb.ModelInferResponse:
-            return await self._infer(call, request, deadline)
+        async def work(observation: Observation) -> pb.ModelInferResponse:
+            return await self._infer(observation, request, deadline)
 
-        return await answer(self._metrics, V2_GRPC, self._engine.label(request.model_name), context, work)
+        request_id = request_id_of(context, request.id)
+        return await answer(
+            self._metrics, V2_GRPC, self._engine, request.model_name, context, work, request_id=request_id
+        )
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
@@ -216,22 +213,27 @@ class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         """Up to STREAM_MAX_IN_FLIGHT requests at once, each answered as it completes, with its id
         (calls.py). The stream's deadline, if the client set one, bounds every request on it."""
         deadline = deadline_of(context)
+        stream_id = request_id_of(context)
 
         async def answer_one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            async def work(call: Observation) -> pb.ModelStreamInferResponse:
-                return pb.ModelStreamInferResponse(infer_response=await self._infer(call, request, deadline))
+            async def work(observation: Observation) -> pb.ModelStreamInferResponse:
+                response = await self._infer(observation, request, deadline)
+                return pb.ModelStreamInferResponse(infer_response=response)
 
-            label = self._engine.label(request.model_name)
-            return await answer_in_stream(self._metrics, V2_GRPC, label, work, partial(stream_error, request))
+            failed = partial(stream_error, request)
+            request_id = request.id or stream_id
+            return await answer_in_stream(
+                self._metrics, V2_GRPC, self._engine, request.model_name, work, failed, request_id
+            )
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 
     async def _infer(
-        self, call: Observation, request: pb.ModelInferRequest, deadline: float | None
+        self, observation: Observation, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
-        target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
+        call = v2.admit(observation, request.model_name, request.model_version, deadline)
         infer_request = request_from_message(request)
-        return response_message(await v2.infer(self._engine, target, infer_request, deadline))
+        return response_message(await v2.infer(self._engine, call, infer_request))
 
 
 def stream_error(request: pb.ModelInferRequest, error: ServiceError) -> pb.ModelStreamInferResponse:

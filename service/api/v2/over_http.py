@@ -233,10 +233,17 @@ _SERVER_READY_SCHEMA = {"type": "object", "properties": {"ready": {"type": "bool
 def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
-    async def answered(label: str, work: Callable[[Observation], Awaitable[Response]]) -> Response:
-        """Run one request's work, observed; errors answered in V2's shape."""
+    async def answered(
+        request: Request | None,
+        name: str | None,
+        work: Callable[[Observation], Awaitable[Response]],
+        label: str | None = None,
+    ) -> Response:
+        """Run one request's work, observed (about the model `name`, or with a fixed `label`); errors
+        answered in V2's shape."""
+        request_id = getattr(request.state, "request_id", "") if request is not None else ""
         try:
-            with observed(metrics, V2_HTTP, label) as call:
+            with observed(metrics, V2_HTTP, engine, name, request_id, label=label) as call:
                 response = await work(call)
                 call.code = response.status_code
                 return response
@@ -269,11 +276,11 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         is_ready = engine.ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 400)
 
-    async def model_metadata(name: str, version: str = "") -> Response:
+    async def model_metadata(request: Request, name: str, version: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(_metadata_json(v2.metadata_of(engine, name, version)))
 
-        return await answered(engine.label(name), work)
+        return await answered(request, name, work)
 
     async def model_ready(name: str, version: str = "") -> Response:
         try:
@@ -283,19 +290,19 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 400)
 
     async def model_infer(request: Request, name: str, version: str = "") -> Response:
-        async def work(call: Observation) -> Response:
+        async def work(observation: Observation) -> Response:
             # Admitted from the URL alone: an unknown model or a full queue is refused before the body
             # (up to max_body_bytes) is read.
-            target = call.admitted(v2.admit(engine, name, version))
+            call = v2.admit(observation, name, version)
             encoding = request.headers.get("content-encoding", "identity").lower()
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
             body = await read_body(request, engine.settings.max_body_bytes)
             infer_request = parse_infer_request(name, version, body, request.headers.get(HEADER_LENGTH))
-            response = await unless_disconnected(request, v2.infer(engine, target, infer_request, None))
+            response = await unless_disconnected(request, v2.infer(engine, call, infer_request))
             return encode_infer_response(response, infer_request.parameters)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, name, work)
 
     @router.post(
         "/repository/index",
@@ -314,7 +321,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             ]
             return JSONResponse(rows)
 
-        return await answered("repository", work)
+        return await answered(request, None, work, label="repository")
 
     @router.post(
         "/repository/models/{name}/load", summary="Load or reload a model (explicit mode)", responses=_ERRORS
@@ -324,7 +331,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.load(engine, name, await _control_parameters(request, "load"))
             return Response(status_code=200)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, name, work)
 
     @router.post(
         "/repository/models/{name}/unload", summary="Unload a model (explicit mode)", responses=_ERRORS
@@ -334,7 +341,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.unload(engine, name, await _control_parameters(request, "unload"))
             return Response(status_code=200)
 
-        return await answered(engine.label(name), work)
+        return await answered(request, name, work)
 
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):
         router.add_api_route(
