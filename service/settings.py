@@ -266,6 +266,13 @@ class Settings(BaseSettings):
     nvimgcodec_max_batch: int = Field(
         64, ge=1, description="JPEGs decoded together in one nvImageCodec call (images waiting at once)"
     )
+    emulate_device: str = Field(
+        "",
+        description="for benchmarks only: '<curve>[:<scale>]' replaces each model's device with a replay "
+        "of a measured GPU batch-time curve (service/runtime/emulated.py): a variant measured in "
+        "bench/results/gpu/gpu.json (b0, b0-fp16, ...) or a JSON file of that shape, times `scale`. "
+        "Answers carry the graph's answer to a blank image; models describe their provider as emulated",
+    )
 
     @field_validator("hash_cache", "cache_url", mode="before")
     @classmethod
