@@ -11,7 +11,8 @@ import grpc
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.api.grpc.calls import answer, answer_in_stream, deadline_of, request_id_of, serve_stream
 from service.api.observe import Observation, grpc_codes
-from service.core.engine import DEFAULT_TOP_K, Engine
+from service.core.client import EngineClient
+from service.core.engine import DEFAULT_TOP_K
 from service.core.explain import vectors
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
@@ -24,7 +25,7 @@ STREAM_MAX_IN_FLIGHT = 64
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineClient, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
 

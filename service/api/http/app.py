@@ -28,7 +28,7 @@ from service.api.http.params import (
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, observed
 from service.api.v2.over_http import create_v2_router
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.errors import (
     ServiceError,
     Unauthenticated,
@@ -79,7 +79,7 @@ def error_response(error: ServiceError, request_id: str | None = None) -> JSONRe
     )
 
 
-def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
+def create_app(engine: EngineClient, settings: Settings, metrics: Metrics) -> FastAPI:
     app = FastAPI(
         title="effnet-serve",
         version="0.1.0",

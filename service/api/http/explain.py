@@ -22,7 +22,7 @@ from service.api.http.params import (
     request_priority,
 )
 from service.api.observe import StatusCodes, observed
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.explain import vectors
 from service.errors import InvalidArgument
 from service.metrics import Metrics
@@ -39,7 +39,7 @@ def _wants_binary(request: Request) -> bool:
 
 
 def create_explain_router(
-    engine: Engine,
+    engine: EngineClient,
     settings: Settings,
     metrics: Metrics,
     codes: StatusCodes,

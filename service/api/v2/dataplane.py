@@ -27,7 +27,7 @@ from typing import Any
 from service.api.observe import Observation
 from service.api.v2.tensors import BYTES, TensorData, datatype_of
 from service.core.call import AdmittedCall
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.outcomes import InferOutcome, top_k_predictions
 from service.core.target import Target
 from service.errors import InvalidArgument, ServiceError, UnknownModel
@@ -140,7 +140,7 @@ def admit(
     return observation.admit(parse_version(name, version), deadline=deadline)
 
 
-def model_ready(engine: Engine, name: str, version: str = "") -> bool:
+def model_ready(engine: EngineClient, name: str, version: str = "") -> bool:
     """Whether `name` (at `version`) is ready; raises UnknownModel for a name the server does not know."""
     engine.lookup(name)
     try:
@@ -150,7 +150,7 @@ def model_ready(engine: Engine, name: str, version: str = "") -> bool:
     return True
 
 
-async def load(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None:
+async def load(engine: EngineClient, name: str, parameters: Mapping[str, Any]) -> None:
     """The repository extension's load: parameters (config overrides, files) are not taken."""
     if parameters:
         unsupported = ", ".join(sorted(parameters))[:200]
@@ -160,7 +160,7 @@ async def load(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None
     await engine.load_model(name)
 
 
-async def unload(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None:
+async def unload(engine: EngineClient, name: str, parameters: Mapping[str, Any]) -> None:
     """The repository extension's unload, with Triton's `unload_dependents` (the cascades using it)."""
     dependents = parameters.get("unload_dependents", False)
     if not isinstance(dependents, bool):
@@ -168,7 +168,7 @@ async def unload(engine: Engine, name: str, parameters: Mapping[str, Any]) -> No
     await engine.unload_model(name, dependents)
 
 
-def metadata_of(engine: Engine, name: str, version: str = "") -> ModelMetadata:
+def metadata_of(engine: EngineClient, name: str, version: str = "") -> ModelMetadata:
     entry = engine.ready_version(name, parse_version(name, version))
     ready = [str(e.version) for e in engine.lookup(entry.name).ready_versions()]
     return model_metadata(entry, ready)
@@ -211,7 +211,7 @@ def deadline_from(parameters: Mapping[str, Any]) -> float | None:
     return None
 
 
-async def infer(engine: Engine, call: AdmittedCall, request: InferRequest) -> InferResponse:
+async def infer(engine: EngineClient, call: AdmittedCall, request: InferRequest) -> InferResponse:
     """Run `request` on the admitted `call`: its options are checked against the target here, once the
     body is known (`AdmittedCall.refine`), then its one input goes to the engine."""
     requested = _check_outputs(call.target, request.outputs)

@@ -16,7 +16,7 @@ from service.api.grpc.calls import answer, answer_in_stream, deadline_of, reques
 from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.errors import InvalidArgument, ServiceError, retry_after, status_for
 from service.metrics import Metrics
 
@@ -123,7 +123,7 @@ def response_message(response: v2.InferResponse) -> pb.ModelInferResponse:
 
 
 class V2Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineClient, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
 

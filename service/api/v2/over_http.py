@@ -23,7 +23,7 @@ from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnect
 from service.api.observe import Observation, http_codes, observed
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.errors import (
     BadRequest,
     EmptyBody,
@@ -230,7 +230,7 @@ _MODEL_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 _SERVER_READY_SCHEMA = {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]}
 
 
-def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
+def create_v2_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
     async def answered(
