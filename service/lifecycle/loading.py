@@ -6,6 +6,7 @@ Nothing here changes model state; the manager decides when to load and records t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
         emulated = EmulatedRunner(
             runner, parse_emulation(settings.emulate_device), (3, spec.crop_size, spec.crop_size)
         )
-        batching = batcher_config(settings, config, CUDA, spec.gmacs)
+        # One batch at a time, as the device runs them: a batch waits in the queue (where deadlines
+        # and priorities apply), not on the device.
+        batching = dataclasses.replace(batcher_config(settings, config, CUDA, spec.gmacs), instances=1)
         log.warning("event=emulated_device model=%s device=%s", folder, emulated.provider)
         return LoadedGraph(emulated, spec, labels, time.monotonic() - start, rss_bytes() - before, batching)
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core.engine import Engine
+from service.core.executor import check_queue_room
 from service.errors import InferenceFailed, ServiceError, retry_after
 from service.runtime.priorities import Priority
 from service.split.slab import Slab
@@ -139,7 +140,11 @@ class EngineServer:
                 deadline=deadline,
             )
             if payload[0] == "pixels":
-                _, offset, shape = payload
+                _, offset, shape, decoded = payload
+                target = call.target
+                if decoded and target.record is not None:  # photos: their queue room, as run_images checks
+                    entry = self.engine.lifecycle.leases.hint(target.record, target.version)
+                    check_queue_room(entry, shape[0], target.priority)
                 pixels = self.slab.view(offset, math.prod(shape)).reshape(shape)
                 outcome = await self.engine.infer_pixels(call, pixels, wanted)
             else:

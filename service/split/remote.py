@@ -200,7 +200,7 @@ class RemoteEngine:
     def _admission_now(self) -> Admission:
         if self._admission is None or self._out is None:
             raise NotReady(ENGINE_AWAY)
-        if self.draining:
+        if self._stopped:  # while draining, what the protocols let in still runs (as in one process)
             raise NotReady("server is shutting down")
         return self._admission
 
@@ -253,7 +253,7 @@ class RemoteEngine:
         started = time.monotonic()
         rows = await self.pool.run(preprocess, jobs, int(call.priority), places=range(len(images)))
         pixels = np.stack([row for row, _ in rows])
-        outcome = await self._send(call, wanted, pixels=pixels)
+        outcome = await self._send(call, wanted, pixels=pixels, decoded=True)
         preprocess_ms = round((time.monotonic() - started) * 1000 - outcome.timings.total_ms, 3)
         outcome.timings = outcome.timings.model_copy(
             update={
@@ -297,6 +297,7 @@ class RemoteEngine:
         *,
         pixels: np.ndarray | None = None,
         encoded: Sequence[bytes] = (),
+        decoded: bool = False,
     ) -> InferOutcome:
         out, region, slab = self._out, self._region, self._slab
         if out is None or region is None or slab is None:
@@ -308,7 +309,7 @@ class RemoteEngine:
             if pixels is not None:
                 offset = self._place(region, pending, pixels.nbytes)
                 slab.view(offset, pixels.nbytes)[:] = pixels.reshape(-1)
-                payload = ("pixels", offset, pixels.shape)
+                payload = ("pixels", offset, pixels.shape, decoded)
             else:
                 places = []
                 for data in encoded:
