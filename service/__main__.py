@@ -126,8 +126,8 @@ async def serve(settings: Settings, remote: EngineClient | None = None) -> int:
     except PortInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = Metrics()
-    engine: EngineClient = Engine(settings, metrics) if remote is None else remote
+    engine: EngineClient = Engine(settings, Metrics()) if remote is None else remote
+    metrics = engine.metrics
     await engine.start()
     app = create_app(engine, settings, metrics)
     edge_limits = EdgeLimits.from_settings(settings)

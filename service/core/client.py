@@ -15,6 +15,7 @@ import numpy as np
 from service.core.call import AdmittedCall
 from service.core.outcomes import ClassifyOutcome, InferOutcome
 from service.lifecycle.records import IndexEntry, ModelEntry, ModelRecord
+from service.metrics import Metrics
 from service.runtime.outputs import Wanted
 from service.runtime.priorities import Priority
 from service.schemas import ModelInfo, ModelList
@@ -23,6 +24,7 @@ from service.settings import Settings
 
 class EngineClient(Protocol):
     settings: Settings
+    metrics: Metrics  # this process's own series
 
     # --- life cycle (the server's entry point runs these) ---
     async def start(self) -> None: ...
@@ -38,6 +40,9 @@ class EngineClient(Protocol):
     def readiness(self) -> dict[str, str]: ...
     def serving(self, name: str) -> bool | None: ...
     def label(self, name: str | None) -> str: ...
+    async def render_metrics(self) -> bytes:
+        """Every process's series, in the Prometheus text format."""
+        ...
 
     # --- requests ---
     def admit(

@@ -139,6 +139,9 @@ class Engine:
         """The metrics label of a request for `name` before (or without) its admission."""
         return self.admission.label(name)
 
+    async def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
     def serving(self, name: str) -> bool | None:
         """Whether the model called exactly `name` serves now (None: no such model)."""
         record = self.lifecycle.records.get(name)

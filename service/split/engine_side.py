@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -22,14 +23,15 @@ from service.core.engine import Engine
 from service.core.executor import check_queue_room
 from service.errors import InferenceFailed, ServiceError, retry_after
 from service.runtime.priorities import Priority
+from service.split.metrics_merge import merge
 from service.split.slab import Slab
 from service.split.state import capture, signature
-from service.split.wire import FrameWriter, Message, read_frame
+from service.split.wire import CANCELLED, FrameWriter, Message, read_frame
 
 log = logging.getLogger(__name__)
 
 STATE_INTERVAL_S = 0.05
-CANCELLED = "Cancelled"
+COLLECT_TIMEOUT_S = 1.0
 
 
 @dataclass(eq=False)
@@ -51,6 +53,9 @@ class EngineServer:
         self._signature: tuple[object, ...] | None = None
         self._state: Any = None
         self.received = 0
+        # A /metrics gathering: the texts so far, done when every front answered, how many were asked.
+        self._collecting: dict[int, tuple[list[tuple[str, str]], asyncio.Future[None], int]] = {}
+        self._tokens = itertools.count(1)
 
     async def start(self, path: str) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=path)
@@ -120,6 +125,17 @@ class EngineServer:
             running = connection.calls.get(message[1])
             if running is not None:
                 running.cancel()
+        elif kind == "metrics":
+            rid = message[1]
+            task = asyncio.create_task(self._metrics(connection, rid))
+            connection.calls[rid] = task
+            task.add_done_callback(lambda _: connection.calls.pop(rid, None))
+        elif kind == "collected":
+            waiting = self._collecting.get(message[1])
+            if waiting is not None and not waiting[1].done():
+                waiting[0].append((f"front-{connection.index}", message[2]))
+                if len(waiting[0]) >= waiting[2]:
+                    waiting[1].set_result(None)
         elif kind == "control":
             rid = message[1]
             task = asyncio.create_task(self._control(connection, message))
@@ -162,6 +178,24 @@ class EngineServer:
         except Exception:
             log.exception("event=split_call_crashed request_id=%s", request_id)
             out.send(("error", rid, InferenceFailed.__name__, "internal error", None))
+
+    async def _metrics(self, asking: FrontConnection, rid: int) -> None:
+        """Every front's series and the engine's, merged, for the front that serves a /metrics."""
+        token = next(self._tokens)
+        texts: list[tuple[str, str]] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fronts = list(self._connections)
+        self._collecting[token] = (texts, done, len(fronts))
+        for connection in fronts:
+            connection.out.send(("collect", token))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), COLLECT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("event=metrics_partial fronts=%d answered=%d", len(fronts), len(texts))
+        finally:
+            del self._collecting[token]
+        texts.append(("engine", self.engine.metrics.render().decode()))
+        asking.out.send(("metrics", rid, merge(texts)))
 
     async def _control(self, connection: FrontConnection, message: Message) -> None:
         _, rid, operation, name, dependents = message

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from service import errors
 from service.core.admission import Admission
 from service.core.call import AdmittedCall
 from service.core.engine import DEFAULT_TOP_K
 from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
 from service.core.outcomes import ClassifyOutcome, InferOutcome, classified
-from service.errors import InvalidArgument, NotReady, Overloaded, ServiceError, UnknownModel
+from service.errors import InvalidArgument, NotReady, Overloaded, UnknownModel
 from service.lifecycle.records import IndexEntry, ModelEntry, ModelRecord
+from service.metrics import Metrics
 from service.names import unknown_name_message
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.images import PreprocessSpec, configure_pillow, preprocess
@@ -40,10 +40,10 @@ from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
 from service.schemas import ModelInfo, ModelList
 from service.settings import Settings
-from service.split.engine_side import CANCELLED
+from service.split.metrics_merge import merge
 from service.split.slab import Region, Slab
 from service.split.state import EngineState, FrontCatalogue
-from service.split.wire import FrameWriter, Message, read_frame
+from service.split.wire import FrameWriter, Message, error_from, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class RemoteEngine:
         self.settings = settings
         self.socket_path = socket_path
         self.index = index
+        self.metrics = Metrics()
         self.pool = PreprocessPool(
             settings.effective_preprocess_workers,
             settings.max_pending_preprocess,
@@ -137,7 +138,7 @@ class RemoteEngine:
 
     def _receive(self, message: Message) -> None:
         kind = message[0]
-        if kind == "done" or kind == "error" or kind == "controlled":
+        if kind in ("done", "error", "controlled", "metrics"):
             pending = self._pending.pop(message[1], None)
             if pending is None:
                 return
@@ -152,6 +153,8 @@ class RemoteEngine:
             self._catalogue = FrontCatalogue(state)
             self._admission = Admission(self._catalogue, self.settings)
             self._first_state.set()
+        elif kind == "collect" and self._out is not None:  # the engine gathers every process's series
+            self._out.send(("collected", message[1], self.metrics.render().decode()))
         elif kind == "welcome":
             _, name, start, size = message
             if self._slab is None or self._slab.name != name:
@@ -192,6 +195,22 @@ class RemoteEngine:
         if admission is None:
             return name or "unknown"
         return admission.label(name)
+
+    async def render_metrics(self) -> bytes:
+        """Every process's series, gathered by the engine; this front's alone while it is away."""
+        own = self.metrics.render()
+        out = self._out
+        if out is None:
+            return merge([(f"front-{self.index}", own.decode())])
+        rid = next(self._ids)
+        pending = _Pending(asyncio.get_running_loop().create_future())
+        self._pending[rid] = pending
+        out.send(("metrics", rid))
+        reply = await pending.future
+        if reply[0] == "error":
+            return merge([(f"front-{self.index}", own.decode())])
+        text: bytes = reply[2]
+        return text
 
     @property
     def default_model(self) -> str | None:
@@ -349,7 +368,7 @@ class RemoteEngine:
 
     def _outcome(self, reply: Message) -> InferOutcome:
         if reply[0] == "error":
-            raise _error(reply[2], reply[3], reply[4])
+            raise error_from(reply[2], reply[3], reply[4])
         _, _, name, version, outputs, timings, route, cached = reply
         entry = self._entry(name, version)
         return InferOutcome(entry, outputs, timings, route, cached)
@@ -411,18 +430,4 @@ class RemoteEngine:
         out.send(("control", rid, operation, name, dependents))
         reply = await pending.future
         if reply[0] == "error":
-            raise _error(reply[2], reply[3], reply[4])
-
-
-def _error(name: str, message: str, retry: float | None) -> ServiceError:
-    """The engine's error as the class it was raised as (a ServiceError the front maps as usual)."""
-    if name == CANCELLED:
-        raise asyncio.CancelledError
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, ServiceError)):
-        cls = ServiceError
-    error = cls.__new__(cls)
-    ServiceError.__init__(error, message)
-    if retry is not None:
-        error.retry_after = retry  # type: ignore[attr-defined]
-    return error
+            raise error_from(reply[2], reply[3], reply[4])

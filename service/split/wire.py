@@ -14,7 +14,11 @@ import pickle
 import struct
 from typing import Any
 
+from service import errors
+from service.errors import ServiceError
+
 HEADER = struct.Struct("<I")
+CANCELLED = "Cancelled"  # the error a cancelled call is answered with (the front that cancelled drops it)
 MAX_FRAME = 1 << 30
 
 Message = tuple[Any, ...]
@@ -63,3 +67,17 @@ class FrameWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def error_from(name: str, message: str, retry: float | None) -> ServiceError:
+    """The engine's error as the class it was raised as (a ServiceError the front maps as usual)."""
+    if name == CANCELLED:
+        raise asyncio.CancelledError
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ServiceError)):
+        cls = ServiceError
+    error = cls.__new__(cls)
+    ServiceError.__init__(error, message)
+    if retry is not None:
+        error.retry_after = retry  # type: ignore[attr-defined]
+    return error

@@ -8,6 +8,7 @@ passes the environment on)."""
 from __future__ import annotations
 
 import io
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -97,8 +98,18 @@ def test_calls_from_both_fronts_share_the_engines_batches(split_server: LiveServ
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda _: classify(split_server), range(48)))
     assert [a.status_code for a in answers] == [200] * 48
-    log = split_server.log()
-    assert log.count("event=front_connected") >= 2
+    assert split_server.log().count("event=front_connected") >= 2
+    # One /metrics, whichever front answers it: both fronts' requests and the engine's batches.
+    text = httpx.get(f"{split_server.http_url}/metrics", timeout=10).text
+    served = re.findall(
+        r'^effnet_requests_total\{code="200",model="tiny",protocol="http"\} (\S+)$', text, re.M
+    )
+    assert served and float(served[0]) >= 49, served
+    batches = re.findall(r'^effnet_batch_size_count\{model="tiny"\} (\S+)$', text, re.M)
+    assert batches and 1 <= float(batches[0]) < 49
+    assert {'process="engine"', 'process="front-0"', 'process="front-1"'} <= set(
+        re.findall(r'process="[a-z0-9-]+"', text)
+    )
 
 
 def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:

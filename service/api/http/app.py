@@ -204,7 +204,7 @@ def create_app(engine: EngineClient, settings: Settings, metrics: Metrics) -> Fa
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await engine.render_metrics(), media_type=CONTENT_TYPE)
 
     app.include_router(create_explain_router(engine, settings, metrics, HTTP, _ERROR_RESPONSES))
     app.include_router(create_v2_router(engine, metrics))
