@@ -204,8 +204,10 @@ class EngineServer:
                 await self.engine.load_model(name)
             else:
                 await self.engine.unload_model(name, dependents)
-            self._signature = None  # publish the new state before the answer
-            connection.out.send(("state", self._current_state()))
+            self._signature = None  # every front learns the new state before the answer
+            state = self._current_state()
+            for front in self._connections:
+                front.out.send(("state", state))
             connection.out.send(("controlled", rid))
         except ServiceError as exc:
             connection.out.send(("error", rid, type(exc).__name__, exc.message, retry_after(exc)))

@@ -48,6 +48,7 @@ from service.split.wire import FrameWriter, Message, error_from, read_frame
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.1
+STATE_WAIT_S = 1.0
 ENGINE_AWAY = "the engine is not available (starting or restarting)"
 
 
@@ -79,6 +80,7 @@ class RemoteEngine:
         self._ids = itertools.count(1)
         self._connector: asyncio.Task[None] | None = None
         self._first_state = asyncio.Event()
+        self._state_arrived = asyncio.Event()
         self._draining = False
         self._stopped = False
 
@@ -153,6 +155,7 @@ class RemoteEngine:
             self._catalogue = FrontCatalogue(state)
             self._admission = Admission(self._catalogue, self.settings)
             self._first_state.set()
+            self._state_arrived.set()
         elif kind == "collect" and self._out is not None:  # the engine gathers every process's series
             self._out.send(("collected", message[1], self.metrics.render().decode()))
         elif kind == "welcome":
@@ -271,6 +274,8 @@ class RemoteEngine:
         jobs = [(data, spec, self.limits) for data in images]
         started = time.monotonic()
         rows = await self.pool.run(preprocess, jobs, int(call.priority), places=range(len(images)))
+        for _, seconds in rows:
+            self.metrics.observe_preprocess(target.name, seconds)
         pixels = np.stack([row for row, _ in rows])
         outcome = await self._send(call, wanted, pixels=pixels, decoded=True)
         preprocess_ms = round((time.monotonic() - started) * 1000 - outcome.timings.total_ms, 3)
@@ -353,7 +358,7 @@ class RemoteEngine:
             if self._out is out and rid in self._pending:
                 out.send(("cancel", rid))
             raise
-        return self._outcome(reply)
+        return await self._outcome(reply)
 
     @staticmethod
     def _place(region: Region, pending: _Pending, length: int) -> int:
@@ -366,19 +371,26 @@ class RemoteEngine:
         pending.blocks.append((offset, length))
         return offset
 
-    def _outcome(self, reply: Message) -> InferOutcome:
+    async def _outcome(self, reply: Message) -> InferOutcome:
         if reply[0] == "error":
             raise error_from(reply[2], reply[3], reply[4])
         _, _, name, version, outputs, timings, route, cached = reply
         entry = self._entry(name, version)
+        waited = time.monotonic()
+        # A version the engine loaded for this call (lazily) is news here until its state arrives: its
+        # labels come with it (they are read at load).
+        while (entry is None or not entry.labels) and time.monotonic() - waited < STATE_WAIT_S:
+            self._state_arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_arrived.wait(), STATE_WAIT_S)
+            entry = self._entry(name, version)
+        if entry is None or not entry.labels:
+            raise NotReady(f"model '{name}' version {version} is not known here yet")
         return InferOutcome(entry, outputs, timings, route, cached)
 
-    def _entry(self, name: str, version: int | None) -> ModelEntry:
+    def _entry(self, name: str, version: int | None) -> ModelEntry | None:
         record = self._catalogue.records.get(name) if self._catalogue is not None else None
-        entry = record.versions.get(version) if record is not None and version is not None else None
-        if entry is None:
-            raise NotReady(f"model '{name}' version {version} is no longer known here")
-        return entry
+        return record.versions.get(version) if record is not None and version is not None else None
 
     # ----------------------------------------------------------------------------------- models
     def lookup(self, name: str) -> ModelRecord:
