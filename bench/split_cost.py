@@ -130,7 +130,10 @@ async def _http_load(port: int, count: int, in_flight: int) -> None:
             while left > 0:
                 left -= 1
                 response = await client.post(
-                    f"http://127.0.0.1:{port}/classify", content=body, headers={"content-type": "image/png"}
+                    f"http://127.0.0.1:{port}/classify",
+                    params={"top_k": 1},
+                    content=body,
+                    headers={"content-type": "image/png"},
                 )
                 response.raise_for_status()
 
