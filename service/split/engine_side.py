@@ -39,6 +39,7 @@ class FrontConnection:
     index: int
     out: FrameWriter
     calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    state: object = None  # the last state sent to this front
 
 
 class EngineServer:
@@ -78,12 +79,16 @@ class EngineServer:
 
     async def _publish(self) -> None:
         while True:
-            before = self._state
-            state = self._current_state()
-            if state is not before:
-                for connection in self._connections:
-                    connection.out.send(("state", state))
+            self._send_state()
             await asyncio.sleep(STATE_INTERVAL_S)
+
+    def _send_state(self) -> None:
+        """The current state to every front that has not had it yet."""
+        state = self._current_state()
+        for connection in self._connections:
+            if connection.state is not state:
+                connection.state = state
+                connection.out.send(("state", state))
 
     # ------------------------------------------------------------------------------------ fronts
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,8 +103,8 @@ class EngineServer:
         connection = FrontConnection(index, FrameWriter(writer))
         start, size = self.slab.part(index, self.fronts)
         connection.out.send(("welcome", self.slab.name, start, size))
-        connection.out.send(("state", self._current_state()))
         self._connections.add(connection)
+        self._send_state()
         log.info("event=front_connected index=%d", index)
         try:
             while (messages := await read_frame(reader)) is not None:
@@ -205,9 +210,7 @@ class EngineServer:
             else:
                 await self.engine.unload_model(name, dependents)
             self._signature = None  # every front learns the new state before the answer
-            state = self._current_state()
-            for front in self._connections:
-                front.out.send(("state", state))
+            self._send_state()
             connection.out.send(("controlled", rid))
         except ServiceError as exc:
             connection.out.send(("error", rid, type(exc).__name__, exc.message, retry_after(exc)))
