@@ -268,7 +268,9 @@ class RemoteEngine:
     ) -> InferOutcome:
         self._check_count(len(images))
         target = call.target
-        if target.routed or target.spec is None:  # the engine routes: the images cross as they are
+        catalogue = self._catalogue
+        decode_here = catalogue is not None and catalogue.decodes_here(target.name, target.version)
+        if target.routed or target.spec is None or not decode_here:  # the engine routes or decodes
             return await self._send(call, wanted, encoded=images)
         spec = PreprocessSpec.from_model_spec(target.spec)
         jobs = [(data, spec, self.limits) for data in images]

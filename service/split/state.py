@@ -24,6 +24,7 @@ class VersionView:
     labels: list[str]
     provider: str | None
     kind: str
+    backend: str | None = None  # how the engine decodes and resizes this version's photos
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ def capture(engine: Engine) -> EngineState:
         RecordView(
             r.name, r.config, r.is_cascade_folder, r.cascade, r.wanted, r.required, r.on_disk, r.reason,
             tuple(
-                VersionView(e.version, e.state.value, e.reason, e.spec, e.labels, e.provider, e.kind)
+                VersionView(
+                    e.version, e.state.value, e.reason, e.spec, e.labels, e.provider, e.kind,
+                    e.backend.name if e.backend is not None else None,
+                )
                 for e in r.versions.values()
             ),
         )
@@ -96,6 +100,19 @@ class FrontCatalogue:
     def __post_init__(self) -> None:
         self.records = {view.name: _record(view) for view in self.state.records}
         self.leases = Leases(lambda record: self.state.lazy and record.wanted, _no_load)
+        self._backends = {(r.name, v.version): v.backend for r in self.state.records for v in r.versions}
+
+    def decodes_here(self, name: str, version: int | None) -> bool:
+        """Whether a front decodes this model's photos (Pillow, as the engine would: the same pixels).
+        Where the engine decodes on the GPU (nvImageCodec) or resizes with its graph, the photos cross
+        as bytes, so that the engine's decoder batches them across every front."""
+        record = self.records.get(name)
+        entry = None
+        if record is not None:
+            entry = record.serving() if version is None else record.versions.get(version)
+            entry = entry or record.target_newest()  # not loaded yet (lazy): the version it will load
+        backend = self._backends.get((name, entry.version)) if entry is not None else None
+        return backend in (None, "pillow")
 
     @property
     def lazy(self) -> bool:

@@ -40,7 +40,10 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_split(factory: ServerFactory, repository: Path, **env: str) -> LiveServer:
-    return factory(repository, "--front-processes", "2", env={"EFFNET_EMULATE_DEVICE": SLOW, **env})
+    """A split server with both fronts connected to the engine (readiness is one front's answer)."""
+    server = factory(repository, "--front-processes", "2", env={"EFFNET_EMULATE_DEVICE": SLOW, **env})
+    until_sync(lambda: server.log().count("event=front_connected") >= 2, within_s=60, what="both fronts")
+    return server
 
 
 def roles(server: LiveServer) -> dict[str, list[int]]:
