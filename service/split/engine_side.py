@@ -26,7 +26,7 @@ from service.runtime.priorities import Priority
 from service.split.metrics_merge import merge
 from service.split.slab import Slab
 from service.split.state import capture, signature
-from service.split.wire import CANCELLED, FrameWriter, Message, read_frame
+from service.split.wire import CANCELLED, FrameWriter, Message, pack_outputs, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class EngineServer:
                 outcome = await self.engine.infer_images(call, images, wanted)
             model = outcome.model
             out.send(
-                ("done", rid, model.name, model.version, outcome.outputs, outcome.timings,
+                ("done", rid, model.name, model.version, pack_outputs(outcome.outputs), outcome.timings,
                  outcome.route, outcome.cached)
             )  # fmt: skip
         except ServiceError as exc:

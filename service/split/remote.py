@@ -43,7 +43,7 @@ from service.settings import Settings
 from service.split.metrics_merge import merge
 from service.split.slab import Region, Slab
 from service.split.state import EngineState, FrontCatalogue
-from service.split.wire import FrameWriter, Message, error_from, read_frame
+from service.split.wire import FrameWriter, Message, error_from, read_frame, unpack_outputs
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class RemoteEngine:
             entry = self._entry(name, version)
         if entry is None or not entry.labels:
             raise NotReady(f"model '{name}' version {version} is not known here yet")
-        return InferOutcome(entry, outputs, timings, route, cached)
+        return InferOutcome(entry, unpack_outputs(outputs), timings, route, cached)
 
     def _entry(self, name: str, version: int | None) -> ModelEntry | None:
         record = self._catalogue.records.get(name) if self._catalogue is not None else None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import numpy as np
 
-from service.split.wire import FrameWriter, encode, read_frame
+from service.split.wire import FrameWriter, encode, pack_outputs, read_frame, unpack_outputs
 
 
 async def test_one_loop_turn_is_one_frame(tmp_path: Path) -> None:
@@ -42,3 +43,15 @@ async def test_a_torn_stream_reads_as_its_end() -> None:
     reader.feed_data(encode([("hello", 1)])[:-2])
     reader.feed_eof()
     assert await read_frame(reader) is None
+
+
+def test_outputs_cross_as_bytes_and_come_back_equal() -> None:
+    outputs = {
+        "probabilities": np.random.default_rng(0).random((3, 5), dtype=np.float32),
+        "cam_classes": np.arange(6, dtype=np.int64).reshape(3, 2),
+        "ragged": np.array([np.zeros(2), np.zeros(3)], dtype=object),
+    }
+    back = unpack_outputs(pickle.loads(pickle.dumps(pack_outputs(outputs), protocol=5)))
+    for name in ("probabilities", "cam_classes"):
+        assert back[name].dtype == outputs[name].dtype and np.array_equal(back[name], outputs[name])
+    assert back["ragged"].dtype == object and len(back["ragged"]) == 2
