@@ -29,6 +29,7 @@ from service.api.http.limits import (
     limited_protocol,
 )
 from service.api.ports import PortInUse, check_grpc, claim_http
+from service.core.client import EngineClient
 from service.core.engine import Engine
 from service.lifecycle.files import ModelLoadError
 from service.logs import setup_logging
@@ -81,12 +82,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a line per request (default on; --no-access-log) [EFFNET_ACCESS_LOG]",
     )
+    p.add_argument(
+        "--front-processes",
+        help="split mode: front processes feeding one engine process; 0: one process; auto (default): "
+        "0 on the CPU or below 4 cores [EFFNET_FRONT_PROCESSES]",
+    )
+    # Set by split mode's supervisor for the processes it starts (service/split/supervisor.py).
+    p.add_argument("--split-role", choices=["engine", "front"], help=argparse.SUPPRESS)
+    p.add_argument("--split-socket", help=argparse.SUPPRESS)
+    p.add_argument("--split-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--split-fronts", type=int, help=argparse.SUPPRESS)
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
     """Flags given on the command line win over EFFNET_* variables, which win over defaults."""
     overrides: dict[str, Any] = {
-        key: value for key, value in vars(args).items() if key != "command" and value is not None
+        key: value
+        for key, value in vars(args).items()
+        if key != "command" and not key.startswith("split_") and value is not None
     }
     return Settings(**overrides)
 
@@ -105,9 +118,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _start_grpc(engine: Engine, settings: Settings, metrics: Metrics) -> grpc.aio.Server | None:
+async def _start_grpc(
+    engine: EngineClient, settings: Settings, metrics: Metrics, reuse_port: bool
+) -> grpc.aio.Server | None:
     try:
-        server = create_grpc_server(engine, settings, metrics)
+        server = create_grpc_server(engine, settings, metrics, reuse_port)
         await server.start()
     except (RuntimeError, OSError) as exc:  # a port grpc cannot bind; unreadable TLS files
         log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
@@ -115,15 +130,17 @@ async def _start_grpc(engine: Engine, settings: Settings, metrics: Metrics) -> g
     return server
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, remote: EngineClient | None = None) -> int:
+    """One process (`remote` None), or a split-mode front that feeds the engine process `remote`."""
+    reuse_port = remote is not None
     try:
-        http_socket = claim_http(settings.host, settings.http_port)
-        check_grpc(settings.host, settings.grpc_port)
+        http_socket = claim_http(settings.host, settings.http_port, reuse_port)
+        check_grpc(settings.host, settings.grpc_port, reuse_port)
     except PortInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    metrics = Metrics()
-    engine = Engine(settings, metrics)
+    engine: EngineClient = Engine(settings, Metrics()) if remote is None else remote
+    metrics = engine.metrics
     await engine.start()
     app = create_app(engine, settings, metrics)
     edge_limits = EdgeLimits.from_settings(settings)
@@ -145,7 +162,7 @@ async def serve(settings: Settings) -> int:
         )
     )
     try:
-        grpc_server = create_grpc_server(engine, settings, metrics)
+        grpc_server = create_grpc_server(engine, settings, metrics, reuse_port)
     except (RuntimeError, OSError) as exc:  # a port grpc cannot bind; unreadable TLS files
         log.error("event=startup_failed reason=%r", f"gRPC on {settings.host}:{settings.grpc_port}: {exc}")
         await engine.stop()
@@ -177,7 +194,7 @@ async def serve(settings: Settings) -> int:
         log.error("event=http_server_exited")  # e.g. the port is taken
         exit_code = 1
     elif load_task.done():
-        started = await _start_grpc(engine, settings, metrics)
+        started = await _start_grpc(engine, settings, metrics, reuse_port)
         if started is None:
             exit_code = 1
         else:
@@ -226,6 +243,21 @@ def _run_model_tool(name: str, argv: list[str]) -> int:
     return code
 
 
+def run_role(settings: Settings, role: str, socket_path: str, index: int | None, fronts: int | None) -> int:
+    """Split mode: the engine process or a front, as the supervisor (service/split/) started it."""
+    if role == "engine":
+        from service.split.engine_side import run_engine
+        from service.split.supervisor import MB
+
+        count = fronts or 1
+        return asyncio.run(
+            run_engine(settings, socket_path, count, count * settings.front_shared_memory_mb * MB)
+        )
+    from service.split.remote import RemoteEngine
+
+    return asyncio.run(serve(settings, RemoteEngine(settings, socket_path, index or 0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["classify"]:
@@ -253,7 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json, settings.access_log)
+    from service.split.supervisor import front_count, supervise
+
     try:
+        if args.split_role is not None:
+            return run_role(settings, args.split_role, args.split_socket, args.split_index, args.split_fronts)
+        fronts = front_count(settings)
+        if fronts > 0:
+            return supervise(settings, fronts, argv)
         return asyncio.run(serve(settings))
     except (ModelLoadError, RuntimeUnavailable) as exc:
         log.error("event=startup_failed reason=%r", str(exc))

@@ -297,6 +297,24 @@ class Settings(BaseSettings):
     nvimgcodec_max_batch: int = Field(
         64, ge=1, description="JPEGs decoded together in one nvImageCodec call (images waiting at once)"
     )
+    front_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="split mode (service/split/): this many front processes (HTTP, gRPC, admission, "
+        "Pillow decoding, sharing the ports) feed one engine process (models, batcher, sessions) through "
+        "shared memory; 0: one process. auto: 0 on the CPU or below 4 cores, else half the cores, at most 8",
+    )
+    front_shared_memory_mb: int = Field(
+        32,
+        ge=1,
+        description="split mode: each front's part of the engine's shared memory (payloads in flight)",
+    )
+    emulate_device: str = Field(
+        "",
+        description="for benchmarks only: '<curve>[:<scale>]' replaces each model's device with a replay "
+        "of a measured GPU batch-time curve (service/runtime/emulated.py): a variant measured in "
+        "bench/results/gpu/gpu.json (b0, b0-fp16, ...) or a JSON file of that shape, times `scale`. "
+        "Answers carry the graph's answer to a blank image; models describe their provider as emulated",
+    )
 
     @field_validator("hash_cache", "cache_url", mode="before")
     @classmethod

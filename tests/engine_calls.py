@@ -19,11 +19,11 @@ async def classify(
     version: int | None = None,
     budget_ms: float | None = None,
 ) -> ClassifyOutcome:
-    target = engine.admit(model, version, top_k=top_k, budget_ms=budget_ms)
-    return await engine.classify(target, images, deadline)
+    call = engine.admit(model, version, top_k=top_k, budget_ms=budget_ms, deadline=deadline)
+    return await engine.classify(call, images)
 
 
 async def infer_pixels(
     engine: Engine, model: str, pixels: np.ndarray, deadline: float | None = None, version: int | None = None
 ) -> InferOutcome:
-    return await engine.infer_pixels(engine.admit(model, version), pixels, deadline)
+    return await engine.infer_pixels(engine.admit(model, version, deadline=deadline), pixels)

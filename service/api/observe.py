@@ -3,9 +3,11 @@ count in `effnet_requests_total{protocol,model,code}`, the log line of a failure
 (service.logs: protocol, route, model, status, ms, request id; `--no-access-log` turns it off).
 
 Each protocol describes its status codes once (`StatusCodes`: success, the client gone, a crash, and
-the error table's column for it) and wraps each request in `observed`. The label starts as the engine's
-rule for the requested name (`Engine.label`: a known name, the default model, or "unknown") and becomes
-the admitted target's name once the request is admitted.
+the error table's column for it) and wraps each request in `observed`. A request that is admitted is
+admitted through its observation (`Observation.admit`): the name is resolved once, and the label is the
+admitted call's. Only a request that was refused, or that never needed admission (metadata, model
+control), takes the engine's rule for the requested name (`label`: a known name, the default model, or
+"unknown"), once, when it is counted.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from starlette.requests import Request
 
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, CLIENT_GONE
-from service.core.target import Target
+from service.core.call import AdmittedCall
 from service.errors import ServiceError, status_for
 from service.logs import ACCESS_LOGGER
 from service.metrics import Metrics
+from service.runtime.priorities import DEFAULT, Priority
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -64,27 +68,85 @@ def grpc_codes(protocol: str) -> StatusCodes:
     )
 
 
+class Admitting(Protocol):
+    """What an observation asks of the engine (in-process or across the process boundary)."""
+
+    def label(self, name: str | None) -> str: ...
+
+    def admit(
+        self,
+        model: str | None,
+        version: int | None = None,
+        *,
+        top_k: int | None = None,
+        budget_ms: float | None = None,
+        priority: Priority = DEFAULT,
+        request_id: str = "",
+        deadline: float | None = None,
+    ) -> AdmittedCall: ...
+
+
 @dataclass
 class Observation:
-    label: str
+    engine: Admitting
+    requested: str | None  # the name as the request gave it (None: the default model)
+    request_id: str = ""
+    fixed_label: str | None = None  # for requests about no model ("repository")
     code: Code | None = None  # None: the codes' success value when no error was raised
+    call: AdmittedCall | None = None
     started: float = field(default_factory=time.monotonic)
-    runs: bool = False  # admitted to run on a model: counted in its statistics (service/statistics.py)
 
-    def admitted(self, target: Target) -> Target:
-        self.label = target.name
-        self.runs = True
-        return target
+    def admit(
+        self,
+        version: int | None = None,
+        *,
+        top_k: int | None = None,
+        budget_ms: float | None = None,
+        priority: Priority = DEFAULT,
+        deadline: float | None = None,
+    ) -> AdmittedCall:
+        """Admit the requested name once; the call carries this request's id and deadline."""
+        self.call = self.engine.admit(
+            self.requested,
+            version,
+            top_k=top_k,
+            budget_ms=budget_ms,
+            priority=priority,
+            request_id=self.request_id,
+            deadline=deadline,
+        )
+        return self.call
+
+    @property
+    def label(self) -> str:
+        if self.call is not None:
+            return self.call.label
+        if self.fixed_label is not None:
+            return self.fixed_label
+        self.fixed_label = self.engine.label(self.requested)  # once: it is asked again by the count
+        return self.fixed_label
+
+    @property
+    def runs(self) -> bool:
+        """Admitted to run on a model: counted in its statistics (service/statistics.py)."""
+        return self.call is not None
 
 
 @contextmanager
 def observed(
-    metrics: Metrics, codes: StatusCodes, label: str, request_id: str = "", *, route: str
+    metrics: Metrics,
+    codes: StatusCodes,
+    engine: Admitting,
+    requested: str | None,
+    request_id: str = "",
+    *,
+    route: str,
+    label: str | None = None,
 ) -> Iterator[Observation]:
     """Count and time the request run inside, and write its access line; errors are logged and
     re-raised for the protocol to map. `route`: "METHOD /path" over HTTP, "package.Service/Method"
-    over gRPC."""
-    call = Observation(label)
+    over gRPC; `label` fixes the metrics label of a request about no model."""
+    call = Observation(engine, requested, request_id, label)
     code: Code = codes.crashed
     try:
         yield call

@@ -12,12 +12,14 @@ class PortInUse(Exception):
     """A port we must listen on is taken; the message is the one line to print."""
 
 
-def _socket(host: str, port: int) -> socket.socket:
+def _socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it
     # Nagle's algorithm and delayed ACKs add about 40 ms to every answer on a kept-alive connection.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # split mode: every front listens on the port, the kernel spreads connections
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return sock
 
 
@@ -29,9 +31,9 @@ def _in_use(what: str, host: str, port: int, flag: str, variable: str, exc: OSEr
     )
 
 
-def claim_http(host: str, port: int) -> socket.socket:
+def claim_http(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """The bound HTTP socket (uvicorn listens on it). Raises PortInUse."""
-    sock = _socket(host, port)
+    sock = _socket(host, port, reuse_port)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -41,9 +43,9 @@ def claim_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_grpc(host: str, port: int) -> None:
+def check_grpc(host: str, port: int, reuse_port: bool = False) -> None:
     """Raise PortInUse when the gRPC port cannot be listened on now (grpc binds it itself later)."""
-    sock = _socket(host, port)
+    sock = _socket(host, port, reuse_port)
     try:
         sock.bind((host, port))
         sock.listen(1)

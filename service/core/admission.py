@@ -12,13 +12,14 @@ parsed. Nothing after admission resolves a name again.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 from service.core.executor import check_queue_room
 from service.core.precision import FP16_SUFFIX, resolve_precision
 from service.core.routing import NO_AUTO_CANDIDATE, auto_candidates
 from service.core.target import AUTO, Target
 from service.errors import InvalidArgument, NotReady, UnknownModel
-from service.lifecycle.manager import Lifecycle
+from service.lifecycle.leases import Leases
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.lifecycle.views import why_not_ready
 from service.names import match_name, unknown_name_message
@@ -28,8 +29,19 @@ from service.settings import Settings
 MAX_BUDGET_MS = 600_000
 
 
+class Catalogue(Protocol):
+    """What admission reads: the lifecycle, or a split-mode front's copy of its records."""
+
+    @property
+    def records(self) -> dict[str, ModelRecord]: ...
+    @property
+    def lazy(self) -> bool: ...
+    @property
+    def leases(self) -> Leases: ...
+
+
 class Admission:
-    def __init__(self, lifecycle: Lifecycle, settings: Settings) -> None:
+    def __init__(self, lifecycle: Catalogue, settings: Settings) -> None:
         self._lifecycle = lifecycle
         self._settings = settings
 

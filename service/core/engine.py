@@ -1,23 +1,24 @@
 """The engine: the one core that every protocol calls.
 
-A request goes `admit` (core/admission.py: one `Target`, decided once) -> `classify` / `infer_images` /
-`infer_pixels`, which hand the target to the router (`auto`, cascades; core/routing.py) or straight to
-the executor (one model run; core/executor.py). The engine also wires the pieces together, answers
-state questions (ready, draining, which models) and passes model control to the lifecycle. Protocol
-layers map the `ServiceError`s raised here to their status codes.
+A request goes `admit` (core/admission.py: one `Target`, decided once, carried by an `AdmittedCall`)
+-> `classify` / `infer_images` / `infer_pixels`, which hand the target to the router (`auto`, cascades;
+core/routing.py) or straight to the executor (one model run; core/executor.py). The engine also wires
+the pieces together, answers state questions (ready, draining, which models) and passes model control
+to the lifecycle. Protocol layers map the `ServiceError`s raised here to their status codes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from service.core.admission import Admission
 from service.core.cache import ResponseCache
 from service.core.cache.keys import output_options
+from service.core.call import AdmittedCall
 from service.core.describe import describe_model
 from service.core.executor import Executor, RunOptions
 from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
@@ -142,6 +143,9 @@ class Engine:
         """The metrics label of a request for `name` before (or without) its admission."""
         return self.admission.label(name)
 
+    async def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
     def serving(self, name: str) -> bool | None:
         """Whether the model called exactly `name` serves now (None: no such model)."""
         record = self.lifecycle.records.get(name)
@@ -156,44 +160,35 @@ class Engine:
         top_k: int | None = None,
         budget_ms: float | None = None,
         priority: Priority = DEFAULT,
-    ) -> Target:
+        request_id: str = "",
+        deadline: float | None = None,
+    ) -> AdmittedCall:
         """Decide once what serves a request (core/admission.py). Cheap: call it before reading a body.
-        While draining, requests the protocols let in (already in flight at the signal) still run."""
+        While draining, requests the protocols let in (already in flight at the signal) still run.
+        The call refines itself with the options a body carries (`AdmittedCall.refine`)."""
         if not self._accepting:
             raise NotReady("server is shutting down")
-        return self.admission.admit(model, version, top_k=top_k, budget_ms=budget_ms, priority=priority)
-
-    def refine(
-        self,
-        target: Target,
-        *,
-        top_k: int | None = None,
-        budget_ms: float | None = None,
-        priority: Priority | None = None,
-    ) -> Target:
-        """`target` with the request's options learnt from the request body (V2)."""
-        return self.admission.refine(target, top_k=top_k, budget_ms=budget_ms, priority=priority)
+        target = self.admission.admit(model, version, top_k=top_k, budget_ms=budget_ms, priority=priority)
+        return AdmittedCall(target, request_id, deadline, self.admission.refine)
 
     async def classify(
-        self, target: Target, images: Sequence[bytes], deadline: float | None = None, *, explain: bool = False
+        self, call: AdmittedCall, images: Sequence[bytes], *, explain: bool = False
     ) -> ClassifyOutcome:
         """Top-k per image; with `explain`, each prediction carries its class activation map."""
-        k = target.top_k or DEFAULT_TOP_K
-        outcome = await self.infer_images(target, images, deadline, top_maps(k) if explain else NOTHING)
+        k = call.target.top_k or DEFAULT_TOP_K
+        outcome = await self.infer_images(call, images, top_maps(k) if explain else NOTHING)
         result = classified(outcome, k)
         return with_maps(result, outcome) if explain else result
 
-    async def embed(
-        self, target: Target, images: Sequence[bytes], deadline: float | None = None
-    ) -> InferOutcome:
+    async def embed(self, call: AdmittedCall, images: Sequence[bytes]) -> InferOutcome:
         """The pooled features of each image (`outputs["features"]`), from the model that answered."""
-        return await self.infer_images(target, images, deadline, EMBED)
+        return await self.infer_images(call, images, EMBED)
 
     async def explain(
-        self, target: Target, image: bytes, class_id: int | None, deadline: float | None = None
+        self, call: AdmittedCall, image: bytes, class_id: int | None
     ) -> tuple[InferOutcome, int, bytes]:
         """The map of `class_id` (None: the best class) over the photo: (outcome, class id, PNG)."""
-        outcome = await self.infer_images(target, [image], deadline, class_map(class_id))
+        outcome = await self.infer_images(call, [image], class_map(class_id))
         mapped, cam = one_map(outcome)
         assert outcome.model.spec is not None
         spec = PreprocessSpec.from_model_spec(outcome.model.spec)
@@ -201,11 +196,12 @@ class Engine:
         return outcome, mapped, png
 
     async def infer_images(
-        self, target: Target, images: Sequence[bytes], deadline: float | None = None, wanted: Wanted = NOTHING
+        self, call: AdmittedCall, images: Sequence[bytes], wanted: Wanted = NOTHING
     ) -> InferOutcome:
         """Encoded images -> the router (`auto`, cascades) or the executor (one model)."""
         self._check_count(len(images))
-        deadline = self._deadline(deadline)
+        target = call.target
+        deadline = self._deadline(call.deadline)
         run = self._run_options(target, wanted)
         if target.routed:
             return await self.router.run(target, images, deadline, run)
@@ -213,9 +209,10 @@ class Engine:
         return await self.executor.run_images(target.record, target.version, images, deadline, run)
 
     async def infer_pixels(
-        self, target: Target, pixels: np.ndarray, deadline: float | None = None, wanted: Wanted = NOTHING
+        self, call: AdmittedCall, pixels: np.ndarray, wanted: Wanted = NOTHING
     ) -> InferOutcome:
         """Already-preprocessed uint8 (N, 3, S, S) at the model's crop size -> the executor."""
+        target = call.target
         if target.routed:
             raise InvalidArgument(
                 f"'{target.name}' runs models of several resolutions: send encoded images, not pixels"
@@ -228,8 +225,9 @@ class Engine:
                 f"got {pixels.dtype} {list(pixels.shape)}"
             )
         self._check_count(pixels.shape[0])
+        run = self._run_options(target, wanted)
         return await self.executor.run_pixels(
-            target.record, target.version, pixels, self._deadline(deadline), self._run_options(target, wanted)
+            target.record, target.version, pixels, self._deadline(call.deadline), run
         )
 
     @staticmethod
@@ -250,6 +248,14 @@ class Engine:
             )
 
     # ------------------------------------------------------------------ models
+    def canonical(self, name: str) -> str | None:
+        """The served name `name` refers to (case forgiven, `auto` included); None when unknown."""
+        return self.admission.canonical(name)
+
+    def model_records(self) -> Mapping[str, ModelRecord]:
+        """Every model and cascade of the repository, by name, in whatever state."""
+        return self.lifecycle.records
+
     def lookup(self, name: str) -> ModelRecord:
         """The model or cascade called `name` (case forgiven), in whatever state. Raises UnknownModel."""
         canonical = self.admission.canonical(name)

@@ -6,6 +6,8 @@ Nothing here changes model state; the manager decides when to load and records t
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,12 @@ from service.model_spec import LABELS_FILE, MODEL_FILE, ModelSpec, read_labels
 from service.preprocess.backends import PreprocessBackend, create_backend
 from service.preprocess.images import PreprocessSpec
 from service.runtime.batcher import Batcher, BatcherConfig
+from service.runtime.emulated import EmulatedRunner, parse_emulation
+from service.runtime.providers import CUDA
 from service.runtime.session import OrtRunner, RuntimeOptions, warmup_batch_sizes
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ["logits", "probabilities"]
 
@@ -29,7 +35,7 @@ OUTPUT_NAMES = ["logits", "probabilities"]
 class LoadedGraph:
     """A validated, warmed session and what was measured loading it."""
 
-    runner: OrtRunner
+    runner: OrtRunner | EmulatedRunner
     spec: ModelSpec
     labels: list[str]
     seconds: float
@@ -58,6 +64,15 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
     if missing:
         lacking = ", ".join(sorted(missing))
         raise ModelLoadError(f"{folder / MODEL_FILE} lacks output {lacking} that model.json lists")
+    if settings.emulate_device:  # benchmarks only: batches as on CUDA, timed by the measured curve
+        emulated = EmulatedRunner(
+            runner, parse_emulation(settings.emulate_device), (3, spec.crop_size, spec.crop_size)
+        )
+        # One batch at a time, as the device runs them: a batch waits in the queue (where deadlines
+        # and priorities apply), not on the device.
+        batching = dataclasses.replace(batcher_config(settings, config, CUDA, spec.gmacs), instances=1)
+        log.warning("event=emulated_device model=%s device=%s", folder, emulated.provider)
+        return LoadedGraph(emulated, spec, labels, time.monotonic() - start, rss_bytes() - before, batching)
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)
     if settings.single_thread_overlap and batching.instances > 1:
         runner.add_overlap_session()

@@ -15,6 +15,7 @@ from service.model_spec import ModelSpec
 from service.preprocess.backends import PreprocessBackend
 from service.preprocess.images import PreprocessSpec
 from service.runtime.batcher import Batcher
+from service.runtime.emulated import EmulatedRunner
 from service.runtime.session import OrtRunner
 
 
@@ -57,7 +58,7 @@ class ModelEntry:
     last_used: float | None = None  # wall clock
     memory_bytes: int | None = None
     signature: tuple[int, ...] = ()
-    runner: OrtRunner | None = None
+    runner: OrtRunner | EmulatedRunner | None = None
     batcher: Batcher | None = None
     preprocess: PreprocessSpec | None = None
     backend: PreprocessBackend | None = None  # how this model's images are decoded and resized

@@ -1,6 +1,7 @@
 """The shape of service/: the request path reads top-down through the packages, with no import circle.
 
-Layers, top to bottom: `__main__` (wiring) -> `api` (protocols) -> `core` (admission, router, executor)
+Layers, top to bottom: `__main__` (wiring) -> `split` (split mode's processes, beside the protocols) ->
+`api` (protocols) -> `core` (admission, router, executor)
 -> `lifecycle` (models over time) -> `runtime` and `preprocess` (running graphs, preparing images).
 A package may import from its own layer and those below it, never above; the top-level shared modules
 (settings, errors, metrics and the statistics it feeds, logs, model spec, names, schemas) sit under
@@ -12,8 +13,8 @@ import ast
 from pathlib import Path
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
-LAYERS = ["__main__", "api", "core", "lifecycle", "runtime", "preprocess"]
-RANK = {"__main__": 0, "api": 1, "core": 2, "lifecycle": 3, "runtime": 4, "preprocess": 4}
+LAYERS = ["__main__", "split", "api", "core", "lifecycle", "runtime", "preprocess"]
+RANK = {"__main__": 0, "split": 1, "api": 1, "core": 2, "lifecycle": 3, "runtime": 4, "preprocess": 4}
 SHARED = {
     "settings", "errors", "metrics", "statistics", "logs", "model_spec", "names", "schemas", "_generated",
     "protogen",

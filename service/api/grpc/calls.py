@@ -4,13 +4,14 @@ bounded stream of many requests (ours and V2's)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
 
-from service.api.observe import Observation, StatusCodes, observed
+from service.api.observe import Admitting, Observation, StatusCodes, observed
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
 
@@ -25,6 +26,15 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def request_id_of(context: grpc.aio.ServicerContext, given: str = "") -> str:
+    """The request's id for the log lines: the client's `x-request-id` metadata, else the id the
+    message carries (V2's `id`, ours), else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            return value[:128]
+    return given[:128] or f"{random.getrandbits(64):016x}"
+
+
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
     wait = retry_after(error)
     if wait is not None:
@@ -36,16 +46,19 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoRet
 async def answer(
     metrics: Metrics,
     codes: StatusCodes,
-    label: str,
+    engine: Admitting,
+    requested: str | None,
     context: grpc.aio.ServicerContext,
     work: Callable[[Observation], Awaitable[T]],
     *,
     route: str,
     request_id: str = "",
+    label: str | None = None,
 ) -> T:
-    """Run one RPC's work, observed; a ServiceError becomes its status (with a retry hint)."""
+    """Run one RPC's work, observed (about the model `requested`, or with a fixed `label`); a
+    ServiceError becomes its status (with a retry hint)."""
     try:
-        with observed(metrics, codes, label, request_id, route=route) as call:
+        with observed(metrics, codes, engine, requested, request_id, route=route, label=label) as call:
             return await work(call)
     except ServiceError as exc:
         await abort(context, exc)
@@ -57,17 +70,18 @@ async def answer(
 async def answer_in_stream(
     metrics: Metrics,
     codes: StatusCodes,
-    label: str,
+    engine: Admitting,
+    requested: str | None,
     work: Callable[[Observation], Awaitable[T]],
     failed: Callable[[ServiceError], T],
+    request_id: str = "",
     *,
     route: str,
-    request_id: str = "",
 ) -> T:
     """One request of a stream, observed as a call of its own (as `answer` observes a unary call): its
     answer, or for a ServiceError `failed`'s answer, since a stream has no status per request."""
     try:
-        with observed(metrics, codes, label, request_id, route=route) as call:
+        with observed(metrics, codes, engine, requested, request_id, route=route) as call:
             return await work(call)
     except ServiceError as exc:
         return failed(exc)

@@ -9,9 +9,10 @@ from functools import partial
 import grpc
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
-from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
+from service.api.grpc.calls import answer, answer_in_stream, deadline_of, request_id_of, serve_stream
 from service.api.observe import Observation, grpc_codes
-from service.core.engine import DEFAULT_TOP_K, Engine
+from service.core.client import EngineClient
+from service.core.engine import DEFAULT_TOP_K
 from service.core.explain import vectors
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
@@ -24,7 +25,7 @@ STREAM_MAX_IN_FLIGHT = 64
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineClient, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
 
@@ -33,32 +34,32 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> classifier_pb2.ClassifyResponse:
         deadline = deadline_of(context)
 
-        async def work(call: Observation) -> classifier_pb2.ClassifyResponse:
-            return await self._classify(call, request, deadline)
+        async def work(observation: Observation) -> classifier_pb2.ClassifyResponse:
+            return await self._classify(observation, request, deadline)
 
+        request_id = request_id_of(context, request.id)
         return await answer(
             self._metrics,
             GRPC,
-            self._engine.label(request.model),
+            self._engine,
+            request.model or None,
             context,
             work,
+            request_id=request_id,
             route="effnet.v1.Classifier/Classify",
-            request_id=request.id,
         )
 
     async def _classify(
-        self, call: Observation, request: classifier_pb2.ClassifyRequest, deadline: float | None
+        self, observation: Observation, request: classifier_pb2.ClassifyRequest, deadline: float | None
     ) -> classifier_pb2.ClassifyResponse:
-        target = self._engine.admit(
-            request.model or None,
+        call = observation.admit(
             request.version or None,
             top_k=request.top_k or DEFAULT_TOP_K,
             budget_ms=request.budget_ms or None,
             priority=parse_priority(request.priority),
+            deadline=deadline,
         )
-        outcome = await self._engine.classify(
-            call.admitted(target), list(request.images), deadline, explain=request.explain
-        )
+        outcome = await self._engine.classify(call, list(request.images), explain=request.explain)
         model = outcome.model
         assert model.spec is not None
         t = outcome.timings
@@ -97,20 +98,23 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         """Up to STREAM_MAX_IN_FLIGHT requests at once, each answered as it completes (calls.py). A
         failed request is answered with `error` set; the stream goes on."""
         deadline = deadline_of(context)
+        stream_id = request_id_of(context)
 
         async def answer_one(request: classifier_pb2.ClassifyRequest) -> classifier_pb2.ClassifyResponse:
-            async def work(call: Observation) -> classifier_pb2.ClassifyResponse:
-                return await self._classify(call, request, deadline)
+            async def work(observation: Observation) -> classifier_pb2.ClassifyResponse:
+                return await self._classify(observation, request, deadline)
 
-            label = self._engine.label(request.model)
+            failed = partial(stream_error, request)
+            request_id = request.id or stream_id
             return await answer_in_stream(
                 self._metrics,
                 GRPC,
-                label,
+                self._engine,
+                request.model or None,
                 work,
-                partial(stream_error, request),
+                failed,
+                request_id,
                 route="effnet.v1.Classifier/ClassifyStream",
-                request_id=request.id,
             )
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
@@ -120,14 +124,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> classifier_pb2.EmbedResponse:
         deadline = deadline_of(context)
 
-        async def work(call: Observation) -> classifier_pb2.EmbedResponse:
-            target = self._engine.admit(
-                request.model or None,
+        async def work(observation: Observation) -> classifier_pb2.EmbedResponse:
+            call = observation.admit(
                 request.version or None,
                 budget_ms=request.budget_ms or None,
                 priority=parse_priority(request.priority),
+                deadline=deadline,
             )
-            outcome = await self._engine.embed(call.admitted(target), list(request.images), deadline)
+            outcome = await self._engine.embed(call, list(request.images))
             found = vectors(outcome, request.normalize)
             t = outcome.timings
             return classifier_pb2.EmbedResponse(
@@ -146,14 +150,16 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 route=route_message(outcome.route) if outcome.route is not None else None,
             )
 
+        request_id = request_id_of(context, request.id)
         return await answer(
             self._metrics,
             GRPC,
-            self._engine.label(request.model),
+            self._engine,
+            request.model or None,
             context,
             work,
+            request_id=request_id,
             route="effnet.v1.Classifier/Embed",
-            request_id=request.id,
         )
 
     async def ListModels(

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._generated.effnet.v1 import classifier_pb2
 from service._generated.inference import grpc_service_pb2
-from service.core.engine import Engine
+from service.core.client import EngineClient
 
 CLASSIFIER_SERVICE = classifier_pb2.DESCRIPTOR.services_by_name["Classifier"].full_name
 V2_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -27,7 +27,7 @@ _Status = health_pb2.HealthCheckResponse.ServingStatus
 class HealthServicer(health_pb2_grpc.HealthServicer):
     """grpc.health.v1.Health answered from the engine's state at the time of the call."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineClient) -> None:
         self._engine = engine
 
     def status(self, service: str) -> int | None:

@@ -16,11 +16,12 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
+def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """`reuse_port`: split mode's fronts all listen on the one port (the kernel spreads connections)."""
     options = [
         ("grpc.max_receive_message_length", settings.max_body_bytes + MESSAGE_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         # Our own pings find dead peers (a vanished client, a proxy that dropped the connection).
         ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_time_s)),

@@ -20,7 +20,7 @@ from service.api.grpc.classifier import ClassifierServicer
 from service.api.grpc.health import CLASSIFIER_SERVICE, HEALTH_SERVICE, V2_SERVICE, HealthServicer
 from service.api.grpc.options import server_options
 from service.api.v2.over_grpc import V2Servicer, add_v2_servicer
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -110,7 +110,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> grpc.aio.Server:
+def create_grpc_server(
+    engine: EngineClient, settings: Settings, metrics: Metrics, reuse_port: bool = False
+) -> grpc.aio.Server:
     """All services added and the port bound, not started: `await server.start()`, and on shutdown
     `await server.stop(grace)`. Health turns NOT_SERVING by itself once the engine drains."""
     interceptors = []
@@ -121,7 +123,7 @@ def create_grpc_server(engine: Engine, settings: Settings, metrics: Metrics) -> 
                 settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
             )
         )
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings, reuse_port))
     classifier_pb2_grpc.add_ClassifierServicer_to_server(ClassifierServicer(engine, metrics), server)
     add_v2_servicer(V2Servicer(engine, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(engine), server)

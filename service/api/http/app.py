@@ -28,7 +28,7 @@ from service.api.http.params import (
 from service.api.http.web import add_front_door
 from service.api.observe import http_codes, http_route, observed
 from service.api.v2.over_http import create_v2_router
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.errors import (
     ServiceError,
     Unauthenticated,
@@ -79,7 +79,7 @@ def error_response(error: ServiceError, request_id: str | None = None) -> JSONRe
     )
 
 
-def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
+def create_app(engine: EngineClient, settings: Settings, metrics: Metrics) -> FastAPI:
     app = FastAPI(
         title="effnet-serve",
         version="0.1.0",
@@ -152,16 +152,15 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
         start = time.monotonic()
         try:
             with observed(
-                metrics, HTTP, engine.label(variant), request.state.request_id, route=http_route(request)
-            ) as call:
+                metrics, HTTP, engine, variant, request.state.request_id, route=http_route(request)
+            ) as observation:
                 level = request_priority(priority, x_priority)
-                target = engine.admit(variant, version, top_k=top_k, budget_ms=budget_ms, priority=level)
-                target = call.admitted(target)
-                images = await images_from_request(request, settings)
                 deadline = deadline_after(start, timeout_ms)
-                outcome = await unless_disconnected(
-                    request, engine.classify(target, images, deadline, explain=explain)
+                call = observation.admit(
+                    version, top_k=top_k, budget_ms=budget_ms, priority=level, deadline=deadline
                 )
+                images = await images_from_request(request, settings)
+                outcome = await unless_disconnected(request, engine.classify(call, images, explain=explain))
         except HTTP.gone_errors:  # gone while we waited, or in the middle of its upload
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         assert outcome.model.spec is not None
@@ -207,7 +206,7 @@ def create_app(engine: Engine, settings: Settings, metrics: Metrics) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await engine.render_metrics(), media_type=CONTENT_TYPE)
 
     app.include_router(create_explain_router(engine, settings, metrics, HTTP, _ERROR_RESPONSES))
     app.include_router(create_v2_router(engine, metrics))

@@ -22,7 +22,7 @@ from service.api.http.params import (
     request_priority,
 )
 from service.api.observe import StatusCodes, http_route, observed
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.explain import vectors
 from service.errors import InvalidArgument
 from service.metrics import Metrics
@@ -39,7 +39,7 @@ def _wants_binary(request: Request) -> bool:
 
 
 def create_explain_router(
-    engine: Engine,
+    engine: EngineClient,
     settings: Settings,
     metrics: Metrics,
     codes: StatusCodes,
@@ -74,13 +74,13 @@ def create_explain_router(
         start = time.monotonic()
         try:
             with observed(
-                metrics, codes, engine.label(variant), request.state.request_id, route=http_route(request)
-            ) as call:
+                metrics, codes, engine, variant, request.state.request_id, route=http_route(request)
+            ) as observation:
                 level = request_priority(priority, x_priority)
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
-                images = await images_from_request(request, settings)
                 deadline = deadline_after(start, timeout_ms)
-                outcome = await unless_disconnected(request, engine.embed(target, images, deadline))
+                call = observation.admit(version, budget_ms=budget_ms, priority=level, deadline=deadline)
+                images = await images_from_request(request, settings)
+                outcome = await unless_disconnected(request, engine.embed(call, images))
         except codes.gone_errors:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         found = vectors(outcome, normalize)
@@ -131,16 +131,16 @@ def create_explain_router(
         start = time.monotonic()
         try:
             with observed(
-                metrics, codes, engine.label(variant), request.state.request_id, route=http_route(request)
-            ) as call:
+                metrics, codes, engine, variant, request.state.request_id, route=http_route(request)
+            ) as observation:
                 level = request_priority(priority, x_priority)
-                target = call.admitted(engine.admit(variant, version, budget_ms=budget_ms, priority=level))
+                deadline = deadline_after(start, timeout_ms)
+                call = observation.admit(version, budget_ms=budget_ms, priority=level, deadline=deadline)
                 images = await images_from_request(request, settings)
                 if len(images) != 1:
                     raise InvalidArgument(f"/explain takes one image, got {len(images)}")
-                deadline = deadline_after(start, timeout_ms)
                 outcome, mapped, png = await unless_disconnected(
-                    request, engine.explain(target, images[0], class_id, deadline)
+                    request, engine.explain(call, images[0], class_id)
                 )
         except codes.gone_errors:
             return Response(status_code=CLIENT_CLOSED_REQUEST)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.api.v2 import dataplane as v2
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.routing import auto_candidates
 from service.core.target import AUTO
 from service.errors import InvalidArgument, NotReady
@@ -40,9 +40,9 @@ _TRITON_TYPES = {
 }
 
 
-def model_config(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
+def model_config(engine: EngineClient, name: str, version: str = "") -> dict[str, Any]:
     """The ModelConfig of `name` (at `version`: the newest ready one when empty), in Triton's JSON."""
-    if engine.admission.canonical(name) == AUTO:
+    if engine.canonical(name) == AUTO:
         if version:
             raise InvalidArgument(f"'{AUTO}' has no versions; leave the version out")
         return _auto_config(engine)
@@ -102,12 +102,12 @@ def _single_model_config(record: ModelRecord, entry: ModelEntry, gpu: int) -> di
     return config
 
 
-def _cascade_config(engine: Engine, record: ModelRecord, entry: ModelEntry) -> dict[str, Any]:
+def _cascade_config(engine: EngineClient, record: ModelRecord, entry: ModelEntry) -> dict[str, Any]:
     assert record.cascade is not None
     stages = record.cascade.stages
     sizes = []
     for stage in stages:
-        serving = engine.lifecycle.records[stage.model].serving()
+        serving = engine.model_records()[stage.model].serving()
         if serving is not None and serving.batcher is not None:
             sizes.append(serving.batcher.config.max_batch_size)
     max_batch = min(sizes, default=engine.settings.max_images_per_request)
@@ -137,8 +137,8 @@ def _cascade_config(engine: Engine, record: ModelRecord, entry: ModelEntry) -> d
     return config
 
 
-def _auto_config(engine: Engine) -> dict[str, Any]:
-    candidates = auto_candidates(engine.lifecycle.records.values())
+def _auto_config(engine: EngineClient) -> dict[str, Any]:
+    candidates = auto_candidates(engine.model_records().values())
     if not candidates:
         raise NotReady(f"'{AUTO}' has no ready model to choose from")
     sizes = [e.batcher.config.max_batch_size for _, e in candidates if e.batcher is not None]

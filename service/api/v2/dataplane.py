@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from service.api.observe import Observation
 from service.api.v2.tensors import BYTES, TensorData, datatype_of
-from service.core.engine import Engine
+from service.core.call import AdmittedCall
+from service.core.client import EngineClient
 from service.core.outcomes import InferOutcome, top_k_predictions
 from service.core.target import Target
 from service.errors import InvalidArgument, ServiceError, UnknownModel
@@ -136,12 +138,15 @@ def parse_version(name: str, version: str) -> int | None:
     return int(version)
 
 
-def admit(engine: Engine, name: str, version: str = "") -> Target:
-    """What serves an inference request to `name` (and `version`), from the URL or message alone."""
-    return engine.admit(name, parse_version(name, version))
+def admit(
+    observation: Observation, name: str, version: str = "", deadline: float | None = None
+) -> AdmittedCall:
+    """What serves an inference request to `name` (and `version`), from the URL or message alone; the
+    options in its body refine the call later (`infer`)."""
+    return observation.admit(parse_version(name, version), deadline=deadline)
 
 
-def model_ready(engine: Engine, name: str, version: str = "") -> bool:
+def model_ready(engine: EngineClient, name: str, version: str = "") -> bool:
     """Whether `name` (at `version`) is ready; raises UnknownModel for a name the server does not know."""
     engine.lookup(name)
     try:
@@ -151,7 +156,7 @@ def model_ready(engine: Engine, name: str, version: str = "") -> bool:
     return True
 
 
-async def load(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None:
+async def load(engine: EngineClient, name: str, parameters: Mapping[str, Any]) -> None:
     """The repository extension's load: parameters (config overrides, files) are not taken."""
     if parameters:
         unsupported = ", ".join(sorted(parameters))[:200]
@@ -161,7 +166,7 @@ async def load(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None
     await engine.load_model(name)
 
 
-async def unload(engine: Engine, name: str, parameters: Mapping[str, Any]) -> None:
+async def unload(engine: EngineClient, name: str, parameters: Mapping[str, Any]) -> None:
     """The repository extension's unload, with Triton's `unload_dependents` (the cascades using it)."""
     dependents = parameters.get("unload_dependents", False)
     if not isinstance(dependents, bool):
@@ -169,7 +174,7 @@ async def unload(engine: Engine, name: str, parameters: Mapping[str, Any]) -> No
     await engine.unload_model(name, dependents)
 
 
-def metadata_of(engine: Engine, name: str, version: str = "") -> ModelMetadata:
+def metadata_of(engine: EngineClient, name: str, version: str = "") -> ModelMetadata:
     entry = engine.ready_version(name, parse_version(name, version))
     ready = [str(e.version) for e in engine.lookup(entry.name).ready_versions()]
     return model_metadata(entry, ready)
@@ -209,21 +214,19 @@ def _spec_datatype(dtype: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ inference
-def deadline_from(parameters: Mapping[str, Any], deadline: float | None) -> float | None:
-    """Combine the transport's deadline with Triton's request parameter `timeout` (microseconds)."""
+def deadline_from(parameters: Mapping[str, Any]) -> float | None:
+    """The deadline of Triton's request parameter `timeout` (microseconds); the call keeps the earlier
+    of it and the transport's."""
     timeout_us = parameters.get("timeout")
     if isinstance(timeout_us, int) and not isinstance(timeout_us, bool) and timeout_us > 0:
-        own = time.monotonic() + timeout_us / 1e6
-        return own if deadline is None else min(own, deadline)
-    return deadline
+        return time.monotonic() + timeout_us / 1e6
+    return None
 
 
-async def infer(
-    engine: Engine, target: Target, request: InferRequest, deadline: float | None = None
-) -> InferResponse:
-    """Run `request` on the admitted `target`: its options are checked against the target here,
-    once the body is known (`Engine.refine`), then its one input goes to the engine."""
-    requested = _check_outputs(target, request.outputs)
+async def infer(engine: EngineClient, call: AdmittedCall, request: InferRequest) -> InferResponse:
+    """Run `request` on the admitted `call`: its options are checked against the target here, once the
+    body is known (`AdmittedCall.refine`), then its one input goes to the engine."""
+    requested = _check_outputs(call.target, request.outputs)
     wanted = _wanted(requested)
     top_k = max((r.classification for r in requested), default=0) or None
     budget = request.parameters.get("budget_ms")
@@ -232,7 +235,9 @@ async def infer(
     # `priority`: a level's name, or Triton's integer (0 default, 1 highest): service/runtime/priorities.py
     priority = request.parameters.get("priority")
     level = parse_priority(priority) if priority is not None else None
-    target = engine.refine(target, top_k=top_k, budget_ms=budget, priority=level)
+    target = call.refine(
+        top_k=top_k, budget_ms=budget, priority=level, deadline=deadline_from(request.parameters)
+    ).target
     if len(request.inputs) != 1:
         raise InvalidArgument(
             f"expected exactly one input, '{PIXELS}' (UINT8 [N, 3, S, S]) or '{IMAGE}' (BYTES [N]); "
@@ -245,17 +250,16 @@ async def infer(
             f"model '{target.name}' takes only {', '.join(record.config.v2_inputs)} (its config.json's "
             f"v2_inputs), not '{tensor.name[:64]}'"
         )
-    deadline = deadline_from(request.parameters, deadline)
     if tensor.name == PIXELS:
         if tensor.datatype != "UINT8" or isinstance(tensor.data, list):
             raise InvalidArgument(f"input '{PIXELS}' must be UINT8, got {tensor.datatype[:32]}")
-        outcome = await engine.infer_pixels(target, tensor.data, deadline, wanted)
+        outcome = await engine.infer_pixels(call, tensor.data, wanted)
     elif tensor.name == IMAGE:
         if tensor.datatype != BYTES or not isinstance(tensor.data, list):
             raise InvalidArgument(f"input '{IMAGE}' must be BYTES, got {tensor.datatype[:32]}")
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
             raise InvalidArgument(f"input '{IMAGE}' must have shape [N] or [N, 1], got {list(tensor.shape)}")
-        outcome = await engine.infer_images(target, tensor.data, deadline, wanted)
+        outcome = await engine.infer_images(call, tensor.data, wanted)
     else:
         raise InvalidArgument(
             f"unknown input '{tensor.name[:64]}'; model '{target.name}' takes '{PIXELS}' or '{IMAGE}'"

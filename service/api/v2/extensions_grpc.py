@@ -15,7 +15,7 @@ from service.api.observe import Observation, grpc_codes
 from service.api.v2 import config as model_configs
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import stats
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.metrics import Metrics
 
 V2_GRPC = grpc_codes("v2-grpc")
@@ -24,7 +24,7 @@ V2_GRPC = grpc_codes("v2-grpc")
 class TritonExtensions:
     """Needs `_engine` and `_metrics` (the V2 servicer's)."""
 
-    _engine: Engine
+    _engine: EngineClient
     _metrics: Metrics
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
@@ -37,7 +37,8 @@ class TritonExtensions:
         return await answer(
             self._metrics,
             V2_GRPC,
-            self._engine.label(request.name),
+            self._engine,
+            request.name,
             context,
             work,
             route="inference.GRPCInferenceService/ModelConfig",
@@ -52,13 +53,14 @@ class TritonExtensions:
             )
             return json_format.ParseDict(document, pb.ModelStatisticsResponse())
 
-        label = self._engine.label(request.name) if request.name else "statistics"
         return await answer(
             self._metrics,
             V2_GRPC,
-            label,
+            self._engine,
+            request.name or None,
             context,
             work,
+            label=None if request.name else "statistics",
             route="inference.GRPCInferenceService/ModelStatistics",
         )
 
@@ -68,7 +70,7 @@ class TritonExtensions:
     ) -> Any:
         async def work(call: Observation) -> pb.SystemSharedMemoryStatusResponse:
             response = pb.SystemSharedMemoryStatusResponse()
-            for row in shm.status_rows(self._engine.shared_memory, request.name):
+            for row in shm.status_rows(shm.regions_or_refuse(self._engine.shared_memory), request.name):
                 response.regions[row["name"]].CopyFrom(
                     pb.SystemSharedMemoryStatusResponse.RegionStatus(**row)
                 )
@@ -77,9 +79,11 @@ class TritonExtensions:
         return await answer(
             self._metrics,
             V2_GRPC,
-            "shared_memory",
+            self._engine,
+            None,
             context,
             work,
+            label="shared_memory",
             route="inference.GRPCInferenceService/SystemSharedMemoryStatus",
         )
 
@@ -87,15 +91,19 @@ class TritonExtensions:
         self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def work(call: Observation) -> pb.SystemSharedMemoryRegisterResponse:
-            self._engine.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+            shm.regions_or_refuse(self._engine.shared_memory).register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return pb.SystemSharedMemoryRegisterResponse()
 
         return await answer(
             self._metrics,
             V2_GRPC,
-            "shared_memory",
+            self._engine,
+            None,
             context,
             work,
+            label="shared_memory",
             route="inference.GRPCInferenceService/SystemSharedMemoryRegister",
         )
 
@@ -103,15 +111,17 @@ class TritonExtensions:
         self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def work(call: Observation) -> pb.SystemSharedMemoryUnregisterResponse:
-            self._engine.shared_memory.unregister(request.name)
+            shm.regions_or_refuse(self._engine.shared_memory).unregister(request.name)
             return pb.SystemSharedMemoryUnregisterResponse()
 
         return await answer(
             self._metrics,
             V2_GRPC,
-            "shared_memory",
+            self._engine,
+            None,
             context,
             work,
+            label="shared_memory",
             route="inference.GRPCInferenceService/SystemSharedMemoryUnregister",
         )
 
@@ -131,9 +141,11 @@ class TritonExtensions:
         return await answer(
             self._metrics,
             V2_GRPC,
-            "shared_memory",
+            self._engine,
+            None,
             context,
             work,
+            label="shared_memory",
             route="inference.GRPCInferenceService/CudaSharedMemoryRegister",
         )
 

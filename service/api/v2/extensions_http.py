@@ -16,17 +16,17 @@ from service.api.observe import Observation
 from service.api.v2 import config as model_configs
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import stats
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.errors import BadRequest, InvalidArgument
 from service.metrics import Metrics
 
 _CONTROL_BODY_LIMIT = 64 * 1024
-Answered = Callable[[Request, str, Callable[[Observation], Awaitable[Response]]], Awaitable[Response]]
+Answered = Callable[..., Awaitable[Response]]  # over_http.py's: (request, model name, work, label=...)
 
 
 def add_extension_routes(
     router: APIRouter,
-    engine: Engine,
+    engine: EngineClient,
     metrics: Metrics,
     answered: Answered,
     errors: dict[int | str, dict[str, Any]],
@@ -35,13 +35,13 @@ def add_extension_routes(
         async def work(call: Observation) -> Response:
             return JSONResponse(model_configs.model_config(engine, name, version))
 
-        return await answered(request, engine.label(name), work)
+        return await answered(request, name, work)
 
     async def statistics(request: Request, name: str = "", version: str = "") -> Response:
         async def work(call: Observation) -> Response:
             return JSONResponse(stats.model_statistics(engine, metrics.statistics, name, version))
 
-        return await answered(request, engine.label(name) if name else "statistics", work)
+        return await answered(request, name or None, work, label=None if name else "statistics")
 
     router.add_api_route(
         "/models/stats",
@@ -69,15 +69,14 @@ def add_extension_routes(
 
 
 def _add_shared_memory_routes(
-    router: APIRouter, engine: Engine, answered: Answered, errors: dict[int | str, dict[str, Any]]
+    router: APIRouter, engine: EngineClient, answered: Answered, errors: dict[int | str, dict[str, Any]]
 ) -> None:
-    regions = engine.shared_memory
 
     async def status(request: Request, name: str = "") -> Response:
         async def work(call: Observation) -> Response:
-            return JSONResponse(shm.status_rows(regions, name))
+            return JSONResponse(shm.status_rows(shm.regions_or_refuse(engine.shared_memory), name))
 
-        return await answered(request, "shared_memory", work)
+        return await answered(request, None, work, label="shared_memory")
 
     async def register(request: Request, name: str) -> Response:
         async def work(call: Observation) -> Response:
@@ -89,17 +88,17 @@ def _add_shared_memory_routes(
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise InvalidArgument(f"'{field}' must be a whole number")
             assert isinstance(offset, int) and isinstance(byte_size, int)
-            regions.register(name, key, offset, byte_size)
+            shm.regions_or_refuse(engine.shared_memory).register(name, key, offset, byte_size)
             return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
-        return await answered(request, "shared_memory", work)
+        return await answered(request, None, work, label="shared_memory")
 
     async def unregister(request: Request, name: str = "") -> Response:
         async def work(call: Observation) -> Response:
-            regions.unregister(name)
+            shm.regions_or_refuse(engine.shared_memory).unregister(name)
             return JSONResponse({})  # Triton answers an empty body; ours is the documented JSON
 
-        return await answered(request, "shared_memory", work)
+        return await answered(request, None, work, label="shared_memory")
 
     async def cuda_status(name: str = "") -> Response:
         return JSONResponse([])  # none is ever registered
@@ -109,7 +108,7 @@ def _add_shared_memory_routes(
             shm.refuse_cuda()
             return JSONResponse({})  # pragma: no cover - refuse_cuda raises
 
-        return await answered(request, "shared_memory", work)
+        return await answered(request, None, work, label="shared_memory")
 
     async def cuda_unregister(name: str = "") -> Response:
         return JSONResponse({})  # nothing to unregister

@@ -12,13 +12,13 @@ import numpy as np
 
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from service.api.grpc.calls import answer, answer_in_stream, deadline_of, serve_stream
+from service.api.grpc.calls import answer, answer_in_stream, deadline_of, request_id_of, serve_stream
 from service.api.observe import Observation, grpc_codes
 from service.api.v2 import dataplane as v2
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import tensors
 from service.api.v2.extensions_grpc import TritonExtensions
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.shared_memory import SharedMemoryRegions
 from service.errors import InvalidArgument, ServiceError, retry_after, status_for
 from service.metrics import Metrics
@@ -78,10 +78,9 @@ def request_from_message(
     """With `regions`, an input may name a registered shared memory region instead of carrying data;
     raw_input_contents then holds one entry per other input."""
     raw = list(message.raw_input_contents)
-    in_regions = [
-        regions is not None and shm.names_region(parameters_of(tensor.parameters))
-        for tensor in message.inputs
-    ]
+    in_regions = [shm.names_region(parameters_of(tensor.parameters)) for tensor in message.inputs]
+    if any(in_regions):
+        regions = shm.regions_or_refuse(regions)
     carried = len(message.inputs) - sum(in_regions)
     if raw and len(raw) != carried:
         raise InvalidArgument(
@@ -92,8 +91,7 @@ def request_from_message(
     raw_index = 0
     for tensor, in_region in zip(message.inputs, in_regions, strict=True):
         shape = tuple(tensor.shape)
-        if in_region:
-            assert regions is not None
+        if in_region and regions is not None:
             data = shm.input_from_region(
                 regions, tensor.name, tensor.datatype, shape, parameters_of(tensor.parameters)
             )
@@ -150,7 +148,7 @@ def response_message(
 
 
 class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineClient, metrics: Metrics) -> None:
         self._engine = engine
         self._metrics = metrics
 
@@ -186,17 +184,17 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         return await answer(
             self._metrics,
             V2_GRPC,
-            "repository",
+            self._engine,
+            None,
             context,
             work,
+            label="repository",
             route="inference.GRPCInferenceService/RepositoryIndex",
         )
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = self._engine.label(request.model_name)
-
         async def work(call: Observation) -> pb.RepositoryModelLoadResponse:
             await v2.load(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelLoadResponse()
@@ -204,7 +202,8 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         return await answer(
             self._metrics,
             V2_GRPC,
-            label,
+            self._engine,
+            request.model_name,
             context,
             work,
             route="inference.GRPCInferenceService/RepositoryModelLoad",
@@ -213,8 +212,6 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        label = self._engine.label(request.model_name)
-
         async def work(call: Observation) -> pb.RepositoryModelUnloadResponse:
             await v2.unload(self._engine, request.model_name, repository_parameters(request.parameters))
             return pb.RepositoryModelUnloadResponse()
@@ -222,7 +219,8 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         return await answer(
             self._metrics,
             V2_GRPC,
-            label,
+            self._engine,
+            request.model_name,
             context,
             work,
             route="inference.GRPCInferenceService/RepositoryModelUnload",
@@ -236,8 +234,6 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
-        label = self._engine.label(request.name)
-
         async def work(call: Observation) -> pb.ModelMetadataResponse:
             meta = v2.metadata_of(self._engine, request.name, request.version)
             return pb.ModelMetadataResponse(
@@ -249,23 +245,31 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
             )
 
         return await answer(
-            self._metrics, V2_GRPC, label, context, work, route="inference.GRPCInferenceService/ModelMetadata"
+            self._metrics,
+            V2_GRPC,
+            self._engine,
+            request.name,
+            context,
+            work,
+            route="inference.GRPCInferenceService/ModelMetadata",
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         deadline = deadline_of(context)
 
-        async def work(call: Observation) -> pb.ModelInferResponse:
-            return await self._infer(call, request, deadline)
+        async def work(observation: Observation) -> pb.ModelInferResponse:
+            return await self._infer(observation, request, deadline)
 
+        request_id = request_id_of(context, request.id)
         return await answer(
             self._metrics,
             V2_GRPC,
-            self._engine.label(request.model_name),
+            self._engine,
+            request.model_name,
             context,
             work,
+            request_id=request_id,
             route="inference.GRPCInferenceService/ModelInfer",
-            request_id=request.id,
         )
 
     async def ModelStreamInfer(
@@ -274,31 +278,36 @@ class V2Servicer(TritonExtensions, pb_grpc.GRPCInferenceServiceServicer):
         """Up to STREAM_MAX_IN_FLIGHT requests at once, each answered as it completes, with its id
         (calls.py). The stream's deadline, if the client set one, bounds every request on it."""
         deadline = deadline_of(context)
+        stream_id = request_id_of(context)
 
         async def answer_one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            async def work(call: Observation) -> pb.ModelStreamInferResponse:
-                return pb.ModelStreamInferResponse(infer_response=await self._infer(call, request, deadline))
+            async def work(observation: Observation) -> pb.ModelStreamInferResponse:
+                response = await self._infer(observation, request, deadline)
+                return pb.ModelStreamInferResponse(infer_response=response)
 
-            label = self._engine.label(request.model_name)
+            failed = partial(stream_error, request)
+            request_id = request.id or stream_id
             return await answer_in_stream(
                 self._metrics,
                 V2_GRPC,
-                label,
+                self._engine,
+                request.model_name,
                 work,
-                partial(stream_error, request),
+                failed,
+                request_id,
                 route="inference.GRPCInferenceService/ModelStreamInfer",
-                request_id=request.id,
             )
 
         await serve_stream(request_iterator, context, answer_one, STREAM_MAX_IN_FLIGHT)
 
     async def _infer(
-        self, call: Observation, request: pb.ModelInferRequest, deadline: float | None
+        self, observation: Observation, request: pb.ModelInferRequest, deadline: float | None
     ) -> pb.ModelInferResponse:
-        target = call.admitted(v2.admit(self._engine, request.model_name, request.model_version))
-        infer_request = request_from_message(request, self._engine.shared_memory)
-        response = await v2.infer(self._engine, target, infer_request, deadline)
-        return response_message(response, shm.write_outputs(self._engine.shared_memory, response))
+        call = v2.admit(observation, request.model_name, request.model_version, deadline)
+        regions = self._engine.shared_memory
+        infer_request = request_from_message(request, regions)
+        response = await v2.infer(self._engine, call, infer_request)
+        return response_message(response, shm.write_outputs(regions, response) if regions else None)
 
 
 def stream_error(request: pb.ModelInferRequest, error: ServiceError) -> pb.ModelStreamInferResponse:

@@ -25,7 +25,7 @@ from service.api.v2 import dataplane as v2
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import tensors
 from service.api.v2.extensions_http import add_extension_routes
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.core.shared_memory import SharedMemoryRegions
 from service.errors import (
     BadRequest,
@@ -86,8 +86,8 @@ def parse_infer_request(
             raise InvalidArgument(f"input '{name[:64]}': 'shape' must be a list of integers")
         parameters = _parameters(item, f"input '{name[:64]}'")
         size = parameters.get("binary_data_size")
-        if regions is not None and shm.names_region(parameters):
-            data = shm.input_from_region(regions, name, datatype, shape, parameters)
+        if shm.names_region(parameters):
+            data = shm.input_from_region(shm.regions_or_refuse(regions), name, datatype, shape, parameters)
         elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidArgument(f"input '{name[:64]}': binary_data_size {size} does not fit the body")
@@ -251,16 +251,21 @@ _MODEL_READY_RESPONSES: dict[int | str, dict[str, Any]] = {
 _SERVER_READY_SCHEMA = {"type": "object", "properties": {"ready": {"type": "boolean"}}, "required": ["ready"]}
 
 
-def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
+def create_v2_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
 
     async def answered(
-        request: Request, label: str, work: Callable[[Observation], Awaitable[Response]]
+        request: Request | None,
+        name: str | None,
+        work: Callable[[Observation], Awaitable[Response]],
+        label: str | None = None,
     ) -> Response:
-        """Run one request's work, observed; errors answered in V2's shape."""
-        request_id = getattr(request.state, "request_id", "")
+        """Run one request's work, observed (about the model `name`, or with a fixed `label`); errors
+        answered in V2's shape."""
+        request_id = getattr(request.state, "request_id", "") if request is not None else ""
+        route = http_route(request) if request is not None else "-"
         try:
-            with observed(metrics, V2_HTTP, label, request_id, route=http_route(request)) as call:
+            with observed(metrics, V2_HTTP, engine, name, request_id, route=route, label=label) as call:
                 response = await work(call)
                 call.code = response.status_code
                 return response
@@ -297,7 +302,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         async def work(call: Observation) -> Response:
             return JSONResponse(_metadata_json(v2.metadata_of(engine, name, version)))
 
-        return await answered(request, engine.label(name), work)
+        return await answered(request, name, work)
 
     async def model_ready(request: Request, name: str, version: str = "") -> Response:
         try:
@@ -307,21 +312,22 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
         return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 400)
 
     async def model_infer(request: Request, name: str, version: str = "") -> Response:
-        async def work(call: Observation) -> Response:
+        async def work(observation: Observation) -> Response:
             # Admitted from the URL alone: an unknown model or a full queue is refused before the body
             # (up to max_body_bytes) is read.
-            target = call.admitted(v2.admit(engine, name, version))
+            call = v2.admit(observation, name, version)
             encoding = request.headers.get("content-encoding", "identity").lower()
             if encoding != "identity":
                 raise UnsupportedMediaType(f"Content-Encoding '{encoding[:32]}' is not supported")
             body = await read_body(request, engine.settings.max_body_bytes)
             header = request.headers.get(HEADER_LENGTH)
-            infer_request = parse_infer_request(name, version, body, header, engine.shared_memory)
-            response = await unless_disconnected(request, v2.infer(engine, target, infer_request, None))
-            placed = shm.write_outputs(engine.shared_memory, response)
+            regions = engine.shared_memory
+            infer_request = parse_infer_request(name, version, body, header, regions)
+            response = await unless_disconnected(request, v2.infer(engine, call, infer_request))
+            placed = shm.write_outputs(regions, response) if regions is not None else None
             return encode_infer_response(response, infer_request.parameters, placed)
 
-        return await answered(request, engine.label(name), work)
+        return await answered(request, name, work)
 
     @router.post(
         "/repository/index",
@@ -340,7 +346,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             ]
             return JSONResponse(rows)
 
-        return await answered(request, "repository", work)
+        return await answered(request, None, work, label="repository")
 
     @router.post(
         "/repository/models/{name}/load", summary="Load or reload a model (explicit mode)", responses=_ERRORS
@@ -350,7 +356,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.load(engine, name, await _control_parameters(request, "load"))
             return Response(status_code=200)
 
-        return await answered(request, engine.label(name), work)
+        return await answered(request, name, work)
 
     @router.post(
         "/repository/models/{name}/unload", summary="Unload a model (explicit mode)", responses=_ERRORS
@@ -360,7 +366,7 @@ def create_v2_router(engine: Engine, metrics: Metrics) -> APIRouter:
             await v2.unload(engine, name, await _control_parameters(request, "unload"))
             return Response(status_code=200)
 
-        return await answered(request, engine.label(name), work)
+        return await answered(request, name, work)
 
     add_extension_routes(router, engine, metrics, answered, _ERRORS)  # before /models/{name}: see there
     for base in ("/models/{name}", "/models/{name}/versions/{version}"):

@@ -28,6 +28,19 @@ CUDA_UNSUPPORTED = (
 )
 
 
+SPLIT_MODE = (
+    "system shared memory is not offered in split mode (EFFNET_FRONT_PROCESSES > 0): a region registered "
+    "with one front would be unknown to the others; send the data in the request"
+)
+
+
+def regions_or_refuse(regions: SharedMemoryRegions | None) -> SharedMemoryRegions:
+    """The process's regions; None (split mode's fronts) is refused as unsupported."""
+    if regions is None:
+        raise Unsupported(SPLIT_MODE)
+    return regions
+
+
 def names_region(parameters: Mapping[str, Any]) -> bool:
     return REGION in parameters
 

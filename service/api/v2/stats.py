@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from service.api.v2 import dataplane as v2
-from service.core.engine import Engine
+from service.core.client import EngineClient
 from service.lifecycle.records import ModelRecord
 from service.statistics import Duration, ModelCounts, Statistics
 
 
 def model_statistics(
-    engine: Engine, statistics: Statistics, name: str = "", version: str = ""
+    engine: EngineClient, statistics: Statistics, name: str = "", version: str = ""
 ) -> dict[str, Any]:
     if not name:
         if version:
             v2.parse_version(name, version)
-        rows = [_row(record, "", statistics) for record in engine.lifecycle.records.values()]
+        rows = [_row(record, "", statistics) for record in engine.model_records().values()]
         return {"model_stats": rows}
     entry = engine.ready_version(name, v2.parse_version(name, version)) if version else None
     record = engine.lookup(name)

@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.api.observe import Observation
 from service.api.v2 import dataplane as v2
 from service.api.v2 import tensors
 from service.api.v2.over_grpc import pb, request_from_message, response_message, set_parameter
@@ -126,8 +128,8 @@ def pixels_request(n: int = 2, **kw: Any) -> v2.InferRequest:
 
 
 async def infer(engine: Engine, request: v2.InferRequest) -> v2.InferResponse:
-    target = v2.admit(engine, request.model, request.version)
-    return await v2.infer(engine, target, request)
+    call = v2.admit(Observation(engine, request.model), request.model, request.version)
+    return await v2.infer(engine, call, request)
 
 
 async def test_infer_returns_every_output_by_default(engine: Engine) -> None:
@@ -216,10 +218,15 @@ async def test_metadata_lists_both_inputs(engine: Engine) -> None:
     assert [t.name for t in meta.outputs] == ["logits", "probabilities"]
 
 
-def test_triton_timeout_parameter_tightens_the_deadline() -> None:
-    assert v2.deadline_from({}, 5.0) == 5.0
-    tightened = v2.deadline_from({"timeout": 1000}, 1e12)
-    assert tightened is not None and tightened < 1e12
+async def test_triton_timeout_parameter_tightens_the_deadline(engine: Engine) -> None:
+    assert v2.deadline_from({}) is None
+    call = v2.admit(Observation(engine, "tiny"), "tiny", "", deadline=1e12)
+    await v2.infer(engine, call, pixels_request(1, parameters={"timeout": 10_000_000}))
+    assert call.deadline is not None and call.deadline < 1e12
+    late = v2.admit(Observation(engine, "tiny"), "tiny", "", deadline=time.monotonic() + 1)
+    kept = late.deadline
+    await v2.infer(engine, late, pixels_request(1, parameters={"timeout": 100_000_000}))
+    assert late.deadline == kept  # a later timeout never extends the transport's deadline
 
 
 # ------------------------------------------------------------------------------------ HTTP framing

@@ -186,21 +186,22 @@ async def test_admission_leaves_the_router_alone(family: Path, start_engine: Eng
     for _ in range(24):
         engine.live.observe_latency("big", 1.0)  # measured far over any budget here
     for _ in range(5):
-        target = engine.admit("Auto", top_k=2, budget_ms=500)
+        call = engine.admit("Auto", top_k=2, budget_ms=500)
+        target = call.target
         assert target.kind == "auto" and target.name == "auto" and target.budget_ms == 500
     with pytest.raises(InvalidArgument, match="top_k"):
         engine.admit("auto", top_k=99)
     assert engine.router._overloaded_at == {} and not engine.router._arrivals
-    await engine.classify(target, [png(CONFIDENT)])
+    await engine.classify(call, [png(CONFIDENT)])
     assert "big" in engine.router._overloaded_at and len(engine.router._arrivals) == 1
 
 
 async def test_cascade_in_any_case_and_pixels_refused(family: Path, start_engine: EngineStarter) -> None:
     engine = await start_engine(family)
-    target = engine.admit("CASCADE-Tiny")
-    assert (target.kind, target.name) == ("cascade", "cascade-tiny")
+    call = engine.admit("CASCADE-Tiny")
+    assert (call.target.kind, call.label) == ("cascade", "cascade-tiny")
     with pytest.raises(InvalidArgument, match="send encoded images"):
-        await engine.infer_pixels(target, np.zeros((1, 3, SIZE, SIZE), np.uint8))
+        await engine.infer_pixels(call, np.zeros((1, 3, SIZE, SIZE), np.uint8))
     with pytest.raises(InvalidArgument, match="has no versions"):
         engine.admit("cascade-tiny", 1)
 

@@ -1,0 +1,229 @@
+"""Split mode end to end: a supervisor, one engine process and two fronts on real sockets, the tiny
+model on the emulated device (slow enough that requests are in flight when a process dies).
+
+The protocol suites run in split mode too: `EFFNET_FRONT_PROCESSES=2 pytest tests/e2e/test_http_api.py
+tests/e2e/test_grpc_api.py tests/e2e/test_v2_http.py tests/e2e/test_v2_grpc.py` (the server fixture
+passes the environment on)."""
+
+from __future__ import annotations
+
+import io
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
+from service._generated.inference import grpc_service_pb2 as pb
+from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.e2e.conftest import LiveServer, ServerFactory
+from tests.tiny_model import SIZE, png, write_model
+from tests.waiting import until_sync
+
+PNG = {"content-type": "image/png"}
+# b0 fp32's curve times 100: one image 141 ms, so calls are in flight long enough to be hit.
+SLOW = "b0:100"
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("split")
+    write_model(path, "tiny")
+    return path
+
+
+def start_split(factory: ServerFactory, repository: Path, **env: str) -> LiveServer:
+    """A split server with both fronts connected to the engine (readiness is one front's answer)."""
+    server = factory(repository, "--front-processes", "2", env={"EFFNET_EMULATE_DEVICE": SLOW, **env})
+    until_sync(lambda: server.log().count("event=front_connected") >= 2, within_s=60, what="both fronts")
+    return server
+
+
+def roles(server: LiveServer) -> dict[str, list[int]]:
+    """The pids of the supervisor's engine and fronts."""
+    found: dict[str, list[int]] = {"engine": [], "front": []}
+    for child in psutil.Process(server.process.pid).children():
+        with_role = child.cmdline()
+        if "--split-role" in with_role:
+            found[with_role[with_role.index("--split-role") + 1]].append(child.pid)
+    return found
+
+
+def classify(server: LiveServer, timeout: float = 30, **params: object) -> httpx.Response:
+    return httpx.post(
+        f"{server.http_url}/classify",
+        params={"top_k": 2, **params},
+        content=png(),
+        headers=PNG,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def split_server(server_factory: ServerFactory, repository: Path) -> LiveServer:
+    return start_split(server_factory, repository)
+
+
+def test_every_protocol_is_served_by_the_fronts(split_server: LiveServer) -> None:
+    assert len(roles(split_server)["front"]) == 2 and len(roles(split_server)["engine"]) == 1
+    response = classify(split_server)
+    assert response.status_code == 200 and response.json()["results"][0]["predictions"][0]["label"] == "red"
+    with grpc.insecure_channel(split_server.grpc_address) as channel:
+        ours = classifier_pb2_grpc.ClassifierStub(channel).Classify(
+            classifier_pb2.ClassifyRequest(model="tiny", images=[png()], top_k=1), timeout=30
+        )
+        assert ours.model == "tiny" and len(ours.results[0].predictions) == 1
+        pixels = np.zeros((2, 3, SIZE, SIZE), np.uint8)
+        request = pb.ModelInferRequest(model_name="tiny", id="r-7")
+        request.inputs.add(name="pixels", datatype="UINT8", shape=pixels.shape)
+        request.raw_input_contents.append(pixels.tobytes())
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        assert v2.id == "r-7" and list(v2.outputs[1].shape) == [2, 4]
+    image = httpx.post(
+        f"{split_server.http_url}/v2/models/tiny/infer",
+        json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                          "data": [{"b64": __import__("base64").b64encode(png()).decode()}]}]},
+        timeout=30,
+    )  # fmt: skip
+    assert image.status_code == 200, image.text
+    info = httpx.get(f"{split_server.http_url}/v1/models/tiny", timeout=10).json()
+    assert info["provider"].startswith("EmulatedDevice") and info["state"] == "ready"
+
+
+def test_calls_from_both_fronts_share_the_engines_batches(split_server: LiveServer) -> None:
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda _: classify(split_server), range(48)))
+    assert [a.status_code for a in answers] == [200] * 48
+    assert split_server.log().count("event=front_connected") >= 2
+    # One /metrics, whichever front answers it: both fronts' requests and the engine's batches.
+    text = httpx.get(f"{split_server.http_url}/metrics", timeout=10).text
+    served = re.findall(
+        r'^effnet_requests_total\{code="200",model="tiny",protocol="http"\} (\S+)$', text, re.M
+    )
+    assert served and float(served[0]) >= 49, served
+    batches = re.findall(r'^effnet_batch_size_count\{model="tiny"\} (\S+)$', text, re.M)
+    assert batches and 1 <= float(batches[0]) < 49
+    assert {'process="engine"', 'process="front-0"', 'process="front-1"'} <= set(
+        re.findall(r'process="[a-z0-9-]+"', text)
+    )
+
+
+def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:
+    """A call that waits in the engine's queue past its deadline is answered 504 and never runs."""
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(classify, split_server)  # holds the device for 141 ms
+        time.sleep(0.04)
+        late = classify(split_server, timeout_ms=60)
+        assert busy.result().status_code == 200
+    assert late.status_code == 504, late.text
+    assert classify(split_server).status_code == 200
+
+
+def noise_png(side: int = 300) -> bytes:
+    """A PNG that does not compress (about 270 KB at 300 x 300)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def small_memory_server(
+    server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> LiveServer:
+    """1 MB of shared memory per front, and `auto` over a model with a declared accuracy: routed calls
+    cross as their encoded bytes, so four 270 KB photos fill a front's part."""
+    path = tmp_path_factory.mktemp("split-small")
+    write_model(path, "tiny", accuracy=80.0)
+    return start_split(server_factory, path, EFFNET_FRONT_SHARED_MEMORY_MB="1")
+
+
+def classify_auto(server: LiveServer, body: bytes, timeout: float = 60) -> httpx.Response:
+    return httpx.post(
+        f"{server.http_url}/classify", params={"variant": "auto", "top_k": 1}, content=body,
+        headers=PNG, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_full_shared_memory_is_overload_with_a_retry_hint(small_memory_server: LiveServer) -> None:
+    body = noise_png()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: classify_auto(small_memory_server, body), range(16)))
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert "shared memory is full" in refused.text and "retry-after" in refused.headers
+
+
+def test_cancelled_calls_free_their_place(small_memory_server: LiveServer) -> None:
+    """Clients that give up mid-flight: the engine drops their calls and answers, which frees the
+    front's shared memory; eight abandoned photos would fill it twice over if nothing were freed."""
+    body = noise_png()
+    for _ in range(8):
+        with pytest.raises(httpx.TimeoutException):
+            classify_auto(small_memory_server, body, timeout=0.05)
+    time.sleep(0.5)
+    answers = [classify_auto(small_memory_server, body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert "Traceback" not in small_memory_server.log()
+
+
+def test_engine_death_is_unavailable_at_once_then_served_again(
+    server_factory: ServerFactory, repository: Path
+) -> None:
+    server = start_split(server_factory, repository)
+    with ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(classify, server) for _ in range(4)]
+        time.sleep(0.05)
+        (engine,) = roles(server)["engine"]
+        psutil.Process(engine).send_signal(signal.SIGKILL)
+        answers = [f.result(timeout=30) for f in in_flight]
+    assert all(a.status_code in (200, 503) for a in answers), [a.text for a in answers]
+    started = time.monotonic()
+    refused = classify(server)
+    assert refused.status_code == 503 and time.monotonic() - started < 1.0
+    assert httpx.get(f"{server.http_url}/readyz", timeout=5).status_code == 503
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            classifier_pb2_grpc.ClassifierStub(channel).Classify(
+                classifier_pb2.ClassifyRequest(model="tiny", images=[png()]), timeout=10
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    until_sync(lambda: httpx.get(f"{server.http_url}/readyz", timeout=5).status_code == 200, within_s=60)
+    assert classify(server).status_code == 200
+    assert engine not in roles(server)["engine"]
+
+
+def test_a_dead_front_is_replaced_and_the_other_serves_meanwhile(
+    server_factory: ServerFactory, repository: Path
+) -> None:
+    server = start_split(server_factory, repository)
+    victim, survivor = roles(server)["front"]
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    answers = [classify(server) for _ in range(6)]  # new connections: the kernel sends them to the survivor
+    assert [a.status_code for a in answers] == [200] * 6
+    until_sync(lambda: len(roles(server)["front"]) == 2 and victim not in roles(server)["front"], within_s=30)
+    assert survivor in roles(server)["front"]
+    until_sync(lambda: server.log().count("event=front_connected") >= 3, within_s=30)
+    assert classify(server).status_code == 200
+
+
+def test_sigterm_drains_the_calls_in_flight(server_factory: ServerFactory, repository: Path) -> None:
+    server = start_split(server_factory, repository, EFFNET_EMULATE_DEVICE="b0:1000")  # 1.4 s a batch
+    with ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(classify, server) for _ in range(4)]
+        time.sleep(0.7)  # all four connected: one batch on the device, the others queued
+        server.process.send_signal(signal.SIGTERM)
+        answers = [f.result(timeout=30) for f in in_flight]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert server.process.wait(30) == 0
+    assert "event=split_stopped exit_code=0" in server.log()
