@@ -119,6 +119,15 @@ test-unit: $(TEST_STAMP)
 test-e2e: $(TEST_STAMP) browser-tools perf-analyzer
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
+# The protocol suites again against split mode (a supervisor, one engine process, two fronts; the server
+# fixture passes EFFNET_FRONT_PROCESSES on). tests/e2e/test_split_mode.py, in `make test`, has its faults.
+SPLIT_SUITES := tests/e2e/test_http_api.py tests/e2e/test_grpc_api.py tests/e2e/test_v2_http.py \
+	tests/e2e/test_v2_grpc.py tests/e2e/test_model_control.py
+
+.PHONY: test-split
+test-split: $(TEST_STAMP)
+	EFFNET_FRONT_PROCESSES=2 $(PY) -m pytest $(SPLIT_SUITES) $(PYTEST_ARGS)
+
 # Triton's perf_analyzer (tests/e2e/test_perf_analyzer.py, bench/perf_compare.py): the tritonclient 2.41.0
 # wheel's bin/perf_analyzer, in a venv of its own (the main venv keeps its newer tritonclient). It needs
 # Debian's libb64-0d and, even without a GPU, libcudart.so.12 (PyPI nvidia-cuda-runtime-cu12), which

@@ -97,6 +97,21 @@ def test_every_protocol_is_served_by_the_fronts(split_server: LiveServer) -> Non
     assert info["provider"].startswith("EmulatedDevice") and info["state"] == "ready"
 
 
+def test_system_shared_memory_is_refused_with_the_reason(split_server: LiveServer) -> None:
+    """A region registered with one front would be unknown to the others: refused, saying why."""
+    register = httpx.post(
+        f"{split_server.http_url}/v2/systemsharedmemory/region/r0/register",
+        json={"key": "/effnet-split-test", "offset": 0, "byte_size": 64},
+        timeout=10,
+    )
+    assert register.status_code == 400 and "split mode" in register.json()["error"], register.text
+    with grpc.insecure_channel(split_server.grpc_address) as channel, pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryStatus(
+            pb.SystemSharedMemoryStatusRequest(), timeout=10
+        )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "split mode" in refused.value.details()
+
+
 def test_calls_from_both_fronts_share_the_engines_batches(split_server: LiveServer) -> None:
     with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda _: classify(split_server), range(48)))
