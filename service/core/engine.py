@@ -21,9 +21,9 @@ from service.core.cache.keys import output_options
 from service.core.call import AdmittedCall
 from service.core.describe import describe_model
 from service.core.executor import Executor, RunOptions
-from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
+from service.core.image_requests import ImageRequests
 from service.core.live import LiveFigures
-from service.core.outcomes import ClassifyOutcome, InferOutcome, classified
+from service.core.outcomes import InferOutcome
 from service.core.routing import Router, auto_candidates
 from service.core.shared_memory import SharedMemoryRegions
 from service.core.target import AUTO, Target
@@ -36,8 +36,7 @@ from service.lifecycle.views import readiness, repository_index
 from service.metrics import Metrics
 from service.names import unknown_name_message
 from service.preprocess.formats import DecodeLimits
-from service.preprocess.images import PreprocessSpec, configure_pillow
-from service.preprocess.overlay import overlay_png
+from service.preprocess.images import configure_pillow
 from service.preprocess.pool import PreprocessPool
 from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
@@ -46,10 +45,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 5
 
 
-class Engine:
+class Engine(ImageRequests):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -171,30 +169,6 @@ class Engine:
         target = self.admission.admit(model, version, top_k=top_k, budget_ms=budget_ms, priority=priority)
         return AdmittedCall(target, request_id, deadline, self.admission.refine)
 
-    async def classify(
-        self, call: AdmittedCall, images: Sequence[bytes], *, explain: bool = False
-    ) -> ClassifyOutcome:
-        """Top-k per image; with `explain`, each prediction carries its class activation map."""
-        k = call.target.top_k or DEFAULT_TOP_K
-        outcome = await self.infer_images(call, images, top_maps(k) if explain else NOTHING)
-        result = classified(outcome, k)
-        return with_maps(result, outcome) if explain else result
-
-    async def embed(self, call: AdmittedCall, images: Sequence[bytes]) -> InferOutcome:
-        """The pooled features of each image (`outputs["features"]`), from the model that answered."""
-        return await self.infer_images(call, images, EMBED)
-
-    async def explain(
-        self, call: AdmittedCall, image: bytes, class_id: int | None
-    ) -> tuple[InferOutcome, int, bytes]:
-        """The map of `class_id` (None: the best class) over the photo: (outcome, class id, PNG)."""
-        outcome = await self.infer_images(call, [image], class_map(class_id))
-        mapped, cam = one_map(outcome)
-        assert outcome.model.spec is not None
-        spec = PreprocessSpec.from_model_spec(outcome.model.spec)
-        ((png, _),) = await self.pool.run(overlay_png, [(image, cam, spec, self.limits)])
-        return outcome, mapped, png
-
     async def infer_images(
         self, call: AdmittedCall, images: Sequence[bytes], wanted: Wanted = NOTHING
     ) -> InferOutcome:
@@ -238,14 +212,6 @@ class Engine:
     def _deadline(self, deadline: float | None) -> float:
         """The request's own deadline, else `request_timeout_s` from now."""
         return deadline or time.monotonic() + self.settings.request_timeout_s
-
-    def _check_count(self, count: int) -> None:
-        if count < 1:
-            raise InvalidArgument("the request holds no image")
-        if count > self.settings.max_images_per_request:
-            raise InvalidArgument(
-                f"{count} images in one request; at most {self.settings.max_images_per_request} are accepted"
-            )
 
     # ------------------------------------------------------------------ models
     def canonical(self, name: str) -> str | None:

@@ -25,15 +25,13 @@ import numpy as np
 
 from service.core.admission import Admission
 from service.core.call import AdmittedCall
-from service.core.engine import DEFAULT_TOP_K
-from service.core.explain import EMBED, class_map, one_map, top_maps, with_maps
-from service.core.outcomes import ClassifyOutcome, InferOutcome, classified
+from service.core.image_requests import ImageRequests
+from service.core.outcomes import InferOutcome
 from service.errors import InvalidArgument, NotReady, Overloaded
 from service.lifecycle.records import ModelEntry
 from service.metrics import Metrics
 from service.preprocess.formats import DecodeLimits
 from service.preprocess.images import PreprocessSpec, configure_pillow, preprocess
-from service.preprocess.overlay import overlay_png
 from service.preprocess.pool import PreprocessPool
 from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
@@ -56,7 +54,7 @@ class _Pending:
     blocks: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) in the slab
 
 
-class RemoteEngine(PublishedViews):
+class RemoteEngine(ImageRequests, PublishedViews):
     def __init__(self, settings: Settings, socket_path: str, index: int) -> None:
         self.settings = settings
         self.socket_path = socket_path
@@ -240,27 +238,6 @@ class RemoteEngine(PublishedViews):
         target = admission.admit(model, version, top_k=top_k, budget_ms=budget_ms, priority=priority)
         return AdmittedCall(target, request_id, deadline, admission.refine)
 
-    async def classify(
-        self, call: AdmittedCall, images: Sequence[bytes], *, explain: bool = False
-    ) -> ClassifyOutcome:
-        k = call.target.top_k or DEFAULT_TOP_K
-        outcome = await self.infer_images(call, images, top_maps(k) if explain else NOTHING)
-        result = classified(outcome, k)
-        return with_maps(result, outcome) if explain else result
-
-    async def embed(self, call: AdmittedCall, images: Sequence[bytes]) -> InferOutcome:
-        return await self.infer_images(call, images, EMBED)
-
-    async def explain(
-        self, call: AdmittedCall, image: bytes, class_id: int | None
-    ) -> tuple[InferOutcome, int, bytes]:
-        outcome = await self.infer_images(call, [image], class_map(class_id))
-        mapped, cam = one_map(outcome)
-        assert outcome.model.spec is not None
-        spec = PreprocessSpec.from_model_spec(outcome.model.spec)
-        ((png, _),) = await self.pool.run(overlay_png, [(image, cam, spec, self.limits)])
-        return outcome, mapped, png
-
     async def infer_images(
         self, call: AdmittedCall, images: Sequence[bytes], wanted: Wanted = NOTHING
     ) -> InferOutcome:
@@ -304,14 +281,6 @@ class RemoteEngine(PublishedViews):
             )
         self._check_count(pixels.shape[0])
         return await self._send(call, wanted, pixels=pixels)
-
-    def _check_count(self, count: int) -> None:
-        if count < 1:
-            raise InvalidArgument("the request holds no image")
-        if count > self.settings.max_images_per_request:
-            raise InvalidArgument(
-                f"{count} images in one request; at most {self.settings.max_images_per_request} are accepted"
-            )
 
     # ----------------------------------------------------------------------------- the crossing
     async def _send(

@@ -12,8 +12,8 @@ from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service.api.grpc.calls import answer, answer_in_stream, deadline_of, request_id_of, serve_stream
 from service.api.observe import Observation, grpc_codes
 from service.core.client import EngineClient
-from service.core.engine import DEFAULT_TOP_K
 from service.core.explain import vectors
+from service.core.image_requests import DEFAULT_TOP_K
 from service.errors import ServiceError, retry_after, status_for
 from service.metrics import Metrics
 from service.runtime.priorities import parse_priority
