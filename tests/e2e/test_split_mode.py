@@ -223,7 +223,10 @@ def test_a_dead_front_is_replaced_and_the_other_serves_meanwhile(
 ) -> None:
     server = start_split(server_factory, repository)
     victim, survivor = roles(server)["front"]
-    psutil.Process(victim).send_signal(signal.SIGKILL)
+    killed = psutil.Process(victim)
+    killed.send_signal(signal.SIGKILL)
+    # Until the kernel has closed its listening socket, a connection hashed to it is refused.
+    until_sync(lambda: not killed.is_running() or killed.status() == psutil.STATUS_ZOMBIE, within_s=10)
     answers = [classify(server) for _ in range(6)]  # new connections: the kernel sends them to the survivor
     assert [a.status_code for a in answers] == [200] * 6
     until_sync(lambda: len(roles(server)["front"]) == 2 and victim not in roles(server)["front"], within_s=30)
