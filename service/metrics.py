@@ -185,6 +185,13 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.split_calls = Counter(
+            "effnet_split_engine_calls_total",
+            "Split mode: calls the engine took, by path (batch: one-image pixel calls queued and answered "
+            "per batch; call: a task each)",
+            ["path"],
+            registry=self.registry,
+        )
 
         self.model_loads = Counter(
             "effnet_model_loads_total",

@@ -46,7 +46,6 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-
 class Engine(ImageRequests):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings

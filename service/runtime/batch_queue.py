@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, LEVELS, Priority
 
 QUEUED, TAKEN, DROPPED, EXPIRED, FAILED = range(5)
+# What a dropped item's row becomes: tombstones stay in their deque until the loop reaches them, and
+# should not keep a decoded image (or a view of split mode's shared memory) alive meanwhile.
+RELEASED = np.empty(0, np.uint8)
 
 
 class QueueObserver(Protocol):
@@ -45,13 +48,23 @@ class Encoded:
 Payload = np.ndarray | Encoded
 
 
+class Answer(Protocol):
+    """Where an item's result goes: the caller's asyncio future, or (Batcher.enqueue) any object that
+    answers a caller that does not await, such as a split-mode call (service/split/grouped.py)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+    def cancel(self) -> bool: ...
+
+
 class Item:
     __slots__ = ("array", "future", "enqueued_at", "deadline", "state", "priority", "wanted")
 
     def __init__(
         self,
         array: Payload,
-        future: asyncio.Future[object],
+        future: asyncio.Future[Any] | Answer,
         enqueued_at: float,
         deadline: float | None,
         priority: Priority = DEFAULT,
@@ -90,6 +103,13 @@ class BatchQueue:
             if len(queued) > 2 * self.max_size + 64:
                 self._levels[level] = deque(item for item in queued if item.state == QUEUED)
         self._publish_depth()
+
+    def queued(self) -> Iterator[Item]:
+        """Every item still queued, any level."""
+        for items in self._levels.values():
+            for item in items:
+                if item.state == QUEUED:
+                    yield item
 
     def _head(self, level: Priority) -> Item | None:
         items = self._levels[level]
@@ -137,10 +157,10 @@ class BatchQueue:
             self.depths[item.priority] -= 1
             future = item.future
             if future.done():  # caller cancelled; its task has not run its handler yet
-                item.state = DROPPED
+                item.state, item.array = DROPPED, RELEASED
                 cancelled += 1
             elif item.deadline is not None and item.deadline <= now:
-                item.state = EXPIRED
+                item.state, item.array = EXPIRED, RELEASED
                 future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 expired += 1
             else:
@@ -163,7 +183,7 @@ class BatchQueue:
         dropped = 0
         for item in items:
             if item.state == QUEUED:
-                item.state = DROPPED
+                item.state, item.array = DROPPED, RELEASED
                 item.future.cancel()
                 self.depths[item.priority] -= 1
                 dropped += 1
@@ -180,10 +200,10 @@ class BatchQueue:
                 continue
             self.depths[item.priority] -= 1
             if item.future.done():  # caller cancelled; its handler has not run yet
-                item.state = DROPPED
+                item.state, item.array = DROPPED, RELEASED
                 cancelled += 1
             else:
-                item.state = EXPIRED
+                item.state, item.array = EXPIRED, RELEASED
                 item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 expired += 1
         self.items_cancelled += cancelled
@@ -196,7 +216,7 @@ class BatchQueue:
         for queued in self._levels.values():
             for item in queued:
                 if item.state == QUEUED:
-                    item.state = FAILED
+                    item.state, item.array = FAILED, RELEASED
                     if not item.future.done():
                         item.future.set_exception(make_error())
             queued.clear()

@@ -37,7 +37,9 @@ from service.errors import (
     NotReady,
     Overloaded,
 )
+from service.runtime.batch_config import BatcherConfig
 from service.runtime.batch_costs import BatchCosts
+from service.runtime.batch_expiry import QueueExpiry
 from service.runtime.batch_queue import BatchQueue, Encoded, Item, Payload, QueueObserver
 from service.runtime.batch_run import run_batch
 from service.runtime.outputs import NOTHING, Wanted, item_rows
@@ -57,34 +59,6 @@ class BatchObserver(QueueObserver, Protocol):
     def batch_completed(
         self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
     ) -> None: ...
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    max_batch_size: int = 4
-    max_queue_delay_s: float = 0.0
-    max_queue_size: int = 64
-    instances: int = 1  # batches that may run at once, each on its own worker thread
-    priority_aging_s: float = 1.0  # a queued item this old is taken before younger ones (priorities.py)
-    high_fill_slack: float = 1.25  # a batch with high items: others while its cost is within this factor
-    high_fill_unmeasured: int = 0  # ... and this many others while that cost is not measured yet
-    high_lane: bool = True  # one more runner, for high items alone, when all `instances` are busy
-
-    def __post_init__(self) -> None:
-        if self.instances < 1:
-            raise ValueError("instances must be at least 1")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
-        if self.max_queue_delay_s < 0:
-            raise ValueError("max_queue_delay_s must not be negative")
-        if self.max_queue_size < 1:
-            raise ValueError("max_queue_size must be at least 1")
-        if self.priority_aging_s <= 0:
-            raise ValueError("priority_aging_s must be positive")
-        if self.high_fill_slack < 1:
-            raise ValueError("high_fill_slack must be at least 1")
-        if self.high_fill_unmeasured < 0:
-            raise ValueError("high_fill_unmeasured must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +114,7 @@ class Batcher:
         self.items_run = 0
         self.items_rejected = 0
         self.lane_batches = 0  # batches run on the high-priority lane
+        self._expiry = QueueExpiry(self._queue)  # the deadlines of enqueue's items
 
     @property
     def queue_depth(self) -> int:
@@ -222,7 +197,11 @@ class Batcher:
             queue.count_expired(n)
             raise DeadlineExceeded("deadline passed before the request was queued")
 
-        queued = [Item(array, loop.create_future(), now, deadline, priority, wanted) for array in items]
+        futures: list[asyncio.Future[ItemResult]] = [loop.create_future() for _ in items]
+        queued = [
+            Item(array, future, now, deadline, priority, wanted)
+            for array, future in zip(items, futures, strict=True)
+        ]
         queue.add(queued)
         waiter = self._waiter
         wake = queue.depth >= self._wake_threshold or (self._wake_on_high and priority is Priority.HIGH)
@@ -232,14 +211,44 @@ class Batcher:
         timer = loop.call_later(deadline - now, queue.expire, queued) if deadline is not None else None
         try:
             if n == 1:
-                return [await queued[0].future]  # type: ignore[list-item]
-            return list(await asyncio.gather(*(item.future for item in queued)))  # type: ignore[arg-type]
+                return [await futures[0]]
+            return list(await asyncio.gather(*futures))
         except BaseException:
             queue.drop(queued)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def enqueue(self, items: Sequence[Item]) -> None:
+        """Queue ready rows whose callers do not await: each item's `future` is an Answer that the batch
+        calls (service/split/grouped.py answers a whole batch's calls from it). The caller has checked
+        `room` and the rows' shape. Instead of a timer per call, the batcher's one expiry timer answers
+        the items whose deadline passes while they are queued. Raises NotReady (not started, closing)."""
+        loop = self._loop
+        if self._closing:
+            raise NotReady("shutting down")
+        if loop is None:
+            raise NotReady(f"model {self.name!r} is not ready (batcher not started)")
+        if not items:
+            return
+        queue = self._queue
+        queue.add(list(items))
+        waiter = self._waiter
+        high = self._wake_on_high and any(item.priority is Priority.HIGH for item in items)
+        if waiter is not None and (queue.depth >= self._wake_threshold or high) and not waiter.done():
+            waiter.set_result(None)
+        deadlines = [item.deadline for item in items if item.deadline is not None]
+        if deadlines:
+            self._expiry.arm(min(deadlines))
+
+    def count_expired(self, count: int) -> None:
+        """Items whose deadline had passed before they could be queued (answered by the caller)."""
+        self._queue.count_expired(count)
+
+    def drop(self, items: Sequence[Item]) -> None:
+        """Callers that gave up: their items still queued are dropped and answered cancelled."""
+        self._queue.drop(items)
 
     def _check_items(self, items: Sequence[Payload]) -> None:
         shape, dtype = self._item_shape, self._item_dtype
@@ -262,6 +271,7 @@ class Batcher:
         if self._task is not None:
             # wait() neither raises the loop's own error (logged by _loop_finished) nor cancels it.
             await asyncio.wait([self._task])
+        self._expiry.cancel()
         self._executor.shutdown(wait=False)
 
     async def _wait(self, threshold: int, max_wait_s: float | None, on_high: bool = False) -> None:

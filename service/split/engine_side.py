@@ -23,6 +23,7 @@ from service.core.engine import Engine
 from service.core.executor import check_queue_room
 from service.errors import InferenceFailed, ServiceError, retry_after
 from service.runtime.priorities import Priority
+from service.split.grouped import FrontCalls, GroupedCalls
 from service.split.metrics_merge import merge
 from service.split.slab import Slab
 from service.split.state import capture, signature
@@ -38,8 +39,12 @@ COLLECT_TIMEOUT_S = 1.0
 class FrontConnection:
     index: int
     out: FrameWriter
-    calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    calls: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # the general path's
     state: object = None  # the last state sent to this front
+    grouped: FrontCalls = field(init=False)  # one-image pixel calls, answered per batch (grouped.py)
+
+    def __post_init__(self) -> None:
+        self.grouped = FrontCalls(self.out)
 
 
 class EngineServer:
@@ -48,7 +53,7 @@ class EngineServer:
         self.slab = slab
         self.fronts = fronts
         self._connections: set[FrontConnection] = set()
-        self._leaving: dict[int, list[asyncio.Task[None]]] = {}  # a gone front's calls, by index
+        self._leaving: dict[int, list[asyncio.Future[None]]] = {}  # a gone front's calls, by index
         self._server: asyncio.Server | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._signature: tuple[object, ...] | None = None
@@ -57,6 +62,7 @@ class EngineServer:
         # A /metrics gathering: the texts so far, done when every front answered, how many were asked.
         self._collecting: dict[int, tuple[list[tuple[str, str]], asyncio.Future[None], int]] = {}
         self._tokens = itertools.count(1)
+        self.grouped = GroupedCalls(engine, slab)
 
     async def start(self, path: str) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=path)
@@ -108,28 +114,43 @@ class EngineServer:
         log.info("event=front_connected index=%d", index)
         try:
             while (messages := await read_frame(reader)) is not None:
+                calls = [message for message in messages if message[0] == "infer"]
+                if calls:
+                    self.received += len(calls)
+                    general = self.grouped.take(connection.grouped, calls)
+                    counted = self.engine.metrics.split_calls
+                    counted.labels("batch").inc(len(calls) - len(general))
+                    if general:
+                        counted.labels("call").inc(len(general))
+                    for call in general:
+                        self._start_call(connection, call)
                 for message in messages:
-                    self._dispatch(connection, message)
+                    if message[0] != "infer":
+                        self._dispatch(connection, message)
         finally:
             self._connections.discard(connection)
             for task in connection.calls.values():
                 task.cancel()
-            self._leaving[index] = list(connection.calls.values())
+            drained = connection.grouped.close()
+            self._leaving[index] = [*connection.calls.values(), *([drained] if drained is not None else [])]
             writer.close()
             log.warning("event=front_disconnected index=%d in_flight=%d", index, len(connection.calls))
 
+    def _start_call(self, connection: FrontConnection, message: Message) -> None:
+        """The general path: one task per call."""
+        rid = message[1]
+        task = asyncio.create_task(self._infer(connection, message))
+        connection.calls[rid] = task
+        task.add_done_callback(lambda _: connection.calls.pop(rid, None))
+
     def _dispatch(self, connection: FrontConnection, message: Message) -> None:
         kind = message[0]
-        if kind == "infer":
-            self.received += 1
-            rid = message[1]
-            task = asyncio.create_task(self._infer(connection, message))
-            connection.calls[rid] = task
-            task.add_done_callback(lambda _: connection.calls.pop(rid, None))
-        elif kind == "cancel":
+        if kind == "cancel":
             running = connection.calls.get(message[1])
             if running is not None:
                 running.cancel()
+            else:
+                connection.grouped.cancel(message[1])
         elif kind == "metrics":
             rid = message[1]
             task = asyncio.create_task(self._metrics(connection, rid))

@@ -35,6 +35,7 @@ from service.preprocess.images import PreprocessSpec, configure_pillow, preproce
 from service.preprocess.pool import PreprocessPool
 from service.runtime.outputs import NOTHING, Wanted
 from service.runtime.priorities import DEFAULT, Priority
+from service.schemas import Timings
 from service.settings import Settings
 from service.split.metrics_merge import merge
 from service.split.slab import Region, Slab
@@ -145,6 +146,8 @@ class RemoteEngine(ImageRequests, PublishedViews):
                     self._region.free(offset, length)
             if not pending.future.done():
                 pending.future.set_result(message)
+        elif kind == "done_many":  # one batch's answers to this front's one-image calls (grouped.py)
+            self._receive_batch(message)
         elif kind == "state":
             state: EngineState = message[1]
             self._state = state
@@ -161,6 +164,29 @@ class RemoteEngine(ImageRequests, PublishedViews):
                     self._slab.close()
                 self._slab = Slab.attach(name)
             self._region = Region(start, size)
+
+    def _receive_batch(self, message: Message) -> None:
+        _, name, version, rids, packed, timings = message
+        outputs = unpack_outputs(packed)
+        region = self._region
+        for i, rid in enumerate(rids):
+            pending = self._pending.pop(rid, None)
+            if pending is None:
+                continue
+            if region is not None:
+                for offset, length in pending.blocks:
+                    region.free(offset, length)
+            if pending.future.done():
+                continue
+            queue_s, inference_s, total_s = timings[i]
+            spent = Timings(
+                preprocess_ms=0.0,
+                queue_ms=round(queue_s * 1000, 3),
+                inference_ms=round(inference_s * 1000, 3),
+                total_ms=round(total_s * 1000, 3),
+            )
+            rows = {key: value[i : i + 1] for key, value in outputs.items()}
+            pending.future.set_result(("done", rid, name, version, rows, spent, None, ()))
 
     def _fail_pending(self) -> None:
         """The engine went away: every call in flight is answered NotReady; the slab part is void."""

@@ -44,10 +44,13 @@ class Slab:
         return self.buffer[offset : offset + length]
 
     def close(self) -> None:
-        del self.buffer
+        """Unmap (and, as the owner, remove) the memory. Raises BufferError while a view of it is still
+        held; closing again then retries."""
+        self.__dict__.pop("buffer", None)
         self._memory.close()
         if self.owner:
             self._memory.unlink()
+            self.owner = False
 
 
 class Region:

@@ -67,4 +67,3 @@ class PublishedViews:
         if self._state is None:
             raise NotReady(ENGINE_AWAY)
         return [row for row in self._state.index if not ready_only or row.state == "READY"]
-

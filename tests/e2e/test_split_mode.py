@@ -146,6 +146,30 @@ def test_calls_from_both_fronts_share_the_engines_batches(split_server: LiveServ
     assert {'process="engine"', 'process="front-0"', 'process="front-1"'} <= set(
         re.findall(r'process="[a-z0-9-]+"', text)
     )
+    # The fronts' one-image photos (decoded there) took the engine's per-batch path.
+    per_batch = re.findall(r'^effnet_split_engine_calls_total\{[^}]*path="batch"[^}]*\} (\S+)$', text, re.M)
+    assert per_batch and float(per_batch[0]) >= 48, per_batch
+
+
+def test_one_image_pixel_calls_are_answered_per_batch_with_their_own_rows(split_server: LiveServer) -> None:
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, (1, 3, SIZE, SIZE), dtype=np.uint8) for _ in range(16)]
+
+    def infer(pixels: np.ndarray) -> np.ndarray:
+        request = pb.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="pixels", datatype="UINT8", shape=pixels.shape)
+        request.raw_input_contents.append(pixels.tobytes())
+        with grpc.insecure_channel(split_server.grpc_address) as channel:
+            answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+        index = [o.name for o in answer.outputs].index("probabilities")
+        shape = list(answer.outputs[index].shape)
+        return np.frombuffer(answer.raw_output_contents[index], np.float32).reshape(shape)
+
+    with ThreadPoolExecutor(16) as pool:
+        one_each = list(pool.map(infer, photos))  # together: they share batches
+    all_at_once = infer(np.concatenate(photos))  # one call of 16: the general path
+    assert all(rows.shape == (1, 4) for rows in one_each)
+    np.testing.assert_allclose(np.concatenate(one_each), all_at_once, rtol=1e-6)
 
 
 def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:

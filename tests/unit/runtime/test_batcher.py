@@ -22,6 +22,7 @@ from service.errors import (
     NotReady,
     Overloaded,
 )
+from service.runtime.batch_queue import Item
 from service.runtime.batcher import Batcher, BatcherConfig, Encoded, ItemResult
 
 MODEL = "fake"
@@ -344,6 +345,62 @@ async def test_deadline_passing_while_queued_answers_at_once_and_never_runs() ->
     assert row_ident(result) == 3
     assert runner.seen == [999, 3]
     assert batcher.items_expired == 2 and observer.expired == 2
+
+
+class Answered:
+    """An answer for Batcher.enqueue: what the batch called, once."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def done(self) -> bool:
+        return bool(self.calls)
+
+    def set_result(self, result: object) -> None:
+        self.calls.append(("result", result))
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.calls.append(("error", exception))
+
+    def cancel(self) -> bool:
+        self.calls.append(("cancelled", None))
+        return True
+
+
+async def test_enqueued_items_are_answered_through_their_answer_and_expire_by_one_timer() -> None:
+    runner = FakeRunner(gated=True)
+    async with running(runner, max_batch_size=4) as batcher:
+        blocker = await start_blocker(batcher, runner)
+        now = time.monotonic()
+        answers = [Answered() for _ in range(4)]
+        deadlines = [now + 0.05, now + 0.1, now + 30, now + 30]
+        items = [Item(item(i), a, now, d) for i, (a, d) in enumerate(zip(answers, deadlines, strict=True))]
+        batcher.enqueue(items)
+        assert batcher.queue_depth == 4
+        await until(lambda: answers[1].done(), limit_s=2)  # the timer woke twice, the runner still busy
+        assert [a.calls[0][0] for a in answers[:2]] == ["error", "error"]
+        assert all(isinstance(a.calls[0][1], DeadlineExceeded) for a in answers[:2])
+        assert items[0].array.size == 0  # an expired item lets go of its row while it waits as a tombstone
+        batcher.drop([items[3]])
+        assert answers[3].calls == [("cancelled", None)] and batcher.queue_depth == 1
+        runner.release()
+        await blocker
+        await until(lambda: answers[2].done())
+    ((kind, result),) = answers[2].calls
+    assert kind == "result" and row_ident(result) == 2  # type: ignore[arg-type]
+    assert runner.seen == [999, 2]
+    assert all(len(a.calls) == 1 for a in answers)
+
+
+async def test_enqueue_refuses_while_closing() -> None:
+    runner = FakeRunner()
+    batcher = Batcher(MODEL, runner, BatcherConfig())  # type: ignore[arg-type]
+    with pytest.raises(NotReady):
+        batcher.enqueue([Item(item(1), Answered(), time.monotonic(), None)])  # not started
+    batcher.start()
+    await batcher.close()
+    with pytest.raises(NotReady):
+        batcher.enqueue([Item(item(1), Answered(), time.monotonic(), None)])
 
 
 async def test_deadline_already_passed_is_rejected_without_queueing() -> None:
