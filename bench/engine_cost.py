@@ -48,6 +48,7 @@ class Round:
     engine_cpu_us: float  # every engine thread's CPU per image
     mean_batch: float
     errors: int
+    client_cpu_us: float  # this process (the synthetic fronts) per image: if near 1e6 / rate, it is the limit
 
 
 class SyntheticFront:
@@ -142,9 +143,10 @@ async def one_round(socket_path: str, pid: int, fronts: int, in_flight: int, sec
     await asyncio.sleep(1.0)  # warm: connections made, batches flowing
     done_before = sum(f.done for f in synthetic)
     cpu_before = _engine_threads(pid)
-    started = time.monotonic()
+    started, client_before = time.monotonic(), time.process_time()
     await asyncio.sleep(seconds)
     cpu_after = _engine_threads(pid)
+    client_cpu = time.process_time() - client_before
     elapsed = time.monotonic() - started
     images = sum(f.done for f in synthetic) - done_before
     stop.set()
@@ -161,6 +163,7 @@ async def one_round(socket_path: str, pid: int, fronts: int, in_flight: int, sec
         round(sum(used) / images * 1e6, 2),
         round(ran_images / ran_batches, 1) if ran_batches else 0.0,
         sum(f.errors for f in synthetic),
+        round(client_cpu / images * 1e6, 2),
     )
 
 
@@ -215,7 +218,7 @@ def main() -> int:
         process.wait(30)
     summary = {
         key: statistics.median(getattr(r, key) for r in rounds)
-        for key in ("rate", "engine_thread_us", "engine_cpu_us", "mean_batch")
+        for key in ("rate", "engine_thread_us", "engine_cpu_us", "mean_batch", "client_cpu_us")
     }
     summary["engine_ceiling_images_s"] = round(1e6 / summary["engine_thread_us"])
     report = {"fronts": args.fronts, "in_flight": args.in_flight, "emulate": args.emulate,

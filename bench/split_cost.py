@@ -5,6 +5,7 @@ one-image V2 gRPC pixel requests (or HTTP PNG bodies) from this process with a f
 and measures, over the same window, every server process's CPU and its busiest thread's:
 
   python -m bench.split_cost --fronts 0,1,2 --requests 3000 --rounds 3 [--emulate b0-fp16:10] [--http]
+                             [--server-cpus 1 --client-cpus 0]
 
 Modes alternate within each round, so a drift of the shared machine touches them alike; medians are
 printed per mode, with the projected one-image ceiling of a 16-core host (at most 8 fronts):
@@ -30,6 +31,7 @@ import httpx
 import numpy as np
 import psutil
 
+from bench.pinning import parse_cpus
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.e2e.conftest import free_ports
@@ -75,7 +77,9 @@ def _roles(pid: int) -> dict[int, str]:
     return roles
 
 
-def start_server(repository: Path, fronts: int, emulate: str) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_server(
+    repository: Path, fronts: int, emulate: str, cpus: frozenset[int] | None = None
+) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, grpc_port = free_ports(2)
     env = {**os.environ, "EFFNET_FRONT_PROCESSES": str(fronts), "EFFNET_LOG_LEVEL": "WARNING"}
     if emulate:
@@ -84,6 +88,7 @@ def start_server(repository: Path, fronts: int, emulate: str) -> tuple[subproces
         [sys.executable, "-m", "service", "serve", "--repository", str(repository), "--host", "127.0.0.1",
          "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -174,12 +179,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--emulate", default="")
     parser.add_argument("--http", action="store_true")
+    parser.add_argument("--server-cpus", type=parse_cpus, help="pin every server process here, e.g. 1")
+    parser.add_argument("--client-cpus", type=parse_cpus, help="and this load generator here, e.g. 0")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)
     repository = Path(tempfile.mkdtemp(prefix="split-cost-"))
     write_model(repository, "tiny")
     modes = [int(n) for n in args.fronts.split(",")]
-    servers = {n: start_server(repository, n, args.emulate) for n in modes}
+    servers = {n: start_server(repository, n, args.emulate, args.server_cpus) for n in modes}
     rounds: list[Round] = []
     try:
         for _ in range(args.rounds):
@@ -207,10 +216,11 @@ def main() -> int:
         front_ms, engine_us = median["front_thread_ms"], median["engine_thread_us"]
         median["ceiling_16_cores_8_fronts"] = round(min(8 / (front_ms / 1000), 1 / (engine_us / 1e6)), 0)
         summary[f"fronts={n}"] = median
-    print(json.dumps({"load": os.getloadavg(), "summary": summary}, indent=1))
+    pinned = {"server_cpus": sorted(args.server_cpus or ()), "client_cpus": sorted(args.client_cpus or ())}
+    print(json.dumps({"load": os.getloadavg(), **pinned, "summary": summary}, indent=1))
     if args.out:
         args.out.write_text(
-            json.dumps({"rounds": [r.__dict__ for r in rounds], "summary": summary}, indent=1)
+            json.dumps({**pinned, "rounds": [r.__dict__ for r in rounds], "summary": summary}, indent=1)
         )
     return 0
 

@@ -6,7 +6,6 @@ Nothing here changes model state; the manager decides when to load and records t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -68,9 +67,10 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
         emulated = EmulatedRunner(
             runner, parse_emulation(settings.emulate_device), (3, spec.crop_size, spec.crop_size)
         )
-        # One batch at a time, as the device runs them: a batch waits in the queue (where deadlines
-        # and priorities apply), not on the device.
-        batching = dataclasses.replace(batcher_config(settings, config, CUDA, spec.gmacs), instances=1)
+        # As on CUDA, two instances by default: the next batch is formed and waits at the device while
+        # one runs, so the device does not idle while the loop answers a batch and forms the next
+        # (with one, b0-fp16's curve reached 0.75 of its limit in bench/engine_cost.py, 0.96 with two).
+        batching = batcher_config(settings, config, CUDA, spec.gmacs)
         log.warning("event=emulated_device model=%s device=%s", folder, emulated.provider)
         return LoadedGraph(emulated, spec, labels, time.monotonic() - start, rss_bytes() - before, batching)
     batching = batcher_config(settings, config, runner.provider, spec.gmacs)

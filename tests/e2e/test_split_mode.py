@@ -174,11 +174,14 @@ def test_one_image_pixel_calls_are_answered_per_batch_with_their_own_rows(split_
 
 def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:
     """A call that waits in the engine's queue past its deadline is answered 504 and never runs."""
-    with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(classify, split_server)  # holds the device for 141 ms
-        time.sleep(0.04)
+    with ThreadPoolExecutor(2) as pool:
+        # Both instances busy (as on CUDA): one holds the device for 141 ms, the other waits for it.
+        busy = [pool.submit(classify, split_server)]
+        time.sleep(0.03)
+        busy.append(pool.submit(classify, split_server))
+        time.sleep(0.03)
         late = classify(split_server, timeout_ms=60)
-        assert busy.result().status_code == 200
+        assert [b.result().status_code for b in busy] == [200, 200]
     assert late.status_code == 504, late.text
     assert classify(split_server).status_code == 200
 
