@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,10 @@ class EmulatedRunner:
     @property
     def serves_extra_outputs(self) -> bool:
         return self.inner.serves_extra_outputs
+
+    def busy(self) -> AbstractContextManager[bool]:
+        """The Runner contract whole (runner.as_runner), so extra outputs reach the real session."""
+        return self.inner.busy()
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self.run_items(batch)

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service._generated.inference import grpc_service_pb2 as pb
@@ -36,6 +37,7 @@ SLOW = "b0:100"
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("split")
     write_model(path, "tiny")
+    write_model(path, "seen", explain=True)  # features and maps
     return path
 
 
@@ -172,6 +174,33 @@ def test_one_image_pixel_calls_are_answered_per_batch_with_their_own_rows(split_
     np.testing.assert_allclose(np.concatenate(one_each), all_at_once, rtol=1e-6)
 
 
+def test_embed_and_explain_are_served_split(split_server: LiveServer) -> None:
+    """Extra outputs take the engine's general path; beside one-image classify calls (its per-batch
+    path) in the same batches, each gets its own rows."""
+    red, green = png((250, 5, 5)), png((5, 250, 5))
+
+    def embed(body: bytes) -> np.ndarray:
+        url = f"{split_server.http_url}/embed"
+        answer = httpx.post(url, params={"variant": "seen"}, content=body, headers=PNG, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "seen" and answer.json()["dimension"] == 3
+        return np.array(answer.json()["results"][0]["vector"])
+
+    with ThreadPoolExecutor(8) as pool:
+        classified = [pool.submit(classify, split_server, variant="seen") for _ in range(4)]
+        vectors = list(pool.map(embed, [red, green, red, green]))
+        assert [c.result().status_code for c in classified] == [200] * 4
+    assert vectors[0][0] > vectors[0][1] and vectors[1][1] > vectors[1][0]
+    np.testing.assert_allclose(vectors[0], vectors[2])
+    np.testing.assert_allclose(vectors[1], vectors[3])
+    explained = httpx.post(
+        f"{split_server.http_url}/explain", params={"variant": "seen"}, content=red, headers=PNG, timeout=30
+    )
+    assert explained.status_code == 200, explained.text
+    assert explained.headers["content-type"] == "image/png" and explained.headers["x-model"] == "seen"
+    assert Image.open(io.BytesIO(explained.content)).size == (20, 20)
+
+
 def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:
     """A call that waits in the engine's queue past its deadline is answered 504 and never runs."""
     with ThreadPoolExecutor(2) as pool:
@@ -188,7 +217,6 @@ def test_a_deadline_crosses_the_boundary(split_server: LiveServer) -> None:
 
 def noise_png(side: int = 300) -> bytes:
     """A PNG that does not compress (about 270 KB at 300 x 300)."""
-    from PIL import Image
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(side, side, 3), dtype=np.uint8)
     buffer = io.BytesIO()

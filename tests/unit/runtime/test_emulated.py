@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.runtime.emulated import EMULATED, BatchCurve, EmulatedRunner, Emulation, parse_emulation
+from service.runtime.runner import as_runner
 from service.runtime.session import OrtRunner
 from tests.tiny_model import SIZE, ort_options, write_model
 
@@ -82,3 +83,15 @@ def test_batches_run_one_at_a_time_as_on_one_device(runner: EmulatedRunner) -> N
     for thread in threads:
         thread.join()
     assert time.perf_counter() - start >= 0.058
+
+
+def test_it_keeps_the_runner_contract_so_extra_outputs_are_computed(tmp_path: Path) -> None:
+    folder = write_model(tmp_path, "seen", explain=True)
+    inner = OrtRunner(folder / "model.onnx", ort_options(), ["logits", "probabilities"])
+    runner = EmulatedRunner(inner, Emulation(CURVE, 1.0), (3, SIZE, SIZE))
+    assert as_runner(runner) is runner
+    rows = [np.full((3, SIZE, SIZE), 200, np.uint8), np.zeros((3, SIZE, SIZE), np.uint8)]
+    outputs = runner.run_items(rows, ["features"])
+    assert outputs["features"].shape == (2, 3) and not np.allclose(
+        outputs["features"][0], outputs["features"][1]
+    )
