@@ -7,6 +7,7 @@ passes the environment on)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import signal
@@ -306,6 +307,41 @@ def test_a_dead_front_is_replaced_and_the_other_serves_meanwhile(
     assert survivor in roles(server)["front"]
     until_sync(lambda: len(listening_fronts(server)) == 2, within_s=60, what="the replacement listening")
     assert classify(server).status_code == 200
+
+
+def test_a_stream_gets_one_answer_per_request_when_the_engine_dies_mid_stream(
+    server_factory: ServerFactory, repository: Path
+) -> None:
+    """V2 streaming over a front while the engine is killed: every request on the stream is answered
+    exactly once (served, or UNAVAILABLE while the engine is away), the stream goes on, and nothing hangs."""
+    server = start_split(server_factory, repository)
+    count = 60
+    pixels = np.zeros((1, 3, SIZE, SIZE), np.uint8).tobytes()
+    (engine,) = roles(server)["engine"]
+
+    async def run() -> list[pb.ModelStreamInferResponse]:
+        async def requests():  # type: ignore[no-untyped-def]
+            for i in range(count):
+                if i == 20:
+                    psutil.Process(engine).send_signal(signal.SIGKILL)
+                request = pb.ModelInferRequest(model_name="tiny", id=f"s{i}")
+                request.inputs.add(name="pixels", datatype="UINT8", shape=[1, 3, SIZE, SIZE])
+                request.raw_input_contents.append(pixels)
+                yield request
+                await asyncio.sleep(0.02)
+
+        async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return [answer async for answer in stub.ModelStreamInfer(requests(), timeout=60)]
+
+    answers = asyncio.run(run())
+    ids = sorted(a.infer_response.id for a in answers)
+    assert len(answers) == count and ids == sorted(f"s{i}" for i in range(count))
+    failed = [a.error_message for a in answers if a.error_message]
+    served = [a for a in answers if not a.error_message]
+    assert served and all(a.infer_response.outputs for a in served)
+    assert all(message.startswith("UNAVAILABLE") for message in failed), failed
+    until_sync(lambda: httpx.get(f"{server.http_url}/readyz", timeout=5).status_code == 200, within_s=60)
 
 
 def test_sigterm_drains_the_calls_in_flight(server_factory: ServerFactory, repository: Path) -> None:
