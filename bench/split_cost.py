@@ -78,10 +78,19 @@ def _roles(pid: int) -> dict[int, str]:
 
 
 def start_server(
-    repository: Path, fronts: int, emulate: str, cpus: frozenset[int] | None = None
+    repository: Path,
+    fronts: int,
+    emulate: str,
+    cpus: frozenset[int] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, int]:
     http_port, grpc_port = free_ports(2)
-    env = {**os.environ, "EFFNET_FRONT_PROCESSES": str(fronts), "EFFNET_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "EFFNET_FRONT_PROCESSES": str(fronts),
+        "EFFNET_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
     if emulate:
         env["EFFNET_EMULATE_DEVICE"] = emulate
     process = subprocess.Popen(

@@ -315,6 +315,11 @@ class Settings(BaseSettings):
         "bench/results/gpu/gpu.json (b0, b0-fp16, ...) or a JSON file of that shape, times `scale`. "
         "Answers carry the graph's answer to a blank image; models describe their provider as emulated",
     )
+    emulate_device_lock: str = Field(
+        "",
+        description="for benchmarks only: a lock file that the emulated devices of several servers share, "
+        "as processes share one GPU (their batches then run one at a time across the servers)",
+    )
 
     @field_validator("hash_cache", "cache_url", mode="before")
     @classmethod

@@ -65,7 +65,10 @@ def load_graph(folder: Path, settings: Settings, config: ModelConfig, hashes: Ha
         raise ModelLoadError(f"{folder / MODEL_FILE} lacks output {lacking} that model.json lists")
     if settings.emulate_device:  # benchmarks only: batches as on CUDA, timed by the measured curve
         emulated = EmulatedRunner(
-            runner, parse_emulation(settings.emulate_device), (3, spec.crop_size, spec.crop_size)
+            runner,
+            parse_emulation(settings.emulate_device),
+            (3, spec.crop_size, spec.crop_size),
+            settings.emulate_device_lock,
         )
         # As on CUDA, two instances by default: the next batch is formed and waits at the device while
         # one runs, so the device does not idle while the loop answers a batch and forms the next

@@ -15,6 +15,7 @@ says so in every model description.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import json
 import threading
 import time
@@ -103,8 +104,12 @@ class EmulatedRunner:
     """The Runner protocol over an emulated device; the real session answers only its blank row (and
     the extra outputs, which this emulation does not time)."""
 
-    def __init__(self, inner: OrtRunner, emulation: Emulation, item_shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, inner: OrtRunner, emulation: Emulation, item_shape: tuple[int, ...], shared_lock: str = ""
+    ) -> None:
+        """`shared_lock`: a file whose lock other processes' emulated devices take too (one GPU)."""
         self.inner = inner
+        self._shared = open(shared_lock, "a+b") if shared_lock else None  # noqa: SIM115 (lives as long as the runner)
         self.emulation = emulation
         self.provider = emulation.label
         self.output_names = inner.output_names
@@ -135,7 +140,13 @@ class EmulatedRunner:
             return self.inner.run_items(items, extra, feeds)
         n = len(items)
         with self._device:
-            time.sleep(self.emulation.curve.seconds(n) * self.emulation.scale)
+            if self._shared is not None:  # threads share one open file: flock alone would not exclude them
+                fcntl.flock(self._shared, fcntl.LOCK_EX)
+            try:
+                time.sleep(self.emulation.curve.seconds(n) * self.emulation.scale)
+            finally:
+                if self._shared is not None:
+                    fcntl.flock(self._shared, fcntl.LOCK_UN)
             self.runs += 1
         # New arrays per batch: callers keep views into them.
         return {name: np.repeat(row[None], n, axis=0) for name, row in self._rows.items()}

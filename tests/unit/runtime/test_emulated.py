@@ -85,6 +85,28 @@ def test_batches_run_one_at_a_time_as_on_one_device(runner: EmulatedRunner) -> N
     assert time.perf_counter() - start >= 0.058
 
 
+def test_runners_sharing_a_lock_file_take_turns_as_servers_on_one_gpu(tmp_path: Path) -> None:
+    """Two servers' devices (here two runners with their own open files, as in two processes) share one
+    emulated GPU through the lock file; without it they would overlap."""
+    inner = OrtRunner(write_model(tmp_path, "tiny") / "model.onnx", ort_options(), ["probabilities"])
+    lock = str(tmp_path / "gpu.lock")
+    shared = [EmulatedRunner(inner, Emulation(CURVE, 20.0), (3, SIZE, SIZE), lock) for _ in range(2)]
+    apart = [EmulatedRunner(inner, Emulation(CURVE, 20.0), (3, SIZE, SIZE)) for _ in range(2)]
+    batch = np.zeros((1, 3, SIZE, SIZE), np.uint8)  # 20 ms each
+
+    def both(runners: list[EmulatedRunner]) -> float:
+        threads = [threading.Thread(target=r.run, args=(batch,)) for r in runners for _ in range(2)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - start
+
+    assert both(shared) >= 0.078  # four batches one after another
+    assert both(apart) < 0.070  # two devices: two at a time
+
+
 def test_it_keeps_the_runner_contract_so_extra_outputs_are_computed(tmp_path: Path) -> None:
     folder = write_model(tmp_path, "seen", explain=True)
     inner = OrtRunner(folder / "model.onnx", ort_options(), ["logits", "probabilities"])
