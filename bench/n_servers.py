@@ -128,6 +128,11 @@ def main() -> int:
         f"servers x{args.servers}": [
             start_server(folder / "models", 0, args.emulate, extra_env=lock) for _ in range(args.servers)
         ],
+        # As many batches at the device as split mode's one engine holds (2), not 2 per server.
+        f"servers x{args.servers}, 1 instance each": [
+            start_server(folder / "models", 0, args.emulate, extra_env={**lock, "EFFNET_INSTANCES": "1"})
+            for _ in range(args.servers)
+        ],
     }
     try:
         for rate in rates:  # designs alternate at each rate: a drift of the machine touches both
