@@ -80,7 +80,7 @@ def roles(server: LiveServer) -> dict[str, list[int]]:
 def classify(server: LiveServer, timeout: float = 30, **params: object) -> httpx.Response:
     return httpx.post(
         f"{server.http_url}/classify",
-        params={"top_k": 2, **params},
+        params={"top_k": 2, "variant": "tiny", **params},
         content=png(),
         headers=PNG,
         timeout=timeout,
