@@ -172,6 +172,7 @@ async def serve(settings: Settings, remote: EngineClient | None = None) -> int:
     # a refused connection it sends elsewhere (docs/limits.md, "Replicas that die").
     await grpc_server.start()  # grpc releases a bound port only once started and stopped
     await grpc_server.stop(None)
+    await engine.wait_connected()  # a split-mode front: not before it can reach the engine
     http_task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http")
 
     stop = asyncio.Event()

@@ -99,6 +99,9 @@ class Engine(ImageRequests):
             if failed or not records:
                 raise ModelLoadError(f"strict mode: models not ready: {failed or 'none configured'}")
 
+    async def wait_connected(self) -> None:
+        """In this process: at once."""
+
     def begin_drain(self) -> None:
         """Shutting down: report not ready (so balancers move on) but finish requests in flight."""
         self._draining = True

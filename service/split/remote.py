@@ -77,6 +77,7 @@ class RemoteEngine(ImageRequests, PublishedViews):
         self._ids = itertools.count(1)
         self._connector: asyncio.Task[None] | None = None
         self._first_state = asyncio.Event()
+        self._connected = asyncio.Event()  # set by the first state, never cleared
         self._state_arrived = asyncio.Event()
         self._draining = False
         self._stopped = False
@@ -93,6 +94,12 @@ class RemoteEngine(ImageRequests, PublishedViews):
             if self._state is not None and (self._state.ready or not self._state.records):
                 return
             self._first_state.clear()
+
+    async def wait_connected(self) -> None:
+        """Until the engine's first state arrived. A front listens only then: the kernel sends a shared
+        port's new connections to every listener, and a front that could not reach the engine yet
+        would answer them 503 (a replacement front, while it starts)."""
+        await self._connected.wait()
 
     def begin_drain(self) -> None:
         self._draining = True
@@ -154,6 +161,7 @@ class RemoteEngine(ImageRequests, PublishedViews):
             self._catalogue = FrontCatalogue(state)
             self._admission = Admission(self._catalogue, self.settings)
             self._first_state.set()
+            self._connected.set()
             self._state_arrived.set()
         elif kind == "collect" and self._out is not None:  # the engine gathers every process's series
             self._out.send(("collected", message[1], self.metrics.render().decode()))
