@@ -51,6 +51,7 @@ __all__ = ["Batcher", "BatcherConfig", "BatchObserver", "BatchRunner", "Runner"]
 log = logging.getLogger(__name__)
 
 _EWMA_ALPHA = 0.2
+BEFORE_QUEUED = "deadline passed before the request was queued"
 _MIN_RETRY_AFTER_S = 0.1
 _UNKNOWN_RETRY_AFTER_S = 1.0
 
@@ -195,7 +196,7 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             queue.count_expired(n)
-            raise DeadlineExceeded("deadline passed before the request was queued")
+            raise DeadlineExceeded(BEFORE_QUEUED)
 
         futures: list[asyncio.Future[ItemResult]] = [loop.create_future() for _ in items]
         queued = [

@@ -21,13 +21,13 @@ from typing import Any
 
 from service.core.engine import Engine
 from service.core.executor import check_queue_room
-from service.errors import InferenceFailed, ServiceError, retry_after
+from service.errors import ServiceError
 from service.runtime.priorities import Priority
 from service.split.grouped import FrontCalls, GroupedCalls
 from service.split.metrics_merge import merge
 from service.split.slab import Slab
 from service.split.state import capture, signature
-from service.split.wire import CANCELLED, FrameWriter, Message, pack_outputs, read_frame
+from service.split.wire import FrameWriter, Message, error_reply, pack_outputs, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,11 @@ class EngineServer:
                 ("done", rid, model.name, model.version, pack_outputs(outcome.outputs), outcome.timings,
                  outcome.route, outcome.cached)
             )  # fmt: skip
-        except ServiceError as exc:
-            out.send(("error", rid, type(exc).__name__, exc.message, retry_after(exc)))
-        except asyncio.CancelledError:
-            out.send(("error", rid, CANCELLED, "cancelled", None))
-        except Exception:
+        except (ServiceError, asyncio.CancelledError) as exc:
+            out.send(error_reply(rid, exc))
+        except Exception as exc:
             log.exception("event=split_call_crashed request_id=%s", request_id)
-            out.send(("error", rid, InferenceFailed.__name__, "internal error", None))
+            out.send(error_reply(rid, exc))
 
     async def _metrics(self, asking: FrontConnection, rid: int) -> None:
         """Every front's series and the engine's, merged, for the front that serves a /metrics."""
@@ -234,7 +232,7 @@ class EngineServer:
             self._send_state()
             connection.out.send(("controlled", rid))
         except ServiceError as exc:
-            connection.out.send(("error", rid, type(exc).__name__, exc.message, retry_after(exc)))
+            connection.out.send(error_reply(rid, exc))
 
 
 async def run_engine(settings: Any, socket_path: str, fronts: int, slab_bytes: int) -> int:

@@ -28,17 +28,17 @@ import numpy as np
 
 from service.core.cache.keys import output_options
 from service.core.engine import Engine
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError, retry_after
+from service.core.executor import check_queue_room
+from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError
 from service.lifecycle.records import ModelEntry, ModelRecord
 from service.runtime.batch_queue import Item
-from service.runtime.batcher import Batcher, ItemResult
+from service.runtime.batcher import BEFORE_QUEUED, Batcher, ItemResult
 from service.runtime.priorities import Priority
 from service.split.slab import Slab
-from service.split.wire import CANCELLED, FrameWriter, Message, pack_outputs
+from service.split.wire import FrameWriter, Message, error_reply, pack_outputs
 
 log = logging.getLogger(__name__)
 
-BEFORE_QUEUED = "deadline passed before the request was queued"
 GroupKey = tuple[Any, ...]  # (name, version, top_k, budget_ms, priority) as the front sent them
 
 
@@ -121,14 +121,9 @@ class FrontCalls:
         self._answered.append((call, result))
 
     def failed(self, call: _Call, error: BaseException) -> None:
-        rid = call.rid
-        if isinstance(error, asyncio.CancelledError):
-            self.out.send(("error", rid, CANCELLED, "cancelled", None))
-        elif isinstance(error, ServiceError):
-            self.out.send(("error", rid, type(error).__name__, error.message, retry_after(error)))
-        else:
-            log.error("event=split_call_crashed rid=%d", rid, exc_info=error)
-            self.out.send(("error", rid, InferenceFailed.__name__, "internal error", None))
+        if not isinstance(error, (ServiceError, asyncio.CancelledError)):
+            log.error("event=split_call_crashed rid=%d", call.rid, exc_info=error)
+        self.out.send(error_reply(call.rid, error))
         self._finish(call)
 
     def _flush(self) -> None:
@@ -236,16 +231,14 @@ class GroupedCalls:
             rid = message[1]
             if deadline <= now:
                 batcher.count_expired(1)
-                out.send(("error", rid, DeadlineExceeded.__name__, BEFORE_QUEUED, None))
-            elif not batcher.room(len(accepted) + 1, priority):
-                error = Overloaded(
-                    f"model '{batcher.name}' queue is full for {priority.label} priority "
-                    f"({batcher.queue_depth} images waiting)",
-                    retry_after=batcher.retry_after(len(accepted) + 1),
-                )
-                out.send(("error", rid, Overloaded.__name__, error.message, retry_after(error)))
-            else:
-                accepted.append((message, deadline))
+                out.send(error_reply(rid, DeadlineExceeded(BEFORE_QUEUED)))
+                continue
+            try:
+                check_queue_room(plan.entry, len(accepted) + 1, priority)
+            except Overloaded as exc:
+                out.send(error_reply(rid, exc))
+                continue
+            accepted.append((message, deadline))
         if not accepted:
             return rest
         group = _Group(self.engine, plan.entry, len(accepted))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from service import errors
-from service.errors import ServiceError
+from service.errors import InferenceFailed, ServiceError, retry_after
 
 HEADER = struct.Struct("<I")
 CANCELLED = "Cancelled"  # the error a cancelled call is answered with (the front that cancelled drops it)
@@ -88,6 +88,16 @@ def unpack_outputs(packed: dict[str, Raw | np.ndarray]) -> dict[str, np.ndarray]
         name: value if isinstance(value, np.ndarray) else np.frombuffer(value[2], value[0]).reshape(value[1])
         for name, value in packed.items()
     }
+
+
+def error_reply(rid: int, error: BaseException) -> Message:
+    """A call's error as its front reads it back (`error_from`): a ServiceError as its class, a
+    cancellation as CANCELLED, anything else as an internal error (the caller logs it)."""
+    if isinstance(error, asyncio.CancelledError):
+        return ("error", rid, CANCELLED, "cancelled", None)
+    if isinstance(error, ServiceError):
+        return ("error", rid, type(error).__name__, error.message, retry_after(error))
+    return ("error", rid, InferenceFailed.__name__, "internal error", None)
 
 
 def error_from(name: str, message: str, retry: float | None) -> ServiceError:

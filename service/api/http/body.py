@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -108,3 +110,21 @@ async def images_from_request(request: Request, settings: Settings) -> list[byte
         if not data:
             raise EmptyBody(f"file part {index} is empty")
     return images
+
+
+CONTROL_BODY_LIMIT = 64 * 1024  # the JSON bodies of control requests (repository, shared memory)
+
+
+async def read_json_object(request: Request, empty_ok: bool = False) -> dict[str, Any]:
+    """A control request's JSON object body (at most CONTROL_BODY_LIMIT bytes); with `empty_ok`, an
+    empty body is an empty object (tritonclient sends one for the repository index)."""
+    body = await read_body(request, CONTROL_BODY_LIMIT)
+    if empty_ok and not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document

@@ -4,23 +4,21 @@ is the statistics of every model and not the metadata of a model called "stats".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.http.body import read_body
+from service.api.http.body import read_json_object
 from service.api.observe import Observation
 from service.api.v2 import config as model_configs
 from service.api.v2 import shared_memory as shm
 from service.api.v2 import stats
 from service.core.client import EngineClient
-from service.errors import BadRequest, InvalidArgument
+from service.errors import InvalidArgument
 from service.metrics import Metrics
 
-_CONTROL_BODY_LIMIT = 64 * 1024
 Answered = Callable[..., Awaitable[Response]]  # over_http.py's: (request, model name, work, label=...)
 
 
@@ -80,7 +78,7 @@ def _add_shared_memory_routes(
 
     async def register(request: Request, name: str) -> Response:
         async def work(call: Observation) -> Response:
-            document = await _object_body(request)
+            document = await read_json_object(request)
             key, offset, byte_size = document.get("key"), document.get("offset", 0), document.get("byte_size")
             if not isinstance(key, str):
                 raise InvalidArgument("'key' must be the name of a POSIX shared memory object")
@@ -130,14 +128,3 @@ def _add_shared_memory_routes(
         kind = "System" if path.startswith("/system") else "CUDA"
         summary = f"{kind} shared memory (Triton's extension)"
         router.add_api_route(path, endpoint, methods=[method], summary=summary, responses=errors)
-
-
-async def _object_body(request: Request) -> dict[str, Any]:
-    body = await read_body(request, _CONTROL_BODY_LIMIT)
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise BadRequest("the body must be a JSON object")
-    return document

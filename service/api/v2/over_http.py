@@ -18,7 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.http.body import read_body, retry_headers
+from service.api.http.body import read_body, read_json_object, retry_headers
 from service.api.http.disconnect import CLIENT_CLOSED_REQUEST, unless_disconnected
 from service.api.observe import Observation, http_codes, http_route, observed
 from service.api.v2 import dataplane as v2
@@ -117,24 +117,8 @@ def parse_infer_request(
     )
 
 
-_CONTROL_BODY_LIMIT = 64 * 1024
-
-
-def _optional_object(body: bytes) -> dict[str, Any]:
-    """A repository request's JSON object body; tritonclient sends an empty body for the index."""
-    if not body.strip():
-        return {}
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise BadRequest("the body must be a JSON object")
-    return document
-
-
 async def _control_parameters(request: Request, what: str) -> dict[str, Any]:
-    return _parameters(_optional_object(await read_body(request, _CONTROL_BODY_LIMIT)), f"the {what} request")
+    return _parameters(await read_json_object(request, empty_ok=True), f"the {what} request")
 
 
 def _list_of_objects(value: Any, what: str) -> list[dict[str, Any]]:
@@ -336,7 +320,7 @@ def create_v2_router(engine: EngineClient, metrics: Metrics) -> APIRouter:
     )
     async def repository_index(request: Request) -> Response:
         async def work(call: Observation) -> Response:
-            document = _optional_object(await read_body(request, _CONTROL_BODY_LIMIT))
+            document = await read_json_object(request, empty_ok=True)
             ready = document.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidArgument("'ready' must be true or false")
