@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="per measured phase")
     parser.add_argument("--loads", type=int, nargs="+", default=[8, 32], help="bulk clients")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--aging-ms",
+        type=float,
+        help="EFFNET_PRIORITY_AGING_MS for every variant (shorter than the bulk "
+        "job's queue wait: every low image has aged, as under sustained saturation)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     bodies = photos()
@@ -204,10 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_before": load(),
         "think_s": THINK_S,
+        "aging_ms": args.aging_ms,
         "variants": {},
     }
+    aging = {} if args.aging_ms is None else {"priority_aging_ms": str(args.aging_ms)}
     for name in args.variants:
-        variant = measure_variant(args.repository.resolve(), args.model, VARIANTS[name], bodies, args)
+        settings = VARIANTS[name] | aging
+        variant = measure_variant(args.repository.resolve(), args.model, settings, bodies, args)
         result["variants"][name] = variant
         print(f"{name}: idle p50 {variant['idle']['page']['p50_ms']} ms", flush=True)
     result["load_after"] = load()

@@ -162,8 +162,9 @@ class Settings(BaseSettings):
         1000.0,
         gt=0,
         le=600_000,
-        description="an image that has waited this long is decoded and batched before any younger one, "
-        "whatever the priorities (high > normal > low otherwise): low priority never starves",
+        description="an image that has waited this long may be decoded and batched ahead of higher "
+        "priorities (high > normal > low otherwise), in at most a quarter of the images handed out: low "
+        "priority never starves, and high keeps its place under saturation",
     )
     high_fill_slack: float = Field(
         1.25,

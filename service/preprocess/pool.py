@@ -3,8 +3,8 @@ batch that is running. Bounded across all requests and models: beyond `max_pendi
 waiting or being worked on, a request is refused at once (503) instead of queueing without end.
 
 Images reach the threads in priority order (the rule of service/runtime/priorities.py: a smaller
-priority first, oldest first within one, and an image that has waited `aging_s` before any younger
-one): at most one image per thread is handed to the executor at a time, the rest wait in `_Slots`. So
+priority first, oldest first within one, and an image that has waited `aging_s` ahead of higher levels
+in its share): at most one image per thread is handed to the executor at a time, the rest wait in `_Slots`. So
 a request of a person is decoded next, not after a bulk job's backlog. With `high_lane`, one thread more
 than `workers` decodes high-priority images alone when every other thread is busy: a person's photo does
 not wait for a bulk job's image to finish decoding either (the batcher's lane, runtime/batcher.py)."""
@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from service.errors import Overloaded, ServiceError
+from service.runtime.priorities import AgedShare
 
 T = TypeVar("T")
 DEFAULT_PRIORITY = 1  # service/runtime/priorities.py: 0 high, 1 normal, 2 low
@@ -42,10 +43,12 @@ class _Slots:
         self._aging_s = aging_s
         self._lane_free = lane
         self._waiting: list[_Waiter] = []
+        self.aged_share = AgedShare()
 
     async def acquire(self, priority: int) -> bool:
         if self._free > 0 and not self._waiting:
             self._free -= 1
+            self.aged_share.handed_out(passed=False)
             return False
         if priority == HIGH_PRIORITY and self._lane_free:
             self._lane_free = False
@@ -63,6 +66,7 @@ class _Slots:
 
     def release(self, lane: bool = False) -> None:
         while self._waiting:
+            passes = False
             if lane:
                 high = [w for w in self._waiting if w.priority == HIGH_PRIORITY]
                 if not high:
@@ -70,13 +74,14 @@ class _Slots:
                 chosen = min(high, key=lambda w: w.since)
             else:
                 now = time.monotonic()
+                chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
                 aged = [w for w in self._waiting if now - w.since >= self._aging_s]
-                if aged:
-                    chosen = min(aged, key=lambda w: w.since)
-                else:
-                    chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
+                oldest_aged = min(aged, key=lambda w: w.since) if aged else None
+                if oldest_aged is not None and oldest_aged is not chosen and self.aged_share.may_pass():
+                    chosen, passes = oldest_aged, True
             self._waiting.remove(chosen)
             if not chosen.future.done():
+                self.aged_share.handed_out(passes)
                 chosen.future.set_result(lane)
                 return
         if lane:

@@ -11,7 +11,7 @@ class BatcherConfig:
     max_queue_delay_s: float = 0.0
     max_queue_size: int = 64
     instances: int = 1  # batches that may run at once, each on its own worker thread
-    priority_aging_s: float = 1.0  # a queued item this old is taken before younger ones (priorities.py)
+    priority_aging_s: float = 1.0  # an item this old may pass higher levels, in a share (priorities.py)
     high_fill_slack: float = 1.25  # a batch with high items: others while its cost is within this factor
     high_fill_unmeasured: int = 0  # ... and this many others while that cost is not measured yet
     high_lane: bool = True  # one more runner, for high items alone, when all `instances` are busy

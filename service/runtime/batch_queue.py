@@ -3,9 +3,10 @@ future, its deadline and a state. Bookkeeping is single-threaded (event loop onl
 out of QUEUED (the batch loop taking it, the caller's cancellation, its deadline timer, shutdown) adjusts
 the depth. Dropped items stay in their deque as tombstones and are skipped when the loop reaches them.
 
-Which items the next batch takes is priorities.py's rule: aged items first (oldest first), then the
-highest level first, oldest first within a level; a batch that holds high-priority items takes at most
-`fill(high)` younger items of lower levels besides them (batch_costs.py)."""
+Which items the next batch takes is priorities.py's rule: the highest level first, oldest first within
+a level, aged items ahead of higher levels (oldest first) within their share; a batch that holds
+high-priority items takes at most `fill(high)` items of lower levels besides them and those passes
+(batch_costs.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded
 from service.runtime.outputs import NOTHING, Wanted
-from service.runtime.priorities import DEFAULT, LEVELS, Priority
+from service.runtime.priorities import DEFAULT, LEVELS, AgedShare, Priority
 
 QUEUED, TAKEN, DROPPED, EXPIRED, FAILED = range(5)
 # What a dropped item's row becomes: tombstones stay in their deque until the loop reaches them, and
@@ -93,6 +94,7 @@ class BatchQueue:
         self._published: dict[Priority, int] = {}  # the per-level depths the observer last got
         self.items_expired = 0
         self.items_cancelled = 0
+        self.aged_share = AgedShare()
 
     def add(self, items: list[Item]) -> None:
         for item in items:
@@ -121,29 +123,34 @@ class BatchQueue:
         heads = [head for level in LEVELS if (head := self._head(level)) is not None]
         return min(heads, key=lambda item: item.enqueued_at) if heads else None
 
-    def _next(self, now: float, lower_levels: bool, aged_ok: bool = True) -> Item | None:
-        """The item the rule (priorities.py) takes next, popped from its level; None when none may be
-        taken. `lower_levels`: whether items below high that have not aged may be taken."""
+    def _next(self, now: float, lower_levels: bool, aged_ok: bool = True) -> tuple[Item, bool] | None:
+        """The item the rule (priorities.py) takes next, popped from its level, and whether it passed a
+        higher level as an aged item; None when none may be taken. `lower_levels`: whether items below
+        high may be taken other than by such a pass."""
         heads = [head for level in LEVELS if (head := self._head(level)) is not None]
         if not heads:
             return None
+        first = heads[0]  # level order
         aged = [head for head in heads if now - head.enqueued_at >= self.aging_s] if aged_ok else []
-        if aged:
-            chosen = min(aged, key=lambda item: item.enqueued_at)
-        elif lower_levels or heads[0].priority is Priority.HIGH:
-            chosen = heads[0]
+        oldest_aged = min(aged, key=lambda item: item.enqueued_at) if aged else None
+        passes = oldest_aged is not None and oldest_aged is not first and self.aged_share.may_pass()
+        if passes and oldest_aged is not None:
+            chosen = oldest_aged
+        elif lower_levels or first.priority is Priority.HIGH:
+            chosen = first
         else:
             return None
         self._levels[chosen.priority].popleft()
-        return chosen
+        self.aged_share.handed_out(passes)
+        return chosen, passes
 
     def take(
         self, limit: int, fill: Callable[[int], int] | None = None, high_only: bool = False
     ) -> list[Item]:
         """Pop up to `limit` live items in priority order; expire or skip the dead ones met on the way.
-        `fill(high)`: with high-priority items waiting, how many younger lower-level items a batch of
-        `high` of them may take too (None: as many as fit). `high_only`: high-priority items alone, aged
-        or not (a runner kept for them, batcher.py)."""
+        `fill(high)`: with high-priority items waiting, how many lower-level items a batch of `high` of
+        them may take too, besides aged items' passes (None: as many as fit). `high_only`: high-priority
+        items alone, aged or not (a runner kept for them, batcher.py)."""
         batch: list[Item] = []
         now = time.monotonic()
         expired = cancelled = 0
@@ -151,9 +158,10 @@ class BatchQueue:
         if fill is not None and not high_only and self.depths[Priority.HIGH] > 0:
             fill_left = fill(min(self.depths[Priority.HIGH], limit))
         while len(batch) < limit:
-            item = self._next(now, fill_left is None or fill_left > 0, aged_ok=not high_only)
-            if item is None:
+            next_item = self._next(now, fill_left is None or fill_left > 0, aged_ok=not high_only)
+            if next_item is None:
                 break
+            item, passed = next_item
             self.depths[item.priority] -= 1
             future = item.future
             if future.done():  # caller cancelled; its task has not run its handler yet
@@ -166,8 +174,7 @@ class BatchQueue:
             else:
                 item.state = TAKEN
                 batch.append(item)
-                young = now - item.enqueued_at < self.aging_s
-                if fill_left is not None and item.priority is not Priority.HIGH and young:
+                if fill_left is not None and item.priority is not Priority.HIGH and not passed:
                     fill_left -= 1
         self.depth -= len(batch) + expired + cancelled
         self.items_cancelled += cancelled

@@ -1,11 +1,14 @@
 """Request priorities: a few levels, honoured by each model's batch queue (batch_queue.py).
 
 The rule: the next batch takes items of the highest level first, oldest first within a level, except
-that an item which has waited `aging_s` or longer is taken before any item that has not, oldest first,
-whatever its level. So a person on the page (high) passes a bulk job (low), and the bulk job still
-moves: under a constant stream of high requests a low item waits at most `aging_s` plus the batches
-already aged ahead of it. `low` also may not fill the last quarter of a queue, which stays free for
-normal and high requests when a bulk job saturates the server (they get 503 only when it is full).
+that an item which has waited `aging_s` or longer may go ahead of higher levels, oldest first, in at
+most `AGED_SHARE` of the items the queue hands out. So a person on the page (high) passes a bulk job
+(low), and the bulk job still moves: under a constant stream of high requests its aged items get a
+quarter of the images batches take. The share is what keeps priorities under sustained saturation, when every
+queued item has aged: aged items taking precedence without bound would make the queue first come,
+first served, and put a high request behind the whole backlog. `low` also may not fill the last
+quarter of a queue, which stays free for normal and high requests when a bulk job saturates the server
+(they get 503 only when it is full).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from service.errors import InvalidArgument
 
 # Share of a model's queue that low-priority items may fill; the rest is kept for normal and high.
 LOW_QUEUE_SHARE = 0.75
+# Share of the items a queue hands out that aged items may take ahead of higher levels. Passes are not
+# saved up while none is wanted: a burst of them would land in the batch of the next high item.
+AGED_SHARE = 0.25
 
 
 class Priority(IntEnum):
@@ -53,6 +59,26 @@ def parse_priority(value: object) -> Priority:
         except KeyError:
             pass
     raise InvalidArgument(f"priority must be one of {NAMES}, got {str(value)[:32]!r}")
+
+
+class AgedShare:
+    """Keeps aged items' passes over higher levels within AGED_SHARE of the items handed out (the batch
+    queue's, and the preprocessing pool's threads)."""
+
+    __slots__ = ("_credit", "passes")
+
+    def __init__(self) -> None:
+        self._credit = 1.0
+        self.passes = 0  # aged items handed out ahead of a higher level
+
+    def may_pass(self) -> bool:
+        return self._credit >= 1.0
+
+    def handed_out(self, passed: bool) -> None:
+        if passed:
+            self._credit -= 1.0
+            self.passes += 1
+        self._credit = min(1.0, self._credit + AGED_SHARE)
 
 
 def queue_limit(max_size: int, priority: Priority) -> int:

@@ -1,5 +1,6 @@
 """The preprocessing pool hands images to its threads in priority order: while its one thread is busy,
-a high image queued after low ones is decoded first; an aged image goes before younger ones."""
+a high image queued after low ones is decoded first; an aged image goes before younger ones, within
+its share."""
 
 from __future__ import annotations
 
@@ -63,6 +64,35 @@ async def test_an_aged_image_passes_younger_high_ones() -> None:
         gate.set()
         pool.close()
     assert order == ["first", "old-low", "young-high"]
+
+
+async def test_aged_images_pass_high_ones_only_in_their_share() -> None:
+    """A bulk job's backlog has aged: it still moves, but fresh high images are not put behind all of it."""
+    pool = PreprocessPool(workers=1, max_pending=64, aging_s=0.5)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def work(tag: str) -> None:
+        if tag == "first":
+            gate.wait(10)
+        order.append(tag)
+
+    try:
+        first = asyncio.create_task(pool.run(work, [("first",)]))
+        await until(lambda: pool.backlog == 1)
+        lows = [asyncio.create_task(pool.run(work, [(f"low-{n}",)], LOW)) for n in (1, 2, 3)]
+        await until(lambda: pool.backlog == 4)
+        await asyncio.sleep(0.6)  # the low images have aged
+        highs = [asyncio.create_task(pool.run(work, [(f"high-{n}",)], HIGH)) for n in range(1, 6)]
+        await until(lambda: pool.backlog == 9)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *lows, *highs), 10)
+    finally:
+        gate.set()
+        pool.close()
+    # One pass in four images handed out: a low image passes, then three high ones go first.
+    expected = ["first", "low-1", "high-1", "high-2", "high-3", "low-2", "high-4", "high-5", "low-3"]
+    assert order == expected
 
 
 async def test_a_cancelled_waiter_gives_its_turn_away() -> None:

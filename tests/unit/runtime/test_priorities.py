@@ -1,5 +1,5 @@
-"""Priorities in the batch queue: high before normal before low, aged items before all, low never
-fills the last quarter of the queue; and a real batcher running a held-up queue in that order."""
+"""Priorities in the batch queue: high before normal before low, aged items ahead within their share,
+low never fills the last quarter of the queue; and a real batcher running a held-up queue in that order."""
 
 from __future__ import annotations
 
@@ -52,11 +52,35 @@ async def test_take_orders_by_level_then_age_and_aged_items_go_first() -> None:
     assert [int(i.array[0]) for i in queue.take(4)] == [1, 3]
     assert queue.depth == 0 and queue.depths == {Priority.HIGH: 0, Priority.NORMAL: 0, Priority.LOW: 0}
 
-    # A low item older than aging_s passes fresh high ones; among aged ones, the oldest first.
+    # The oldest aged item passes a fresh high one; one pass in four items handed out, so the next aged
+    # item keeps its level's place.
     queue.add(
         [item(7, Priority.HIGH), item(8, Priority.LOW, age_s=12.0), item(9, Priority.NORMAL, age_s=11.0)]
     )
-    assert [int(i.array[0]) for i in queue.take(3)] == [8, 9, 7]
+    assert [int(i.array[0]) for i in queue.take(3)] == [8, 7, 9]
+
+
+async def test_under_saturation_aged_items_pass_high_ones_only_in_their_share() -> None:
+    """Every queued low item has aged (a bulk job's backlog): fresh high items still make up three
+    quarters of each batch instead of waiting behind the whole backlog, and low still moves."""
+    loop = asyncio.get_running_loop()
+    queue = BatchQueue("m", 64, None, aging_s=1.0)
+    now = time.monotonic()
+    backlog = [
+        Item(np.array([100 + n]), loop.create_future(), now - 5 + n / 100, None, Priority.LOW)
+        for n in range(20)
+    ]
+    queue.add(backlog)
+    queue.add([Item(np.array([n]), loop.create_future(), now, None, Priority.HIGH) for n in range(1, 9)])
+    batches = [[int(i.array[0]) for i in queue.take(4)] for _ in range(3)]
+    assert batches == [[100, 1, 2, 3], [101, 4, 5, 6], [102, 7, 8, 103]]
+    assert queue.aged_share.passes == 3
+    # With no high item left, the backlog goes in its own order, a whole batch at a time.
+    assert [int(i.array[0]) for i in queue.take(4)] == [104, 105, 106, 107]
+    # A batch holding a high item, which may carry no other (a CPU's fill): the aged pass, and not the
+    # backlog, even though all of it has aged.
+    queue.add([Item(np.array([9]), loop.create_future(), now, None, Priority.HIGH)])
+    assert [int(i.array[0]) for i in queue.take(8, fill=lambda high: 0)] == [108, 9]
 
 
 async def test_dropped_and_expired_items_leave_their_level_count() -> None:
