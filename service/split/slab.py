@@ -5,6 +5,7 @@ payload once and sends its offset; the engine reads it in place. A full part is 
 from __future__ import annotations
 
 import bisect
+import contextlib
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -43,14 +44,20 @@ class Slab:
     def view(self, offset: int, length: int) -> np.ndarray:
         return self.buffer[offset : offset + length]
 
-    def close(self) -> None:
-        """Unmap (and, as the owner, remove) the memory. Raises BufferError while a view of it is still
-        held; closing again then retries."""
+    def close(self) -> bool:
+        """Remove the memory's name (as the owner: nothing is left in /dev/shm, and nobody attaches
+        again), then unmap it. A view still held, such as a batch reading its rows, keeps the mapping
+        until that view goes: returns whether it was unmapped now (closing again retries)."""
         self.__dict__.pop("buffer", None)
-        self._memory.close()
         if self.owner:
-            self._memory.unlink()
             self.owner = False
+            with contextlib.suppress(FileNotFoundError):
+                self._memory.unlink()
+        try:
+            self._memory.close()
+        except BufferError:
+            return False
+        return True
 
 
 class Region:

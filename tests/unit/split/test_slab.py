@@ -29,6 +29,17 @@ def test_a_front_sees_what_it_wrote_where_the_engine_reads() -> None:
         slab.close()
 
 
+def test_closing_while_a_view_is_held_still_removes_the_name() -> None:
+    slab = Slab.create(1 << 12)
+    held = slab.view(0, 64)  # a batch still reading its rows
+    assert slab.close() is False
+    with pytest.raises(FileNotFoundError):
+        Slab.attach(slab.name)  # nothing left in /dev/shm for anyone to attach, or to leak
+    held[:] = 7  # the mapping itself lives while the view does
+    del held
+    assert slab.close() is True
+
+
 def test_a_full_part_says_so_and_freed_blocks_merge() -> None:
     region = Region(0, 4 * ALIGN)
     blocks = [region.alloc(ALIGN) for _ in range(4)]
