@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from bench.stats import median
 from service.preprocess.images import DecodeLimits, PreprocessSpec, configure_pillow, preprocess
+from service.runtime.int8_kernels import faithful_int8
 
 MIN_REPEATS = 3
 
@@ -54,7 +55,10 @@ def session(model_path: Path, threads: int, spinning: bool = False) -> ort.Infer
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     so.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    # The server's int8 rule (no fused kernels where they saturate), so that bare and service agree.
+    return ort.InferenceSession(
+        str(model_path), sess_options=faithful_int8(so), providers=["CPUExecutionProvider"]
+    )
 
 
 def bare_ort(
