@@ -185,6 +185,19 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.lane_batches = Counter(
+            "effnet_priority_lane_batches_total",
+            "Batches of high-priority images run on the lane (one runner more, while every instance is busy)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.aged_passes_total = Counter(
+            "effnet_priority_aged_passes_total",
+            "Queued images taken ahead of a higher priority because they had waited the aging time "
+            "(at most a quarter of the images taken)",
+            ["model"],
+            registry=self.registry,
+        )
         self.split_calls = Counter(
             "effnet_split_engine_calls_total",
             "Split mode: calls the engine took, by path (batch: one-image pixel calls queued and answered "
@@ -296,6 +309,12 @@ class Metrics:
 
     def priority_depth(self, model: str, priority: str, depth: int) -> None:
         self._queue_depth_priority(model, priority).set(depth)
+
+    def aged_passes(self, model: str, count: int) -> None:
+        self.aged_passes_total.labels(model).inc(count)
+
+    def lane_batch(self, model: str) -> None:
+        self.lane_batches.labels(model).inc()
 
     # --- the response cache (service.core.cache) ---
     def cache_lookups(self, backend: str, model: str, hits: int, misses: int, seconds: float = 0.0) -> None:

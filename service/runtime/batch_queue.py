@@ -33,6 +33,7 @@ class QueueObserver(Protocol):
     def queue_depth(self, model: str, depth: int) -> None: ...
     def items_expired(self, model: str, count: int) -> None: ...
     def priority_depth(self, model: str, priority: str, depth: int) -> None: ...
+    def aged_passes(self, model: str, count: int) -> None: ...
 
 
 class Encoded:
@@ -154,6 +155,7 @@ class BatchQueue:
         batch: list[Item] = []
         now = time.monotonic()
         expired = cancelled = 0
+        passes_before = self.aged_share.passes
         fill_left: int | None = 0 if high_only else None
         if fill is not None and not high_only and self.depths[Priority.HIGH] > 0:
             fill_left = fill(min(self.depths[Priority.HIGH], limit))
@@ -183,6 +185,8 @@ class BatchQueue:
         if self._observer is not None:
             for item in batch:
                 self._observer.item_dequeued(self.name, now - item.enqueued_at)
+            if passes := self.aged_share.passes - passes_before:
+                self._observer.aged_passes(self.name, passes)
         return batch
 
     def drop(self, items: Iterable[Item]) -> None:

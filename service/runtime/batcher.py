@@ -60,6 +60,7 @@ class BatchObserver(QueueObserver, Protocol):
     def batch_completed(
         self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
     ) -> None: ...
+    def lane_batch(self, model: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +345,8 @@ class Batcher:
                         if batch:
                             lane_free = False
                             self.lane_batches += 1
+                            if self._observer is not None:
+                                self._observer.lane_batch(self.name)
                             started(batch, lane=True)
                         continue
                     # Woken by a runner finishing, close(), or (lane free) a high item; not by others.

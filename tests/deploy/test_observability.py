@@ -33,6 +33,8 @@ COUNTERS = {
     "effnet_requests_total": ("protocol", "model", "code"),
     "effnet_expired_total": ("model",),
     "effnet_split_engine_calls_total": ("path",),
+    "effnet_priority_lane_batches_total": ("model",),
+    "effnet_priority_aged_passes_total": ("model",),
     "effnet_model_loads_total": ("model", "version", "outcome"),
     "effnet_model_unloads_total": ("model", "reason"),
     "effnet_route_choices_total": ("policy", "model", "fits"),

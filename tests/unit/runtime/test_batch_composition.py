@@ -1,6 +1,7 @@
 """High-priority images do not pay for low-priority batches: a batch holding them takes only as many
-others as its measured cost allows (batch_costs.py), aged items still go first (low never starves), and a
-real batcher whose every instance is busy with low work runs a high item on its lane at once."""
+others as its measured cost allows (batch_costs.py), aged items still pass in their share (low never
+starves), and a real batcher whose every instance is busy with low work runs a high item on its lane at
+once, and counts it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from service.metrics import Metrics
 from service.runtime.batch_costs import BatchCosts
 from service.runtime.batch_queue import BatchQueue, Item
 from service.runtime.batcher import Batcher, BatcherConfig
@@ -62,7 +64,7 @@ async def test_a_batch_with_high_items_takes_only_its_fill_of_others() -> None:
     # No high item waiting: the batch fills as before.
     assert [int(i.array[0]) for i in queue.take(4, fill=lambda high: 0)] == [1, 4]
 
-    # Aged items go first and do not count against the fill: a low item never starves.
+    # An aged item passes (in its share) and does not count against the fill: low never starves.
     queue.add([item(6, Priority.HIGH), item(7, Priority.LOW, age_s=11.0), item(8, Priority.LOW)])
     assert [int(i.array[0]) for i in queue.take(4, fill=lambda high: 0)] == [7, 6]
     assert [int(i.array[0]) for i in queue.take(4, fill=lambda high: 0)] == [8]
@@ -90,7 +92,8 @@ class LowHeldRunner:
 async def test_a_high_item_runs_on_the_lane_while_every_instance_holds_low_work() -> None:
     runner = LowHeldRunner()
     config = BatcherConfig(max_batch_size=2, max_queue_size=16, instances=1, priority_aging_s=60)
-    batcher = Batcher("m", runner, config)
+    metrics = Metrics(process_metrics=False)
+    batcher = Batcher("m", runner, config, metrics)
     batcher.start()
     low: list[asyncio.Task[object]] = []
     try:
@@ -100,6 +103,7 @@ async def test_a_high_item_runs_on_the_lane_while_every_instance_holds_low_work(
         await until(lambda: batcher.queue_depth == 2)
         high = await asyncio.wait_for(batcher.submit([np.array([100])], priority=Priority.HIGH), 5)
         assert high[0].batch_size == 1 and batcher.lane_batches == 1
+        assert metrics.registry.get_sample_value("effnet_priority_lane_batches_total", {"model": "m"}) == 1
         assert batcher.queue_depth == 2  # the lane took no low work
         runner.release.set()
         await asyncio.wait_for(asyncio.gather(*low), 10)

@@ -90,6 +90,8 @@ class RecordingObserver:
         self.dequeued: list[float] = []
         self.depths: list[int] = []
         self.expired = 0
+        self.passes = 0
+        self.lane = 0
 
     def batch_completed(
         self, model: str, size: int, inference_s: float, prepare_s: float = 0.0, output_s: float = 0.0
@@ -108,6 +110,12 @@ class RecordingObserver:
 
     def priority_depth(self, model: str, priority: str, depth: int) -> None:
         assert priority in ("high", "normal", "low") and depth >= 0
+
+    def aged_passes(self, model: str, count: int) -> None:
+        self.passes += count
+
+    def lane_batch(self, model: str) -> None:
+        self.lane += 1
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidArgument, Overloaded
+from service.metrics import Metrics
 from service.runtime.batch_queue import BatchQueue, Item
 from service.runtime.batcher import Batcher, BatcherConfig
 from service.runtime.priorities import Priority, parse_priority, queue_limit
@@ -64,7 +65,8 @@ async def test_under_saturation_aged_items_pass_high_ones_only_in_their_share() 
     """Every queued low item has aged (a bulk job's backlog): fresh high items still make up three
     quarters of each batch instead of waiting behind the whole backlog, and low still moves."""
     loop = asyncio.get_running_loop()
-    queue = BatchQueue("m", 64, None, aging_s=1.0)
+    metrics = Metrics(process_metrics=False)
+    queue = BatchQueue("m", 64, metrics, aging_s=1.0)
     now = time.monotonic()
     backlog = [
         Item(np.array([100 + n]), loop.create_future(), now - 5 + n / 100, None, Priority.LOW)
@@ -75,6 +77,7 @@ async def test_under_saturation_aged_items_pass_high_ones_only_in_their_share() 
     batches = [[int(i.array[0]) for i in queue.take(4)] for _ in range(3)]
     assert batches == [[100, 1, 2, 3], [101, 4, 5, 6], [102, 7, 8, 103]]
     assert queue.aged_share.passes == 3
+    assert metrics.registry.get_sample_value("effnet_priority_aged_passes_total", {"model": "m"}) == 3
     # With no high item left, the backlog goes in its own order, a whole batch at a time.
     assert [int(i.array[0]) for i in queue.take(4)] == [104, 105, 106, 107]
     # A batch holding a high item, which may carry no other (a CPU's fill): the aged pass, and not the
