@@ -130,8 +130,9 @@ async def _start_grpc(
     return server
 
 
-async def serve(settings: Settings, remote: EngineClient | None = None) -> int:
-    """One process (`remote` None), or a split-mode front that feeds the engine process `remote`."""
+async def serve(settings: Settings, remote: EngineClient | None = None, say_url: bool = True) -> int:
+    """One process (`remote` None), or a split-mode front that feeds the engine process `remote`.
+    `say_url`: log the page's address once ready (split mode: the first front only, not every one)."""
     reuse_port = remote is not None
     try:
         http_socket = claim_http(settings.host, settings.http_port, reuse_port)
@@ -201,7 +202,8 @@ async def serve(settings: Settings, remote: EngineClient | None = None) -> int:
         else:
             grpc_server = started
             log.info("event=ready models=%s", ",".join(engine.readiness()))
-            log.info("open %s", page_url(settings.host, settings.http_port))
+            if say_url:
+                log.info("open %s", page_url(settings.host, settings.http_port))
             await asyncio.wait({stop_task, http_task}, return_when=asyncio.FIRST_COMPLETED)
             if http_task.done() and not stop_task.done():
                 exit_code = 1
@@ -256,7 +258,8 @@ def run_role(settings: Settings, role: str, socket_path: str, index: int | None,
         )
     from service.split.remote import RemoteEngine
 
-    return asyncio.run(serve(settings, RemoteEngine(settings, socket_path, index or 0)))
+    front = index or 0
+    return asyncio.run(serve(settings, RemoteEngine(settings, socket_path, front), say_url=front == 0))
 
 
 def main(argv: list[str] | None = None) -> int:
