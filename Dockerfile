@@ -23,12 +23,18 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
         torch==2.14.1 torchvision==0.29.1
 COPY . .
-# The export extra's torch pins match the CPU wheels above (a local "+cpu" label satisfies "==").
-RUN pip install --no-cache-dir "/src[export]" grpcio-tools==1.81.1 \
+# Everything else at the versions the export lock (requirements/, `make lock`) pins, with --no-deps as
+# make installs it: a release of today cannot change the exported graphs. The lock's torch family is
+# left out (torch and torchvision are the wheels above; their CUDA libraries the CPU wheels do not need),
+# and pip check proves the result whole. The serving locks go to the runtime stage.
+RUN grep -vE '^(torch|torchvision|nvidia-|cuda-)' requirements/export.txt > /tmp/export-lock.txt \
+    && pip install --no-cache-dir --no-deps -r /tmp/export-lock.txt grpcio-tools==1.81.1 \
+    && pip install --no-cache-dir --no-deps /src \
+    && pip check \
     && python -m service.protogen \
     && pip wheel --no-cache-dir --no-deps --wheel-dir /out/wheels . \
-    && python docker/requirements.py --target cpu > /out/requirements-cpu.txt \
-    && python docker/requirements.py --target gpu > /out/requirements-gpu.txt
+    && cp requirements/serve.txt /out/requirements-cpu.txt \
+    && cp requirements/serve-gpu.txt /out/requirements-gpu.txt
 ARG VARIANTS=b0,lite0
 ARG WEIGHTS=default
 RUN IFS=','; for variant in ${VARIANTS}; do \
@@ -47,7 +53,7 @@ RUN cp -a /out/models-cpu /out/models-gpu \
 
 # ---------------------------------------------------------------------------------------------------
 # The two bases: what differs between the images, and nothing else.
-# base-cpu: slim Python with the plain onnxruntime wheel (requirements-cpu.txt); no CUDA libraries.
+# base-cpu: slim Python with the plain onnxruntime wheel (requirements/serve.txt); no CUDA libraries.
 FROM ${PYTHON_IMAGE} AS base-cpu
 ENV EFFNET_DEVICE=cpu
 
@@ -80,8 +86,10 @@ RUN groupadd --system --gid 10001 effnet \
     && useradd --system --uid 10001 --gid effnet --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin effnet
 COPY --from=build /out/requirements-${FLAVOR}.txt /out/wheels/ /tmp/install/
-RUN pip install --no-cache-dir -r /tmp/install/requirements-${FLAVOR}.txt \
+# The flavor's serving lock (requirements/serve.txt, or serve-gpu.txt with onnxruntime-gpu), exactly.
+RUN pip install --no-cache-dir --no-deps -r /tmp/install/requirements-${FLAVOR}.txt \
     && pip install --no-cache-dir --no-deps /tmp/install/*.whl \
+    && pip check \
     && rm -rf /tmp/install
 # Owned by root and not writable by the service user: the model directory is read-only at run time.
 # The gpu image's repository also holds an fp16 graph of every variant.

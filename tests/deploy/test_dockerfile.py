@@ -10,14 +10,12 @@ import subprocess
 import threading
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .tooling import ROOT, load_docker_helper, require_tool
 
 healthcheck = load_docker_helper("healthcheck")
-requirements = load_docker_helper("requirements")
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -131,7 +129,8 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         if line.strip() and not line.startswith("#")
     ]
     for needed in ("pyproject.toml", "README.md", "service/core/engine.py", "models/export.py",
-                   "proto/x.proto", "docker/healthcheck.py", "docker/requirements.py"):  # fmt: skip
+                   "proto/x.proto", "docker/healthcheck.py", "requirements/serve.txt",
+                   "requirements/serve-gpu.txt", "requirements/export.txt"):  # fmt: skip
         assert not _ignored(needed, patterns), f"{needed} must reach the build context"
     unwanted_paths = (
         ".venv/bin/python", ".git/HEAD", "models/repository/b0/1/model.onnx",
@@ -142,29 +141,32 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         assert _ignored(unwanted, patterns), f"{unwanted} must stay out of the build context"
 
 
-def test_gpu_requirements_swap_only_the_runtime() -> None:
-    pyproject = ROOT / "pyproject.toml"
-    gpu = requirements.serving_requirements(pyproject, "gpu")
-    cpu = requirements.serving_requirements(pyproject, "cpu")
-    project = tomllib.loads(pyproject.read_text())["project"]
-    gpu_extra = project["optional-dependencies"]["gpu"]
-    assert cpu == project["dependencies"]
-    assert any(d.startswith("onnxruntime==") for d in cpu) and not any("onnxruntime-gpu" in d for d in cpu)
-    # onnxruntime-gpu replaces onnxruntime (one package, two wheels); the GPU image decodes JPEGs on the GPU
-    assert not any(d.startswith("onnxruntime==") for d in gpu)
-    assert set(cpu) - set(gpu) == {d for d in cpu if d.startswith("onnxruntime==")}
-    assert set(gpu) - set(cpu) == set(gpu_extra) and any(d.startswith("onnxruntime-gpu==") for d in gpu)
-    assert not any(d.startswith(("torch", "torchvision")) for d in cpu + gpu)
+def test_images_install_the_locks_exactly() -> None:
+    """Both stages install requirements/'s locks with --no-deps (what make installs) and prove them whole
+    with pip check; the runtime gets its flavor's serving lock (test_locks: only one onnxruntime each)."""
+    build = re.sub(r"\s+", " ", "\n".join(stages()["build"]))
+    assert "requirements/export.txt > /tmp/export-lock.txt" in build
+    assert "pip install --no-cache-dir --no-deps -r /tmp/export-lock.txt" in build
+    assert "pip install --no-cache-dir --no-deps /src" in build and "pip check" in build
+    assert "cp requirements/serve.txt /out/requirements-cpu.txt" in build
+    assert "cp requirements/serve-gpu.txt /out/requirements-gpu.txt" in build
+    # The lock's torch family is left out: the build's torch comes from TORCH_INDEX_URL.
+    dropped = re.search(r"grep -vE '\^\(([^)]*)\)'", build)
+    assert dropped is not None and set(dropped[1].split("|")) == {"torch", "torchvision", "nvidia-", "cuda-"}
+    runtime = re.sub(r"\s+", " ", "\n".join(stages()["runtime"]))
+    assert "pip install --no-cache-dir --no-deps -r /tmp/install/requirements-${FLAVOR}.txt" in runtime
+    assert "pip install --no-cache-dir --no-deps /tmp/install/*.whl && pip check" in runtime
 
 
-def test_gpu_requirements_refuse_a_pyproject_without_either_runtime(tmp_path: Path) -> None:
-    fake = tmp_path / "pyproject.toml"
-    fake.write_text('[project]\nname = "x"\ndependencies = ["numpy"]\n')
-    with pytest.raises(SystemExit):
-        requirements.serving_requirements(fake, "gpu")
-    fake.write_text('[project]\nname = "x"\ndependencies = ["onnxruntime==1"]\n')
-    with pytest.raises(SystemExit):
-        requirements.serving_requirements(fake, "gpu")
+def test_the_dropped_torch_family_is_all_the_serving_locks_lack_of_the_export_lock() -> None:
+    """The export lock less the lines the build drops holds no torch, and keeps every serving pin."""
+    export = (ROOT / "requirements" / "export.txt").read_text().splitlines()
+    kept = [line for line in export if not re.match(r"^(torch|torchvision|nvidia-|cuda-)", line)]
+    names = {line.split("==")[0] for line in kept if "==" in line and not line.startswith(" ")}
+    assert not {"torch", "torchvision"} & names
+    serve = (ROOT / "requirements" / "serve.txt").read_text().splitlines()
+    serving = {line.split("==")[0] for line in serve if "==" in line and not line.startswith(" ")}
+    assert serving <= names, serving - names
 
 
 @pytest.mark.parametrize(
