@@ -41,32 +41,7 @@ async def test_waiting_images_run_high_first_then_aged_first() -> None:
     assert order == ["first", "high", "normal", "low-1", "low-2"]
 
 
-async def test_an_aged_image_passes_younger_high_ones() -> None:
-    pool = PreprocessPool(workers=1, max_pending=64, aging_s=0.05)
-    gate = threading.Event()
-    order: list[str] = []
-
-    def work(tag: str) -> None:
-        if tag == "first":
-            gate.wait(10)
-        order.append(tag)
-
-    try:
-        first = asyncio.create_task(pool.run(work, [("first",)]))
-        await until(lambda: pool.backlog == 1)
-        old = asyncio.create_task(pool.run(work, [("old-low",)], LOW))
-        await asyncio.sleep(0.1)  # older than aging_s before the high one arrives
-        young = asyncio.create_task(pool.run(work, [("young-high",)], HIGH))
-        await until(lambda: pool.backlog == 3)
-        gate.set()
-        await asyncio.wait_for(asyncio.gather(first, old, young), 10)
-    finally:
-        gate.set()
-        pool.close()
-    assert order == ["first", "old-low", "young-high"]
-
-
-async def test_aged_images_pass_high_ones_only_in_their_share() -> None:
+async def test_aged_images_pass_younger_high_ones_within_their_share() -> None:
     """A bulk job's backlog has aged: it still moves, but fresh high images are not put behind all of it."""
     pool = PreprocessPool(workers=1, max_pending=64, aging_s=0.5)
     gate = threading.Event()
