@@ -69,8 +69,10 @@ lock:
 DERIVED ?= lite0:fp16,int8 lite1:int8 lite2:int8
 # The default cascade: lite0-int8 answers the images it is sure of, lite2 the rest. The exit confidence
 # comes from the measured curve (bench/README.md, "The cascade curve": the cheapest threshold that agreed
-# with lite2 on every real-photo view).
+# with lite2 on every real-photo view). Where this CPU runs int8 without fused kernels (x86 without
+# VNNI), slower than fp32, the first stage is lite0 instead (CASCADE_FLAGS; bench/README.md says why).
 CASCADE ?= cascade-lite=lite0-int8:0.45,lite2
+CASCADE_FLAGS ?= --fp32-where-int8-is-slow
 
 # Order-only: a new venv stamp (pyproject.toml edited) must not re-export the whole repository.
 $(REPOSITORY)/.complete: | $(STAMP)
@@ -80,7 +82,7 @@ $(REPOSITORY)/.complete: | $(STAMP)
 			--repository $(REPOSITORY) --weights $(WEIGHTS) || exit 1; \
 	done
 	for cascade in $(CASCADE); do \
-		$(PY) -m models.cascade --repository $(REPOSITORY) --name $${cascade%%=*} \
+		$(PY) -m models.cascade --repository $(REPOSITORY) --name $${cascade%%=*} $(CASCADE_FLAGS) \
 			$$(echo "$${cascade#*=}" | tr ',' '\n' | sed 's/^/--stage /') || exit 1; \
 	done
 	touch $@

@@ -11,6 +11,10 @@ Or let your own labelled photos choose the exit confidence (models/tune.py):
 picks the cheapest exit confidence whose top-1 on the photos stays within 0.5 percentage points of the
 last stage's, writes it into `cascade.json` and the whole curve beside it (`cascade-tuning.json`).
 
+`--fp32-where-int8-is-slow` (what `make models` passes) makes a stage `X-int8` into `X` where this CPU
+runs int8 without ONNX Runtime's fused kernels (x86 without VNNI, service/runtime/int8_kernels.py):
+there int8 costs more than fp32, and the cascade's first stage would cost what its last one saves.
+
 A cascade is a folder holding `cascade.json` (service.lifecycle.configs.CascadeSpec): its stages
 run in order and an image leaves at the first stage whose top probability reaches that stage's exit
 confidence. The file is validated here as the server will validate it, and written atomically.
@@ -32,6 +36,28 @@ from pydantic import ValidationError
 from models.errors import ExportError
 from service.lifecycle.configs import CASCADE_FILE, CascadeSpec
 from service.model_spec import MODEL_NAME_PATTERN
+from service.runtime.int8_kernels import fused_int8_exact
+
+INT8_SUFFIX = "-int8"
+
+
+def fp32_where_int8_is_slow(
+    repository: Path, stages: list[dict[str, object]], int8_fused: bool
+) -> tuple[list[dict[str, object]], list[str]]:
+    """`stages` with each `X-int8` model made `X` (where the repository has X) unless int8 runs fused
+    here; and a line for each stage replaced."""
+    if int8_fused:
+        return stages, []
+    chosen: list[dict[str, object]] = []
+    replaced: list[str] = []
+    for stage in stages:
+        model = str(stage["model"])
+        fp32 = model.removesuffix(INT8_SUFFIX)
+        if model.endswith(INT8_SUFFIX) and (repository / fp32).is_dir():
+            stage = {**stage, "model": fp32}
+            replaced.append(f"{fp32} in place of {model}")
+        chosen.append(stage)
+    return chosen, replaced
 
 
 def parse_stage(text: str) -> dict[str, object]:
@@ -111,17 +137,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-drop", type=float, default=0.5,
         help="--tune: top-1 may fall this many percentage points below the last stage's (default 0.5)",
     )  # fmt: skip
+    parser.add_argument(
+        "--fp32-where-int8-is-slow", action="store_true",
+        help="a stage X-int8 becomes X where this CPU runs int8 without fused kernels (no VNNI), slower "
+        "than fp32",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
+        stages = [parse_stage(s) for s in args.stage]
+        description = args.description
+        if args.fp32_where_int8_is_slow:
+            stages, replaced = fp32_where_int8_is_slow(args.repository, stages, fused_int8_exact())
+            if replaced:
+                why = "this CPU runs int8 without fused kernels (no VNNI), slower than fp32"
+                description = description or f"{', '.join(replaced)}: {why}"
+                print(f"{args.name}: {description}")
         if args.tune is not None:
-            models = [parse_stage(s)["model"] for s in args.stage]
             path, curve = tune_cascade(
                 args.repository,
                 args.name,
-                [str(m) for m in models],
+                [str(stage["model"]) for stage in stages],
                 args.tune,
                 args.max_drop,
-                args.description,
+                description,
             )
             chosen = curve["chosen"]
             print(
@@ -132,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"photos -> {path} (curve: {path.parent / TUNING_FILE})"
             )
             return 0
-        spec = CascadeSpec.model_validate(
-            {"stages": [parse_stage(s) for s in args.stage], "description": args.description}
-        )
+        spec = CascadeSpec.model_validate({"stages": stages, "description": description})
         path = write_cascade(args.repository, args.name, spec)
     except (ValidationError, ValueError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

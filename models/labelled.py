@@ -99,10 +99,14 @@ def pixels(samples: Sequence[Sample], spec: PreprocessSpec, workers: int = 2) ->
 def session(path: Path, threads: int = 1):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
+    from service.runtime.int8_kernels import faithful_int8
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # int8 as the server runs it on this CPU: where the fused kernels saturate (no VNNI), without them.
+    # Measured with them there, lite0-int8 scored 85.0 % top-1 on 500 ImageNet photos, not 88.0 %.
+    return ort.InferenceSession(str(path), faithful_int8(options), providers=["CPUExecutionProvider"])
 
 
 def probabilities(model: RepositoryModel, images: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -26,6 +26,8 @@ def measure(
     """Median milliseconds per image, {model: {batch: ms}}."""
     import onnxruntime as ort
 
+    from service.runtime.int8_kernels import faithful_int8
+
     sessions = {}
     specs = {}
     for name, folder in folders.items():
@@ -33,8 +35,8 @@ def measure(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(
-            str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+        sessions[name] = ort.InferenceSession(  # int8 as the server runs it on this CPU
+            str(folder / MODEL_FILE), faithful_int8(options), providers=["CPUExecutionProvider"]
         )
         specs[name] = ModelSpec.from_file(folder / SPEC_FILE)
     rng = np.random.default_rng(0)
