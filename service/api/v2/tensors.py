@@ -32,6 +32,7 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
 _LENGTH = struct.Struct("<I")
 # Far above any real request; stops a forged shape from asking for a huge allocation.
 _MAX_ELEMENTS = 1 << 31
+_MAX_DIMS = 32  # numpy's own limit is 64
 
 TensorData = np.ndarray | list[bytes]
 
@@ -44,10 +45,13 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    if len(shape) > _MAX_DIMS:
+        raise InvalidArgument(f"tensor shape has {len(shape)} dimensions, at most {_MAX_DIMS}")
     dims = tuple(int(d) for d in shape)
     if any(d < 0 for d in dims):
         raise InvalidArgument(f"tensor shape {list(dims)} has a negative dimension")
-    if math.prod(dims) > _MAX_ELEMENTS:
+    # The non-zero dimensions too: an empty tensor of [0, 10**5, 10**5, 10**5] is still beyond numpy.
+    if math.prod(d for d in dims if d) > _MAX_ELEMENTS:
         raise InvalidArgument(f"tensor shape {list(dims)} is too large")
     return dims
 

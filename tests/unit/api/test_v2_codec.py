@@ -73,6 +73,21 @@ def test_raw_tensor_size_must_match_shape() -> None:
         tensors.tensor_from_raw("x", "UINT8", [2, 3], b"\x00" * 5)
 
 
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([0, 402, 10108, 10472, 216754842], "is too large"),  # empty, but beyond numpy (found by fuzzing)
+        ([1 << 16, 1 << 16], "is too large"),
+        ([1] * 33, "33 dimensions, at most 32"),
+    ],
+)
+def test_forged_shapes_are_invalid_arguments_not_crashes(shape: list[int], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        tensors.tensor_from_raw("x", "BOOL", shape, b"")
+    with pytest.raises(InvalidArgument, match=message):
+        tensors.tensor_from_values("x", "BOOL", shape, [])
+
+
 def test_values_may_be_nested_or_flat() -> None:
     flat = tensors.tensor_from_values("x", "INT32", [2, 2], [1, 2, 3, 4])
     nested = tensors.tensor_from_values("x", "INT32", [2, 2], [[1, 2], [3, 4]])
