@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 import signal
 import time
@@ -34,11 +35,16 @@ PNG = {"content-type": "image/png"}
 SLOW = "b0:100"
 
 
+CACHED = "tiny-cached"  # after "seen" by name: the default model stays "seen"
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("split")
     write_model(path, "tiny")
     write_model(path, "seen", explain=True)  # features and maps
+    write_model(path, CACHED)
+    (path / CACHED / "config.json").write_text(json.dumps({"response_cache": True}))
     return path
 
 
@@ -116,6 +122,33 @@ def test_every_protocol_is_served_by_the_fronts(split_server: LiveServer) -> Non
     assert image.status_code == 200, image.text
     info = httpx.get(f"{split_server.http_url}/v1/models/tiny", timeout=10).json()
     assert info["provider"].startswith("EmulatedDevice") and info["state"] == "ready"
+
+
+def test_the_engines_response_cache_answers_every_front(split_server: LiveServer) -> None:
+    """A model with `response_cache`: repeated photos and repeated V2 pixels, whichever front takes
+    them, are answered from the engine's cache, with the first answer's rows."""
+    answers = [classify(split_server, variant=CACHED) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4, answers[0].text
+    assert answers[0].json()["cached"] is False
+    assert all(a.json()["cached"] is True for a in answers[1:])
+    assert {json.dumps(a.json()["results"][0]["predictions"]) for a in answers} == {
+        json.dumps(answers[0].json()["results"][0]["predictions"])
+    }
+    pixels = np.full((1, 3, SIZE, SIZE), 200, np.uint8)
+    replies = []
+    with grpc.insecure_channel(split_server.grpc_address) as channel:
+        for _ in range(2):
+            request = pb.ModelInferRequest(model_name=CACHED)
+            request.inputs.add(name="pixels", datatype="UINT8", shape=pixels.shape)
+            request.raw_input_contents.append(pixels.tobytes())
+            replies.append(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30))
+    assert "cached" not in replies[0].parameters and replies[1].parameters["cached"].bool_param is True
+    assert replies[0].raw_output_contents == replies[1].raw_output_contents
+    text = httpx.get(f"{split_server.http_url}/metrics", timeout=10).text
+    hits = re.findall(
+        rf'^effnet_cache_lookups_total\{{[^}}]*model="{CACHED}"[^}}]*result="hit"[^}}]*\}} (\S+)$', text, re.M
+    )
+    assert hits and float(hits[0]) >= 4, hits
 
 
 def test_system_shared_memory_is_refused_with_the_reason(split_server: LiveServer) -> None:
