@@ -148,3 +148,16 @@ def classify(server: LiveServer, body: bytes, **params: object) -> httpx.Respons
         headers={"content-type": "image/jpeg"},
         timeout=60,
     )
+
+
+def copy_model(source: Path, target_repository: Path, name: str, version: int = 1) -> Path:
+    """A copy of an exported model version under another name or version number (same graph)."""
+    folder = target_repository / name / str(version)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = target_repository / f".staging-{name}-{version}"
+    shutil.copytree(source, staging)
+    spec = json.loads((staging / "model.json").read_text())
+    spec.update(name=name, version=version)
+    (staging / "model.json").write_text(json.dumps(spec))
+    staging.rename(folder)  # appears complete, as the exporter publishes
+    return folder

@@ -4,12 +4,10 @@ load, lazy loading under a memory budget, and memory released by unload. Real se
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,22 +17,10 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from tests.e2e.conftest import copy_model
 from tests.waiting import until_sync
 
 pytestmark = pytest.mark.slow
-
-
-def copy_model(source: Path, target_repository: Path, name: str, version: int = 1) -> Path:
-    """A copy of an exported model version under another name or version number (same graph)."""
-    folder = target_repository / name / str(version)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = target_repository / f".staging-{name}-{version}"
-    shutil.copytree(source, staging)
-    spec = json.loads((staging / "model.json").read_text())
-    spec.update(name=name, version=version)
-    (staging / "model.json").write_text(json.dumps(spec))
-    staging.rename(folder)  # appears complete, as the exporter publishes
-    return folder
 
 
 def classify(url: str, image: bytes, model: str, **params: object) -> httpx.Response:

@@ -26,7 +26,7 @@ from PIL import Image
 from service._generated.effnet.v1 import classifier_pb2, classifier_pb2_grpc
 from service._generated.inference import grpc_service_pb2 as pb
 from service._generated.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.e2e.conftest import LiveServer, ServerFactory
+from tests.e2e.conftest import LiveServer, ServerFactory, copy_model
 from tests.tiny_model import SIZE, png, write_model
 from tests.waiting import until_sync
 
@@ -149,6 +149,39 @@ def test_the_engines_response_cache_answers_every_front(split_server: LiveServer
         rf'^effnet_cache_lookups_total\{{[^}}]*model="{CACHED}"[^}}]*result="hit"[^}}]*\}} (\S+)$', text, re.M
     )
     assert hits and float(hits[0]) >= 4, hits
+
+
+def test_a_memory_budget_loads_lazily_and_evicts_in_the_engine(
+    server_factory: ServerFactory, model_repository: Path, real_photos: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Four copies of lite0 (real sessions, no emulation), a budget for two: the fronts send each request
+    to a model the engine loads on demand, evicting the least recently used; every one is answered."""
+    repository = tmp_path / "budget"
+    for index in range(4):
+        copy_model(model_repository / "lite0" / "1", repository, f"lite0-copy{index}")
+    real = {"EFFNET_EMULATE_DEVICE": ""}
+    probe = start_split(server_factory, repository, EFFNET_MODELS="lite0-copy0", **real)
+    info = httpx.get(f"{probe.http_url}/v1/models/lite0-copy0", timeout=10).json()
+    probe.stop()
+    budget_mb = int(2.2 * info["versions"][0]["memory_bytes"] / 2**20) + 1
+    server = start_split(server_factory, repository, EFFNET_MEMORY_BUDGET_MB=str(budget_mb), **real)
+    for _round in range(2):
+        for index in range(4):
+            answer = httpx.post(
+                f"{server.http_url}/classify",
+                params={"variant": f"lite0-copy{index}"},
+                content=real_photos["chelsea"],
+                headers={"content-type": "image/jpeg"},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            assert 281 <= answer.json()["results"][0]["predictions"][0]["class_id"] <= 285  # a cat
+    models = httpx.get(f"{server.http_url}/v1/models", timeout=10).json()["models"]
+    held = [v["memory_bytes"] for m in models for v in m["versions"] if v["ready"]]
+    assert 1 <= len(held) < 4 and sum(held) <= budget_mb << 20, (budget_mb, held)
+    metrics = httpx.get(f"{server.http_url}/metrics", timeout=10).text
+    evicted = r'^effnet_model_unloads_total\{[^}]*reason="evicted"[^}]*\} [1-9]'
+    assert re.search(evicted, metrics, re.M), metrics
 
 
 def test_system_shared_memory_is_refused_with_the_reason(split_server: LiveServer) -> None:
