@@ -162,6 +162,9 @@ class ModelInfo(BaseModel):
     )
     agreement: Agreement | None = Field(default=None, description="fp16/int8: agreement with its fp32 source")
     stages: list[StageInfo] = Field(default_factory=list, description="cascade: its stages in order")
+    description: str | None = Field(
+        default=None, description="cascade: what its cascade.json says (how it was tuned, a stage swapped)"
+    )
     provider: str | None = Field(default=None, description="ONNX Runtime execution provider actually in use")
     batcher: BatcherInfo | None = None
     versions: list[VersionInfo] = Field(default_factory=list, description="every known version")

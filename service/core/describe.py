@@ -37,6 +37,7 @@ def describe_model(record: ModelRecord, default: bool = False) -> ModelInfo:
             StageInfo(model=stage.model, exit_confidence=stage.exit_confidence)
             for stage in (record.cascade.stages if record.cascade is not None else ())
         ],
+        description=record.cascade.description if record.cascade is not None else None,
         version=entry.version,
         state=entry.state.value,
         ready=entry.ready,

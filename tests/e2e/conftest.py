@@ -134,7 +134,10 @@ def family_server(
     for name in ("lite0", "lite0-fp16", "lite0-int8"):
         shutil.copytree(precision_repository / name, repository / name)
     (repository / "cascade-small").mkdir()
-    cascade = {"stages": [{"model": "lite0-int8", "exit_confidence": 0.45}, {"model": "lite0"}]}
+    cascade = {
+        "stages": [{"model": "lite0-int8", "exit_confidence": 0.45}, {"model": "lite0"}],
+        "description": "int8 first, fp32 for the unsure",
+    }
     (repository / "cascade-small" / "cascade.json").write_text(json.dumps(cascade))
     return server_factory(repository)
 

@@ -29,6 +29,8 @@ def test_models_list_offers_auto_and_the_cascade(family_server: LiveServer) -> N
     models = {m["name"]: m for m in listing["models"]}
     assert models["cascade-small"]["kind"] == "cascade" and models["cascade-small"]["ready"]
     assert [s["model"] for s in models["cascade-small"]["stages"]] == ["lite0-int8", "lite0"]
+    assert models["cascade-small"]["description"] == "int8 first, fp32 for the unsure"
+    assert models["lite0"]["description"] is None
     assert models["lite0"]["accuracy"]["imagenet_top1"] == 75.1
     assert models["lite0-int8"]["precision"] == "int8" and models["lite0-int8"]["agreement"]["images"] > 0
 
