@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from models.labelled import session as labelled_session
 from models.tune import replay
 from service.model_spec import MODEL_FILE, SPEC_FILE, ModelSpec
 from service.preprocess.images import PreprocessSpec, preprocess
@@ -78,20 +79,11 @@ def _newest(repository: Path, name: str) -> Path:
 
 def run_models(repository: Path, names: Sequence[str], jpegs: list[bytes]) -> dict[str, dict[str, Any]]:
     """Each model's probabilities on every photo and its median ms per image (batch 1, one thread)."""
-    import onnxruntime as ort
-
-    from service.runtime.int8_kernels import faithful_int8
-
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         folder = _newest(repository, name)
         spec = ModelSpec.from_file(folder / SPEC_FILE)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
-        # As the server runs int8 on this CPU: without fused kernels where they saturate (no VNNI).
-        options = faithful_int8(options)
-        session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        session = labelled_session(folder / MODEL_FILE, threads=1)  # int8 as the server runs it here
         pixels = np.stack([preprocess(j, PreprocessSpec.from_model_spec(spec)) for j in jpegs])
         probabilities = np.concatenate(
             [

@@ -74,11 +74,10 @@ class _Slots:
                 chosen = min(high, key=lambda w: w.since)
             else:
                 now = time.monotonic()
-                chosen = min(self._waiting, key=lambda w: (w.priority, w.since))
+                first = min(self._waiting, key=lambda w: (w.priority, w.since))
                 aged = [w for w in self._waiting if now - w.since >= self._aging_s]
                 oldest_aged = min(aged, key=lambda w: w.since) if aged else None
-                if oldest_aged is not None and oldest_aged is not chosen and self.aged_share.may_pass():
-                    chosen, passes = oldest_aged, True
+                chosen, passes = self.aged_share.pick(first, oldest_aged)
             self._waiting.remove(chosen)
             if not chosen.future.done():
                 self.aged_share.handed_out(passes)

@@ -134,12 +134,8 @@ class BatchQueue:
         first = heads[0]  # level order
         aged = [head for head in heads if now - head.enqueued_at >= self.aging_s] if aged_ok else []
         oldest_aged = min(aged, key=lambda item: item.enqueued_at) if aged else None
-        passes = oldest_aged is not None and oldest_aged is not first and self.aged_share.may_pass()
-        if passes and oldest_aged is not None:
-            chosen = oldest_aged
-        elif lower_levels or first.priority is Priority.HIGH:
-            chosen = first
-        else:
+        chosen, passes = self.aged_share.pick(first, oldest_aged)
+        if not passes and not (lower_levels or first.priority is Priority.HIGH):
             return None
         self._levels[chosen.priority].popleft()
         self.aged_share.handed_out(passes)

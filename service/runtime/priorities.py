@@ -14,8 +14,11 @@ quarter of a queue, which stays free for normal and high requests when a bulk jo
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
 
 from service.errors import InvalidArgument
+
+T = TypeVar("T")
 
 # Share of a model's queue that low-priority items may fill; the rest is kept for normal and high.
 LOW_QUEUE_SHARE = 0.75
@@ -71,8 +74,12 @@ class AgedShare:
         self._credit = 1.0
         self.passes = 0  # aged items handed out ahead of a higher level
 
-    def may_pass(self) -> bool:
-        return self._credit >= 1.0
+    def pick(self, first: T, oldest_aged: T | None) -> tuple[T, bool]:
+        """The next item: `oldest_aged` where it may pass `first` (the level order's choice) now, else
+        `first`; and whether it passed. The caller reports it with `handed_out` once handed out."""
+        if oldest_aged is not None and oldest_aged is not first and self._credit >= 1.0:
+            return oldest_aged, True
+        return first, False
 
     def handed_out(self, passed: bool) -> None:
         if passed:
